@@ -1,0 +1,88 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// The architecture, one target per concern (README "Architecture"):
+//   Audio           WAV decoding, resampling, Whisper's log-mel front end
+//   Tokenizer       Whisper's byte-level BPE vocabulary
+//   WhisperEngine   CTranslate2 model loading, encoder/decoder network, decoding
+//   Evaluation      word error rate with Whisper-style English normalisation
+//   Capture         ALSA microphone capture, privacy ring buffer, voice activity
+//   Serving         Unix-socket servers: Wyoming protocol and the control protocol
+//   SystemdSupport  sd_notify, watchdog, socket activation
+//   myqasr          offline command-line tool
+//   myqasrd         the daemon, wiring capture -> engine -> serving
+//   myqasrctl       the daemon's control client
+let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+
+let package = Package(
+    name: "myqasr",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "WhisperEngine", targets: ["WhisperEngine"]),
+        .executable(name: "myqasr", targets: ["myqasr"]),
+        .executable(name: "myqasrd", targets: ["myqasrd"]),
+        .executable(name: "myqasrctl", targets: ["myqasrctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CALSA", pkgConfig: "alsa", providers: [.apt(["libasound2-dev"])]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+
+        .target(name: "Audio", swiftSettings: v5),
+        .target(name: "Tokenizer", swiftSettings: v5),
+        .target(name: "WhisperEngine", dependencies: ["Audio", "Tokenizer", "COpenBLAS"], swiftSettings: v5),
+        .target(name: "Evaluation", swiftSettings: v5),
+        .target(
+            name: "Capture",
+            dependencies: ["CALSA", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: v5
+        ),
+        .target(
+            name: "Serving",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: v5
+        ),
+        .target(name: "SystemdSupport", dependencies: ["CSystemd"], swiftSettings: v5),
+
+        .executableTarget(
+            name: "myqasr",
+            dependencies: [
+                "WhisperEngine", "Audio", "Evaluation",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: v5
+        ),
+        .executableTarget(
+            name: "myqasrd",
+            dependencies: [
+                "WhisperEngine", "Audio", "Capture", "Serving", "SystemdSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: v5
+        ),
+        .executableTarget(
+            name: "myqasrctl",
+            dependencies: ["Serving", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: v5
+        ),
+
+        .testTarget(name: "AudioTests", dependencies: ["Audio"], swiftSettings: v5),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], swiftSettings: v5),
+        .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine"], swiftSettings: v5),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
+        .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),
+        .testTarget(name: "ServingTests", dependencies: ["Serving"], swiftSettings: v5),
+    ]
+)

@@ -1,0 +1,1 @@
+// Module `Audio`: see README "Architecture".

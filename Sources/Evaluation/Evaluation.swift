@@ -1,0 +1,1 @@
+// Module `Evaluation`: see README "Architecture".

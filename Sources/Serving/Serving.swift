@@ -1,0 +1,1 @@
+// Module `Serving`: see README "Architecture".

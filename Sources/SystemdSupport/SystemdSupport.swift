@@ -1,0 +1,1 @@
+// Module `SystemdSupport`: see README "Architecture".

@@ -1,0 +1,1 @@
+// Module `Tokenizer`: see README "Architecture".
