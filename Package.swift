@@ -33,10 +33,11 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CALSA", pkgConfig: "alsa", providers: [.apt(["libasound2-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         .target(name: "Audio", swiftSettings: v5),
         .target(name: "Tokenizer", swiftSettings: v5),
-        .target(name: "WhisperEngine", dependencies: ["Audio", "Tokenizer", "COpenBLAS"], swiftSettings: v5),
+        .target(name: "WhisperEngine", dependencies: ["Audio", "Tokenizer", "COpenBLAS", "CZlib"], swiftSettings: v5),
         .target(name: "Evaluation", swiftSettings: v5),
         .target(
             name: "Capture",
