@@ -1,1 +1,0 @@
-// Module `Tokenizer`: see README "Architecture".
