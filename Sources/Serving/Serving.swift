@@ -1,1 +1,0 @@
-// Module `Serving`: see README "Architecture".
