@@ -1,0 +1,189 @@
+extension WhisperNetwork {
+    /// Starts a decoder over `audio`: computes each block's cross-attention keys and
+    /// values once (`[frames, 2d]` per block) and returns a session with one empty sequence.
+    public func makeDecoderSession(audio: EncodedAudio) -> DecoderSession {
+        Kernels.setThreads(threads)
+        let d = weights.dimensions.nState
+        precondition(audio.width == d, "decoder: encoder output width \(audio.width) != \(d)")
+        let crossKV = weights.decoderBlocks.map { block -> [Float] in
+            var kv = [Float](repeating: 0, count: audio.frames * 2 * d)
+            audio.values.withUnsafeBufferPointer { a in
+                kv.withUnsafeMutableBufferPointer { o in
+                    block.crossKV.forward(a.baseAddress!, rows: audio.frames, into: o.baseAddress!, observer: observer)
+                }
+            }
+            return kv
+        }
+        return WhisperDecoderSession(network: self, audioFrames: audio.frames, crossKV: crossKV)
+    }
+}
+
+/// Decoder state for one window: the self-attention key/value cache of every sequence in
+/// the batch and the cross-attention keys/values of the window.
+final class WhisperDecoderSession: DecoderSession {
+    private let network: WhisperNetwork
+    private let audioFrames: Int
+    /// Per block: `[audioFrames, 2d]`, keys in columns 0..<d, values in d..<2d.
+    private let crossKV: [[Float]]
+    /// Per block: `[batch, nTextCtx, d]` keys and values of the positions seen so far.
+    private var selfK: [[Float]]
+    private var selfV: [[Float]]
+    private(set) var batchSize = 1
+    private(set) var length = 0
+
+    init(network: WhisperNetwork, audioFrames: Int, crossKV: [[Float]]) {
+        self.network = network
+        self.audioFrames = audioFrames
+        self.crossKV = crossKV
+        let dims = network.weights.dimensions
+        let perSequence = dims.nTextCtx * dims.nState
+        selfK = Array(repeating: [Float](repeating: 0, count: perSequence), count: dims.nTextLayers)
+        selfV = selfK
+    }
+
+    func reorder(_ sources: [Int]) {
+        let dims = network.weights.dimensions
+        let perSequence = dims.nTextCtx * dims.nState
+        let used = length * dims.nState
+        func rebuilt(_ cache: [Float]) -> [Float] {
+            var out = [Float](repeating: 0, count: sources.count * perSequence)
+            cache.withUnsafeBufferPointer { src in
+                out.withUnsafeMutableBufferPointer { dst in
+                    for (i, s) in sources.enumerated() {
+                        precondition(s >= 0 && s < batchSize, "reorder: source \(s) out of range")
+                        (dst.baseAddress! + i * perSequence).update(from: src.baseAddress! + s * perSequence, count: used)
+                    }
+                }
+            }
+            return out
+        }
+        selfK = selfK.map(rebuilt)
+        selfV = selfV.map(rebuilt)
+        batchSize = sources.count
+    }
+
+    func step(_ tokens: [[Int]]) -> [Float] {
+        let weights = network.weights
+        let observer = network.observer
+        let dims = weights.dimensions
+        let d = dims.nState, heads = dims.nHeads, dh = d / heads, ctx = dims.nTextCtx
+        let batch = tokens.count
+        precondition(batch == batchSize, "step: \(batch) rows for a batch of \(batchSize)")
+        let n = tokens[0].count
+        precondition(n > 0 && tokens.allSatisfy { $0.count == n }, "step: rows must have the same token count")
+        precondition(length + n <= ctx, "step: sequence longer than the decoder context \(ctx)")
+        let rows = batch * n
+        let total = length + n
+        let scale = 1 / Float(dh).squareRoot()
+
+        // x[b*n + j] = embedding[tokens[b][j]] + positions[length + j]     [rows, d]
+        var x = [Float](repeating: 0, count: rows * d)
+        x.withUnsafeMutableBufferPointer { xb in
+            weights.decoderPositions.withUnsafeBufferPointer { pos in
+                for b in 0..<batch {
+                    for j in 0..<n {
+                        let row = xb.baseAddress! + (b * n + j) * d
+                        weights.tokenEmbedding.weight.copyRow(tokens[b][j], into: row)
+                        Kernels.add(row, pos.baseAddress! + (length + j) * d, count: d)
+                    }
+                }
+            }
+        }
+
+        var normed = [Float](repeating: 0, count: rows * d)        // [rows, d]
+        var qkv = [Float](repeating: 0, count: rows * 3 * d)       // [rows, 3d]
+        var attn = [Float](repeating: 0, count: rows * d)          // [rows, d]
+        var projected = [Float](repeating: 0, count: rows * d)     // [rows, d]
+        var hidden = [Float](repeating: 0, count: rows * 4 * d)    // [rows, 4d]
+        var scores = [Float](repeating: 0, count: rows * max(total, audioFrames))
+
+        for (l, block) in weights.decoderBlocks.enumerated() {
+            x.withUnsafeMutableBufferPointer { xb in
+            normed.withUnsafeMutableBufferPointer { nb in
+            qkv.withUnsafeMutableBufferPointer { qb in
+            attn.withUnsafeMutableBufferPointer { ab in
+            projected.withUnsafeMutableBufferPointer { pb in
+            hidden.withUnsafeMutableBufferPointer { hb in
+            scores.withUnsafeMutableBufferPointer { sb in
+            selfK[l].withUnsafeMutableBufferPointer { kb in
+            selfV[l].withUnsafeMutableBufferPointer { vb in
+            crossKV[l].withUnsafeBufferPointer { cb in
+                let x = xb.baseAddress!, normed = nb.baseAddress!, qkv = qb.baseAddress!
+                let attn = ab.baseAddress!, projected = pb.baseAddress!, hidden = hb.baseAddress!
+                let s = sb.baseAddress!, kCache = kb.baseAddress!, vCache = vb.baseAddress!
+                let cross = cb.baseAddress!
+
+                // Causal self-attention with the cache.
+                Kernels.layerNorm(x, rows: rows, cols: d, gamma: block.selfAttentionNorm.gamma,
+                                  beta: block.selfAttentionNorm.beta, into: normed)
+                block.selfQKV.forward(normed, rows: rows, into: qkv, observer: observer)
+                for b in 0..<batch {
+                    for j in 0..<n {
+                        let src = qkv + (b * n + j) * 3 * d
+                        let slot = (b * ctx + length + j) * d
+                        (kCache + slot).update(from: src + d, count: d)
+                        (vCache + slot).update(from: src + 2 * d, count: d)
+                    }
+                }
+                for b in 0..<batch {
+                    let keys = kCache + b * ctx * d, values = vCache + b * ctx * d
+                    for h in 0..<heads {
+                        // s[n, total] = q_h · K_hᵀ * scale, then mask the future.
+                        Kernels.gemmABt(m: n, n: total, k: dh, alpha: scale, a: qkv + b * n * 3 * d + h * dh,
+                                        lda: 3 * d, b: keys + h * dh, ldb: d, c: s, ldc: total)
+                        for i in 0..<n where length + i + 1 < total {
+                            for t in (length + i + 1)..<total { s[i * total + t] = -.infinity }
+                        }
+                        Kernels.softmaxRows(s, rows: n, cols: total, ld: total)
+                        Kernels.gemmAB(m: n, n: dh, k: total, a: s, lda: total, b: values + h * dh, ldb: d,
+                                       c: attn + b * n * d + h * dh, ldc: d)
+                    }
+                }
+                block.selfOut.forward(attn, rows: rows, into: projected, observer: observer)
+                Kernels.add(x, projected, count: rows * d)
+
+                // Cross-attention over the window (same keys for every sequence).
+                Kernels.layerNorm(x, rows: rows, cols: d, gamma: block.crossAttentionNorm.gamma,
+                                  beta: block.crossAttentionNorm.beta, into: normed)
+                block.crossQuery.forward(normed, rows: rows, into: qkv, observer: observer)  // q: [rows, d]
+                for h in 0..<heads {
+                    Kernels.gemmABt(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
+                                    b: cross + h * dh, ldb: 2 * d, c: s, ldc: audioFrames)
+                    Kernels.softmaxRows(s, rows: rows, cols: audioFrames, ld: audioFrames)
+                    Kernels.gemmAB(m: rows, n: dh, k: audioFrames, a: s, lda: audioFrames,
+                                   b: cross + d + h * dh, ldb: 2 * d, c: attn + h * dh, ldc: d)
+                }
+                block.crossOut.forward(attn, rows: rows, into: projected, observer: observer)
+                Kernels.add(x, projected, count: rows * d)
+
+                // MLP.
+                Kernels.layerNorm(x, rows: rows, cols: d, gamma: block.mlpNorm.gamma,
+                                  beta: block.mlpNorm.beta, into: normed)
+                block.mlpUp.forward(normed, rows: rows, into: hidden, observer: observer)
+                Kernels.gelu(hidden, count: rows * 4 * d)
+                block.mlpDown.forward(hidden, rows: rows, into: projected, observer: observer)
+                Kernels.add(x, projected, count: rows * d)
+            }}}}}}}}}}
+        }
+        length = total
+
+        // Final norm of each sequence's last position, then logits through the tied embedding.
+        var last = [Float](repeating: 0, count: batch * d)          // [batch, d]
+        x.withUnsafeBufferPointer { xb in
+            last.withUnsafeMutableBufferPointer { lb in
+                for b in 0..<batch {
+                    Kernels.layerNorm(xb.baseAddress! + (b * n + n - 1) * d, rows: 1, cols: d,
+                                      gamma: weights.decoderNorm.gamma, beta: weights.decoderNorm.beta,
+                                      into: lb.baseAddress! + b * d)
+                }
+            }
+        }
+        var logits = [Float](repeating: 0, count: batch * dims.nVocab)   // [batch, nVocab]
+        last.withUnsafeBufferPointer { lb in
+            logits.withUnsafeMutableBufferPointer { o in
+                weights.tokenEmbedding.forward(lb.baseAddress!, rows: batch, into: o.baseAddress!, observer: observer)
+            }
+        }
+        return logits
+    }
+}

@@ -1,0 +1,176 @@
+/// The network bound to one caller: shared immutable weights plus this caller's
+/// settings (threads, the optional activation observer). Cheap to create per request;
+/// the daemon swaps `weights` for a requantized set by making a new one.
+public final class WhisperNetwork: SpeechModel {
+    /// The weights (shared, immutable).
+    public let weights: WhisperWeights
+    /// Threads for products and the encoder's per-head work.
+    public let threads: Int
+    /// Sees every linear layer's input and output, when set.
+    public let observer: ActivationObserver?
+
+    /// Binds `weights` for use with `threads` threads and an optional observer.
+    public init(weights: WhisperWeights, threads: Int = 2, observer: ActivationObserver? = nil) {
+        self.weights = weights
+        self.threads = max(1, threads)
+        self.observer = observer
+    }
+
+    public var dimensions: ModelDimensions { weights.dimensions }
+
+    /// Encoder: conv1 + GELU, conv2 (stride 2) + GELU, + positions, pre-LN blocks, final LN.
+    /// `mel` is `[nMels, 2 * nAudioCtx]` row-major; the result is `[nAudioCtx, d]`.
+    public func encode(mel: [Float]) -> EncodedAudio {
+        Kernels.setThreads(threads)
+        let dims = weights.dimensions
+        let d = dims.nState, nMels = dims.nMels
+        let inFrames = 2 * dims.nAudioCtx          // 3000
+        let frames = dims.nAudioCtx                // 1500
+        precondition(mel.count == nMels * inFrames, "encode: mel must be [\(nMels), \(inFrames)]")
+
+        // conv1 (kernel 3, padding 1, stride 1) as a product over im2col rows.
+        // cols1: [inFrames, nMels * 3], cols1[t, c*3 + k] = mel[c, t + k - 1] (0 outside).
+        var cols1 = [Float](repeating: 0, count: inFrames * nMels * 3)
+        mel.withUnsafeBufferPointer { m in
+            cols1.withUnsafeMutableBufferPointer { c in
+                for t in 0..<inFrames {
+                    let row = c.baseAddress! + t * nMels * 3
+                    for ch in 0..<nMels {
+                        for k in 0..<3 {
+                            let src = t + k - 1
+                            if src >= 0 && src < inFrames { row[ch * 3 + k] = m[ch * inFrames + src] }
+                        }
+                    }
+                }
+            }
+        }
+        var h1 = [Float](repeating: 0, count: inFrames * d)        // [inFrames, d]
+        cols1.withUnsafeBufferPointer { c in
+            h1.withUnsafeMutableBufferPointer { h in
+                weights.conv1.forward(c.baseAddress!, rows: inFrames, into: h.baseAddress!, observer: observer)
+                Kernels.gelu(h.baseAddress!, count: h.count)
+            }
+        }
+        cols1 = []
+
+        // conv2 (kernel 3, padding 1, stride 2): cols2[t, c*3 + k] = h1[2t + k - 1, c].
+        var cols2 = [Float](repeating: 0, count: frames * d * 3)    // [frames, d * 3]
+        h1.withUnsafeBufferPointer { h in
+            cols2.withUnsafeMutableBufferPointer { c in
+                for t in 0..<frames {
+                    let row = c.baseAddress! + t * d * 3
+                    for k in 0..<3 {
+                        let src = 2 * t + k - 1
+                        guard src >= 0 && src < inFrames else { continue }
+                        let hr = h.baseAddress! + src * d
+                        for ch in 0..<d { row[ch * 3 + k] = hr[ch] }
+                    }
+                }
+            }
+        }
+        h1 = []
+        var x = [Float](repeating: 0, count: frames * d)             // [frames, d]
+        cols2.withUnsafeBufferPointer { c in
+            x.withUnsafeMutableBufferPointer { xb in
+                weights.conv2.forward(c.baseAddress!, rows: frames, into: xb.baseAddress!, observer: observer)
+                Kernels.gelu(xb.baseAddress!, count: xb.count)
+                weights.encoderPositions.withUnsafeBufferPointer { p in
+                    Kernels.add(xb.baseAddress!, p.baseAddress!, count: frames * d)
+                }
+            }
+        }
+        cols2 = []
+
+        var scratch = EncoderScratch(frames: frames, width: d)
+        for block in weights.encoderBlocks {
+            encoderBlock(block, x: &x, frames: frames, scratch: &scratch)
+        }
+        var out = [Float](repeating: 0, count: frames * d)
+        x.withUnsafeBufferPointer { xb in
+            out.withUnsafeMutableBufferPointer { o in
+                Kernels.layerNorm(xb.baseAddress!, rows: frames, cols: d, gamma: weights.encoderNorm.gamma,
+                                  beta: weights.encoderNorm.beta, into: o.baseAddress!)
+            }
+        }
+        return EncodedAudio(frames: frames, width: d, values: out)
+    }
+
+    /// x = x + SelfAttention(LN(x)); x = x + MLP(LN(x)) over `[frames, d]`.
+    private func encoderBlock(_ block: EncoderBlock, x: inout [Float], frames: Int, scratch: inout EncoderScratch) {
+        let d = weights.dimensions.nState
+        let heads = weights.dimensions.nHeads
+        let dh = d / heads
+        let scale = 1 / Float(dh).squareRoot()
+        x.withUnsafeMutableBufferPointer { xb in
+            let x = xb.baseAddress!
+            scratch.normed.withUnsafeMutableBufferPointer { nb in
+            scratch.qkv.withUnsafeMutableBufferPointer { qb in
+            scratch.attention.withUnsafeMutableBufferPointer { ab in
+            scratch.projected.withUnsafeMutableBufferPointer { pb in
+            scratch.hidden.withUnsafeMutableBufferPointer { hb in
+                let normed = nb.baseAddress!, qkv = qb.baseAddress!, attn = ab.baseAddress!
+                let projected = pb.baseAddress!, hidden = hb.baseAddress!
+                Kernels.layerNorm(x, rows: frames, cols: d, gamma: block.attentionNorm.gamma,
+                                  beta: block.attentionNorm.beta, into: normed)
+                block.qkv.forward(normed, rows: frames, into: qkv, observer: observer)   // [frames, 3d]
+                // Per head: S = Q_h K_hᵀ * scale  [frames, frames]; softmax; O_h = S V_h.
+                let scores = scratch.scores
+                for h in 0..<heads {
+                    let q = qkv + h * dh, k = qkv + d + h * dh, v = qkv + 2 * d + h * dh
+                    Kernels.gemmABt(m: frames, n: frames, k: dh, alpha: scale, a: q, lda: 3 * d,
+                                    b: k, ldb: 3 * d, c: scores, ldc: frames)
+                    let chunk = (frames + threads - 1) / threads
+                    Kernels.parallelFor(threads, threads: threads) { part in
+                        let start = part * chunk
+                        let count = min(chunk, frames - start)
+                        if count > 0 {
+                            Kernels.softmaxRows(scores + start * frames, rows: count, cols: frames, ld: frames)
+                        }
+                    }
+                    Kernels.gemmAB(m: frames, n: dh, k: frames, a: scores, lda: frames,
+                                   b: v, ldb: 3 * d, c: attn + h * dh, ldc: d)
+                }
+                block.attentionOut.forward(attn, rows: frames, into: projected, observer: observer)
+                Kernels.add(x, projected, count: frames * d)
+
+                Kernels.layerNorm(x, rows: frames, cols: d, gamma: block.mlpNorm.gamma,
+                                  beta: block.mlpNorm.beta, into: normed)
+                block.mlpUp.forward(normed, rows: frames, into: hidden, observer: observer)   // [frames, 4d]
+                Kernels.gelu(hidden, count: frames * 4 * d)
+                block.mlpDown.forward(hidden, rows: frames, into: projected, observer: observer)
+                Kernels.add(x, projected, count: frames * d)
+            }}}}}
+        }
+    }
+}
+
+/// Buffers reused across encoder blocks (the encoder's scratch state).
+private struct EncoderScratch {
+    var normed: [Float]      // [frames, d]
+    var qkv: [Float]         // [frames, 3d]
+    var attention: [Float]   // [frames, d]
+    var projected: [Float]   // [frames, d]
+    var hidden: [Float]      // [frames, 4d]
+    let scores: UnsafeMutablePointer<Float>   // [frames, frames], one head at a time
+    private let scoreStorage: ScoreStorage
+
+    init(frames: Int, width d: Int) {
+        normed = [Float](repeating: 0, count: frames * d)
+        qkv = [Float](repeating: 0, count: frames * 3 * d)
+        attention = [Float](repeating: 0, count: frames * d)
+        projected = [Float](repeating: 0, count: frames * d)
+        hidden = [Float](repeating: 0, count: frames * 4 * d)
+        scoreStorage = ScoreStorage(count: frames * frames)
+        scores = scoreStorage.pointer
+    }
+}
+
+/// Owns the score matrix so the struct above can hand out a stable pointer.
+private final class ScoreStorage {
+    let pointer: UnsafeMutablePointer<Float>
+    init(count: Int) {
+        pointer = .allocate(capacity: count)
+        pointer.initialize(repeating: 0, count: count)
+    }
+    deinit { pointer.deallocate() }
+}

@@ -1,0 +1,208 @@
+import Foundation
+import XCTest
+import WhisperEngine
+
+/// Checks the optimised network (im2col convolutions, BLAS products, KV cache, batched
+/// beams) against a straightforward implementation written here from the equations,
+/// on a small network with random weights.
+final class NetworkReferenceTests: XCTestCase {
+    static let dims = ModelDimensions(nMels: 6, nAudioCtx: 10, nState: 16, nHeads: 2,
+                                      nAudioLayers: 2, nTextLayers: 2, nTextCtx: 12, nVocab: 29)
+
+    func testEncoderMatchesReference() {
+        var rng = SeededGenerator(seed: 1)
+        let weights = RandomWhisper.make(Self.dims, rng: &rng)
+        let mel = (0..<(Self.dims.nMels * 2 * Self.dims.nAudioCtx)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let fast = WhisperNetwork(weights: weights, threads: 2).encode(mel: mel)
+        let slow = Reference(weights).encode(mel)
+        XCTAssertEqual(fast.frames, Self.dims.nAudioCtx)
+        assertClose(fast.values, slow, tolerance: 1e-4)
+    }
+
+    func testDecoderWithCacheMatchesFullRecompute() {
+        var rng = SeededGenerator(seed: 2)
+        let weights = RandomWhisper.make(Self.dims, rng: &rng)
+        let network = WhisperNetwork(weights: weights, threads: 1)
+        let mel = (0..<(Self.dims.nMels * 2 * Self.dims.nAudioCtx)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let audio = network.encode(mel: mel)
+        let reference = Reference(weights)
+
+        // A prompt of three tokens in one step, then two single-token steps.
+        let session = network.makeDecoderSession(audio: audio)
+        var sequence = [3, 7, 1]
+        assertClose(session.step([sequence]), reference.logits(tokens: sequence, audio: audio.values), tolerance: 1e-4)
+        for next in [12, 5] {
+            sequence.append(next)
+            assertClose(session.step([[next]]), reference.logits(tokens: sequence, audio: audio.values), tolerance: 1e-4)
+        }
+        XCTAssertEqual(session.length, 5)
+    }
+
+    func testReorderedBeamsFollowTheirSources() {
+        var rng = SeededGenerator(seed: 3)
+        let weights = RandomWhisper.make(Self.dims, rng: &rng)
+        let network = WhisperNetwork(weights: weights, threads: 1)
+        let mel = (0..<(Self.dims.nMels * 2 * Self.dims.nAudioCtx)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let audio = network.encode(mel: mel)
+        let reference = Reference(weights)
+        let v = Self.dims.nVocab
+
+        let session = network.makeDecoderSession(audio: audio)
+        _ = session.step([[2, 4]])
+        session.reorder([0, 0, 0])                         // widen to three beams
+        _ = session.step([[8], [9], [10]])
+        session.reorder([2, 0])                            // keep beams 2 and 0, in that order
+        let logits = session.step([[11], [6]])
+        XCTAssertEqual(session.batchSize, 2)
+        assertClose(Array(logits[0..<v]), reference.logits(tokens: [2, 4, 10, 11], audio: audio.values), tolerance: 1e-4)
+        assertClose(Array(logits[v..<(2 * v)]), reference.logits(tokens: [2, 4, 8, 6], audio: audio.values), tolerance: 1e-4)
+    }
+
+    func testObserverSeesEveryLinearLayer() {
+        var rng = SeededGenerator(seed: 4)
+        let weights = RandomWhisper.make(Self.dims, rng: &rng)
+        let recorder = LayerRecorder()
+        let network = WhisperNetwork(weights: weights, threads: 1, observer: recorder)
+        let mel = [Float](repeating: 0.1, count: Self.dims.nMels * 2 * Self.dims.nAudioCtx)
+        _ = network.makeDecoderSession(audio: network.encode(mel: mel)).step([[1]])
+        XCTAssertEqual(recorder.seen, Set(weights.linearLayers.map(\.name)))
+        XCTAssertEqual(weights.linearLayers.count, 2 + 4 * 2 + 7 * 2 + 1)
+    }
+
+    private func assertClose(_ a: [Float], _ b: [Float], tolerance: Float, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.count, b.count, file: file, line: line)
+        var worst: Float = 0
+        for (x, y) in zip(a, b) { worst = max(worst, abs(x - y) / max(1, abs(y))) }
+        XCTAssertLessThan(worst, tolerance, "largest relative difference \(worst)", file: file, line: line)
+    }
+}
+
+private final class LayerRecorder: ActivationObserver {
+    var seen = Set<String>()
+    func observe(layer: String, input: UnsafeBufferPointer<Float>, output: UnsafeBufferPointer<Float>, rows: Int) {
+        seen.insert(layer)
+    }
+}
+
+/// Whisper written as directly as possible from its equations, in Double.
+private struct Reference {
+    let w: WhisperWeights
+    init(_ w: WhisperWeights) { self.w = w }
+    var d: Int { w.dimensions.nState }
+
+    func matrix(_ l: Linear) -> [Float] {
+        var out = [Float](repeating: 0, count: l.outFeatures * l.inFeatures)
+        out.withUnsafeMutableBufferPointer { o in
+            for r in 0..<l.outFeatures { l.weight.copyRow(r, into: o.baseAddress! + r * l.inFeatures) }
+        }
+        return out
+    }
+
+    /// y[t] = W x[t] + b for each row t.
+    func linear(_ l: Linear, _ x: [[Double]]) -> [[Double]] {
+        let m = matrix(l)
+        return x.map { row in
+            (0..<l.outFeatures).map { o in
+                var s = Double(l.bias?[o] ?? 0)
+                for i in 0..<l.inFeatures { s += Double(m[o * l.inFeatures + i]) * row[i] }
+                return s
+            }
+        }
+    }
+
+    func norm(_ n: LayerNormWeights, _ x: [[Double]]) -> [[Double]] {
+        x.map { row in
+            let mean = row.reduce(0, +) / Double(row.count)
+            let variance = row.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(row.count)
+            return row.indices.map { (row[$0] - mean) / (variance + 1e-5).squareRoot() * Double(n.gamma[$0]) + Double(n.beta[$0]) }
+        }
+    }
+
+    func gelu(_ x: [[Double]]) -> [[Double]] { x.map { $0.map { 0.5 * $0 * (1 + erf($0 / 2.0.squareRoot())) } } }
+
+    func add(_ a: [[Double]], _ b: [[Double]]) -> [[Double]] { zip(a, b).map { zip($0, $1).map(+) } }
+
+    /// Multi-head attention of queries q over keys k / values v; `causal` masks later keys.
+    func attention(q: [[Double]], k: [[Double]], v: [[Double]], causalOffset: Int?) -> [[Double]] {
+        let heads = w.dimensions.nHeads, dh = d / heads
+        var out = [[Double]](repeating: [Double](repeating: 0, count: d), count: q.count)
+        for h in 0..<heads {
+            for (i, qi) in q.enumerated() {
+                var scores = k.indices.map { j -> Double in
+                    var s = 0.0
+                    for c in 0..<dh { s += qi[h * dh + c] * k[j][h * dh + c] }
+                    return s / Double(dh).squareRoot()
+                }
+                if let offset = causalOffset {
+                    for j in scores.indices where j > offset + i { scores[j] = -.infinity }
+                }
+                let maxScore = scores.max()!
+                let e = scores.map { exp($0 - maxScore) }
+                let total = e.reduce(0, +)
+                for c in 0..<dh {
+                    var s = 0.0
+                    for j in k.indices { s += e[j] / total * v[j][h * dh + c] }
+                    out[i][h * dh + c] = s
+                }
+            }
+        }
+        return out
+    }
+
+    /// Conv1d with kernel 3 and padding 1 over `x[channel][time]`, weights `[out, in, 3]`.
+    func conv(_ l: Linear, _ x: [[Double]], stride: Int) -> [[Double]] {
+        let m = matrix(l)
+        let inChannels = x.count, length = x[0].count
+        let outLength = (length + 2 - 3) / stride + 1
+        return (0..<outLength).map { t in
+            (0..<l.outFeatures).map { o in
+                var s = Double(l.bias?[o] ?? 0)
+                for c in 0..<inChannels {
+                    for k in 0..<3 {
+                        let src = t * stride + k - 1
+                        if src >= 0 && src < length { s += Double(m[o * inChannels * 3 + c * 3 + k]) * x[c][src] }
+                    }
+                }
+                return s
+            }
+        }
+    }
+
+    func encode(_ mel: [Float]) -> [Float] {
+        let dims = w.dimensions
+        let frames = 2 * dims.nAudioCtx
+        let input = (0..<dims.nMels).map { c in (0..<frames).map { Double(mel[c * frames + $0]) } }
+        let h1 = gelu(conv(w.conv1, input, stride: 1))                      // [time, d]
+        let h1ByChannel = (0..<d).map { c in h1.map { $0[c] } }
+        var x = gelu(conv(w.conv2, h1ByChannel, stride: 2))                // [nAudioCtx, d]
+        for t in x.indices { for c in 0..<d { x[t][c] += Double(w.encoderPositions[t * d + c]) } }
+        for b in w.encoderBlocks {
+            let qkv = linear(b.qkv, norm(b.attentionNorm, x))
+            let q = qkv.map { Array($0[0..<d]) }, k = qkv.map { Array($0[d..<(2 * d)]) }, v = qkv.map { Array($0[(2 * d)...]) }
+            x = add(x, linear(b.attentionOut, attention(q: q, k: k, v: v, causalOffset: nil)))
+            x = add(x, linear(b.mlpDown, gelu(linear(b.mlpUp, norm(b.mlpNorm, x)))))
+        }
+        return norm(w.encoderNorm, x).flatMap { $0.map(Float.init) }
+    }
+
+    func logits(tokens: [Int], audio: [Float]) -> [Float] {
+        let frames = audio.count / d
+        let encoded = (0..<frames).map { t in (0..<d).map { Double(audio[t * d + $0]) } }
+        let embedding = matrix(w.tokenEmbedding)
+        var x = tokens.enumerated().map { pos, tok in
+            (0..<d).map { Double(embedding[tok * d + $0]) + Double(w.decoderPositions[pos * d + $0]) }
+        }
+        for b in w.decoderBlocks {
+            let qkv = linear(b.selfQKV, norm(b.selfAttentionNorm, x))
+            let q = qkv.map { Array($0[0..<d]) }, k = qkv.map { Array($0[d..<(2 * d)]) }, v = qkv.map { Array($0[(2 * d)...]) }
+            x = add(x, linear(b.selfOut, attention(q: q, k: k, v: v, causalOffset: 0)))
+            let cq = linear(b.crossQuery, norm(b.crossAttentionNorm, x))
+            let kv = linear(b.crossKV, encoded)
+            let ck = kv.map { Array($0[0..<d]) }, cv = kv.map { Array($0[d...]) }
+            x = add(x, linear(b.crossOut, attention(q: cq, k: ck, v: cv, causalOffset: nil)))
+            x = add(x, linear(b.mlpDown, gelu(linear(b.mlpUp, norm(b.mlpNorm, x)))))
+        }
+        let last = norm(w.decoderNorm, [x.last!])
+        return linear(w.tokenEmbedding, last)[0].map(Float.init)
+    }
+}
