@@ -1,0 +1,223 @@
+import Foundation
+import Logging
+
+/// Settings for a `CapturePipeline`.
+public struct CapturePipelineConfiguration: Sendable, Equatable {
+    /// The ALSA device and retry policy.
+    public var capture: AlsaCaptureConfiguration
+    /// Voice-activity thresholds and utterance timing.
+    public var segmenter: SegmenterConfiguration
+    /// Length of the privacy ring buffer between capture and the detector, in seconds.
+    public var ringBufferSeconds: Double
+    /// Finished utterances kept for a slow reader of `utterances`; beyond this the oldest
+    /// waiting one is wiped and counted as discarded.
+    public var maximumPendingUtterances: Int
+
+    /// Creates a configuration.
+    public init(
+        capture: AlsaCaptureConfiguration = AlsaCaptureConfiguration(),
+        segmenter: SegmenterConfiguration = SegmenterConfiguration(),
+        ringBufferSeconds: Double = 10,
+        maximumPendingUtterances: Int = 8
+    ) {
+        self.capture = capture
+        self.segmenter = segmenter
+        self.ringBufferSeconds = ringBufferSeconds
+        self.maximumPendingUtterances = maximumPendingUtterances
+    }
+}
+
+/// Counters of a running or stopped `CapturePipeline`.
+public struct CapturePipelineStatistics: Sendable, Equatable {
+    /// Samples delivered by ALSA.
+    public var samplesCaptured: Int64
+    /// ALSA overruns recovered.
+    public var overruns: Int
+    /// Samples lost in the ring buffer because the detector fell behind.
+    public var droppedSamples: Int64
+    /// Utterances handed to the `utterances` sequence.
+    public var utterances: Int
+    /// Utterances wiped unread because too many were pending.
+    public var discardedUtterances: Int
+    /// Times the device was opened (more than one means it was lost and reopened).
+    public var deviceOpens: Int
+    /// Whether the ring buffer is locked in RAM.
+    public var ringBufferLockedInMemory: Bool
+}
+
+/// Microphone to utterances: ALSA capture -> privacy ring buffer -> voice-activity
+/// segmenter -> `utterances`.
+///
+/// Capture runs on its own thread (see `AlsaCapture`) and only copies periods into the
+/// ring buffer; a second dedicated thread reads the ring buffer, runs the detector and
+/// publishes utterances. A pipeline runs once: `start()`, then `stop()`, which ends both
+/// async sequences. Audio still in the ring buffer or in an unfinished utterance at
+/// `stop()` is discarded and zeroed, not published.
+public final class CapturePipeline: @unchecked Sendable {
+    /// The configuration in use.
+    public let configuration: CapturePipelineConfiguration
+    /// Finished utterances, in order. Each is owned by the reader, who should `wipe()` it
+    /// when done (deinit wipes it too). Ends after `stop()`.
+    public let utterances: AsyncStream<Utterance>
+    /// Device events (opened, overrun, lost, retrying, stopped). Ends after `stop()`.
+    public let events: AsyncStream<CaptureEvent>
+    /// The ring buffer between capture and the detector.
+    public let ringBuffer: PrivacyRingBuffer
+
+    private let utteranceContinuation: AsyncStream<Utterance>.Continuation
+    private let eventContinuation: AsyncStream<CaptureEvent>.Continuation
+    private let logger: Logger
+    private var capture: AlsaCapture!
+    private let segmenter: UtteranceSegmenter
+
+    private let lock = NSLock()
+    private var phase = Phase.created
+    private var stopping = false
+    private var consumerDone: DispatchSemaphore?
+    private var utteranceCount = 0
+    private var discardedCount = 0
+
+    private enum Phase { case created, running, stopped }
+
+    /// Builds the pipeline: validates the settings and allocates the ring buffer and the
+    /// segmenter's working memory. Nothing is opened until `start()`.
+    /// - Throws: `CaptureError.invalidParameter` for inconsistent settings.
+    public init(configuration: CapturePipelineConfiguration = CapturePipelineConfiguration(),
+                logger: Logger = Logger(label: "myqasr.capture")) throws {
+        try configuration.capture.validate()
+        guard configuration.maximumPendingUtterances > 0 else {
+            throw CaptureError.invalidParameter("maximumPendingUtterances must be positive")
+        }
+        guard configuration.ringBufferSeconds >= 0.1 else {
+            throw CaptureError.invalidParameter("the ring buffer must hold at least 0.1 s, got \(configuration.ringBufferSeconds)")
+        }
+        self.configuration = configuration
+        self.logger = logger
+        ringBuffer = try PrivacyRingBuffer(seconds: configuration.ringBufferSeconds, logger: logger)
+        segmenter = try UtteranceSegmenter(configuration: configuration.segmenter)
+        var utteranceContinuation: AsyncStream<Utterance>.Continuation!
+        utterances = AsyncStream(bufferingPolicy: .bufferingNewest(configuration.maximumPendingUtterances)) {
+            utteranceContinuation = $0
+        }
+        self.utteranceContinuation = utteranceContinuation
+        var eventContinuation: AsyncStream<CaptureEvent>.Continuation!
+        events = AsyncStream(bufferingPolicy: .bufferingNewest(256)) { eventContinuation = $0 }
+        self.eventContinuation = eventContinuation
+
+        let ring = ringBuffer
+        let events = eventContinuation!
+        capture = AlsaCapture(
+            configuration: configuration.capture,
+            logger: logger,
+            eventHandler: { event in events.yield(event) },
+            sink: { samples in ring.write(samples) }
+        )
+    }
+
+    deinit {
+        stop()
+    }
+
+    /// Starts capture and detection; returns at once. A missing device is reported through
+    /// `events` and retried, not thrown.
+    /// - Throws: `CaptureError.alreadyRunning` when started twice (a pipeline runs once),
+    ///   `.systemResource` when a thread or pipe cannot be created.
+    public func start() throws {
+        lock.lock()
+        defer { lock.unlock() }
+        guard phase == .created else { throw CaptureError.alreadyRunning }
+        try capture.start()
+        phase = .running
+        let done = DispatchSemaphore(value: 0)
+        consumerDone = done
+        let thread = Thread { [self] in
+            self.consume()
+            done.signal()
+        }
+        thread.name = "myqasr.vad"
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    /// Stops capture and detection, discards (zeroing) unprocessed audio, and ends the
+    /// `utterances` and `events` sequences. Waits for both threads; safe to call twice.
+    public func stop() {
+        lock.lock()
+        guard phase == .running else {
+            if phase == .created {
+                phase = .stopped
+                utteranceContinuation.finish()
+                eventContinuation.finish()
+            }
+            lock.unlock()
+            return
+        }
+        phase = .stopped
+        stopping = true
+        let done = consumerDone
+        lock.unlock()
+
+        capture.stop()
+        ringBuffer.close()
+        done?.wait()
+        ringBuffer.clear()
+        utteranceContinuation.finish()
+        eventContinuation.finish()
+    }
+
+    /// A snapshot of the counters.
+    public var statistics: CapturePipelineStatistics {
+        let captureStats = capture.statistics
+        let ringStats = ringBuffer.statistics
+        lock.lock()
+        defer { lock.unlock() }
+        return CapturePipelineStatistics(
+            samplesCaptured: captureStats.framesCaptured,
+            overruns: captureStats.overruns,
+            droppedSamples: ringStats.dropped,
+            utterances: utteranceCount,
+            discardedUtterances: discardedCount,
+            deviceOpens: captureStats.opens,
+            ringBufferLockedInMemory: ringStats.lockedInMemory
+        )
+    }
+
+    private var shouldStop: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return stopping
+    }
+
+    /// The detector thread: ring buffer -> segmenter -> `utterances`.
+    private func consume() {
+        let chunkLength = max(configuration.segmenter.detector.frameLength, CaptureFormat.sampleRate / 20)
+        let chunk = UnsafeMutableBufferPointer<Float>.allocate(capacity: chunkLength)
+        chunk.initialize(repeating: 0)
+        defer {
+            explicit_bzero(chunk.baseAddress!, chunk.count * MemoryLayout<Float>.stride)
+            chunk.deallocate()
+        }
+        while !shouldStop {
+            guard let read = ringBuffer.read(into: chunk, timeout: nil) else { break }
+            if shouldStop { break }
+            let finished = segmenter.process(UnsafeBufferPointer(rebasing: chunk[0..<read.count]),
+                                             at: read.streamPosition)
+            for utterance in finished { publish(utterance) }
+        }
+        segmenter.reset()
+    }
+
+    private func publish(_ utterance: Utterance) {
+        logger.debug("capture: \(utterance)")
+        lock.lock()
+        utteranceCount += 1
+        lock.unlock()
+        if case let .dropped(old) = utteranceContinuation.yield(utterance) {
+            old.wipe()
+            lock.lock()
+            discardedCount += 1
+            lock.unlock()
+            logger.warning("capture: utterance discarded unread (reader too slow)")
+        }
+    }
+}
