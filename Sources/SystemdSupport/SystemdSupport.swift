@@ -1,1 +1,0 @@
-// Module `SystemdSupport`: see README "Architecture".
