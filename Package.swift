@@ -35,7 +35,7 @@ let package = Package(
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
-        .target(name: "Audio", swiftSettings: v5),
+        .target(name: "Audio", dependencies: ["COpenBLAS"], swiftSettings: v5),
         .target(name: "Tokenizer", swiftSettings: v5),
         .target(name: "WhisperEngine", dependencies: ["Audio", "Tokenizer", "COpenBLAS", "CZlib"], swiftSettings: v5),
         .target(name: "Evaluation", swiftSettings: v5),
