@@ -1,0 +1,172 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import XCTest
+
+/// A private temporary directory removed at the end of the test.
+final class TemporaryDirectory {
+    let url: URL
+
+    init() throws {
+        url = FileManager.default.temporaryDirectory
+            .appendingPathComponent("myqasr-capture-tests-\(UUID().uuidString)", isDirectory: true)
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+
+    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
+
+    deinit { try? FileManager.default.removeItem(at: url) }
+}
+
+/// Synthesised test audio.
+enum Signal {
+    static func tone(frequency: Double, amplitude: Double, seconds: Double, rate: Int = 16_000) -> [Float] {
+        let count = Int(seconds * Double(rate))
+        return (0..<count).map { Float(amplitude * sin(2 * Double.pi * frequency * Double($0) / Double(rate))) }
+    }
+
+    /// Deterministic uniform noise in -amplitude...amplitude.
+    static func noise(amplitude: Double, count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [Float] {
+        var state = seed
+        return (0..<count).map { _ in
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            let unit = Double(state >> 11) / Double(1 << 53)
+            return Float(amplitude * (2 * unit - 1))
+        }
+    }
+
+    static func int16(_ samples: [Float]) -> [Int16] {
+        samples.map { Int16(max(-32768, min(32767, ($0 * 32768).rounded()))) }
+    }
+
+    static func bytes(_ samples: [Int16]) -> Data {
+        samples.withUnsafeBufferPointer { Data(buffer: $0) }  // little-endian host
+    }
+}
+
+/// ALSA configuration text for a capture PCM that reads a raw file (or FIFO).
+func filePCMConfiguration(name: String, infile: String) -> String {
+    """
+    pcm.\(name) {
+        type file
+        slave.pcm "null"
+        file "/dev/null"
+        infile "\(infile)"
+        format "raw"
+    }
+    """
+}
+
+/// Feeds bytes into a FIFO from its own thread and keeps the FIFO open (so ALSA's file
+/// plugin blocks instead of repeating the last chunk) until `finish()`.
+final class FIFOFeeder {
+    let path: String
+    private let data: Data
+    private let release = DispatchSemaphore(value: 0)
+    private let done = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+    private var opened = false
+    private var finished = false
+
+    init(path: String, data: Data) throws {
+        self.path = path
+        self.data = data
+        guard mkfifo(path, 0o600) == 0 else {
+            throw NSError(domain: "FIFOFeeder", code: Int(errno),
+                          userInfo: [NSLocalizedDescriptionKey: "mkfifo \(path) failed: errno \(errno)"])
+        }
+    }
+
+    /// Starts the writer thread; it blocks in open(2) until ALSA opens the FIFO for reading.
+    func start() {
+        let thread = Thread { [self] in
+            let fd = open(self.path, O_WRONLY)
+            self.lock.lock()
+            self.opened = fd >= 0
+            self.lock.unlock()
+            if fd >= 0 {
+                self.data.withUnsafeBytes { raw in
+                    var offset = 0
+                    while offset < raw.count {
+                        let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                        if written <= 0 { break }
+                        offset += written
+                    }
+                }
+                self.release.wait()
+                close(fd)
+            }
+            self.done.signal()
+        }
+        thread.name = "fifo-feeder"
+        thread.start()
+    }
+
+    /// Closes the FIFO (the reader then sees end of file) and waits for the writer thread.
+    func finish() {
+        lock.lock()
+        if finished {
+            lock.unlock()
+            return
+        }
+        finished = true
+        let wasOpened = opened
+        lock.unlock()
+        if !wasOpened {
+            // Nobody opened the reading side: open it ourselves so the writer's open returns.
+            let fd = open(path, O_RDONLY | O_NONBLOCK)
+            release.signal()
+            done.wait()
+            if fd >= 0 { close(fd) }
+        } else {
+            release.signal()
+            done.wait()
+        }
+    }
+}
+
+/// A thread-safe accumulator for samples delivered on the capture thread.
+final class SampleCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var samples: [Int16] = []
+    private let target: Int
+    private let reached: XCTestExpectation
+
+    init(target: Int, reached: XCTestExpectation) {
+        self.target = target
+        self.reached = reached
+    }
+
+    func append(_ chunk: UnsafeBufferPointer<Int16>) {
+        lock.lock()
+        let before = samples.count
+        if before < target { samples.append(contentsOf: chunk) }
+        let after = samples.count
+        lock.unlock()
+        if before < target && after >= target { reached.fulfill() }
+    }
+
+    var collected: [Int16] {
+        lock.lock()
+        defer { lock.unlock() }
+        return samples
+    }
+}
+
+/// Counts zero crossings (sign changes) of a signal.
+func zeroCrossings<S: Collection>(_ samples: S) -> Int where S.Element == Int16 {
+    var count = 0
+    var previous: Int16?
+    for sample in samples where sample != 0 {
+        if let previous, (previous < 0) != (sample < 0) { count += 1 }
+        previous = sample
+    }
+    return count
+}
+
+func rms<S: Collection>(_ samples: S) -> Double where S.Element == Int16 {
+    guard !samples.isEmpty else { return 0 }
+    let sum = samples.reduce(0.0) { $0 + Double($1) * Double($1) }
+    return (sum / Double(samples.count)).squareRoot()
+}
