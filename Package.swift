@@ -84,6 +84,6 @@ let package = Package(
         .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine"], swiftSettings: v5),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
         .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),
-        .testTarget(name: "ServingTests", dependencies: ["Serving"], swiftSettings: v5),
+        .testTarget(name: "ServingTests", dependencies: ["Serving", "SystemdSupport"], swiftSettings: v5),
     ]
 )
