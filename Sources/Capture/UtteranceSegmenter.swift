@@ -180,7 +180,7 @@ public final class UtteranceSegmenter {
     // MARK: - Frames
 
     private func processFrame() -> Utterance? {
-        let decision = detector.analyse(UnsafeBufferPointer(frame))
+        let decision = detector.analyse(UnsafeBufferPointer(frame), inSpeech: isInUtterance)
         switch state {
         case .idle:
             if decision.startsSpeech {

@@ -20,8 +20,13 @@ public struct VoiceActivityConfiguration: Sendable, Equatable {
     /// Frames quieter than this (dBFS, full-scale sine = -3 dBFS) never count as speech,
     /// whatever the noise floor, so digital silence plus faint hiss does not trigger.
     public var minimumLevel: Float
-    /// How fast the noise floor may rise, in dB per second (it falls at once to quieter frames).
+    /// How fast the noise floor may rise during speech, in dB per second (slow, so that a
+    /// long utterance is not swallowed by its own level).
     public var noiseFloorRise: Float
+    /// How fast the noise floor may rise outside speech, in dB per second (faster, so that
+    /// growing background noise is followed rather than taken for speech). The floor falls
+    /// quickly to quieter frames in either case.
+    public var idleNoiseFloorRise: Float
 
     /// Creates a configuration; defaults suit a close-talking microphone.
     public init(
@@ -29,13 +34,15 @@ public struct VoiceActivityConfiguration: Sendable, Equatable {
         startThreshold: Float = 12,
         stopThreshold: Float = 6,
         minimumLevel: Float = -55,
-        noiseFloorRise: Float = 1
+        noiseFloorRise: Float = 1,
+        idleNoiseFloorRise: Float = 5
     ) {
         self.frameDuration = frameDuration
         self.startThreshold = startThreshold
         self.stopThreshold = stopThreshold
         self.minimumLevel = minimumLevel
         self.noiseFloorRise = noiseFloorRise
+        self.idleNoiseFloorRise = idleNoiseFloorRise
     }
 
     /// Samples per analysis frame at `CaptureFormat.sampleRate`.
@@ -49,8 +56,9 @@ public struct VoiceActivityConfiguration: Sendable, Equatable {
             throw CaptureError.invalidParameter(
                 "VAD thresholds must satisfy 0 < stop (\(stopThreshold) dB) <= start (\(startThreshold) dB)")
         }
-        guard noiseFloorRise >= 0 else {
-            throw CaptureError.invalidParameter("noise floor rise must not be negative, got \(noiseFloorRise)")
+        guard noiseFloorRise >= 0, idleNoiseFloorRise >= 0 else {
+            throw CaptureError.invalidParameter(
+                "noise floor rise rates must not be negative, got \(noiseFloorRise) and \(idleNoiseFloorRise)")
         }
     }
 }
@@ -91,8 +99,11 @@ public struct VoiceActivityDetector: Sendable {
     }
 
     /// Classifies one frame and updates the noise floor.
-    /// - Parameter frame: samples in -1...1, normally `configuration.frameLength` of them.
-    public mutating func analyse(_ frame: UnsafeBufferPointer<Float>) -> VoiceActivityDecision {
+    /// - Parameters:
+    ///   - frame: samples in -1...1, normally `configuration.frameLength` of them.
+    ///   - inSpeech: whether the caller is inside (possible) speech; selects the slower
+    ///     noise-floor rise.
+    public mutating func analyse(_ frame: UnsafeBufferPointer<Float>, inSpeech: Bool = false) -> VoiceActivityDecision {
         let level = Self.level(of: frame)
         let floor = noiseFloor ?? level
         let loudEnough = level >= configuration.minimumLevel
@@ -107,7 +118,8 @@ public struct VoiceActivityDetector: Sendable {
             noiseFloor = floor + 0.5 * (level - floor)
         } else {
             let seconds = Float(frame.count) / Float(CaptureFormat.sampleRate)
-            noiseFloor = min(level, floor + configuration.noiseFloorRise * seconds)
+            let rise = inSpeech ? configuration.noiseFloorRise : configuration.idleNoiseFloorRise
+            noiseFloor = min(level, floor + rise * seconds)
         }
         return decision
     }

@@ -170,3 +170,39 @@ func rms<S: Collection>(_ samples: S) -> Double where S.Element == Int16 {
     let sum = samples.reduce(0.0) { $0 + Double($1) * Double($1) }
     return (sum / Double(samples.count)).squareRoot()
 }
+
+/// A value shared between a test and a worker thread.
+final class LockedBox<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Value
+
+    init(_ value: Value) { stored = value }
+
+    var value: Value {
+        lock.lock()
+        defer { lock.unlock() }
+        return stored
+    }
+
+    func mutate(_ change: (inout Value) -> Void) {
+        lock.lock()
+        change(&stored)
+        lock.unlock()
+    }
+}
+
+extension Signal {
+    /// Background noise at about -65 dBFS with 440 Hz tone bursts (amplitude 0.3) mixed in.
+    static func bursts(seconds: Double, bursts: [(start: Double, length: Double)]) -> [Float] {
+        let rate = Double(16_000)
+        var samples = noise(amplitude: 0.001, count: Int(seconds * rate))
+        for burst in bursts {
+            let tone = tone(frequency: 440, amplitude: 0.3, seconds: burst.length)
+            let offset = Int(burst.start * rate)
+            for (index, value) in tone.enumerated() where offset + index < samples.count {
+                samples[offset + index] += value
+            }
+        }
+        return samples
+    }
+}
