@@ -25,8 +25,9 @@ public enum EnglishSpellings {
                           "ourite", "ourites", "ouritism", "ourless", "ourer", "ourers", "ourhood",
                           "ourhoods", "ourly", "oury", "ourist", "ourists", "ourings"]
         for stem in ourStems {
+            let base = stem.dropLast()  // "colo" -> "col": colour -> color
             for ending in ourEndings {
-                t[stem + ending] = stem + "or" + ending.dropFirst(3)
+                t[base + ending] = base + "or" + ending.dropFirst(3)
             }
         }
         t["dishonour"] = "dishonor"; t["dishonoured"] = "dishonored"; t["dishonourable"] = "dishonorable"

@@ -110,7 +110,11 @@ public struct EnglishTextNormalizer: Sendable {
             ("n't", " not"), ("'re", " are"), ("'s", " is"), ("'d", " would"), ("'ll", " will"),
             ("'t", " not"), ("'ve", " have"), ("'m", " am"),
         ]
-        return whole.map { RegexRewrite(#"\b"# + NSRegularExpression.escapedPattern(for: $0.0) + #"\b"#, $0.1) }
+        // "st" after a number is an ordinal suffix ("21 st"), not "saint"
+        return whole.map { word, replacement in
+            let guardDigit = word == "st" ? #"(?<![0-9] )(?<![0-9])"# : ""
+            return RegexRewrite(guardDigit + #"\b"# + NSRegularExpression.escapedPattern(for: word) + #"\b"#, replacement)
+        }
             + suffixes.map { RegexRewrite(NSRegularExpression.escapedPattern(for: $0.0) + #"\b"#, $0.1) }
     }()
 

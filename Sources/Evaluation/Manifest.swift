@@ -90,7 +90,8 @@ public struct Manifest: Sendable, Equatable {
     /// Parses manifest text. `path` only names the source in error messages.
     /// - Throws: ``ManifestError``.
     public init(tsv: String, baseDirectory: URL, path: String = "<string>") throws {
-        var lines = tsv.components(separatedBy: "\n")
+        // "\r\n" is one Character in Swift, so unify line ends before splitting.
+        var lines = tsv.replacingOccurrences(of: "\r\n", with: "\n").components(separatedBy: "\n")
         if lines.last == "" { lines.removeLast() }
         guard let headerLine = lines.first, !headerLine.trimmingCharacters(in: .whitespaces).isEmpty else {
             throw ManifestError.empty(path: path)
