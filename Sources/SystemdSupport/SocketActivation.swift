@@ -13,6 +13,14 @@ public struct ActivatedSocket: Sendable, Equatable {
     public var isUnixStreamListener: Bool
     /// Whether it is a listening stream socket of any family (Unix, IPv4, IPv6).
     public var isStreamListener: Bool
+
+    /// Creates a description of an activated socket.
+    public init(fileDescriptor: Int32, name: String, isUnixStreamListener: Bool, isStreamListener: Bool) {
+        self.fileDescriptor = fileDescriptor
+        self.name = name
+        self.isUnixStreamListener = isUnixStreamListener
+        self.isStreamListener = isStreamListener
+    }
 }
 
 /// Errors taking activated sockets.

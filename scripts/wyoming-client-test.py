@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Drive a myqasr Wyoming server with the reference `wyoming` Python package.
+
+Usage: wyoming-client-test.py unix:///path/to/wyoming.sock   (or tcp://host:port)
+
+Sends describe, then a transcribe request with one second of 48 kHz stereo
+16-bit audio in several chunks, and checks the answers with the package's own
+event classes. Prints one JSON object with what it saw; exits non-zero on any
+protocol violation. Used by ServingTests (WyomingPythonClientTests).
+"""
+
+import asyncio
+import json
+import math
+import struct
+import sys
+
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncClient
+from wyoming.error import Error
+from wyoming.info import Describe, Info
+
+
+def sine_pcm(rate: int, channels: int, seconds: float, freq: float = 440.0) -> bytes:
+    frames = []
+    for i in range(int(rate * seconds)):
+        value = int(0.5 * 32767 * math.sin(2 * math.pi * freq * i / rate))
+        frames.append(struct.pack("<" + "h" * channels, *([value] * channels)))
+    return b"".join(frames)
+
+
+async def main(uri: str) -> dict:
+    report: dict = {}
+    async with AsyncClient.from_uri(uri, connect_timeout=10, read_timeout=30) as client:
+        await client.write_event(Describe().event())
+        event = await client.read_event()
+        if event is None or not Info.is_type(event.type):
+            raise SystemExit(f"expected info, got {event}")
+        info = Info.from_event(event)
+        program = info.asr[0]
+        report["program"] = program.name
+        report["model"] = program.models[0].name
+        report["languages"] = program.models[0].languages
+        report["streaming"] = program.supports_transcript_streaming
+
+        rate, width, channels = 48000, 2, 2
+        audio = sine_pcm(rate, channels, 1.0)
+        await client.write_event(Transcribe(language="en").event())
+        await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
+        step = 4096 * width * channels
+        for offset in range(0, len(audio), step):
+            chunk = AudioChunk(rate=rate, width=width, channels=channels, audio=audio[offset : offset + step])
+            await client.write_event(chunk.event())
+        await client.write_event(AudioStop().event())
+
+        order = []
+        chunks = []
+        while True:
+            event = await client.read_event()
+            if event is None:
+                raise SystemExit("connection closed before transcript-stop")
+            order.append(event.type)
+            if Error.is_type(event.type):
+                raise SystemExit(f"server error: {Error.from_event(event)}")
+            if TranscriptStart.is_type(event.type):
+                report["start_language"] = TranscriptStart.from_event(event).language
+            elif TranscriptChunk.is_type(event.type):
+                chunks.append(TranscriptChunk.from_event(event).text)
+            elif Transcript.is_type(event.type):
+                transcript = Transcript.from_event(event)
+                report["text"] = transcript.text
+                report["language"] = transcript.language
+            elif TranscriptStop.is_type(event.type):
+                break
+        report["order"] = order
+        report["chunks"] = chunks
+    return report
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    print(json.dumps(asyncio.run(main(sys.argv[1]))))
