@@ -16,12 +16,15 @@ final class CapturePipelineTests: XCTestCase {
         let capture = AlsaCapture(
             configuration: AlsaCaptureConfiguration(
                 device: "testmic", configurationText: filePCMConfiguration(name: "testmic", infile: feeder.path)),
+            eventHandler: { event in
+                if case let .opened(_, period, _) = event { feeder.begin(chunkBytes: period * 2) }
+            },
             sink: collector.append)
         try capture.start()
         wait(for: [reached], timeout: 30)
         feeder.finish()
         capture.stop()
-        XCTAssertEqual(Array(collector.collected.prefix(count)), pattern)
+        assertSameSamples(Array(collector.collected.prefix(count)), pattern, "FIFO capture")
     }
 
     func testTwoToneBurstsBecomeTwoUtterances() throws {
@@ -39,6 +42,11 @@ final class CapturePipelineTests: XCTestCase {
             ringBufferSeconds: 30))
         let two = expectation(description: "two utterances")
         let collected = LockedBox<[Utterance]>([])
+        Task {
+            for await event in pipeline.events {
+                if case let .opened(_, period, _) = event { feeder.begin(chunkBytes: period * 2) }
+            }
+        }
         let reader = Task {
             for await utterance in pipeline.utterances {
                 collected.mutate { $0.append(utterance) }
@@ -72,7 +80,7 @@ final class CapturePipelineTests: XCTestCase {
         let first = utterances[0]
         let start = Int(first.streamPosition)
         let expected = Signal.int16(Array(audio[start..<(start + first.sampleCount)])).map { Float($0) / 32768 }
-        XCTAssertEqual(first.samples, expected)
+        assertSameSamples(first.samples, expected, "utterance audio")
 
         XCTAssertEqual(statistics.utterances, 2)
         XCTAssertEqual(statistics.droppedSamples, 0)

@@ -40,7 +40,7 @@ final class SegmenterTests: XCTestCase {
         // The utterance carries the very samples of the stream.
         let first = utterances[0]
         let start = Int(first.streamPosition)
-        XCTAssertEqual(first.samples, Array(samples[start..<(start + first.sampleCount)]))
+        assertSameSamples(first.samples, Array(samples[start..<(start + first.sampleCount)]), "utterance audio")
     }
 
     func testClicksShorterThanMinimumSpeechAreIgnored() throws {

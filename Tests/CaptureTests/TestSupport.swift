@@ -60,14 +60,21 @@ func filePCMConfiguration(name: String, infile: String) -> String {
 
 /// Feeds bytes into a FIFO from its own thread and keeps the FIFO open (so ALSA's file
 /// plugin blocks instead of repeating the last chunk) until `finish()`.
+///
+/// ALSA's `file` plugin fills each period with a single read(2) of the infile and does not
+/// retry a short read, so a FIFO must never hold a partial period. The feeder therefore
+/// waits for `begin(chunkBytes:)` (the period size, known from the `.opened` event) and
+/// writes exactly one period per write(2); writes up to PIPE_BUF bytes are atomic.
 final class FIFOFeeder {
     let path: String
     private let data: Data
+    private let chunkReady = DispatchSemaphore(value: 0)
     private let release = DispatchSemaphore(value: 0)
     private let done = DispatchSemaphore(value: 0)
     private let lock = NSLock()
     private var opened = false
     private var finished = false
+    private var chunkBytes = 0
 
     init(path: String, data: Data) throws {
         self.path = path
@@ -78,7 +85,8 @@ final class FIFOFeeder {
         }
     }
 
-    /// Starts the writer thread; it blocks in open(2) until ALSA opens the FIFO for reading.
+    /// Starts the writer thread; it blocks in open(2) until ALSA opens the FIFO for reading,
+    /// then waits for `begin(chunkBytes:)`.
     func start() {
         let thread = Thread { [self] in
             let fd = open(self.path, O_WRONLY)
@@ -86,12 +94,19 @@ final class FIFOFeeder {
             self.opened = fd >= 0
             self.lock.unlock()
             if fd >= 0 {
-                self.data.withUnsafeBytes { raw in
-                    var offset = 0
-                    while offset < raw.count {
-                        let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                        if written <= 0 { break }
-                        offset += written
+                self.chunkReady.wait()
+                self.lock.lock()
+                let chunk = self.chunkBytes
+                self.lock.unlock()
+                if chunk > 0 {
+                    self.data.withUnsafeBytes { raw in
+                        var offset = 0
+                        while offset < raw.count {
+                            let length = min(chunk, raw.count - offset)
+                            let written = write(fd, raw.baseAddress! + offset, length)
+                            if written <= 0 { break }
+                            offset += written
+                        }
                     }
                 }
                 self.release.wait()
@@ -101,6 +116,15 @@ final class FIFOFeeder {
         }
         thread.name = "fifo-feeder"
         thread.start()
+    }
+
+    /// Lets the writer start, one `chunkBytes` write at a time (at most PIPE_BUF = 4096).
+    func begin(chunkBytes: Int) {
+        lock.lock()
+        let first = self.chunkBytes == 0
+        if first { self.chunkBytes = min(max(2, chunkBytes), 4096) }
+        lock.unlock()
+        if first { chunkReady.signal() }
     }
 
     /// Closes the FIFO (the reader then sees end of file) and waits for the writer thread.
@@ -116,13 +140,27 @@ final class FIFOFeeder {
         if !wasOpened {
             // Nobody opened the reading side: open it ourselves so the writer's open returns.
             let fd = open(path, O_RDONLY | O_NONBLOCK)
+            chunkReady.signal()
             release.signal()
             done.wait()
             if fd >= 0 { close(fd) }
         } else {
+            chunkReady.signal()
             release.signal()
             done.wait()
         }
+    }
+}
+
+/// Asserts two sample sequences are identical, reporting the first difference (not both arrays).
+func assertSameSamples<T: Equatable>(_ actual: [T], _ expected: [T], _ message: String = "",
+                                     file: StaticString = #filePath, line: UInt = #line) {
+    guard actual.count == expected.count else {
+        return XCTFail("\(message): \(actual.count) samples, expected \(expected.count)", file: file, line: line)
+    }
+    if let index = actual.indices.first(where: { actual[$0] != expected[$0] }) {
+        XCTFail("\(message): first difference at sample \(index): \(actual[index]) != \(expected[index])",
+                file: file, line: line)
     }
 }
 
