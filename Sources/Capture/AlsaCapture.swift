@@ -242,11 +242,19 @@ public final class AlsaCapture: @unchecked Sendable {
         return stopRequested
     }
 
-    private func emit(_ event: CaptureEvent) {
+    /// Reports an event to the handler and the stream, and logs it. `repeated` marks a
+    /// failure or retry identical to the previous one, logged at debug level only so a
+    /// missing microphone does not flood the journal.
+    private func emit(_ event: CaptureEvent, repeated: Bool = false) {
         switch event {
         case .opened, .stopped: logger.info("capture: \(event)")
         case .overrun: logger.notice("capture: \(event)")
-        case .unavailable, .lost, .retrying: logger.warning("capture: \(event)")
+        case .unavailable, .lost, .retrying:
+            if repeated {
+                logger.debug("capture: \(event)")
+            } else {
+                logger.warning("capture: \(event)")
+            }
         }
         eventHandler?(event)
         eventContinuation.yield(event)
@@ -266,6 +274,7 @@ public final class AlsaCapture: @unchecked Sendable {
     private func runLoop() {
         var delay = configuration.initialRetryDelay
         var attempt = 0
+        var lastFailure: CaptureError?
         while !shouldStop {
             switch openDevice() {
             case let .success(device):
@@ -279,6 +288,7 @@ public final class AlsaCapture: @unchecked Sendable {
                     delay = configuration.initialRetryDelay
                     attempt = 0
                 }
+                lastFailure = nil
                 switch end {
                 case .stopRequested:
                     break
@@ -288,11 +298,12 @@ public final class AlsaCapture: @unchecked Sendable {
                 }
             case let .failure(error):
                 update { $0.failures += 1 }
-                emit(.unavailable(error))
+                emit(.unavailable(error), repeated: error == lastFailure)
+                lastFailure = error
             }
             if shouldStop { break }
             attempt += 1
-            emit(.retrying(in: delay, attempt: attempt))
+            emit(.retrying(in: delay, attempt: attempt), repeated: lastFailure != nil && attempt > 1)
             if waitForWake(timeout: delay) { break }
             delay = min(delay * 2, configuration.maximumRetryDelay)
         }

@@ -35,7 +35,7 @@ public struct CapturePipelineStatistics: Sendable, Equatable {
     public var overruns: Int
     /// Samples lost in the ring buffer because the detector fell behind.
     public var droppedSamples: Int64
-    /// Utterances handed to the `utterances` sequence.
+    /// Utterances handed to the `utterances` sequence (including any later discarded unread).
     public var utterances: Int
     /// Utterances wiped unread because too many were pending.
     public var discardedUtterances: Int
