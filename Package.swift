@@ -37,7 +37,9 @@ let package = Package(
 
         .target(name: "Audio", dependencies: ["COpenBLAS"], swiftSettings: v5),
         .target(name: "Tokenizer", swiftSettings: v5),
-        .target(name: "WhisperEngine", dependencies: ["Audio", "Tokenizer", "COpenBLAS", "CZlib"], swiftSettings: v5),
+        // -O3 in every configuration: these loops are the network's element-wise hot path.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "WhisperEngine", dependencies: ["Audio", "Tokenizer", "CKernels", "COpenBLAS", "CZlib"], swiftSettings: v5),
         .target(name: "Evaluation", swiftSettings: v5),
         .target(
             name: "Capture",

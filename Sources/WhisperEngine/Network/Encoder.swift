@@ -48,7 +48,7 @@ public final class WhisperNetwork: SpeechModel {
         cols1.withUnsafeBufferPointer { c in
             h1.withUnsafeMutableBufferPointer { h in
                 weights.conv1.forward(c.baseAddress!, rows: inFrames, into: h.baseAddress!, observer: observer)
-                Kernels.gelu(h.baseAddress!, count: h.count)
+                gelu(h.baseAddress!, rows: inFrames, width: d)
             }
         }
         cols1 = []
@@ -73,7 +73,7 @@ public final class WhisperNetwork: SpeechModel {
         cols2.withUnsafeBufferPointer { c in
             x.withUnsafeMutableBufferPointer { xb in
                 weights.conv2.forward(c.baseAddress!, rows: frames, into: xb.baseAddress!, observer: observer)
-                Kernels.gelu(xb.baseAddress!, count: xb.count)
+                gelu(xb.baseAddress!, rows: frames, width: d)
                 weights.encoderPositions.withUnsafeBufferPointer { p in
                     Kernels.add(xb.baseAddress!, p.baseAddress!, count: frames * d)
                 }
@@ -88,11 +88,26 @@ public final class WhisperNetwork: SpeechModel {
         var out = [Float](repeating: 0, count: frames * d)
         x.withUnsafeBufferPointer { xb in
             out.withUnsafeMutableBufferPointer { o in
-                Kernels.layerNorm(xb.baseAddress!, rows: frames, cols: d, gamma: weights.encoderNorm.gamma,
-                                  beta: weights.encoderNorm.beta, into: o.baseAddress!)
+                layerNorm(xb.baseAddress!, rows: frames, width: d, weights.encoderNorm, into: o.baseAddress!)
             }
         }
         return EncodedAudio(frames: frames, width: d, values: out)
+    }
+
+    /// Layer norm of `rows` rows, split across the threads.
+    private func layerNorm(_ x: UnsafePointer<Float>, rows: Int, width: Int, _ norm: LayerNormWeights,
+                           into out: UnsafeMutablePointer<Float>) {
+        Kernels.parallelRows(rows, threads: threads) { r in
+            Kernels.layerNorm(x + r.lowerBound * width, rows: r.count, cols: width, gamma: norm.gamma,
+                              beta: norm.beta, into: out + r.lowerBound * width)
+        }
+    }
+
+    /// GELU of `rows` rows in place, split across the threads.
+    private func gelu(_ x: UnsafeMutablePointer<Float>, rows: Int, width: Int) {
+        Kernels.parallelRows(rows, threads: threads) { r in
+            Kernels.gelu(x + r.lowerBound * width, count: r.count * width)
+        }
     }
 
     /// x = x + SelfAttention(LN(x)); x = x + MLP(LN(x)) over `[frames, d]`.
@@ -110,8 +125,7 @@ public final class WhisperNetwork: SpeechModel {
             scratch.hidden.withUnsafeMutableBufferPointer { hb in
                 let normed = nb.baseAddress!, qkv = qb.baseAddress!, attn = ab.baseAddress!
                 let projected = pb.baseAddress!, hidden = hb.baseAddress!
-                Kernels.layerNorm(x, rows: frames, cols: d, gamma: block.attentionNorm.gamma,
-                                  beta: block.attentionNorm.beta, into: normed)
+                layerNorm(x, rows: frames, width: d, block.attentionNorm, into: normed)
                 block.qkv.forward(normed, rows: frames, into: qkv, observer: observer)   // [frames, 3d]
                 // Per head: S = Q_h K_hᵀ * scale  [frames, frames]; softmax; O_h = S V_h.
                 let scores = scratch.scores
@@ -119,13 +133,8 @@ public final class WhisperNetwork: SpeechModel {
                     let q = qkv + h * dh, k = qkv + d + h * dh, v = qkv + 2 * d + h * dh
                     Kernels.gemmABt(m: frames, n: frames, k: dh, alpha: scale, a: q, lda: 3 * d,
                                     b: k, ldb: 3 * d, c: scores, ldc: frames)
-                    let chunk = (frames + threads - 1) / threads
-                    Kernels.parallelFor(threads, threads: threads) { part in
-                        let start = part * chunk
-                        let count = min(chunk, frames - start)
-                        if count > 0 {
-                            Kernels.softmaxRows(scores + start * frames, rows: count, cols: frames, ld: frames)
-                        }
+                    Kernels.parallelRows(frames, threads: threads) { r in
+                        Kernels.softmaxRows(scores + r.lowerBound * frames, rows: r.count, cols: frames, ld: frames)
                     }
                     Kernels.gemmAB(m: frames, n: dh, k: frames, a: scores, lda: frames,
                                    b: v, ldb: 3 * d, c: attn + h * dh, ldc: d)
@@ -133,10 +142,9 @@ public final class WhisperNetwork: SpeechModel {
                 block.attentionOut.forward(attn, rows: frames, into: projected, observer: observer)
                 Kernels.add(x, projected, count: frames * d)
 
-                Kernels.layerNorm(x, rows: frames, cols: d, gamma: block.mlpNorm.gamma,
-                                  beta: block.mlpNorm.beta, into: normed)
+                layerNorm(x, rows: frames, width: d, block.mlpNorm, into: normed)
                 block.mlpUp.forward(normed, rows: frames, into: hidden, observer: observer)   // [frames, 4d]
-                Kernels.gelu(hidden, count: frames * 4 * d)
+                gelu(hidden, rows: frames, width: 4 * d)
                 block.mlpDown.forward(hidden, rows: frames, into: projected, observer: observer)
                 Kernels.add(x, projected, count: frames * d)
             }}}}}

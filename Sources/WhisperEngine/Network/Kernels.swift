@@ -1,9 +1,10 @@
+import CKernels
 import COpenBLAS
 import Dispatch
 import Foundation
 
 /// Float kernels of the network. Matrix products go to OpenBLAS (Debian's libopenblas);
-/// the element-wise passes are plain loops the optimiser vectorises.
+/// the element-wise passes are the C kernels of `CKernels`.
 /// Every buffer is row-major; `ld*` are row strides in elements.
 enum Kernels {
     /// Sets the threads OpenBLAS may use for one product.
@@ -50,65 +51,34 @@ enum Kernels {
     /// out[r, :] = LayerNorm(x[r, :]) * gamma + beta over `cols` features, eps 1e-5.
     static func layerNorm(_ x: UnsafePointer<Float>, rows: Int, cols: Int,
                           gamma: [Float], beta: [Float], into out: UnsafeMutablePointer<Float>) {
-        gamma.withUnsafeBufferPointer { g in
-            beta.withUnsafeBufferPointer { b in
-                for r in 0..<rows {
-                    let xr = x + r * cols
-                    let orow = out + r * cols
-                    var mean: Float = 0
-                    for i in 0..<cols { mean += xr[i] }
-                    mean /= Float(cols)
-                    var variance: Float = 0
-                    for i in 0..<cols {
-                        let d = xr[i] - mean
-                        variance += d * d
-                    }
-                    variance /= Float(cols)
-                    let inv = 1 / (variance + 1e-5).squareRoot()
-                    for i in 0..<cols { orow[i] = (xr[i] - mean) * inv * g[i] + b[i] }
-                }
-            }
-        }
+        mq_layer_norm(x, rows, cols, gamma, beta, out)
     }
 
-    /// x = GELU(x), the exact form 0.5·x·(1 + erf(x/√2)) Whisper uses.
+    /// x = GELU(x), the erf form 0.5·x·(1 + erf(x/√2)) Whisper uses.
     static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
-        let invSqrt2: Float = 0.70710678118654752
-        for i in 0..<count {
-            let v = x[i]
-            x[i] = 0.5 * v * (1 + erff(v * invSqrt2))
-        }
+        mq_gelu(x, count)
     }
 
     /// Softmax of each row over its first `cols` entries (row stride `ld`).
     static func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int) {
-        for r in 0..<rows {
-            let row = x + r * ld
-            var maxValue = -Float.infinity
-            for i in 0..<cols where row[i] > maxValue { maxValue = row[i] }
-            var sum: Float = 0
-            for i in 0..<cols {
-                let e = expf(row[i] - maxValue)
-                row[i] = e
-                sum += e
-            }
-            let inv = 1 / sum
-            for i in 0..<cols { row[i] *= inv }
-        }
+        mq_softmax_rows(x, rows, cols, ld)
     }
 
     /// a[i] += b[i].
     @inline(__always)
     static func add(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count { a[i] += b[i] }
+        mq_add(a, b, count)
     }
 
-    /// Runs `body(i)` for i in 0..<n on up to `threads` threads.
-    static func parallelFor(_ n: Int, threads: Int, _ body: (Int) -> Void) {
-        if threads <= 1 || n <= 1 {
-            for i in 0..<n { body(i) }
-        } else {
-            DispatchQueue.concurrentPerform(iterations: n, execute: body)
+    /// Splits `0..<rows` into one contiguous range per thread and runs `body` on each.
+    static func parallelRows(_ rows: Int, threads: Int, _ body: (Range<Int>) -> Void) {
+        let parts = Swift.min(threads, rows)
+        guard parts > 1 else { return body(0..<rows) }
+        let chunk = (rows + parts - 1) / parts
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            let start = part * chunk
+            let end = Swift.min(rows, start + chunk)
+            if start < end { body(start..<end) }
         }
     }
 }

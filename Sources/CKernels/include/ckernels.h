@@ -1,0 +1,22 @@
+// Hot element-wise kernels of the network, in C so that they vectorise and build at -O3
+// even in debug builds. On x86-64 each function is compiled twice (AVX2+FMA and baseline)
+// and the loader picks the variant the CPU supports.
+#ifndef MYQASR_CKERNELS_H
+#define MYQASR_CKERNELS_H
+
+#include <stddef.h>
+
+/// Softmax of each of `rows` rows over their first `cols` entries; rows are `ld` apart.
+void mq_softmax_rows(float *x, size_t rows, size_t cols, size_t ld);
+
+/// out[r, :] = (x[r, :] - mean) / sqrt(var + 1e-5) * gamma + beta for `rows` rows of `cols`.
+void mq_layer_norm(const float *x, size_t rows, size_t cols, const float *gamma,
+                   const float *beta, float *out);
+
+/// x = 0.5·x·(1 + erf(x/√2)) in place (Whisper's GELU), absolute error below 1e-6.
+void mq_gelu(float *x, size_t count);
+
+/// a[i] += b[i].
+void mq_add(float *a, const float *b, size_t count);
+
+#endif
