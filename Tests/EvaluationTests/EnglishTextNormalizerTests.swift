@@ -71,6 +71,8 @@ final class EnglishTextNormalizerTests: XCTestCase {
         check("forty-two", "42")
         check("I have twenty-five apples and three pears", "i have 25 apples and 3 pears")
         check("one thousand two hundred thirty four", "1234")
+        check("twenty nineteen", "2019")
+        check("two thousand nineteen", "2019")
     }
 
     func testLoneOneStaysAWord() {
@@ -147,5 +149,6 @@ final class EnglishTextNormalizerTests: XCTestCase {
             XCTAssertNotEqual(british, american)
         }
         XCTAssertEqual(EnglishSpellings.americanize("the honourable labourer"), "the honorable laborer")
+        XCTAssertGreaterThan(EnglishSpellings.table.count, 500)
     }
 }
