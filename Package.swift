@@ -4,7 +4,9 @@ import PackageDescription
 // The architecture, one target per concern (README "Architecture"):
 //   Audio           WAV decoding, resampling, Whisper's log-mel front end
 //   Tokenizer       Whisper's byte-level BPE vocabulary
+//   CKernels        C hot loops (element-wise passes, packed low-bit products)
 //   WhisperEngine   CTranslate2 model loading, encoder/decoder network, decoding
+//   Quantization    myQASR: activation statistics, bit allocation, calibration, packed weights
 //   Evaluation      word error rate with Whisper-style English normalisation
 //   Capture         ALSA microphone capture, privacy ring buffer, voice activity
 //   Serving         Unix-socket servers: Wyoming protocol and the control protocol
@@ -40,6 +42,7 @@ let package = Package(
         // -O3 in every configuration: these loops are the network's element-wise hot path.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "WhisperEngine", dependencies: ["Audio", "Tokenizer", "CKernels", "COpenBLAS", "CZlib"], swiftSettings: v5),
+        .target(name: "Quantization", dependencies: ["WhisperEngine", "CKernels", "CZlib"], swiftSettings: v5),
         .target(name: "Evaluation", swiftSettings: v5),
         .target(
             name: "Capture",
@@ -60,7 +63,7 @@ let package = Package(
         .executableTarget(
             name: "myqasr",
             dependencies: [
-                "WhisperEngine", "Audio", "Evaluation",
+                "WhisperEngine", "Quantization", "Audio", "Evaluation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: v5
@@ -84,6 +87,7 @@ let package = Package(
         .testTarget(name: "AudioTests", dependencies: ["Audio"], swiftSettings: v5),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], swiftSettings: v5),
         .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine"], swiftSettings: v5),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization"], swiftSettings: v5),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
         .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),
         .testTarget(name: "ServingTests", dependencies: ["Serving", "SystemdSupport"], swiftSettings: v5),
