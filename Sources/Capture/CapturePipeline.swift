@@ -52,7 +52,8 @@ public struct CapturePipelineStatistics: Sendable, Equatable {
 /// ring buffer; a second dedicated thread reads the ring buffer, runs the detector and
 /// publishes utterances. A pipeline runs once: `start()`, then `stop()`, which ends both
 /// async sequences. Audio still in the ring buffer or in an unfinished utterance at
-/// `stop()` is discarded and zeroed, not published.
+/// `stop()` is discarded and zeroed, not published. Both threads hold the pipeline while
+/// it runs: keep a reference and call `stop()` (deinit cannot run before that).
 public final class CapturePipeline: @unchecked Sendable {
     /// The configuration in use.
     public let configuration: CapturePipelineConfiguration
