@@ -124,3 +124,9 @@ MQ_CLONES
 void mq_add(float *a, const float *b, size_t count) {
     for (size_t i = 0; i < count; i++) a[i] += b[i];
 }
+
+MQ_CLONES
+void mq_f16_to_f32(const unsigned short *src, float *dst, size_t count) {
+    const _Float16 *half = (const _Float16 *)src;
+    for (size_t i = 0; i < count; i++) dst[i] = (float)half[i];
+}

@@ -19,4 +19,7 @@ void mq_gelu(float *x, size_t count);
 /// a[i] += b[i].
 void mq_add(float *a, const float *b, size_t count);
 
+/// dst[i] = (float)src[i] for IEEE half-precision bit patterns (model loading).
+void mq_f16_to_f32(const unsigned short *src, float *dst, size_t count);
+
 #endif

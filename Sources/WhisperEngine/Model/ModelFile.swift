@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Element type of a variable stored in a CTranslate2 `model.bin`.
@@ -103,8 +104,7 @@ public struct StoredVariable: @unchecked Sendable {
                 case .float32:
                     memcpy(dst.baseAddress!, base, count * 4)
                 case .float16:
-                    let src = base.assumingMemoryBound(to: UInt16.self)
-                    for i in 0..<count { dst[i] = Float(Float16(bitPattern: src[i])) }
+                    mq_f16_to_f32(base.assumingMemoryBound(to: UInt16.self), dst.baseAddress!, count)
                 case .bfloat16:
                     let src = base.assumingMemoryBound(to: UInt16.self)
                     for i in 0..<count { dst[i] = Float(bitPattern: UInt32(src[i]) << 16) }
