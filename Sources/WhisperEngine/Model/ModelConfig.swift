@@ -39,6 +39,11 @@ public struct ModelConfig: Sendable, Equatable {
 
     /// Parses `config.json` content; `path` is used in messages only.
     public init(data: Data, path: String) throws {
+        do {
+            _ = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+        } catch {
+            throw ModelFileError.badConfig(path: path, reason: "not valid JSON")
+        }
         let raw: RawConfig
         do {
             raw = try JSONDecoder().decode(RawConfig.self, from: data)
@@ -86,13 +91,14 @@ public struct ModelConfig: Sendable, Equatable {
         }
         switch error {
         case let .typeMismatch(type, context):
-            return "\(where_(context.codingPath)) is not of the expected type (\(type))"
+            return "\(where_(context.codingPath)) is not of the expected type (\(type)); token ids and heads are integers"
         case let .valueNotFound(type, context):
             return "\(where_(context.codingPath)) is null, expected \(type)"
         case let .keyNotFound(key, context):
             return "\(where_(context.codingPath)) lacks the key '\(key.stringValue)'"
         case let .dataCorrupted(context):
-            if context.codingPath.isEmpty { return "not valid JSON" }
+            // Some Foundation versions report a fractional number read as Int this way.
+            if context.codingPath.isEmpty { return "a value is not of the expected type (token ids and heads are integers)" }
             return "\(where_(context.codingPath)) is invalid: \(context.debugDescription)"
         @unknown default:
             return "malformed: \(error)"
