@@ -39,6 +39,31 @@ final class AlsaCaptureTests: XCTestCase {
         XCTAssertEqual(capture.statistics.opens, 1)
     }
 
+    func testSystemConfigurationPathThroughALSA_CONFIG_PATH() throws {
+        // The daemon's route: no configuration text, the device comes from the ALSA
+        // configuration files. ALSA re-reads ALSA_CONFIG_PATH at every open.
+        let directory = try TemporaryDirectory()
+        let count = 20_000
+        let pattern: [Int16] = (0..<count).map { Int16(truncatingIfNeeded: $0 &* 31 &+ 1) }
+        let input = directory.path("pattern.raw")
+        try Signal.bytes(pattern).write(to: URL(fileURLWithPath: input))
+        let conf = directory.path("test.conf")
+        try filePCMConfiguration(name: "myqasr_envmic", infile: input).write(toFile: conf, atomically: true, encoding: .utf8)
+        let previous = getenv("ALSA_CONFIG_PATH").map { String(cString: $0) }
+        setenv("ALSA_CONFIG_PATH", "/usr/share/alsa/alsa.conf:\(conf)", 1)
+        defer {
+            if let previous { setenv("ALSA_CONFIG_PATH", previous, 1) } else { unsetenv("ALSA_CONFIG_PATH") }
+        }
+        let reached = expectation(description: "all samples captured")
+        let collector = SampleCollector(target: count, reached: reached)
+        let capture = AlsaCapture(configuration: AlsaCaptureConfiguration(device: "myqasr_envmic"),
+                                  sink: collector.append)
+        try capture.start()
+        wait(for: [reached], timeout: 20)
+        capture.stop()
+        assertSameSamples(Array(collector.collected.prefix(count)), pattern, "samples through ALSA_CONFIG_PATH")
+    }
+
     func testFortyEightKilohertzStereoThroughPlugComesOutAtSixteenKilohertzMono() throws {
         let directory = try TemporaryDirectory()
         let seconds = 2.0
