@@ -20,6 +20,7 @@ import Foundation
 
 /// A rational-ratio, windowed-sinc (Kaiser) resampler. Works one-shot (`resample`) or streaming
 /// (`process` / `flush`) with identical results. Mono: downmix interleaved audio first.
+/// A streaming instance holds state: use it from one thread at a time.
 public final class Resampler {
     /// Input sample rate in Hz.
     public let inputRate: Int
