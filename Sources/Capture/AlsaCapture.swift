@@ -137,6 +137,7 @@ public final class AlsaCapture: @unchecked Sendable {
     private var wakeReadFD: Int32 = -1
     private var wakeWriteFD: Int32 = -1
     private var finished: DispatchSemaphore?
+    private var captureThread: Thread?
 
     /// Creates a capture; nothing is opened until `start()`.
     /// - Parameters:
@@ -210,16 +211,20 @@ public final class AlsaCapture: @unchecked Sendable {
             self.wakeWriteFD = -1
             self.running = false
             self.finished = nil
+            self.captureThread = nil
             self.lock.unlock()
             done.signal()
         }
         thread.name = "myqasr.capture"
         thread.stackSize = 1 << 20
+        captureThread = thread
         thread.start()
     }
 
     /// Stops capture and waits until the capture thread has closed the device and exited.
-    /// Safe to call from any thread other than the sink/event callbacks, and more than once.
+    /// Safe to call more than once and from any thread; called from the sink or the event
+    /// handler (the capture thread itself) it only requests the stop and returns, and the
+    /// thread exits after the callback.
     public func stop() {
         lock.lock()
         guard running, let done = finished else {
@@ -229,7 +234,9 @@ public final class AlsaCapture: @unchecked Sendable {
         stopRequested = true
         var byte: UInt8 = 1
         _ = write(wakeWriteFD, &byte, 1)
+        let calledFromCaptureThread = captureThread.map { $0 === Thread.current } ?? false
         lock.unlock()
+        if calledFromCaptureThread { return }
         done.wait()
         done.signal()  // let concurrent stop() callers through as well
     }

@@ -194,6 +194,27 @@ final class AlsaCaptureTests: XCTestCase {
         XCTAssertEqual(last, .stopped)
     }
 
+    func testStopFromTheSinkDoesNotDeadlock() throws {
+        let directory = try TemporaryDirectory()
+        let input = directory.path("noise.raw")
+        try Signal.bytes(Signal.int16(Signal.noise(amplitude: 0.1, count: 16_000))).write(to: URL(fileURLWithPath: input))
+        let stopped = expectation(description: "stopped event")
+        let holder = LockedBox<AlsaCapture?>(nil)
+        let capture = AlsaCapture(
+            configuration: AlsaCaptureConfiguration(
+                device: "testmic", configurationText: filePCMConfiguration(name: "testmic", infile: input)),
+            eventHandler: { event in
+                if event == .stopped { stopped.fulfill() }
+            },
+            sink: { _ in holder.value?.stop() })
+        holder.mutate { $0 = capture }
+        try capture.start()
+        wait(for: [stopped], timeout: 20)
+        capture.stop()  // joins the (finished) thread
+        XCTAssertFalse(capture.isRunning)
+        holder.mutate { $0 = nil }
+    }
+
     func testInvalidConfigurationIsRejected() {
         let capture = AlsaCapture(
             configuration: AlsaCaptureConfiguration(initialRetryDelay: 5, maximumRetryDelay: 1),
