@@ -11,9 +11,9 @@
 //   h(t)      = 2 fc · sinc(2 fc t) · kaiser(t / halfWidth, β)
 //   halfWidth = zeroCrossings / min(1, outRate/inRate) input samples, i.e. `zeroCrossings` sample
 //               periods of the lower of the two rates on each side of the centre.
-// Defaults rolloff 0.92, 32 zero crossings, β 9.0: > 80 dB stopband, passband flat to ~0.01 dB up to
-// about 0.8 × the output Nyquist frequency, transition band ≈ 0.82–1.0 × Nyquist (for 16 kHz output:
-// full rejection from ~8 kHz, flat to ~6.4 kHz). Each phase is normalised to unit DC gain.
+// Defaults rolloff 0.92, 32 zero crossings, β 9.0. Measured for 48000 → 16000 (tone level out/in):
+// 1–6 kHz within 0.001 dB, 7 kHz −0.6 dB, 7.5 kHz −11 dB, 8.5 kHz −105 dB, 12 kHz −104 dB.
+// Each phase is normalised to unit DC gain.
 // Samples outside the signal are taken as zero; the filter is symmetric, so there is no delay.
 
 import Foundation

@@ -141,6 +141,20 @@ final class WAVTests: XCTestCase {
         XCTAssertEqual(buffer.samples, [0.25, -0.5, 0.75])
     }
 
+    func testOddSizedDataChunkFollowedByAnotherChunk() throws {
+        // 8-bit mono, 3 bytes of data: a pad byte precedes the next chunk, which must not be read as samples.
+        var b = WAVBuilder()
+        b.add("fmt ", WAVBuilder.fmt(tag: 1, channels: 1, rate: 8000, bits: 8))
+        b.add("data", Encode.u8([0.5, -0.5, 0]))
+        b.add("LIST", [0x41, 0x42, 0x43, 0x44])
+        XCTAssertEqual(try WAVDecoder.decode(data: b.bytes()).samples, [0.5, -0.5, 0])
+        // Chunks after the pad byte are still found: here `fmt ` comes after the odd data chunk.
+        var late = WAVBuilder()
+        late.add("data", Encode.u8([0.25, -0.25, 0.75]))
+        late.add("fmt ", WAVBuilder.fmt(tag: 1, channels: 1, rate: 8000, bits: 8))
+        XCTAssertEqual(try WAVDecoder.decode(data: late.bytes()).samples, [0.25, -0.25, 0.75])
+    }
+
     func testFormatChunkAfterDataChunk() throws {
         var b = WAVBuilder()
         b.add("data", Encode.s16([0.125, -0.125]))
