@@ -247,6 +247,14 @@ final class DecodingSearchTests: XCTestCase {
         XCTAssertEqual(result.tokens, [hello])
         XCTAssertEqual(model.log.firstSteps.last, [s.startOfTranscript], "decoding steps to <|startoftranscript|> first")
 
+        // The config's lang_ids restrict the choice.
+        let restricted = try WindowDecoder(model: model, tokenizer: tokenizer,
+                                           config: ModelConfig(languageIDs: [de, try XCTUnwrap(tokenizer.languageToken("en"))]))
+        let restrictedDetection = try restricted.detectLanguage(audio: taggedAudio(0))
+        XCTAssertEqual(restrictedDetection.code, "de")
+        XCTAssertEqual(restrictedDetection.probabilities.count, 2)
+        XCTAssertEqual(restricted.suppressIDsBegin, [tokenizer.encode(" ")[0], s.endOfText], "empty suppress_ids_begin means Whisper's")
+
         let english = try DecodingFixture.englishTokenizer()
         let englishModel = ScriptedModel(dimensions: DecodingFixture.dimensions(english)) { _, _ in [] }
         let englishDecoder = try WindowDecoder(model: englishModel, tokenizer: english, suppressIDs: [])

@@ -103,6 +103,11 @@ public final class Transcriber {
                                              suppressIDsBegin: suppressIDsBegin))
     }
 
+    /// Creates a transcriber with the suppression lists and language tokens of a model's `config.json`.
+    public convenience init(model: SpeechModel, tokenizer: WhisperTokenizer, config: ModelConfig) throws {
+        self.init(decoder: try WindowDecoder(model: model, tokenizer: tokenizer, config: config))
+    }
+
     /// Mel frames per window (`2 * nAudioCtx`, 3000).
     public var windowFrames: Int { 2 * decoder.model.dimensions.nAudioCtx }
 

@@ -110,19 +110,32 @@ public final class WindowDecoder {
     /// Tokens suppressed at the first step when `suppressBlank` is on (`suppress_ids_begin`).
     public let suppressIDsBegin: [Int]
 
+    /// Language tokens language detection chooses among (the config's `lang_ids`, or every
+    /// language token of the vocabulary).
+    public let languageTokens: [Int]
+
     private let vocabularySize: Int
     private var sampler = TemperatureSampler()
 
-    /// Creates a decoder. `suppressIDsBegin` defaults to `encode(" ") + [endOfText]`, which is
-    /// what Whisper suppresses. Throws `DecodingError.vocabularyMismatch` when the tokenizer's
+    /// Creates a decoder. An absent or empty `suppressIDsBegin` means `encode(" ") + [endOfText]`,
+    /// which is what Whisper suppresses; an absent or empty `languageIDs` means every language
+    /// token of the vocabulary. Throws `DecodingError.vocabularyMismatch` when the tokenizer's
     /// control tokens do not fit the network's vocabulary.
-    public init(model: SpeechModel, tokenizer: WhisperTokenizer, suppressIDs: [Int], suppressIDsBegin: [Int]? = nil) throws {
+    public init(model: SpeechModel, tokenizer: WhisperTokenizer, suppressIDs: [Int], suppressIDsBegin: [Int]? = nil,
+                languageIDs: [Int]? = nil) throws {
         self.model = model
         self.tokenizer = tokenizer
         self.suppressIDs = suppressIDs
         let s = tokenizer.specials
-        self.suppressIDsBegin = suppressIDsBegin ?? (tokenizer.encode(" ") + [s.endOfText])
+        if let begin = suppressIDsBegin, !begin.isEmpty {
+            self.suppressIDsBegin = begin
+        } else {
+            self.suppressIDsBegin = tokenizer.encode(" ") + [s.endOfText]
+        }
         vocabularySize = model.dimensions.nVocab
+        let vocabularySize = self.vocabularySize
+        let languages = (languageIDs?.isEmpty == false ? languageIDs! : tokenizer.languageTokens)
+        languageTokens = languages.filter { $0 >= 0 && $0 < vocabularySize && tokenizer.languageCode(forToken: $0) != nil }
         let controls = [s.endOfText, s.startOfTranscript, s.translate, s.transcribe, s.startOfLM,
                         s.startOfPrevious, s.noSpeech, s.noTimestamps, s.timestampBegin]
         if let bad = controls.first(where: { $0 < 0 || $0 >= vocabularySize }) {
@@ -134,6 +147,12 @@ public final class WindowDecoder {
         }
     }
 
+    /// Creates a decoder with the suppression lists and language tokens of a model's `config.json`.
+    public convenience init(model: SpeechModel, tokenizer: WhisperTokenizer, config: ModelConfig) throws {
+        try self.init(model: model, tokenizer: tokenizer, suppressIDs: config.suppressIDs,
+                      suppressIDsBegin: config.suppressIDsBegin, languageIDs: config.languageIDs)
+    }
+
     /// Seconds per timestamp step: 30 s over the encoder's positions (0.02 s).
     public var timePrecision: Double { 30.0 / Double(model.dimensions.nAudioCtx) }
 
@@ -143,7 +162,6 @@ public final class WindowDecoder {
     /// the language tokens only. Throws on English-only models.
     public func detectLanguage(audio: EncodedAudio) throws -> LanguageDetection {
         guard tokenizer.isMultilingual else { throw DecodingError.languageDetectionUnsupported }
-        let languageTokens = tokenizer.languageTokens.filter { $0 < vocabularySize }
         guard !languageTokens.isEmpty else {
             throw DecodingError.vocabularyMismatch("the vocabulary has no language tokens")
         }
