@@ -1,0 +1,94 @@
+import Audio
+import Foundation
+import Tokenizer
+
+/// A loaded Whisper model: weights, decoding configuration and vocabulary.
+/// Immutable and shareable; a requantized model is a new `WhisperModel` sharing the
+/// tokenizer and configuration with different weights.
+public final class WhisperModel: @unchecked Sendable {
+    /// Short name (`tiny.en`, `base`, or the directory name).
+    public let name: String
+    /// The network weights.
+    public let weights: WhisperWeights
+    /// Token suppression lists and language ids from `config.json`.
+    public let config: ModelConfig
+    /// The vocabulary.
+    public let tokenizer: WhisperTokenizer
+
+    /// Assembles a model from loaded parts.
+    public init(name: String, weights: WhisperWeights, config: ModelConfig, tokenizer: WhisperTokenizer) {
+        self.name = name
+        self.weights = weights
+        self.config = config
+        self.tokenizer = tokenizer
+    }
+
+    /// Loads `tiny.en`, `base`, or a CTranslate2 model directory (see `ModelLocator`).
+    public static func load(_ nameOrPath: String) throws -> WhisperModel {
+        try load(directory: try ModelLocator().resolve(nameOrPath))
+    }
+
+    /// Loads the model files of `directory`, checking that the vocabulary fits the weights.
+    public static func load(directory: ModelDirectory) throws -> WhisperModel {
+        let weights = try WhisperWeights(file: try ModelFile(path: directory.modelBin))
+        let config = try ModelConfig(contentsOf: directory.configJSON)
+        let tokenizer = try WhisperTokenizer(vocabularyFile: directory.vocabulary, tokenizerJSON: directory.tokenizerJSON)
+        guard tokenizer.vocabularySize == weights.dimensions.nVocab else {
+            throw ModelFileError.badConfig(
+                path: directory.vocabulary,
+                reason: "vocabulary has \(tokenizer.vocabularySize) tokens but the weights have \(weights.dimensions.nVocab)")
+        }
+        return WhisperModel(name: directory.name, weights: weights, config: config, tokenizer: tokenizer)
+    }
+
+    /// The same model with other weights (a requantized form of the same network).
+    public func withWeights(_ newWeights: WhisperWeights) -> WhisperModel {
+        precondition(newWeights.dimensions == weights.dimensions, "withWeights: dimensions differ")
+        return WhisperModel(name: name, weights: newWeights, config: config, tokenizer: tokenizer)
+    }
+}
+
+/// Audio in, text out: the log-mel front end, the network and long-form decoding.
+/// One recognizer serves one thread at a time; make one per worker.
+public final class SpeechRecognizer {
+    /// The model in use.
+    public let model: WhisperModel
+    /// The network bound to this recognizer's threads and observer.
+    public let network: WhisperNetwork
+    private let frontEnd: LogMelFrontEnd
+    private let transcriber: Transcriber
+
+    /// Prepares `model` for transcription on `threads` threads; `observer`, when given,
+    /// sees every linear layer's activations (statistics).
+    public init(model: WhisperModel, threads: Int = 2, observer: ActivationObserver? = nil) throws {
+        self.model = model
+        network = WhisperNetwork(weights: model.weights, threads: threads, observer: observer)
+        frontEnd = try LogMelFrontEnd(nMels: model.weights.dimensions.nMels)
+        transcriber = try Transcriber(model: network, tokenizer: model.tokenizer,
+                                      suppressIDs: model.config.suppressIDs,
+                                      suppressIDsBegin: model.config.suppressIDsBegin)
+    }
+
+    /// Transcribes 16 kHz mono samples of any length.
+    public func transcribe(samples: [Float], options: TranscriptionOptions = TranscriptionOptions(),
+                           onSegment: ((Segment) -> Void)? = nil) throws -> Transcript {
+        var options = options
+        if !model.tokenizer.isMultilingual {
+            options.decoding.language = "en"
+        }
+        // Whisper computes the spectrogram of the audio followed by 30 s of silence.
+        let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nSamples)
+        let contentFrames = samples.count / WhisperAudio.hopLength
+        return try transcriber.transcribe(mel: mel.values, frameCount: mel.nFrames,
+                                          contentFrames: min(contentFrames, mel.nFrames),
+                                          options: options, onSegment: onSegment)
+    }
+
+    /// Detects the spoken language of the first 30 s (multilingual models only).
+    public func detectLanguage(samples: [Float]) throws -> LanguageDetection {
+        let mel = frontEnd.compute(samples: Array(samples.prefix(WhisperAudio.nSamples)),
+                                   paddingSamples: WhisperAudio.nSamples)
+        let audio = network.encode(mel: mel.window(atFrame: 0).values)
+        return try transcriber.decoder.detectLanguage(audio: audio)
+    }
+}

@@ -1,0 +1,15 @@
+import ArgumentParser
+
+/// `myqasr`: the offline tool. Transcribes files with a local Whisper model.
+@main
+struct MyQASR: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "myqasr",
+        abstract: "On-device Whisper speech recognition with personalised quantization.",
+        discussion: """
+            Models are fetched once with `scripts/fetch-models tiny.en base` and then used offline.
+            Nothing you transcribe leaves this machine or is written anywhere.
+            """,
+        subcommands: [Transcribe.self]
+    )
+}
