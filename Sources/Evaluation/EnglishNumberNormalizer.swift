@@ -111,12 +111,6 @@ public struct EnglishNumberNormalizer: Sendable {
 
     static func isArabic(_ word: String) -> Bool { arabic.matchesWhole(word) }
 
-    /// Whether `word` can take part in a number (a number word, or digits).
-    static func isNumeric(_ word: String?) -> Bool {
-        guard let word else { return false }
-        return vocabulary.contains(word) || isArabic(word)
-    }
-
     /// Whether `word` is a number word other than the connectors (and, point, percent, currencies).
     static func isCoreNumber(_ word: String?) -> Bool {
         guard let word else { return false }
@@ -252,14 +246,12 @@ public struct EnglishNumberNormalizer: Sendable {
             let word = words[index]
             let previous = index > 0 ? words[index - 1] : nil
             let next = index + 1 < words.count ? words[index + 1] : nil
-            let nextIsNumeric = Self.isNumeric(next)
 
             // digits, possibly after a sign or currency symbol: "$20", "-3", "2.5"
-            if let first = word.first, Self.prefixSymbols.contains(first), word.count > 1,
-               Self.isArabic(String(word.dropFirst())) || Self.isArabic(word) {
-                let body = Self.isArabic(word) ? word : String(word.dropFirst())
+            if let first = word.first, Self.prefixSymbols.contains(first), Self.isArabic(String(word.dropFirst())) {
+                let body = String(word.dropFirst())
                 flush()
-                if body != word { prefix = (String(first), String(first)) }
+                prefix = (String(first), String(first))
                 value = body.contains(".") ? .digits(body) : (Int(body).map(Value.integer) ?? .digits(body))
                 continue
             }
@@ -311,7 +303,7 @@ public struct EnglishNumberNormalizer: Sendable {
                 }
             } else if let symbol = Self.precedingPrefixers[word] {
                 flush()
-                if nextIsNumeric, let next, Self.isCoreNumber(next) {
+                if Self.isCoreNumber(next) {
                     prefix = (symbol, word)
                 } else {
                     emitWord(word)
