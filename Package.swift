@@ -68,13 +68,22 @@ let package = Package(
             ],
             swiftSettings: v5
         ),
+        // The daemon's logic (configuration, model holder, worker, backends), a library so it is testable.
+        .target(
+            name: "DaemonCore",
+            dependencies: [
+                "WhisperEngine", "Audio", "Capture", "Serving", "SystemdSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: v5
+        ),
         .executableTarget(
             name: "myqasrd",
             dependencies: [
-                "WhisperEngine", "Audio", "Capture", "Serving", "SystemdSupport",
+                "DaemonCore", "Serving", "SystemdSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: v5
         ),
@@ -91,5 +100,10 @@ let package = Package(
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
         .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),
         .testTarget(name: "ServingTests", dependencies: ["Serving", "SystemdSupport"], swiftSettings: v5),
+        .testTarget(
+            name: "DaemonTests",
+            dependencies: ["DaemonCore", "Serving", "SystemdSupport", "Audio", "myqasrd", "myqasrctl"],
+            swiftSettings: v5
+        ),
     ]
 )
