@@ -15,13 +15,17 @@ public struct ControlServerConfiguration: Sendable {
     public var resampler: Resampler
     /// Decodes `wav` audio to 16 kHz mono; nil makes `format: "wav"` an `unsupported_format` error.
     public var wavDecoder: AudioFileDecoder?
+    /// A `listen` client whose queued events stay above `connection.maxQueuedOutboundBytes` for this long is
+    /// disconnected. Until then its events wait in its own bounded stream, without holding up anyone else.
+    public var listenStallTimeout: TimeAmount
 
     /// Creates a configuration.
     public init(
         connection: ConnectionOptions = ConnectionOptions(), maxRequestBytes: Int = 16 * 1024 * 1024,
-        maxAudioSeconds: Double = 120, resampler: @escaping Resampler = AudioConversion.resampleTo16k,
-        wavDecoder: AudioFileDecoder? = nil
+        maxAudioSeconds: Double = 120, resampler: @escaping Resampler = { AudioConversion.resampleTo16k($0, rate: $1) },
+        wavDecoder: AudioFileDecoder? = nil, listenStallTimeout: TimeAmount = .seconds(10)
     ) {
+        self.listenStallTimeout = listenStallTimeout
         self.connection = connection
         self.maxRequestBytes = maxRequestBytes
         self.maxAudioSeconds = maxAudioSeconds
@@ -86,6 +90,7 @@ final class ControlSessionHandler: ChannelDuplexHandler {
     private var readPending = false
     private var closeWhenIdle = false
     private var listenTask: Task<Void, Never>?
+    private var writabilityWaiters: [EventLoopPromise<Bool>] = []
 
     init(
         control: ControlBackend, transcription: TranscriptionBackend, configuration: ControlServerConfiguration,
@@ -114,6 +119,34 @@ final class ControlSessionHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         listenTask?.cancel()
+        resolveWaiters(false)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { resolveWaiters(true) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func resolveWaiters(_ value: Bool) {
+        let waiters = writabilityWaiters
+        writabilityWaiters = []
+        for waiter in waiters { waiter.succeed(value) }
+    }
+
+    /// Succeeds with true once the channel can take more output, or false after the stall timeout.
+    private func whenWritable(context: ChannelHandlerContext) -> EventLoopFuture<Bool> {
+        if context.channel.isWritable { return context.eventLoop.makeSucceededFuture(true) }
+        guard context.channel.isActive else { return context.eventLoop.makeSucceededFuture(false) }
+        let promise = context.eventLoop.makePromise(of: Bool.self)
+        writabilityWaiters.append(promise)
+        let timeout = context.eventLoop.scheduleTask(in: configuration.listenStallTimeout) { [weak self] in
+            guard let self, let index = self.writabilityWaiters.firstIndex(where: { $0.futureResult === promise.futureResult })
+            else { return }
+            self.writabilityWaiters.remove(at: index)
+            promise.succeed(false)
+        }
+        promise.futureResult.whenComplete { _ in timeout.cancel() }
+        return promise.futureResult
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -217,27 +250,30 @@ final class ControlSessionHandler: ChannelDuplexHandler {
         listenTask = Task {
             for await transcript in stream {
                 if Task.isCancelled { break }
+                // Per-connection backpressure: take the next transcript only when this client has room.
+                let writable = try? await eventLoop.flatSubmit {
+                    let (handler, context) = loopBound.value
+                    return handler.whenWritable(context: context)
+                }.get()
+                guard writable == true else { break }
                 eventLoop.execute {
                     let (handler, context) = loopBound.value
                     handler.push(transcript, context: context)
                 }
             }
             eventLoop.execute {
-                let (_, context) = loopBound.value
-                context.close(promise: nil)  // the daemon ended the stream (for example, shutting down)
+                let (handler, context) = loopBound.value
+                if context.channel.isActive && !context.channel.isWritable {
+                    handler.logger.notice("control: dropping a listen client that stopped reading")
+                }
+                // Stalled client dropped, or the daemon ended the stream (for example, shutting down).
+                context.close(promise: nil)
             }
         }
     }
 
     private func push(_ transcript: LiveTranscript, context: ChannelHandlerContext) {
         guard context.channel.isActive else { return }
-        guard context.channel.isWritable else {
-            // The client has left more than the outbound limit unread: drop it rather than buffer without bound.
-            logger.notice("control: dropping a listen client that is not reading")
-            listenTask?.cancel()
-            context.close(promise: nil)
-            return
-        }
         write(ControlWire.event(transcript), context: context)
     }
 

@@ -81,7 +81,7 @@ public struct WyomingServerConfiguration: Sendable {
     /// Creates a configuration.
     public init(
         connection: ConnectionOptions = ConnectionOptions(), framing: WyomingFramingLimits = WyomingFramingLimits(),
-        maxAudioSeconds: Double = 120, resampler: @escaping Resampler = AudioConversion.resampleTo16k,
+        maxAudioSeconds: Double = 120, resampler: @escaping Resampler = { AudioConversion.resampleTo16k($0, rate: $1) },
         serviceInfo: @escaping @Sendable () -> WyomingServiceInfo = {
             WyomingServiceInfo(modelName: "whisper", languages: ["en"])
         }
@@ -182,7 +182,7 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
-            if !busy && audio == nil {
+            if !busy {
                 send(.error("no activity; closing the connection", code: "idle-timeout"), context: context)
                 context.close(promise: nil)
             }

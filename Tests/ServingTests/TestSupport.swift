@@ -166,8 +166,14 @@ final class TestControlBackend: ControlBackend, @unchecked Sendable {
     private(set) var reloads = 0
     private(set) var forgets = 0
     let bufferLimit: Int
+    /// One element each time a listener's stream terminates (the server cancelled it).
+    let listenerEnded: AsyncStream<Void>
+    private let listenerEndedContinuation: AsyncStream<Void>.Continuation
 
-    init(bufferLimit: Int = 100_000) { self.bufferLimit = bufferLimit }
+    init(bufferLimit: Int = 100_000) {
+        self.bufferLimit = bufferLimit
+        (listenerEnded, listenerEndedContinuation) = AsyncStream<Void>.makeStream()
+    }
 
     var listenerCount: Int { lock.lock(); defer { lock.unlock() }; return continuations.count }
 
@@ -193,7 +199,8 @@ final class TestControlBackend: ControlBackend, @unchecked Sendable {
         let (stream, continuation) = AsyncStream<LiveTranscript>.makeStream(bufferingPolicy: .bufferingNewest(bufferLimit))
         continuation.onTermination = { [weak self] _ in
             guard let self else { return }
-            self.lock.lock(); self.continuations[id] = nil; self.lock.unlock()
+            self.lock.withLock { self.continuations[id] = nil }
+            self.listenerEndedContinuation.yield()
         }
         lock.lock(); continuations[id] = continuation; lock.unlock()
         return stream
