@@ -16,23 +16,123 @@ enum LogitMath {
         return best
     }
 
+    // Unoptimised (debug) builds run generic SIMD code very slowly, so they take the scalar
+    // paths below; optimised builds take the vectorised ones. Tests check both agree.
+
     /// Largest value in `row[range]`, `-infinity` for an empty range.
     @inline(__always)
     static func max(_ row: UnsafeBufferPointer<Float>, _ range: Range<Int>) -> Float {
+        #if DEBUG
+        return maxScalar(row, range)
+        #else
+        return maxVectorised(row, range)
+        #endif
+    }
+
+    /// `max` one entry at a time.
+    static func maxScalar(_ row: UnsafeBufferPointer<Float>, _ range: Range<Int>) -> Float {
         var m = -Float.infinity
         for i in range where row[i] > m { m = row[i] }
         return m
     }
 
-    /// `log(sum(exp(row[range])))`, computed stably in double precision; `-infinity` when every
-    /// entry is `-infinity` or the range is empty.
+    /// `max` eight lanes at a time.
+    static func maxVectorised(_ row: UnsafeBufferPointer<Float>, _ range: Range<Int>) -> Float {
+        guard let base = row.baseAddress, !range.isEmpty else { return -.infinity }
+        var i = range.lowerBound
+        let end = range.upperBound
+        var m = -Float.infinity
+        if end - i >= 8 {
+            var lanes = SIMD8<Float>(repeating: -.infinity)
+            let raw = UnsafeRawPointer(base)
+            while i + 8 <= end {
+                let v = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+                lanes = pointwiseMax(lanes, v)
+                i += 8
+            }
+            m = lanes.max()
+        }
+        while i < end {
+            if base[i] > m { m = base[i] }
+            i += 1
+        }
+        return m
+    }
+
+    /// `exp(x)` for eight lanes of `x <= 0` (Cephes-style range reduction and polynomial,
+    /// relative error about 1e-7); lanes below -87 (and `-infinity`) give exactly 0.
+    @inline(__always)
+    static func expNonPositive(_ x: SIMD8<Float>) -> SIMD8<Float> {
+        let clamped = pointwiseMax(x, SIMD8(repeating: -87))
+        // Round to nearest with the 1.5 * 2^23 trick; the integer then sits in t's low bits.
+        let magic = SIMD8<Float>(repeating: 12_582_912)
+        let t = clamped * 1.442_695_04 + magic
+        let n = t - magic
+        var r = clamped - n * 0.693_359_375
+        r = r + n * 2.121_944_4e-4
+        var p = SIMD8<Float>(repeating: 1.987_569_15e-4)
+        p = p * r + 1.398_199_950_7e-3
+        p = p * r + 8.333_451_907_3e-3
+        p = p * r + 4.166_579_589_4e-2
+        p = p * r + 1.666_666_545_9e-1
+        p = p * r + 5.000_000_120_1e-1
+        let y = p * r * r + r + 1
+        let bits = (unsafeBitCast(t, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
+        var result = y * unsafeBitCast(bits, to: SIMD8<Float>.self)
+        result.replace(with: 0, where: x .< -87)
+        return result
+    }
+
+    /// `sum(exp(row[range] - shift))` for `shift >= max(row[range])`.
+    @inline(__always)
+    static func sumExp(_ row: UnsafeBufferPointer<Float>, _ range: Range<Int>, shift: Float) -> Double {
+        #if DEBUG
+        return sumExpScalar(row, range, shift: shift)
+        #else
+        return sumExpVectorised(row, range, shift: shift)
+        #endif
+    }
+
+    /// `sumExp` one entry at a time, in double precision.
+    static func sumExpScalar(_ row: UnsafeBufferPointer<Float>, _ range: Range<Int>, shift: Float) -> Double {
+        var total: Double = 0
+        for i in range where row[i] > -Float.infinity { total += Foundation.exp(Double(row[i] - shift)) }
+        return total
+    }
+
+    /// `sumExp` eight lanes at a time, accumulated in double precision every 512 entries.
+    static func sumExpVectorised(_ row: UnsafeBufferPointer<Float>, _ range: Range<Int>, shift: Float) -> Double {
+        guard let base = row.baseAddress, !range.isEmpty else { return 0 }
+        var i = range.lowerBound
+        let end = range.upperBound
+        var total: Double = 0
+        let raw = UnsafeRawPointer(base)
+        let s = SIMD8<Float>(repeating: shift)
+        while i + 8 <= end {
+            var acc = SIMD8<Float>(repeating: 0)
+            var k = 0
+            while k < 64 && i + 8 <= end {
+                acc += expNonPositive(raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - s)
+                i += 8
+                k += 1
+            }
+            total += Double(acc.sum())
+        }
+        while i < end {
+            let v = base[i]
+            if v > -Float.infinity { total += Double(Foundation.exp(v - shift)) }
+            i += 1
+        }
+        return total
+    }
+
+    /// `log(sum(exp(row[range])))`, computed stably; `-infinity` when every entry is
+    /// `-infinity` or the range is empty.
     static func logSumExp(_ row: UnsafeBufferPointer<Float>, _ range: Range<Int>) -> Double {
         let m = max(row, range)
         guard m > -Float.infinity else { return -.infinity }
         if m == .infinity { return .infinity }
-        var sum: Double = 0
-        for i in range { sum += Double(Foundation.exp(row[i] - m)) }
-        return Double(m) + Foundation.log(sum)
+        return Double(m) + Foundation.log(sumExp(row, range, shift: m))
     }
 
     /// `log_softmax(row)[index]` for one entry.
@@ -93,7 +193,7 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
 
 /// Draws tokens from `softmax(logits / temperature)` with a reusable scratch buffer.
 struct TemperatureSampler {
-    private var weights: [Double] = []
+    private var weights: [Float] = []
 
     /// Samples one index of `row` with probability proportional to `exp(row[i] / temperature)`.
     /// Suppressed (`-infinity`) entries are never drawn. Falls back to `argmax` when every entry
@@ -101,32 +201,39 @@ struct TemperatureSampler {
     mutating func sample<G: RandomNumberGenerator>(_ row: UnsafeBufferPointer<Float>, temperature: Double,
                                                     using generator: inout G) -> Int {
         let n = row.count
-        if weights.count < n { weights = [Double](repeating: 0, count: n) }
+        if weights.count < n { weights = [Float](repeating: 0, count: n) }
         let m = LogitMath.max(row, 0..<n)
-        guard m > -Float.infinity else { return LogitMath.argmax(row) }
-        let invT = 1 / temperature
-        var total: Double = 0
-        weights.withUnsafeMutableBufferPointer { w in
-            for i in 0..<n {
-                let v = row[i]
-                let e = v > -Float.infinity ? Foundation.exp((Double(v) - Double(m)) * invT) : 0
-                total += e
-                w[i] = total
+        guard m > -Float.infinity, let source = row.baseAddress else { return LogitMath.argmax(row) }
+        let invT = Float(1 / temperature)
+        return weights.withUnsafeMutableBufferPointer { w -> Int in
+            // Unnormalised probabilities exp((x - max) / T), eight at a time in optimised builds.
+            var i = 0
+            #if !DEBUG
+            let dst = UnsafeMutableRawPointer(w.baseAddress!)
+            let src = UnsafeRawPointer(source)
+            let shift = SIMD8<Float>(repeating: m), scale = SIMD8<Float>(repeating: invT)
+            while i + 8 <= n {
+                let x = src.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+                dst.storeBytes(of: LogitMath.expNonPositive((x - shift) * scale), toByteOffset: i * 4, as: SIMD8<Float>.self)
+                i += 8
             }
-        }
-        let target = Double.random(in: 0..<1, using: &generator) * total
-        return weights.withUnsafeBufferPointer { w -> Int in
-            // First cumulative weight strictly above the target (binary search).
-            var lo = 0, hi = n - 1
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if w[mid] > target { hi = mid } else { lo = mid + 1 }
+            #endif
+            while i < n {
+                let x = row[i]
+                w[i] = x > -Float.infinity ? Float(Foundation.exp(Double(x - m) * Double(invT))) : 0
+                i += 1
             }
-            // Never return a zero-weight entry (possible only through rounding at the edges).
-            var i = lo
-            while i > 0 && row[i] == -Float.infinity { i -= 1 }
-            while i < n - 1 && row[i] == -Float.infinity { i += 1 }
-            return i
+            var total: Double = 0
+            for j in 0..<n { total += Double(w[j]) }
+            let target = Double.random(in: 0..<1, using: &generator) * total
+            var running: Double = 0
+            var last = -1
+            for j in 0..<n where w[j] > 0 {
+                running += Double(w[j])
+                last = j
+                if running > target { return j }
+            }
+            return last    // rounding left the target at the very top: the last drawable entry
         }
     }
 }
