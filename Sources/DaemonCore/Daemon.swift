@@ -1,0 +1,552 @@
+import Audio
+import Capture
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import Serving
+import SystemdSupport
+import WhisperEngine
+
+/// Why the daemon could not start.
+public enum DaemonError: Error, CustomStringConvertible {
+    /// A directory the daemon needs could not be created or is not a directory.
+    case directory(path: String, purpose: String, reason: String)
+    /// The model could not be loaded.
+    case model(name: String, reason: String)
+    /// A socket could not be set up.
+    case sockets(reason: String)
+    /// The capture settings are inconsistent.
+    case capture(reason: String)
+
+    /// Human-readable explanation.
+    public var description: String {
+        switch self {
+        case let .directory(path, purpose, reason): return "\(purpose) \(path): \(reason)"
+        case let .model(name, reason): return "cannot load model \"\(name)\": \(reason)"
+        case let .sockets(reason): return "cannot listen: \(reason)"
+        case let .capture(reason): return "cannot set up capture: \(reason)"
+        }
+    }
+}
+
+/// The speech-recognition daemon: model, transcription workers, microphone capture and the control and
+/// Wyoming servers, with reload, budget changes and systemd notification.
+///
+/// Life cycle: `start()` (model loaded, sockets listening, capture started, `READY=1`), then any number of
+/// `reload()` / `setBudget(bytes:)` / `forget()`, then `shutdown()`. Nothing the user says is logged: only
+/// durations, counts and sizes.
+public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Sendable {
+    /// Where the configuration came from and what the command line overrides.
+    public struct ConfigurationSource: Sendable {
+        /// `--config`, if given (otherwise the search path is used at every (re)load).
+        public var explicitPath: String?
+        /// Flags that replace file values.
+        public var overrides: ConfigurationOverrides
+
+        /// Creates a source.
+        public init(explicitPath: String?, overrides: ConfigurationOverrides) {
+            self.explicitPath = explicitPath
+            self.overrides = overrides
+        }
+
+        /// Locates and loads the configuration.
+        public func load(environment: [String: String] = ProcessInfo.processInfo.environment) throws
+            -> (DaemonConfiguration, path: String?)
+        {
+            let path = try DaemonConfiguration.locate(explicit: explicitPath, environment: environment)
+            return (try DaemonConfiguration.load(path: path, overrides: overrides), path)
+        }
+    }
+
+    private let source: ConfigurationSource
+    private let logger: Logger
+    private let modelProvider: ModelProvider
+    private let environment: [String: String]
+    private let controlQueue = DispatchQueue(label: "myqasr.control")
+    private let lock = NSLock()
+    private let started = Date()
+    private let broadcaster = LiveBroadcaster()
+
+    // Guarded by `lock`.
+    private var configuration: DaemonConfiguration
+    private var budgetBytes: Int?
+    private var store: ModelStore?
+    private var workers: TranscriptionWorkers?
+    private var pipeline: CapturePipeline?
+    private var captureTasks: [Task<Void, Never>] = []
+    private var captureState: CaptureState = .disabled
+    private var utterancesSeen = 0
+    private var audioSecondsSeen = 0.0
+    private var lastModelChange: Date?
+    private var observer: UtteranceObserver?
+    private var controlServer: ControlServer?
+    private var wyomingServer: WyomingServer?
+    private var watchdog: WatchdogPinger?
+    private var ownSocketPaths: [String] = []
+    private var isShutDown = false
+
+    /// Creates a daemon with a loaded configuration; nothing runs until `start()`.
+    /// - Parameters:
+    ///   - modelProvider: budget -> model; defaults to the float-only provider.
+    ///   - utteranceObserver: sees each live utterance before it is wiped (statistics).
+    public init(
+        configuration: DaemonConfiguration, source: ConfigurationSource, logger: Logger,
+        modelProvider: ModelProvider? = nil, utteranceObserver: UtteranceObserver? = nil,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) {
+        self.configuration = configuration
+        self.source = source
+        self.logger = logger
+        self.modelProvider = modelProvider ?? FloatModelProvider().asModelProvider
+        self.observer = utteranceObserver
+        self.environment = environment
+        budgetBytes = configuration.memoryBudget
+    }
+
+    private func locked<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    /// Runs blocking work on the control queue: model loads, capture restarts. One at a time.
+    private func serially<T>(_ body: @escaping () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            controlQueue.async { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
+    // MARK: - Start and stop
+
+    /// Loads the model, starts the workers, the sockets and capture, then tells systemd `READY=1`.
+    public func start() async throws {
+        let config = locked { configuration }
+        let runtimeDirectory = config.resolvedRuntimeDirectory(environment: environment)
+        let stateDirectory = config.resolvedStateDirectory(environment: environment)
+        try Self.ensureDirectory(stateDirectory, mode: 0o700, purpose: "state directory")
+
+        let loadStart = DispatchTime.now()
+        let provided: ProvidedModel
+        do {
+            provided = try await serially { [modelProvider] in
+                try modelProvider(ModelRequest(name: config.model, budgetBytes: config.memoryBudget, reloadFromDisk: false))
+            }
+        } catch {
+            throw DaemonError.model(name: config.model, reason: "\(error)")
+        }
+        logger.info("model loaded", metadata: [
+            "model": "\(provided.model.name)", "weights": "\(ByteSize.format(provided.weightBytes))",
+            "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: loadStart)))",
+        ])
+        reportBudget(provided, budget: config.memoryBudget)
+        let store = ModelStore(provided, budgetBytes: config.memoryBudget)
+        let workers = TranscriptionWorkers(
+            store: store, count: config.workers, threads: config.threads, queueDepth: config.queueDepth,
+            logger: logger, onLiveResult: { [weak self] in self?.liveResult($0) })
+        workers.utteranceObserver = locked { observer }
+        locked {
+            self.store = store
+            self.workers = workers
+        }
+
+        try await startServers(config, runtimeDirectory: runtimeDirectory)
+        if config.captureEnabled {
+            try await serially { try self.startCapture(config) }
+        }
+
+        _ = try? SystemdNotifier.ready(status: statusLine())
+        if let pinger = try? WatchdogPinger.fromEnvironment() {
+            pinger.start()
+            locked { watchdog = pinger }
+            logger.info("watchdog pings every \(pinger.pingInterval)")
+        }
+        logger.info("ready", metadata: [
+            "control": "\(locked { ownSocketPaths }.first ?? "activated")",
+            "capture": "\(config.captureEnabled ? config.captureDevice : "off")",
+        ])
+    }
+
+    /// Stops capture, ends `listen` streams, lets requests in progress finish, stops the workers.
+    public func shutdown() async {
+        let alreadyDown = locked { () -> Bool in
+            defer { isShutDown = true }
+            return isShutDown
+        }
+        if alreadyDown { return }
+        _ = try? SystemdNotifier.stopping(status: "stopping")
+        logger.info("stopping")
+        let (pinger, control, wyoming) = locked { (watchdog, controlServer, wyomingServer) }
+        pinger?.stop()
+        _ = try? await serially { self.stopCapture() }
+        broadcaster.finish()
+        await control?.shutdown()
+        await wyoming?.shutdown()
+        locked { workers }?.shutdown()
+        logger.info("stopped", metadata: ["uptime_s": "\(Int(Date().timeIntervalSince(started)))"])
+    }
+
+    private static func ensureDirectory(_ path: String, mode: mode_t, purpose: String) throws {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else {
+                throw DaemonError.directory(path: path, purpose: purpose, reason: "exists and is not a directory")
+            }
+            return
+        }
+        do {
+            try FileManager.default.createDirectory(
+                atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: Int(mode)])
+        } catch {
+            throw DaemonError.directory(path: path, purpose: purpose, reason: "cannot create it: \(error.localizedDescription)")
+        }
+    }
+
+    // MARK: - Sockets
+
+    private func startServers(_ config: DaemonConfiguration, runtimeDirectory: String) async throws {
+        let activated: [ActivatedSocket]
+        do {
+            activated = try SocketActivation.sockets()
+        } catch {
+            throw DaemonError.sockets(reason: "\(error)")
+        }
+        var controlEndpoints: [ListenerEndpoint] = []
+        var wyomingEndpoints: [ListenerEndpoint] = []
+        var ownPaths: [String] = []
+        if activated.isEmpty {
+            try Self.ensureDirectory(runtimeDirectory, mode: 0o755, purpose: "runtime directory")
+            let controlPath = config.controlSocketPath(environment: environment)
+            controlEndpoints.append(.unix(path: controlPath))
+            ownPaths.append(controlPath)
+            if let wyomingPath = config.wyomingSocketPath(environment: environment) {
+                wyomingEndpoints.append(.unix(path: wyomingPath))
+                ownPaths.append(wyomingPath)
+            }
+            if config.wyomingTCPEnabled {
+                wyomingEndpoints.append(.tcp(host: config.wyomingTCPAddress, port: config.wyomingTCPPort))
+            }
+        } else {
+            for socket in activated {
+                guard socket.isStreamListener else {
+                    throw DaemonError.sockets(reason: "activated socket \"\(socket.name)\" (fd \(socket.fileDescriptor)) is not a listening stream socket")
+                }
+                switch socket.name {
+                case "control": controlEndpoints.append(.fileDescriptor(socket.fileDescriptor))
+                case "wyoming", "wyoming-tcp": wyomingEndpoints.append(.fileDescriptor(socket.fileDescriptor))
+                default:
+                    throw DaemonError.sockets(reason: "activated socket named \"\(socket.name)\": expected FileDescriptorName=control, wyoming or wyoming-tcp")
+                }
+            }
+            guard !controlEndpoints.isEmpty else {
+                throw DaemonError.sockets(reason: "socket activation passed no socket named \"control\" (have: \(activated.map(\.name).joined(separator: ", ")))")
+            }
+            logger.info("using \(activated.count) socket(s) from systemd")
+        }
+
+        let groupID: UInt32?
+        do { groupID = try config.socketGroupID() } catch { throw DaemonError.sockets(reason: "\(error)") }
+        let connection = ConnectionOptions(
+            maxConnections: config.maxConnections, idleTimeout: .milliseconds(Int64(config.idleTimeout * 1000)),
+            socketMode: config.socketMode, peerPolicy: PeerPolicy(allowedGroup: groupID))
+        let resampler: Serving.Resampler = { samples, rate in
+            (try? Audio.Resampler.resample(samples, from: rate, to: 16000)) ?? AudioConversion.resampleTo16k(samples, rate: rate)
+        }
+        let control = ControlServer(
+            endpoints: controlEndpoints, control: self, transcription: self,
+            configuration: ControlServerConfiguration(
+                connection: connection, maxRequestBytes: config.maxRequestBytes, maxAudioSeconds: config.maxAudioSeconds,
+                resampler: resampler,
+                wavDecoder: { data in try decodeAudio(data: data, targetRate: 16000, name: "request") }),
+            logger: logger)
+        let wyoming = wyomingEndpoints.isEmpty ? nil : WyomingServer(
+            endpoints: wyomingEndpoints, backend: self,
+            configuration: WyomingServerConfiguration(
+                connection: connection, maxAudioSeconds: config.maxAudioSeconds, resampler: resampler,
+                serviceInfo: { [weak self] in self?.serviceInfo() ?? WyomingServiceInfo(modelName: "whisper", languages: ["en"]) }),
+            logger: logger)
+        do {
+            try await control.start()
+        } catch {
+            throw DaemonError.sockets(reason: "control socket: \(error)")
+        }
+        do {
+            try await wyoming?.start()
+        } catch {
+            await control.shutdown()
+            throw DaemonError.sockets(reason: "Wyoming socket: \(error)")
+        }
+        if let groupID {
+            for path in ownPaths where chown(path, uid_t.max, gid_t(groupID)) != 0 {
+                logger.warning("cannot give socket \(path) to group \(groupID): \(String(cString: strerror(errno)))")
+            }
+        }
+        locked {
+            controlServer = control
+            wyomingServer = wyoming
+            ownSocketPaths = ownPaths
+        }
+    }
+
+    private func serviceInfo() -> WyomingServiceInfo {
+        guard let model = locked({ store })?.current.provided.model else {
+            return WyomingServiceInfo(modelName: "whisper", languages: ["en"])
+        }
+        let tokenizer = model.tokenizer
+        let languages = tokenizer.isMultilingual
+            ? tokenizer.languageTokens.compactMap { tokenizer.languageCode(forToken: $0) } : ["en"]
+        return WyomingServiceInfo(modelName: model.name, modelDescription: "Whisper \(model.name)", languages: languages)
+    }
+
+    // MARK: - Capture
+
+    /// Starts a capture pipeline (on the control queue).
+    private func startCapture(_ config: DaemonConfiguration) throws {
+        let pipeline: CapturePipeline
+        do {
+            pipeline = try CapturePipeline(configuration: config.capturePipeline, logger: logger)
+            try pipeline.start()
+        } catch {
+            throw DaemonError.capture(reason: "\(error)")
+        }
+        let workers = locked { self.workers }
+        let utteranceTask = Task.detached { [logger] in
+            for await utterance in pipeline.utterances {
+                if let workers {
+                    workers.submit(live: utterance)
+                } else {
+                    utterance.wipe()
+                    logger.warning("utterance wiped: no transcription workers")
+                }
+            }
+        }
+        let eventTask = Task.detached { [weak self, logger] in
+            for await event in pipeline.events {
+                let state: CaptureState?
+                switch event {
+                case .opened: state = .capturing; logger.info("capture \(event)")
+                case .unavailable, .lost: state = .failed; logger.warning("capture \(event)")
+                case .retrying: state = nil; logger.debug("capture \(event)")
+                case .overrun: state = nil; logger.notice("capture \(event)")
+                case .stopped: state = nil
+                }
+                if let state, let self { self.locked { self.captureState = state } }
+            }
+        }
+        locked {
+            self.pipeline = pipeline
+            captureTasks = [utteranceTask, eventTask]
+            captureState = .paused  // until the device opens
+        }
+    }
+
+    /// Stops capture; audio not yet cut into utterances is zeroed and dropped (on the control queue).
+    private func stopCapture() {
+        let (pipeline, tasks) = locked { () -> (CapturePipeline?, [Task<Void, Never>]) in
+            defer {
+                self.pipeline = nil
+                captureTasks = []
+                captureState = .disabled
+            }
+            return (self.pipeline, captureTasks)
+        }
+        guard let pipeline else { return }
+        let statistics = pipeline.statistics
+        pipeline.stop()
+        _ = tasks  // both end when the pipeline's streams finish
+        logger.info("capture stopped", metadata: [
+            "utterances": "\(statistics.utterances)", "overruns": "\(statistics.overruns)",
+            "dropped_samples": "\(statistics.droppedSamples)",
+        ])
+    }
+
+    // MARK: - Live results
+
+    private func liveResult(_ result: LiveResult) {
+        let (count, total) = locked { () -> (Int, Double) in
+            utterancesSeen += 1
+            audioSecondsSeen += result.audioSeconds
+            return (utterancesSeen, audioSecondsSeen)
+        }
+        logger.info("utterance transcribed", metadata: [
+            "audio_s": "\(String(format: "%.2f", result.audioSeconds))",
+            "took_s": "\(String(format: "%.2f", result.processingSeconds))",
+            "characters": "\(result.transcript.text.count)", "utterances": "\(count)",
+            "audio_total_s": "\(String(format: "%.1f", total))",
+        ])
+        broadcaster.publish(result.transcript)
+        _ = try? SystemdNotifier.status(statusLine())
+    }
+
+    private func statusLine() -> String {
+        let (entry, count, budget) = locked { (store?.current, utterancesSeen, budgetBytes) }
+        guard let entry else { return "starting" }
+        var line = "model \(entry.provided.model.name), weights \(ByteSize.format(entry.provided.weightBytes))"
+        if let budget {
+            line += entry.provided.budgetMet ? " (budget \(ByteSize.format(budget)))" : " (over budget \(ByteSize.format(budget)))"
+        }
+        return line + ", \(count) utterance\(count == 1 ? "" : "s")"
+    }
+
+    private func reportBudget(_ provided: ProvidedModel, budget: Int?) {
+        guard let budget else { return }
+        if provided.budgetMet {
+            logger.info("memory budget met", metadata: [
+                "weights": "\(ByteSize.format(provided.weightBytes))", "budget": "\(ByteSize.format(budget))",
+            ])
+        } else {
+            logger.warning("memory budget not met: the float model is larger and quantization is not available yet",
+                           metadata: ["weights": "\(ByteSize.format(provided.weightBytes))", "budget": "\(ByteSize.format(budget))"])
+        }
+    }
+
+    // MARK: - TranscriptionBackend
+
+    /// Transcribes a socket request on a worker (queued behind live utterances; refused when the queue is full).
+    public func transcribe(samples: [Float], language: String?) async throws -> TranscriptResult {
+        guard let workers = locked({ workers }) else {
+            throw ControlError(code: "not_ready", message: "the daemon is still starting")
+        }
+        let transcript: Transcript
+        do {
+            transcript = try await workers.transcribe(samples: samples, language: language)
+        } catch let error as TranscriptionQueueError {
+            switch error {
+            case .busy: throw ControlError(code: "busy", message: error.description)
+            case .shuttingDown: throw ControlError(code: "shutting_down", message: error.description)
+            }
+        }
+        return TranscriptResult(
+            text: transcript.text.trimmingCharacters(in: .whitespacesAndNewlines), language: transcript.language,
+            segments: transcript.segments.map { TranscriptSegment(start: $0.start, end: $0.end, text: $0.text) })
+    }
+
+    // MARK: - ControlBackend
+
+    /// A snapshot: model, per-layer bits, weights vs budget, uptime, utterances, capture state.
+    public func status() async -> DaemonStatus {
+        let (entry, budget, seen, state, changed, observer) = locked {
+            (store?.current, budgetBytes, utterancesSeen, captureState, lastModelChange, self.observer)
+        }
+        return DaemonStatus(
+            modelName: entry?.provided.model.name ?? "(loading)", layerBits: entry?.provided.layerBits,
+            memoryBytes: entry?.provided.weightBytes ?? 0, budgetBytes: budget,
+            uptimeSeconds: Date().timeIntervalSince(started), utterancesSeen: seen,
+            statisticsSamples: observer?.statisticsSamples ?? 0, lastRequantization: changed, captureState: state)
+    }
+
+    /// Applies a new memory budget: the provider chooses the model that fits (for now: the float model, reported
+    /// as over budget when it does not fit). Lasts until the next reload or restart.
+    public func setBudget(bytes: Int) async throws {
+        guard bytes >= 1024 * 1024 else {
+            throw ControlError(code: "impossible_budget", message: "a budget below 1 MiB cannot hold any model")
+        }
+        try await applyModel(budget: bytes, reloadFromDisk: false, reason: "budget")
+    }
+
+    /// Re-reads the configuration and the model (also what SIGHUP does). An invalid file is refused with the
+    /// key and reason; the configuration in force stays and serving continues.
+    public func reload() async throws {
+        _ = try? SystemdNotifier.reloading(status: "reloading configuration")
+        defer { _ = try? SystemdNotifier.ready(status: statusLine()) }
+        let new: DaemonConfiguration
+        let path: String?
+        do {
+            (new, path) = try source.load(environment: environment)
+        } catch {
+            logger.error("configuration rejected; keeping the one in force: \(error)")
+            throw ControlError(code: "bad_config", message: "\(error)")
+        }
+        let old = locked { configuration }
+        try await applyModel(name: new.model, budget: new.memoryBudget, reloadFromDisk: true, reason: "reload")
+        let captureChanged = old.capturePipeline != new.capturePipeline || old.captureEnabled != new.captureEnabled
+        locked { configuration = new }
+        if captureChanged {
+            try await serially {
+                self.stopCapture()
+                if new.captureEnabled { try self.startCapture(new) }
+            }
+            logger.info("capture restarted with the new settings")
+        }
+        let restartOnly = Self.restartOnlyChanges(old, new)
+        if !restartOnly.isEmpty {
+            logger.notice("these settings take effect at the next restart: \(restartOnly.joined(separator: ", "))")
+        }
+        logger.info("configuration reloaded", metadata: ["file": "\(path ?? "(defaults)")"])
+    }
+
+    private static func restartOnlyChanges(_ a: DaemonConfiguration, _ b: DaemonConfiguration) -> [String] {
+        var keys: [String] = []
+        if a.threads != b.threads { keys.append("model.threads") }
+        if a.workers != b.workers { keys.append("model.workers") }
+        if a.runtimeDirectory != b.runtimeDirectory || a.controlSocketName != b.controlSocketName
+            || a.wyomingSocketName != b.wyomingSocketName || a.socketMode != b.socketMode || a.socketGroup != b.socketGroup
+        { keys.append("sockets") }
+        if a.wyomingTCPEnabled != b.wyomingTCPEnabled || a.wyomingTCPAddress != b.wyomingTCPAddress
+            || a.wyomingTCPPort != b.wyomingTCPPort
+        { keys.append("wyoming_tcp") }
+        if a.maxConnections != b.maxConnections || a.maxAudioSeconds != b.maxAudioSeconds
+            || a.maxRequestBytes != b.maxRequestBytes || a.queueDepth != b.queueDepth || a.idleTimeout != b.idleTimeout
+        { keys.append("limits") }
+        if a.logLevel != b.logLevel { keys.append("log.level") }
+        if a.stateDirectory != b.stateDirectory { keys.append("state.directory") }
+        return keys
+    }
+
+    /// Asks the provider for the model that fits and swaps it in (running transcriptions finish on the old one).
+    private func applyModel(name: String? = nil, budget: Int?, reloadFromDisk: Bool, reason: String) async throws {
+        guard let store = locked({ store }) else {
+            throw ControlError(code: "not_ready", message: "the daemon is still starting")
+        }
+        let modelName = name ?? locked { configuration.model }
+        let started = DispatchTime.now()
+        let provided: ProvidedModel
+        do {
+            provided = try await serially { [modelProvider] in
+                try modelProvider(ModelRequest(name: modelName, budgetBytes: budget, reloadFromDisk: reloadFromDisk))
+            }
+        } catch {
+            logger.error("model change refused; keeping the model in service: \(error)")
+            throw ControlError(code: "model_unavailable", message: "cannot load model \"\(modelName)\": \(error)")
+        }
+        let generation = store.swap(to: provided, budgetBytes: budget)
+        locked {
+            budgetBytes = budget
+            lastModelChange = Date()
+        }
+        logger.info("model in service", metadata: [
+            "reason": "\(reason)", "model": "\(provided.model.name)", "generation": "\(generation)",
+            "weights": "\(ByteSize.format(provided.weightBytes))",
+            "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
+        ])
+        reportBudget(provided, budget: budget)
+        _ = try? SystemdNotifier.status(statusLine())
+    }
+
+    /// Deletes personal data: the observer's statistics, the counters, and all buffered audio (capture is
+    /// restarted, which zeroes the ring buffer and any unfinished utterance).
+    public func forget() async throws {
+        let (observer, config) = locked { () -> (UtteranceObserver?, DaemonConfiguration) in
+            utterancesSeen = 0
+            audioSecondsSeen = 0
+            return (self.observer, configuration)
+        }
+        observer?.forget()
+        if config.captureEnabled {
+            try await serially {
+                self.stopCapture()
+                try self.startCapture(config)
+            }
+        }
+        logger.info("personal data forgotten (statistics, counters, buffered audio)")
+    }
+
+    /// A fresh bounded stream of live transcripts for one `listen` client.
+    public func liveTranscripts() -> AsyncStream<LiveTranscript> {
+        broadcaster.subscribe()
+    }
+
+    /// Paths of the Unix sockets this daemon created itself (empty under socket activation).
+    public var socketPaths: [String] { locked { ownSocketPaths } }
+}

@@ -1,0 +1,528 @@
+import Capture
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import TOMLKit
+
+/// Why a configuration could not be used: the file, the key and the reason.
+public struct ConfigurationError: Error, Equatable, CustomStringConvertible {
+    /// The file (or "command line") the problem is in.
+    public var source: String
+    /// The dotted key ("capture.ring_seconds"), or nil for a problem with the whole file.
+    public var key: String?
+    /// What is wrong.
+    public var reason: String
+
+    /// Creates an error.
+    public init(source: String, key: String?, reason: String) {
+        self.source = source
+        self.key = key
+        self.reason = reason
+    }
+
+    /// "FILE: key K: REASON".
+    public var description: String {
+        if let key { return "\(source): key \(key): \(reason)" }
+        return "\(source): \(reason)"
+    }
+}
+
+/// Everything `myqasrd` can be configured with. Defaults are the documented ones in `config/myqasrd.toml`.
+public struct DaemonConfiguration: Sendable, Equatable {
+    // MARK: model
+    /// Model name (`tiny.en`, `base`) or a CTranslate2 model directory.
+    public var model = "tiny.en"
+    /// Threads each transcription worker uses.
+    public var threads = 2
+    /// Transcription workers (each owns one `SpeechRecognizer`).
+    public var workers = 1
+    /// Memory budget for the model weights in bytes; nil means unlimited.
+    public var memoryBudget: Int? = nil
+
+    // MARK: capture
+    /// Whether the microphone is captured at all (sockets serve either way).
+    public var captureEnabled = true
+    /// ALSA PCM name.
+    public var captureDevice = "default"
+    /// ALSA configuration text for the device (asoundrc syntax), already read from `alsa_config_file` if that was given.
+    public var alsaConfigurationText: String? = nil
+    /// The file `alsaConfigurationText` was read from, if any (re-read on reload).
+    public var alsaConfigurationFile: String? = nil
+    /// Requested ALSA latency in seconds.
+    public var captureLatency = 0.2
+    /// Length of the privacy ring buffer, in seconds.
+    public var ringSeconds = 10.0
+
+    // MARK: vad
+    /// dB above the noise floor that starts speech.
+    public var vadStartDB: Double = 12
+    /// dB above the noise floor that keeps speech going.
+    public var vadStopDB: Double = 6
+    /// Frames below this level (dBFS) never count as speech.
+    public var vadMinimumLevelDB: Double = -55
+    /// Silence that ends an utterance, in seconds.
+    public var vadHangover = 0.6
+    /// Audio kept before speech starts, in seconds.
+    public var vadPreRoll = 0.3
+    /// Shortest speech that makes an utterance, in seconds.
+    public var vadMinimumSpeech = 0.15
+    /// Longest utterance, in seconds.
+    public var vadMaximumUtterance = 30.0
+
+    // MARK: sockets
+    /// Directory of the Unix sockets; nil means `$RUNTIME_DIRECTORY` or /run/myqasr.
+    public var runtimeDirectory: String? = nil
+    /// File name of the control socket in the runtime directory.
+    public var controlSocketName = "control.sock"
+    /// File name of the Wyoming socket in the runtime directory (empty: no Wyoming Unix socket).
+    public var wyomingSocketName = "wyoming.sock"
+    /// Mode of the socket files.
+    public var socketMode: UInt32 = 0o660
+    /// Name of a group whose members may use the sockets (besides root and the daemon's own user).
+    public var socketGroup: String? = nil
+
+    // MARK: wyoming_tcp
+    /// Whether the Wyoming server also listens on TCP.
+    public var wyomingTCPEnabled = false
+    /// TCP listen address.
+    public var wyomingTCPAddress = "127.0.0.1"
+    /// TCP port.
+    public var wyomingTCPPort = 10300
+
+    // MARK: limits
+    /// Most simultaneous connections per server.
+    public var maxConnections = 64
+    /// Longest audio per request, in seconds.
+    public var maxAudioSeconds = 120.0
+    /// Longest control request line in bytes (the base64 audio of `transcribe` is on it).
+    public var maxRequestBytes = 16 * 1024 * 1024
+    /// Transcription jobs (socket requests and live utterances) that may wait for a worker.
+    public var queueDepth = 32
+    /// Seconds of silence after which a client connection is closed.
+    public var idleTimeout = 300.0
+
+    // MARK: log, state
+    /// swift-log level.
+    public var logLevel: Logger.Level = .info
+    /// State directory; nil means `$STATE_DIRECTORY` or /var/lib/myqasr.
+    public var stateDirectory: String? = nil
+
+    /// The defaults.
+    public init() {}
+
+    // MARK: derived values
+
+    /// The runtime directory in effect.
+    public func resolvedRuntimeDirectory(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let runtimeDirectory { return runtimeDirectory }
+        if let fromSystemd = environment["RUNTIME_DIRECTORY"]?.split(separator: ":").first { return String(fromSystemd) }
+        return "/run/myqasr"
+    }
+
+    /// The state directory in effect.
+    public func resolvedStateDirectory(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let stateDirectory { return stateDirectory }
+        if let fromSystemd = environment["STATE_DIRECTORY"]?.split(separator: ":").first { return String(fromSystemd) }
+        return "/var/lib/myqasr"
+    }
+
+    /// Path of the control socket.
+    public func controlSocketPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        (resolvedRuntimeDirectory(environment: environment) as NSString).appendingPathComponent(controlSocketName)
+    }
+
+    /// Path of the Wyoming Unix socket, or nil when disabled.
+    public func wyomingSocketPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+        guard !wyomingSocketName.isEmpty else { return nil }
+        return (resolvedRuntimeDirectory(environment: environment) as NSString).appendingPathComponent(wyomingSocketName)
+    }
+
+    /// The capture pipeline settings.
+    public var capturePipeline: CapturePipelineConfiguration {
+        CapturePipelineConfiguration(
+            capture: AlsaCaptureConfiguration(
+                device: captureDevice, configurationText: alsaConfigurationText, latency: captureLatency),
+            segmenter: SegmenterConfiguration(
+                detector: VoiceActivityConfiguration(
+                    startThreshold: Float(vadStartDB), stopThreshold: Float(vadStopDB),
+                    minimumLevel: Float(vadMinimumLevelDB)),
+                minimumSpeechDuration: vadMinimumSpeech, hangover: vadHangover, preRoll: vadPreRoll,
+                maximumUtteranceDuration: vadMaximumUtterance),
+            ringBufferSeconds: ringSeconds)
+    }
+
+    /// The group id of `socketGroup`, looked up in the group database.
+    public func socketGroupID() throws -> UInt32? {
+        guard let socketGroup else { return nil }
+        if let numeric = UInt32(socketGroup) { return numeric }
+        guard let entry = getgrnam(socketGroup) else {
+            throw ConfigurationError(source: "configuration", key: "sockets.group", reason: "no group named \"\(socketGroup)\"")
+        }
+        return entry.pointee.gr_gid
+    }
+}
+
+// MARK: - Loading
+
+extension DaemonConfiguration {
+    /// Where the configuration file is looked for when `--config` is not given, in order:
+    /// `$CONFIGURATION_DIRECTORY/myqasrd.toml` (systemd's `ConfigurationDirectory=`), then /etc/myqasr/myqasrd.toml.
+    public static func searchPaths(environment: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
+        var paths: [String] = []
+        if let directory = environment["CONFIGURATION_DIRECTORY"]?.split(separator: ":").first {
+            paths.append((String(directory) as NSString).appendingPathComponent("myqasrd.toml"))
+        }
+        paths.append("/etc/myqasr/myqasrd.toml")
+        return paths
+    }
+
+    /// The file to read: `explicit` if given (it must exist), else the first search path that exists, else nil
+    /// (built-in defaults).
+    public static func locate(explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment)
+        throws -> String?
+    {
+        if let explicit {
+            guard FileManager.default.fileExists(atPath: explicit) else {
+                throw ConfigurationError(source: explicit, key: nil, reason: "no such file")
+            }
+            return explicit
+        }
+        return searchPaths(environment: environment).first { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    /// Reads and validates a configuration file (nil path: the defaults), then applies `overrides`.
+    public static func load(path: String?, overrides: ConfigurationOverrides = ConfigurationOverrides()) throws
+        -> DaemonConfiguration
+    {
+        var configuration = DaemonConfiguration()
+        if let path {
+            let text: String
+            do {
+                text = try String(contentsOfFile: path, encoding: .utf8)
+            } catch {
+                throw ConfigurationError(source: path, key: nil, reason: "cannot read: \(error.localizedDescription)")
+            }
+            configuration = try parse(text, source: path)
+        }
+        try overrides.apply(to: &configuration)
+        try configuration.validate(source: path ?? "defaults")
+        return configuration
+    }
+
+    /// Parses TOML text; every key is checked for name, type and range.
+    public static func parse(_ text: String, source: String) throws -> DaemonConfiguration {
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigurationError(
+                source: source, key: nil,
+                reason: "not valid TOML: \(error.description) at line \(error.source.begin.line), column \(error.source.begin.column)")
+        }
+        var c = DaemonConfiguration()
+        let reader = TableReader(table: root, path: "", source: source)
+        try reader.rejectUnknown(["model", "capture", "vad", "sockets", "wyoming_tcp", "limits", "log", "state"])
+
+        if let t = try reader.table("model") {
+            try t.rejectUnknown(["name", "threads", "workers", "memory_budget"])
+            if let v = try t.string("name") {
+                guard !v.isEmpty else { throw t.error("name", "must not be empty") }
+                c.model = v
+            }
+            if let v = try t.int("threads", in: 1...64) { c.threads = v }
+            if let v = try t.int("workers", in: 1...16) { c.workers = v }
+            if let v = try t.size("memory_budget") { c.memoryBudget = v.bytes }
+        }
+        if let t = try reader.table("capture") {
+            try t.rejectUnknown(["enabled", "device", "alsa_config", "alsa_config_file", "latency", "ring_seconds"])
+            if let v = try t.bool("enabled") { c.captureEnabled = v }
+            if let v = try t.string("device") {
+                guard !v.isEmpty else { throw t.error("device", "must not be empty") }
+                c.captureDevice = v
+            }
+            let inline = try t.string("alsa_config")
+            let file = try t.string("alsa_config_file")
+            if inline != nil && file != nil {
+                throw t.error("alsa_config_file", "give either alsa_config or alsa_config_file, not both")
+            }
+            if let inline, !inline.isEmpty { c.alsaConfigurationText = inline }
+            if let file, !file.isEmpty {
+                c.alsaConfigurationFile = file
+                do {
+                    c.alsaConfigurationText = try String(contentsOfFile: file, encoding: .utf8)
+                } catch {
+                    throw t.error("alsa_config_file", "cannot read \(file): \(error.localizedDescription)")
+                }
+            }
+            if let v = try t.double("latency", in: 0.01...2) { c.captureLatency = v }
+            if let v = try t.double("ring_seconds", in: 1...120) { c.ringSeconds = v }
+        }
+        if let t = try reader.table("vad") {
+            try t.rejectUnknown([
+                "start_db", "stop_db", "minimum_level_db", "hangover", "pre_roll", "min_speech", "max_utterance",
+            ])
+            if let v = try t.double("start_db", in: 0...60) { c.vadStartDB = v }
+            if let v = try t.double("stop_db", in: 0...60) { c.vadStopDB = v }
+            if let v = try t.double("minimum_level_db", in: -120...0) { c.vadMinimumLevelDB = v }
+            if let v = try t.double("hangover", in: 0...10) { c.vadHangover = v }
+            if let v = try t.double("pre_roll", in: 0...5) { c.vadPreRoll = v }
+            if let v = try t.double("min_speech", in: 0...10) { c.vadMinimumSpeech = v }
+            if let v = try t.double("max_utterance", in: 1...600) { c.vadMaximumUtterance = v }
+        }
+        if let t = try reader.table("sockets") {
+            try t.rejectUnknown(["runtime_directory", "control", "wyoming", "mode", "group"])
+            if let v = try t.string("runtime_directory"), !v.isEmpty {
+                guard v.hasPrefix("/") else { throw t.error("runtime_directory", "must be an absolute path") }
+                c.runtimeDirectory = v
+            }
+            if let v = try t.string("control") {
+                guard Self.isPlainFileName(v) else { throw t.error("control", "must be a file name without \"/\"") }
+                c.controlSocketName = v
+            }
+            if let v = try t.string("wyoming") {
+                guard v.isEmpty || Self.isPlainFileName(v) else {
+                    throw t.error("wyoming", "must be a file name without \"/\" (or empty to disable)")
+                }
+                c.wyomingSocketName = v
+            }
+            if let v = try t.mode("mode") { c.socketMode = v }
+            if let v = try t.string("group") { c.socketGroup = v.isEmpty ? nil : v }
+        }
+        if let t = try reader.table("wyoming_tcp") {
+            try t.rejectUnknown(["enabled", "address", "port"])
+            if let v = try t.bool("enabled") { c.wyomingTCPEnabled = v }
+            if let v = try t.string("address") {
+                guard !v.isEmpty else { throw t.error("address", "must not be empty") }
+                c.wyomingTCPAddress = v
+            }
+            if let v = try t.int("port", in: 0...65535) { c.wyomingTCPPort = v }
+        }
+        if let t = try reader.table("limits") {
+            try t.rejectUnknown(["max_connections", "max_audio_seconds", "max_request_bytes", "queue_depth", "idle_timeout"])
+            if let v = try t.int("max_connections", in: 1...4096) { c.maxConnections = v }
+            if let v = try t.double("max_audio_seconds", in: 1...3600) { c.maxAudioSeconds = v }
+            if let v = try t.size("max_request_bytes") {
+                guard let bytes = v.bytes, bytes >= 1024, bytes <= 1 << 30 else {
+                    throw t.error("max_request_bytes", "must be between 1KiB and 1GiB")
+                }
+                c.maxRequestBytes = bytes
+            }
+            if let v = try t.int("queue_depth", in: 1...1024) { c.queueDepth = v }
+            if let v = try t.double("idle_timeout", in: 1...86400) { c.idleTimeout = v }
+        }
+        if let t = try reader.table("log") {
+            try t.rejectUnknown(["level"])
+            if let v = try t.string("level") {
+                guard let level = Logger.Level(rawValue: v.lowercased()) else {
+                    throw t.error("level", "must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                c.logLevel = level
+            }
+        }
+        if let t = try reader.table("state") {
+            try t.rejectUnknown(["directory"])
+            if let v = try t.string("directory"), !v.isEmpty {
+                guard v.hasPrefix("/") else { throw t.error("directory", "must be an absolute path") }
+                c.stateDirectory = v
+            }
+        }
+        return c
+    }
+
+    /// Checks relations between keys that single-key checks cannot see.
+    public func validate(source: String) throws {
+        if vadStopDB > vadStartDB {
+            throw ConfigurationError(source: source, key: "vad.stop_db",
+                                     reason: "must not be above vad.start_db (\(vadStartDB))")
+        }
+        if vadMaximumUtterance < vadPreRoll + vadMinimumSpeech + vadHangover + 0.03 {
+            throw ConfigurationError(source: source, key: "vad.max_utterance",
+                                     reason: "must cover pre_roll + min_speech + hangover")
+        }
+        if controlSocketName == wyomingSocketName {
+            throw ConfigurationError(source: source, key: "sockets.wyoming", reason: "must differ from sockets.control")
+        }
+        if let budget = memoryBudget, budget < 1024 * 1024 {
+            throw ConfigurationError(source: source, key: "model.memory_budget", reason: "must be at least 1MiB (or none)")
+        }
+        if socketGroup != nil {
+            do { _ = try socketGroupID() } catch let error as ConfigurationError {
+                throw ConfigurationError(source: source, key: error.key, reason: error.reason)
+            }
+        }
+    }
+
+    private static func isPlainFileName(_ name: String) -> Bool {
+        !name.isEmpty && !name.contains("/") && name != "." && name != ".."
+    }
+}
+
+/// Values given on the command line; each replaces the file's value.
+public struct ConfigurationOverrides: Sendable, Equatable {
+    /// `--model`.
+    public var model: String?
+    /// `--threads`.
+    public var threads: Int?
+    /// `--budget` ("24MiB", "none").
+    public var memoryBudget: String?
+    /// `--device`.
+    public var captureDevice: String?
+    /// `--no-capture` sets this to false.
+    public var captureEnabled: Bool?
+    /// `--runtime-directory`.
+    public var runtimeDirectory: String?
+    /// `--state-directory`.
+    public var stateDirectory: String?
+    /// `--log-level`.
+    public var logLevel: String?
+
+    /// No overrides.
+    public init(model: String? = nil, threads: Int? = nil, memoryBudget: String? = nil, captureDevice: String? = nil,
+                captureEnabled: Bool? = nil, runtimeDirectory: String? = nil, stateDirectory: String? = nil,
+                logLevel: String? = nil) {
+        self.model = model
+        self.threads = threads
+        self.memoryBudget = memoryBudget
+        self.captureDevice = captureDevice
+        self.captureEnabled = captureEnabled
+        self.runtimeDirectory = runtimeDirectory
+        self.stateDirectory = stateDirectory
+        self.logLevel = logLevel
+    }
+
+    /// Applies the overrides, checking each like the file's key of the same meaning.
+    public func apply(to c: inout DaemonConfiguration) throws {
+        func fail(_ flag: String, _ reason: String) -> ConfigurationError {
+            ConfigurationError(source: "command line", key: flag, reason: reason)
+        }
+        if let model { c.model = model }
+        if let threads {
+            guard (1...64).contains(threads) else { throw fail("--threads", "must be between 1 and 64") }
+            c.threads = threads
+        }
+        if let memoryBudget {
+            do { c.memoryBudget = try ByteSize.parse(memoryBudget) } catch { throw fail("--budget", "\(error)") }
+        }
+        if let captureDevice { c.captureDevice = captureDevice }
+        if let captureEnabled { c.captureEnabled = captureEnabled }
+        if let runtimeDirectory {
+            guard runtimeDirectory.hasPrefix("/") else { throw fail("--runtime-directory", "must be an absolute path") }
+            c.runtimeDirectory = runtimeDirectory
+        }
+        if let stateDirectory {
+            guard stateDirectory.hasPrefix("/") else { throw fail("--state-directory", "must be an absolute path") }
+            c.stateDirectory = stateDirectory
+        }
+        if let logLevel {
+            guard let level = Logger.Level(rawValue: logLevel.lowercased()) else {
+                throw fail("--log-level", "must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            c.logLevel = level
+        }
+    }
+}
+
+/// A size read from the file; `bytes` nil means unlimited.
+struct ParsedSize {
+    var bytes: Int?
+}
+
+/// Reads one TOML table, checking key names, types and ranges, and naming the key in every error.
+struct TableReader {
+    let table: TOMLTable
+    let path: String
+    let source: String
+
+    func error(_ key: String, _ reason: String) -> ConfigurationError {
+        ConfigurationError(source: source, key: path.isEmpty ? key : "\(path).\(key)", reason: reason)
+    }
+
+    func rejectUnknown(_ known: [String]) throws {
+        for key in table.keys.sorted() where !known.contains(key) {
+            let where_ = path.isEmpty ? "at the top level" : "in [\(path)]"
+            throw error(key, "unknown key \(where_) (known: \(known.joined(separator: ", ")))")
+        }
+    }
+
+    private func value(_ key: String) -> TOMLValueConvertible? { table[key] }
+
+    private func typeError(_ key: String, expected: String, got value: TOMLValueConvertible) -> ConfigurationError {
+        error(key, "must be \(expected), not a \(value.type)")
+    }
+
+    func table(_ key: String) throws -> TableReader? {
+        guard let v = value(key) else { return nil }
+        guard let t = v.table else { throw typeError(key, expected: "a table [\(key)]", got: v) }
+        return TableReader(table: t, path: path.isEmpty ? key : "\(path).\(key)", source: source)
+    }
+
+    func string(_ key: String) throws -> String? {
+        guard let v = value(key) else { return nil }
+        guard let s = v.string else { throw typeError(key, expected: "a string", got: v) }
+        return s
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let v = value(key) else { return nil }
+        guard let b = v.bool else { throw typeError(key, expected: "true or false", got: v) }
+        return b
+    }
+
+    func int(_ key: String, in range: ClosedRange<Int>) throws -> Int? {
+        guard let v = value(key) else { return nil }
+        guard v.type == .int, let i = v.int else { throw typeError(key, expected: "an integer", got: v) }
+        guard range.contains(i) else {
+            throw error(key, "\(i) is out of range (\(range.lowerBound) to \(range.upperBound))")
+        }
+        return i
+    }
+
+    func double(_ key: String, in range: ClosedRange<Double>) throws -> Double? {
+        guard let v = value(key) else { return nil }
+        let d: Double
+        if v.type == .double, let x = v.double {
+            d = x
+        } else if v.type == .int, let i = v.int {
+            d = Double(i)
+        } else {
+            throw typeError(key, expected: "a number", got: v)
+        }
+        guard d.isFinite, range.contains(d) else {
+            throw error(key, "\(d) is out of range (\(range.lowerBound) to \(range.upperBound))")
+        }
+        return d
+    }
+
+    /// A size: a string such as "24MiB" or "none", or an integer number of bytes. `bytes` nil means unlimited.
+    func size(_ key: String) throws -> ParsedSize? {
+        guard let v = value(key) else { return nil }
+        if v.type == .int, let i = v.int {
+            guard i >= 0 else { throw error(key, "must not be negative") }
+            return ParsedSize(bytes: i == 0 ? nil : i)
+        }
+        guard let s = v.string else { throw typeError(key, expected: "a size such as \"24MiB\" or \"none\"", got: v) }
+        do {
+            return ParsedSize(bytes: try ByteSize.parse(s))
+        } catch {
+            throw self.error(key, "\(error)")
+        }
+    }
+
+    /// A file mode: an octal string ("0660") or an integer (TOML 0o660).
+    func mode(_ key: String) throws -> UInt32? {
+        guard let v = value(key) else { return nil }
+        let mode: UInt32
+        if v.type == .int, let i = v.int, i >= 0, i <= 0o777 {
+            mode = UInt32(i)
+        } else if let s = v.string, let parsed = UInt32(s, radix: 8), parsed <= 0o777 {
+            mode = parsed
+        } else {
+            throw error(key, "must be an octal mode such as \"0660\" or 0o660")
+        }
+        guard mode & 0o600 == 0o600 else { throw error(key, "must give the owner read and write (0600 at least)") }
+        guard mode & 0o007 == 0 else { throw error(key, "must not give access to others (last digit 0)") }
+        return mode
+    }
+}

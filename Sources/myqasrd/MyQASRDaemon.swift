@@ -1,0 +1,105 @@
+import ArgumentParser
+import DaemonCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+
+/// `myqasrd`: the on-device speech-recognition daemon (microphone -> Whisper -> Unix sockets).
+@main
+struct MyQASRDaemon: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "myqasrd",
+        abstract: "On-device speech recognition daemon: transcribes the microphone and serves Unix sockets.",
+        discussion: """
+            The configuration is read from --config, else $CONFIGURATION_DIRECTORY/myqasrd.toml, else \
+            /etc/myqasr/myqasrd.toml, else built-in defaults. Flags override the file. SIGHUP reloads the \
+            configuration and model; SIGTERM stops. Exit status 78 means the configuration is invalid.
+            """)
+
+    @Option(name: .long, help: "Configuration file (TOML).")
+    var config: String?
+
+    @Option(name: .long, help: "Model: tiny.en, base, or a model directory.")
+    var model: String?
+
+    @Option(name: .long, help: "Threads per transcription worker.")
+    var threads: Int?
+
+    @Option(name: .long, help: "Memory budget for the weights: 24MiB, or none.")
+    var budget: String?
+
+    @Option(name: .long, help: "ALSA capture device.")
+    var device: String?
+
+    @Flag(name: .long, help: "Do not capture the microphone (serve the sockets only).")
+    var noCapture = false
+
+    @Option(name: .long, help: "Directory for the sockets (default $RUNTIME_DIRECTORY or /run/myqasr).")
+    var runtimeDirectory: String?
+
+    @Option(name: .long, help: "State directory (default $STATE_DIRECTORY or /var/lib/myqasr).")
+    var stateDirectory: String?
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String?
+
+    @Flag(name: .long, help: "Check the configuration, print the settings in force, and exit.")
+    var checkConfig = false
+
+    func run() async throws {
+        // First of all, so that a SIGHUP or SIGTERM during model loading does not kill the process.
+        let signals = SignalWatcher()
+
+        let source = Daemon.ConfigurationSource(
+            explicitPath: config,
+            overrides: ConfigurationOverrides(
+                model: model, threads: threads, memoryBudget: budget, captureDevice: device,
+                captureEnabled: noCapture ? false : nil, runtimeDirectory: runtimeDirectory,
+                stateDirectory: stateDirectory, logLevel: logLevel))
+        let loaded: DaemonConfiguration
+        let path: String?
+        do {
+            (loaded, path) = try source.load()
+        } catch {
+            FileHandle.standardError.write(Data("myqasrd: configuration error: \(error)\n".utf8))
+            throw ExitCode(78)  // EX_CONFIG
+        }
+        if checkConfig {
+            print("configuration \(path ?? "(built-in defaults)") is valid")
+            print("model \(loaded.model), threads \(loaded.threads), budget \(loaded.memoryBudget.map(ByteSize.format) ?? "none")")
+            print("control socket \(loaded.controlSocketPath())")
+            print("capture \(loaded.captureEnabled ? loaded.captureDevice : "off")")
+            return
+        }
+
+        let level = loaded.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: "myqasrd")
+        logger.logLevel = level
+        logger.info("starting", metadata: ["config": "\(path ?? "(defaults)")", "pid": "\(getpid())"])
+
+        let daemon = Daemon(configuration: loaded, source: source, logger: logger)
+        do {
+            try await daemon.start()
+        } catch {
+            logger.critical("cannot start: \(error)")
+            await daemon.shutdown()
+            throw ExitCode(1)
+        }
+        signals.setReloadHandler { [logger] in
+            Task {
+                logger.info("SIGHUP: reloading")
+                do { try await daemon.reload() } catch { /* already logged with key and reason */ }
+            }
+        }
+        let number = await signals.waitForStop()
+        logger.info("signal \(number): shutting down")
+        await daemon.shutdown()
+    }
+}
