@@ -109,7 +109,9 @@ final class ControlSessionHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if busy { readPending = true } else { context.read() }
+        // Backpressure: no more reads while a request is being worked on, or while the client is not reading
+        // what we already sent.
+        if busy || !context.channel.isWritable { readPending = true } else { context.read() }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -124,7 +126,15 @@ final class ControlSessionHandler: ChannelDuplexHandler {
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { resolveWaiters(true) }
+        resumeReadingIfPossible(context: context)
         context.fireChannelWritabilityChanged()
+    }
+
+    private func resumeReadingIfPossible(context: ChannelHandlerContext) {
+        if readPending && !busy && context.channel.isWritable {
+            readPending = false
+            context.read()
+        }
     }
 
     private func resolveWaiters(_ value: Bool) {
@@ -235,10 +245,7 @@ final class ControlSessionHandler: ChannelDuplexHandler {
         while !busy, listenTask == nil, !queue.isEmpty, context.channel.isActive {
             handle(queue.removeFirst(), context: context)
         }
-        if !busy && readPending {
-            readPending = false
-            context.read()
-        }
+        resumeReadingIfPossible(context: context)
     }
 
     private func startListening(id: JSONValue, context: ChannelHandlerContext) {

@@ -167,8 +167,21 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        // Backpressure: no more reads while a transcription is running.
-        if busy { readPending = true } else { context.read() }
+        // Backpressure: no more reads while a request is being worked on, or while the client is not reading
+        // what we already sent.
+        if busy || !context.channel.isWritable { readPending = true } else { context.read() }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        resumeReadingIfPossible(context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func resumeReadingIfPossible(context: ChannelHandlerContext) {
+        if readPending && !busy && context.channel.isWritable {
+            readPending = false
+            context.read()
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -356,9 +369,6 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
         while !busy, !queue.isEmpty, context.channel.isActive {
             handle(queue.removeFirst(), context: context)
         }
-        if !busy && readPending {
-            readPending = false
-            context.read()
-        }
+        resumeReadingIfPossible(context: context)
     }
 }

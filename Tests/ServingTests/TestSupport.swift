@@ -233,3 +233,37 @@ func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async thr
         Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
     }
 }
+
+/// A transcription backend that holds every request until the test opens the gate.
+final class GatedTranscriber: TranscriptionBackend, @unchecked Sendable {
+    private let lock = NSLock()
+    private var opened = false
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+    /// One element each time a request reaches the backend.
+    let started: AsyncStream<Int>
+    private let startedContinuation: AsyncStream<Int>.Continuation
+
+    init() { (started, startedContinuation) = AsyncStream<Int>.makeStream() }
+
+    func open() {
+        let waiters = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+            opened = true
+            defer { waiting = [] }
+            return waiting
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func transcribe(samples: [Float], language: String?) async throws -> TranscriptResult {
+        startedContinuation.yield(samples.count)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = lock.withLock { () -> Bool in
+                if opened { return true }
+                waiting.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+        return TranscriptResult(text: "gated \(samples.count)", language: "en")
+    }
+}

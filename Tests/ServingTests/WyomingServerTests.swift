@@ -319,6 +319,65 @@ final class WyomingServerTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: socketPath))
     }
 
+    func testShutdownLetsRequestInProgressFinish() async throws {
+        let backend = GatedTranscriber()
+        var configuration = WyomingServerConfiguration()
+        configuration.connection.shutdownGracePeriod = .seconds(20)
+        let server = try await startServer(backend: backend, configuration: configuration)
+        let client = try RawClient(unixPath: socketPath)
+        try client.send(WyomingEvent(type: "audio-start", data: ["rate": 16000, "width": 2, "channels": 1]))
+        try client.send(WyomingEvent(type: "audio-chunk", data: ["rate": 16000, "width": 2, "channels": 1],
+                                     payload: [UInt8](repeating: 0, count: 3200)))
+        try client.send(WyomingEvent(type: "audio-stop"))
+        var started = backend.started.makeAsyncIterator()
+        _ = await started.next()  // the request is in the backend
+        let began = Date()
+        let shutdown = Task { await server.shutdown() }
+        // Listeners close first: the socket file goes away while the request is still held.
+        while FileManager.default.fileExists(atPath: socketPath) { await Task.yield() }
+        XCTAssertThrowsError(try RawClient(unixPath: socketPath))
+        backend.open()
+        let events = try await onThread { () -> [String] in
+            var types: [String] = []
+            while let event = try client.readEvent() { types.append(event.type) }  // until the server closes
+            return types
+        }
+        await shutdown.value
+        XCTAssertEqual(events, ["transcript-start", "transcript-chunk", "transcript", "transcript-stop"])
+        XCTAssertLessThan(Date().timeIntervalSince(began), 10, "shutdown waited for the grace period instead of the request")
+    }
+
+    func testClientThatDoesNotReadIsThrottled() async throws {
+        // A client that sends describe after describe and never reads: the server must stop reading from it
+        // (bounded output), so the client's own non-blocking sends eventually would block.
+        let server = try await startServer()
+        let (sent, blocked) = try await onThread { [socketPath] () -> (Int, Bool) in
+            let client = try RawClient(unixPath: socketPath)
+            let flags = fcntl(client.fd, F_GETFL)
+            _ = fcntl(client.fd, F_SETFL, flags | O_NONBLOCK)
+            let describe = WyomingEvent(type: "describe").encoded()
+            let batch = Array([[UInt8]](repeating: describe, count: 100).joined())
+            var sent = 0
+            var idleRounds = 0
+            while sent < 4 * 1024 * 1024 {
+                let n = batch.withUnsafeBytes { Glibc.send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n > 0 { sent += n; idleRounds = 0; continue }
+                guard errno == EAGAIN else { throw TestSocketError(description: "send failed: \(errno)") }
+                // Would block: give the server a chance to drain us (wait on the socket, not a sleep).
+                var pfd = pollfd(fd: client.fd, events: Int16(POLLOUT), revents: 0)
+                if poll(&pfd, 1, 500) == 0 {
+                    idleRounds += 1
+                    if idleRounds >= 2 { return (sent, true) }
+                }
+            }
+            return (sent, false)
+        }
+        await server.shutdown()
+        print("non-reading client was throttled after sending \(sent / 1024) KiB")
+        XCTAssertTrue(blocked, "the server kept reading \(sent) bytes from a client that never reads")
+        XCTAssertLessThan(sent, 2 * 1024 * 1024)
+    }
+
     func testDecoderHandlesByteAtATimeInput() throws {
         var decoder = WyomingFrameDecoder()
         let event = WyomingEvent(type: "audio-chunk", data: ["rate": 16000, "width": 2, "channels": 1], payload: [1, 2, 3, 4])
