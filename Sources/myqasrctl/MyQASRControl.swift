@@ -1,0 +1,330 @@
+import ArgumentParser
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Serving
+
+/// `myqasrctl`: talks to a running `myqasrd` over its control socket.
+@main
+struct MyQASRControl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "myqasrctl",
+        abstract: "Control the myqasrd speech-recognition daemon.",
+        discussion: """
+            The control socket is --socket, else $MYQASR_SOCKET, else $RUNTIME_DIRECTORY/control.sock, else \
+            /run/myqasr/control.sock. Your user must be root, the daemon's user, or in the group the daemon allows.
+            """,
+        subcommands: [Status.self, Budget.self, Reload.self, Listen.self, Transcribe.self, Forget.self])
+}
+
+/// Options every subcommand takes.
+struct ConnectionOptionsGroup: ParsableArguments {
+    @Option(name: .long, help: "Path of the daemon's control socket.")
+    var socket: String?
+
+    @Option(name: .long, help: "Seconds to wait for an answer.")
+    var timeout: Double = 120
+
+    /// The socket path in effect.
+    var socketPath: String {
+        if let socket { return socket }
+        let environment = ProcessInfo.processInfo.environment
+        if let path = environment["MYQASR_SOCKET"], !path.isEmpty { return path }
+        if let directory = environment["RUNTIME_DIRECTORY"]?.split(separator: ":").first {
+            return "\(directory)/control.sock"
+        }
+        return "/run/myqasr/control.sock"
+    }
+
+    /// Connects, turning failures into a one-line message and exit status 69 (EX_UNAVAILABLE) or 77 (EX_NOPERM).
+    func connect() throws -> ControlClient {
+        do {
+            return try ControlClient(socketPath: socketPath, timeout: timeout)
+        } catch let error as ControlClientError {
+            throw Failure(error)
+        }
+    }
+}
+
+/// A failure reported as "myqasrctl: MESSAGE" with an exit status that says what kind it was.
+struct Failure: Error, CustomStringConvertible {
+    let message: String
+    let status: Int32
+
+    init(_ error: ControlClientError) {
+        message = error.description
+        switch error {
+        case .permissionDenied: status = 77
+        case .socketNotFound, .daemonNotRunning: status = 69
+        case .daemon: status = 1
+        default: status = 75
+        }
+    }
+
+    var description: String { message }
+}
+
+/// Runs `body`, printing any control failure as one line on stderr and exiting with its status.
+func reporting(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let failure as Failure {
+        FileHandle.standardError.write(Data("myqasrctl: \(failure.message)\n".utf8))
+        throw ExitCode(failure.status)
+    } catch let error as ControlClientError {
+        let failure = Failure(error)
+        FileHandle.standardError.write(Data("myqasrctl: \(failure.message)\n".utf8))
+        throw ExitCode(failure.status)
+    }
+}
+
+extension MyQASRControl {
+    /// `status`: model, precision map, memory vs budget, uptime, utterances.
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the daemon's model, precision, memory and counters.")
+
+        @OptionGroup var connection: ConnectionOptionsGroup
+
+        @Flag(name: .long, help: "Print the raw status as JSON.")
+        var json = false
+
+        func run() throws {
+            try reporting {
+                let client = try connection.connect()
+                if json {
+                    let value = try client.request(.status)
+                    print(String(decoding: try value.jsonData(), as: UTF8.self))
+                } else {
+                    print(StatusFormatter.format(try client.status()))
+                }
+            }
+        }
+    }
+
+    /// `budget SIZE`.
+    struct Budget: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set the model memory budget (e.g. 24MiB, 150MB); lasts until the next reload or restart.")
+
+        @OptionGroup var connection: ConnectionOptionsGroup
+
+        @Argument(help: "Size with a unit: B, KB, MB, GB, KiB, MiB, GiB.")
+        var size: String
+
+        func validate() throws {
+            guard SizeParser.parse(size) != nil else {
+                throw ValidationError("\"\(size)\" is not a size such as 24MiB or 150MB")
+            }
+        }
+
+        func run() throws {
+            try reporting {
+                let client = try connection.connect()
+                try client.setBudget(bytes: SizeParser.parse(size)!)
+                let status = try client.status()
+                print("budget set to \(StatusFormatter.bytes(status.budgetBytes ?? 0))")
+                if let budget = status.budgetBytes, status.memoryBytes > budget {
+                    print("note: the model in service takes \(StatusFormatter.bytes(status.memoryBytes)); the budget is not met yet")
+                }
+            }
+        }
+    }
+
+    /// `reload`.
+    struct Reload: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Re-read the configuration file and the model.")
+
+        @OptionGroup var connection: ConnectionOptionsGroup
+
+        func run() throws {
+            try reporting {
+                try connection.connect().reload()
+                print("reloaded")
+            }
+        }
+    }
+
+    /// `listen`.
+    struct Listen: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print live transcripts of the microphone until interrupted.")
+
+        @OptionGroup var connection: ConnectionOptionsGroup
+
+        @Flag(name: .long, help: "Print each transcript as a JSON line.")
+        var json = false
+
+        @Option(name: .long, help: "Exit after this many transcripts.")
+        var count: Int?
+
+        func run() throws {
+            setvbuf(stdout, nil, _IOLBF, 0)
+            try reporting {
+                let client = try connection.connect()
+                var printed = 0
+                try client.listen { transcript in
+                    if json {
+                        let value = try JSONValue(encoding: transcript)
+                        print(String(decoding: try value.jsonData(), as: UTF8.self))
+                    } else {
+                        print(String(format: "[%7.2f - %7.2f] ", transcript.start, transcript.end) + transcript.text)
+                    }
+                    printed += 1
+                    return count.map { printed < $0 } ?? true
+                }
+            }
+        }
+    }
+
+    /// `transcribe FILE`.
+    struct Transcribe: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Transcribe a WAV file with the daemon's model.")
+
+        @OptionGroup var connection: ConnectionOptionsGroup
+
+        @Argument(help: "A WAV file.")
+        var file: String
+
+        @Option(name: .long, help: "Language code (multilingual models).")
+        var language: String?
+
+        @Flag(name: .long, help: "Print the result as JSON (text, language, segments).")
+        var json = false
+
+        func run() throws {
+            let data: Data
+            do {
+                data = try Data(contentsOf: URL(fileURLWithPath: file))
+            } catch {
+                FileHandle.standardError.write(Data("myqasrctl: cannot read \(file): \(error.localizedDescription)\n".utf8))
+                throw ExitCode(66)  // EX_NOINPUT
+            }
+            try reporting {
+                let result = try connection.connect().transcribe(wav: data, language: language)
+                if json {
+                    print(String(decoding: try JSONValue(encoding: result).jsonData(), as: UTF8.self))
+                } else {
+                    print(result.text)
+                }
+            }
+        }
+    }
+
+    /// `forget`.
+    struct Forget: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete personal data: statistics, counters and buffered audio.")
+
+        @OptionGroup var connection: ConnectionOptionsGroup
+
+        func run() throws {
+            try reporting {
+                try connection.connect().forget()
+                print("forgotten")
+            }
+        }
+    }
+}
+
+/// Parses "24MiB", "150MB", "1048576".
+enum SizeParser {
+    static func parse(_ text: String) -> Int? {
+        let lower = text.trimmingCharacters(in: .whitespaces).lowercased()
+        let end = lower.firstIndex(where: { !($0.isNumber || $0 == ".") }) ?? lower.endIndex
+        guard let number = Double(lower[..<end]), number > 0 else { return nil }
+        let units: [String: Double] = [
+            "": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1_048_576, "mb": 1e6, "mib": 1_048_576,
+            "g": 1_073_741_824, "gb": 1e9, "gib": 1_073_741_824,
+        ]
+        guard let scale = units[lower[end...].trimmingCharacters(in: .whitespaces)] else { return nil }
+        let bytes = (number * scale).rounded()
+        guard bytes >= 1, bytes < 1e15 else { return nil }
+        return Int(bytes)
+    }
+}
+
+/// Human-readable status.
+enum StatusFormatter {
+    static func bytes(_ value: Int) -> String {
+        let v = Double(value)
+        if v >= 1_073_741_824 { return String(format: "%.2f GiB", v / 1_073_741_824) }
+        if v >= 1_048_576 { return String(format: "%.1f MiB", v / 1_048_576) }
+        if v >= 1024 { return String(format: "%.0f KiB", v / 1024) }
+        return "\(value) B"
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds)
+        if s >= 86400 { return "\(s / 86400)d \((s % 86400) / 3600)h" }
+        if s >= 3600 { return "\(s / 3600)h \((s % 3600) / 60)m" }
+        if s >= 60 { return "\(s / 60)m \(s % 60)s" }
+        return "\(s)s"
+    }
+
+    /// One character per bit width: f = float (32), h = 16, 8, 4, 2 ...
+    static func symbol(_ bits: Int) -> Character {
+        switch bits {
+        case 32: return "f"
+        case 16: return "h"
+        case 1...9: return Character(String(bits))
+        default: return "?"
+        }
+    }
+
+    /// The precision map as one row per layer group: encoder blocks, decoder blocks, others.
+    static func chart(_ bits: [String: Int]) -> [String] {
+        var groups: [(String, [(String, Int)])] = []
+        func add(_ group: String, _ name: String, _ b: Int) {
+            if let i = groups.firstIndex(where: { $0.0 == group }) { groups[i].1.append((name, b)) } else { groups.append((group, [(name, b)])) }
+        }
+        for (name, b) in bits.sorted(by: { naturalLess($0.key, $1.key) }) {
+            let parts = name.split(separator: "/")
+            if parts.count >= 2, parts[1].hasPrefix("layer_") {
+                add("\(parts[0]) \(parts[1].dropFirst("layer_".count))", name, b)
+            } else {
+                add(String(parts.first ?? "other"), name, b)
+            }
+        }
+        let width = groups.map(\.0.count).max() ?? 0
+        return groups.map { group, layers in
+            let padded = group.padding(toLength: width, withPad: " ", startingAt: 0)
+            let cells = String(layers.map { symbol($0.1) })
+            let bitsTotal = layers.map(\.1).reduce(0, +)
+            return "  \(padded)  \(cells)  (\(String(format: "%.1f", Double(bitsTotal) / Double(max(1, layers.count)))) bits avg)"
+        }
+    }
+
+    /// "layer_10" after "layer_9".
+    static func naturalLess(_ a: String, _ b: String) -> Bool {
+        a.compare(b, options: .numeric) == .orderedAscending
+    }
+
+    static func format(_ status: DaemonStatus) -> String {
+        var lines: [String] = []
+        lines.append("model:       \(status.modelName)")
+        var memory = "memory:      \(bytes(status.memoryBytes))"
+        if let budget = status.budgetBytes {
+            memory += " of \(bytes(budget)) budget"
+            if status.memoryBytes > budget { memory += " (NOT MET: the float model is larger than the budget)" }
+        } else {
+            memory += " (no budget)"
+        }
+        lines.append(memory)
+        lines.append("uptime:      \(duration(status.uptimeSeconds))")
+        lines.append("utterances:  \(status.utterancesSeen)")
+        lines.append("statistics:  \(status.statisticsSamples) samples")
+        lines.append("capture:     \(status.captureState.rawValue)")
+        if let changed = status.lastRequantization {
+            lines.append("model since: \(ISO8601DateFormatter().string(from: changed))")
+        }
+        if let bits = status.layerBits, !bits.isEmpty {
+            let distinct = Set(bits.values)
+            let summary = distinct.count == 1 && distinct.first == 32
+                ? "all \(bits.count) layers float" : "\(bits.count) layers, " + distinct.sorted().map { b in
+                    "\(bits.values.filter { $0 == b }.count) at \(b == 32 ? "float" : "\(b)-bit")" }.joined(separator: ", ")
+            lines.append("precision:   \(summary)  (f = float, h = 16-bit, digits = bits)")
+            lines += chart(bits)
+        }
+        return lines.joined(separator: "\n")
+    }
+}
