@@ -74,35 +74,70 @@ public enum AudioConversion {
         resample(samples, from: rate, to: targetRate)
     }
 
-    /// Resamples `samples` from `from` Hz to `to` Hz with a windowed sinc filter (16 zero crossings per side).
+    /// Resamples `samples` from `from` Hz to `to` Hz with a Hann-windowed sinc filter (16 zero crossings per
+    /// side at the lower Nyquist frequency). The filter weights are tabulated once per distinct fractional
+    /// phase (`to / gcd(from, to)` of them, e.g. 1 for 48 kHz, 160 for 44.1 kHz), so the cost is one
+    /// multiply-add per tap.
     public static func resample(_ samples: [Float], from: Int, to: Int) -> [Float] {
         guard from != to, from > 0, to > 0, !samples.isEmpty else { return samples }
-        let ratio = Double(to) / Double(from)
-        let outCount = Int((Double(samples.count) * ratio).rounded(.down))
-        let cutoff = min(1.0, ratio)  // relative to the input Nyquist frequency
-        let zeroCrossings = 16.0
-        let halfWidth = zeroCrossings / cutoff  // in input samples
+        let g = gcd(from, to)
+        let up = to / g  // L: output step in input samples is M / L
+        let down = from / g  // M
+        let outCount = samples.count * up / down
+        let cutoff = min(1.0, Double(to) / Double(from))  // relative to the input Nyquist frequency
+        let halfWidth = 16.0 / cutoff  // in input samples
+        let reach = Int(halfWidth.rounded(.up))
+        let taps = 2 * reach + 1
+        let tabulate = up <= 4096
+        // weights[phase * taps + (j + reach)] for input offset j relative to floor(t).
+        func weights(phase: Int) -> [Float] {
+            let frac = Double(phase) / Double(up)
+            var w = [Float](repeating: 0, count: taps)
+            for j in -reach...reach {
+                let d = Double(j) - frac
+                guard abs(d) < halfWidth else { continue }
+                let arg = d * cutoff
+                let sinc = arg == 0 ? 1.0 : sin(Double.pi * arg) / (Double.pi * arg)
+                w[j + reach] = Float(sinc * (0.5 + 0.5 * cos(Double.pi * d / halfWidth)))
+            }
+            return w
+        }
+        var table: [Float] = []
+        if tabulate {
+            table.reserveCapacity(up * taps)
+            for phase in 0..<up { table += weights(phase: phase) }
+        }
         var out = [Float](repeating: 0, count: outCount)
         samples.withUnsafeBufferPointer { x in
-            for n in 0..<outCount {
-                let t = Double(n) / ratio  // position in input samples
-                let lo = max(0, Int((t - halfWidth).rounded(.up)))
-                let hi = min(x.count - 1, Int((t + halfWidth).rounded(.down)))
-                if lo > hi { continue }
-                var acc = 0.0
-                var norm = 0.0
-                for k in lo...hi {
-                    let d = Double(k) - t
-                    let arg = d * cutoff
-                    let sinc = arg == 0 ? 1.0 : sin(Double.pi * arg) / (Double.pi * arg)
-                    let window = 0.5 + 0.5 * cos(Double.pi * d / halfWidth)
-                    let w = sinc * window
-                    acc += w * Double(x[k])
-                    norm += w
+            table.withUnsafeBufferPointer { tableWeights in
+                for n in 0..<outCount {
+                    let position = n * down
+                    let base = position / up
+                    let phase = position % up
+                    let lo = max(-reach, -base)
+                    let hi = min(reach, x.count - 1 - base)
+                    if lo > hi { continue }
+                    let computed = tabulate ? [] : weights(phase: phase)
+                    var acc: Float = 0
+                    var norm: Float = 0
+                    computed.withUnsafeBufferPointer { computedWeights in
+                        let w = tabulate ? UnsafeBufferPointer(rebasing: tableWeights[(phase * taps)...]) : computedWeights
+                        for j in lo...hi {
+                            let weight = w[j + reach]
+                            acc += weight * x[base + j]
+                            norm += weight
+                        }
+                    }
+                    out[n] = norm != 0 ? acc / norm : 0
                 }
-                out[n] = Float(norm != 0 ? acc / norm : 0)
             }
         }
         return out
+    }
+
+    private static func gcd(_ a: Int, _ b: Int) -> Int {
+        var (a, b) = (a, b)
+        while b != 0 { (a, b) = (b, a % b) }
+        return a
     }
 }

@@ -1,0 +1,352 @@
+import CKernels
+import COpenBLAS
+import Dispatch
+import WhisperEngine
+
+/// Why a packed matrix could not be built.
+public enum QuantizedMatrixError: Error, CustomStringConvertible, Equatable {
+    /// Bits other than 2, 3, 4, 5, 6, 8.
+    case unsupportedBits(Int)
+    /// A group size other than 32, 64, 128.
+    case unsupportedGroupSize(Int)
+    /// A shape with a zero or negative side.
+    case badShape(outFeatures: Int, inFeatures: Int)
+    /// The float values do not have `outFeatures * inFeatures` entries.
+    case valueCount(expected: Int, actual: Int)
+    /// The per-group clip array does not have `outFeatures * groupsPerRow` entries.
+    case clipCount(expected: Int, actual: Int)
+    /// A clip ratio that is not finite and positive.
+    case badClipRatio(index: Int, value: Float)
+    /// A weight that is NaN or infinite.
+    case nonFiniteWeight(row: Int, column: Int)
+    /// Raw packed bytes or scales of the wrong size or alignment.
+    case storageSize(what: String, expected: Int, actual: Int)
+    /// Raw scales not aligned to 2 bytes.
+    case misalignedScales
+
+    /// A message naming what is wrong.
+    public var description: String {
+        switch self {
+        case let .unsupportedBits(b):
+            return "unsupported bit width \(b) (supported: \(QuantizedMatrix.supportedBits.map(String.init).joined(separator: ", ")))"
+        case let .unsupportedGroupSize(g):
+            return "unsupported group size \(g) (supported: \(QuantizedMatrix.supportedGroupSizes.map(String.init).joined(separator: ", ")))"
+        case let .badShape(o, i):
+            return "bad matrix shape [\(o), \(i)]: both sides must be positive"
+        case let .valueCount(e, a):
+            return "expected \(e) weight values, got \(a)"
+        case let .clipCount(e, a):
+            return "expected \(e) clip ratios (one per row and group), got \(a)"
+        case let .badClipRatio(i, v):
+            return "clip ratio \(v) at index \(i) is not a finite positive number"
+        case let .nonFiniteWeight(r, c):
+            return "weight at row \(r), column \(c) is not finite"
+        case let .storageSize(what, e, a):
+            return "\(what): expected \(e) bytes, got \(a)"
+        case .misalignedScales:
+            return "scales: storage is not 2-byte aligned"
+        }
+    }
+}
+
+/// How a small product (the decoder's GEMV, up to `QuantizedMatrix.gemvRowLimit` rows)
+/// treats the activations.
+public enum ActivationPrecision: String, Sendable, Codable {
+    /// Activations quantized to int8 per block of 32 with a float scale, integer dot
+    /// products (VNNI when available). The fast path.
+    case int8
+    /// Float activations against the dequantized codes: the exact product of
+    /// `dequantized()` up to float summation order.
+    case float
+}
+
+/// A weight matrix `W[outFeatures, inFeatures]` held at 2, 3, 4, 5, 6 or 8 bits.
+///
+/// Symmetric quantization: each row is cut into groups of `groupSize` consecutive input
+/// features (the last group zero padded); a group has one scale `s` (IEEE half float) and
+/// signed codes `q` in `[-qmax, qmax]`, `qmax = 2^(bits-1) - 1`, so `w ≈ s·q`. (At 2 bits
+/// that is the ternary grid {-s, 0, s}.) Codes are bit-packed as in
+/// docs/quantized-model-format.md, and products read them directly.
+public struct QuantizedMatrix: WeightMatrix {
+    /// Bit widths this type stores.
+    public static let supportedBits = [2, 3, 4, 5, 6, 8]
+    /// Group sizes this type stores.
+    public static let supportedGroupSizes = [32, 64, 128]
+    /// The group size chosen by measuring error against bytes on tiny.en (see the docs).
+    public static let defaultGroupSize = 64
+    /// Products with at most this many rows run as GEMV over the packed codes; larger ones
+    /// dequantize tiles of W and use OpenBLAS's sgemm.
+    public static let gemvRowLimit = 16
+
+    /// Output features (rows of W).
+    public let outFeatures: Int
+    /// Input features (columns of W).
+    public let inFeatures: Int
+    /// Bits per code.
+    public let bits: Int
+    /// Input features per scale.
+    public let groupSize: Int
+    /// Packed codes, `packedByteCount(outFeatures:inFeatures:bits:groupSize:)` bytes.
+    public let packed: ByteStorage
+    /// Half-float scales `[outFeatures, groupsPerRow]`, little-endian.
+    public let scales: ByteStorage
+    /// Activation handling of small products; `.int8` by default.
+    public var activationPrecision: ActivationPrecision = .int8
+    /// Threads a large product may be split across (1 or more).
+    public var threads: Int = 2
+
+    /// Scale groups per row, `ceil(inFeatures / groupSize)`.
+    public var groupsPerRow: Int { (inFeatures + groupSize - 1) / groupSize }
+    /// 32-element blocks per row (whole groups, so the row is padded to a group multiple).
+    public var blocksPerRow: Int { groupsPerRow * groupSize / 32 }
+
+    /// Largest code magnitude at `bits`.
+    public static func qmax(bits: Int) -> Int { (1 << (bits - 1)) - 1 }
+
+    /// Bytes of packed codes for a matrix of this shape.
+    public static func packedByteCount(outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int) -> Int {
+        let groups = (inFeatures + groupSize - 1) / groupSize
+        return outFeatures * groups * (groupSize / 32) * 4 * bits
+    }
+
+    /// Bytes of scales for a matrix of this shape.
+    public static func scaleByteCount(outFeatures: Int, inFeatures: Int, groupSize: Int) -> Int {
+        outFeatures * ((inFeatures + groupSize - 1) / groupSize) * 2
+    }
+
+    /// Exact resident bytes: packed codes plus scales.
+    public var byteSize: Int { packed.count + scales.count }
+
+    private static func validate(outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int) throws {
+        guard supportedBits.contains(bits) else { throw QuantizedMatrixError.unsupportedBits(bits) }
+        guard supportedGroupSizes.contains(groupSize) else { throw QuantizedMatrixError.unsupportedGroupSize(groupSize) }
+        guard outFeatures > 0, inFeatures > 0 else {
+            throw QuantizedMatrixError.badShape(outFeatures: outFeatures, inFeatures: inFeatures)
+        }
+    }
+
+    /// Quantizes row-major `values[outFeatures, inFeatures]`; every group's scale is
+    /// `clipRatio * max|w_group| / qmax`, codes are rounded to nearest and clamped.
+    public init(quantizing values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
+                clipRatio: Float = 1) throws {
+        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+        let groups = (inFeatures + groupSize - 1) / groupSize
+        guard clipRatio.isFinite, clipRatio > 0 else { throw QuantizedMatrixError.badClipRatio(index: 0, value: clipRatio) }
+        try self.init(quantizing: values, outFeatures: outFeatures, inFeatures: inFeatures, bits: bits,
+                      groupSize: groupSize, clipRatios: [Float](repeating: clipRatio, count: outFeatures * groups))
+    }
+
+    /// Quantizes with one clip ratio per group: `clipRatios[row * groupsPerRow + group]`.
+    public init(quantizing values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
+                clipRatios: [Float]) throws {
+        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+        guard values.count == outFeatures * inFeatures else {
+            throw QuantizedMatrixError.valueCount(expected: outFeatures * inFeatures, actual: values.count)
+        }
+        let groups = (inFeatures + groupSize - 1) / groupSize
+        guard clipRatios.count == outFeatures * groups else {
+            throw QuantizedMatrixError.clipCount(expected: outFeatures * groups, actual: clipRatios.count)
+        }
+        if let bad = clipRatios.firstIndex(where: { !($0.isFinite && $0 > 0) }) {
+            throw QuantizedMatrixError.badClipRatio(index: bad, value: clipRatios[bad])
+        }
+        if let bad = values.firstIndex(where: { !$0.isFinite }) {
+            throw QuantizedMatrixError.nonFiniteWeight(row: bad / inFeatures, column: bad % inFeatures)
+        }
+        let blocks = groups * groupSize / 32
+        let rowCodes = blocks * 32
+        let qmax = Float(Self.qmax(bits: bits))
+        var codes = [Int8](repeating: 0, count: outFeatures * rowCodes)
+        var halfScales = [UInt16](repeating: 0, count: outFeatures * groups)
+        values.withUnsafeBufferPointer { w in
+            codes.withUnsafeMutableBufferPointer { c in
+                for r in 0..<outFeatures {
+                    for g in 0..<groups {
+                        let c0 = g * groupSize, c1 = Swift.min(inFeatures, c0 + groupSize)
+                        var amax: Float = 0
+                        for col in c0..<c1 { amax = Swift.max(amax, abs(w[r * inFeatures + col])) }
+                        var raw = clipRatios[r * groups + g] * amax / qmax
+                        var half: UInt16 = 0
+                        mq_f32_to_f16(&raw, &half, 1)
+                        var scale: Float = 0
+                        mq_f16_to_f32(&half, &scale, 1)
+                        // A scale that rounds to zero or overflows half: the group is stored as zeros
+                        // (zero) or at the largest half (overflow, beyond any real weight).
+                        if !scale.isFinite { half = 0x7BFF; scale = 65504 }
+                        halfScales[r * groups + g] = half
+                        guard scale > 0 else { continue }
+                        let inv = 1 / scale
+                        for col in c0..<c1 {
+                            let q = (w[r * inFeatures + col] * inv).rounded()
+                            c[r * rowCodes + col] = Int8(Swift.max(-qmax, Swift.min(qmax, q)))
+                        }
+                    }
+                }
+            }
+        }
+        let packedCount = Self.packedByteCount(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+        let packed = ByteStorage(count: packedCount) { dst in
+            codes.withUnsafeBufferPointer { c in
+                mq_pack_codes(c.baseAddress!, outFeatures, blocks, Int32(bits), dst.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            }
+        }
+        let scales = halfScales.withUnsafeBytes { ByteStorage(copying: $0) }
+        try self.init(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize,
+                      packed: packed, scales: scales)
+    }
+
+    /// Wraps packed codes and half-float scales already laid out as documented (for example
+    /// a slice of a mapped model file); nothing is copied.
+    public init(outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
+                packed: ByteStorage, scales: ByteStorage) throws {
+        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+        let expectedPacked = Self.packedByteCount(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+        guard packed.count == expectedPacked else {
+            throw QuantizedMatrixError.storageSize(what: "packed codes", expected: expectedPacked, actual: packed.count)
+        }
+        let expectedScales = Self.scaleByteCount(outFeatures: outFeatures, inFeatures: inFeatures, groupSize: groupSize)
+        guard scales.count == expectedScales else {
+            throw QuantizedMatrixError.storageSize(what: "scales", expected: expectedScales, actual: scales.count)
+        }
+        guard Int(bitPattern: scales.baseAddress) % 2 == 0 else { throw QuantizedMatrixError.misalignedScales }
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+        self.bits = bits
+        self.groupSize = groupSize
+        self.packed = packed
+        self.scales = scales
+    }
+
+    /// The same matrix with another activation precision for small products.
+    public func withActivationPrecision(_ precision: ActivationPrecision) -> QuantizedMatrix {
+        var copy = self
+        copy.activationPrecision = precision
+        return copy
+    }
+
+    /// Calls `body` with the C description of this matrix, valid during the call.
+    private func withDescriptor<R>(_ body: (UnsafePointer<mq_packed_matrix>) -> R) -> R {
+        withExtendedLifetime((packed, scales)) {
+            var d = mq_packed_matrix(
+                packed: packed.baseAddress.assumingMemoryBound(to: UInt8.self),
+                scales: scales.baseAddress.assumingMemoryBound(to: UInt16.self),
+                bits: Int32(bits), rows: outFeatures, blocks: blocksPerRow,
+                blocksPerGroup: groupSize / 32)
+            return body(&d)
+        }
+    }
+
+    /// The scales as floats, `[outFeatures, groupsPerRow]`.
+    public func scaleValues() -> [Float] {
+        let n = outFeatures * groupsPerRow
+        return [Float](unsafeUninitializedCapacity: n) { buf, count in
+            mq_f16_to_f32(scales.baseAddress.assumingMemoryBound(to: UInt16.self), buf.baseAddress!, n)
+            count = n
+        }
+    }
+
+    /// The signed codes, `[outFeatures, blocksPerRow * 32]` (padding columns included, zero).
+    public func codes() -> [Int8] {
+        let n = outFeatures * blocksPerRow * 32
+        return [Int8](unsafeUninitializedCapacity: n) { buf, count in
+            withDescriptor { mq_unpack_codes($0, 0, outFeatures, buf.baseAddress!) }
+            count = n
+        }
+    }
+
+    /// The matrix as floats, row-major `[outFeatures, inFeatures]` (tests, calibration).
+    public func dequantized() -> [Float] {
+        let n = outFeatures * inFeatures
+        return [Float](unsafeUninitializedCapacity: n) { buf, count in
+            withDescriptor { mq_dequantize_rows($0, 0, outFeatures, inFeatures, buf.baseAddress!, inFeatures) }
+            count = n
+        }
+    }
+
+    /// Dequantizes row `index` into `out[inFeatures]`.
+    public func copyRow(_ index: Int, into out: UnsafeMutablePointer<Float>) {
+        precondition(index >= 0 && index < outFeatures, "QuantizedMatrix.copyRow: row \(index) out of range")
+        withDescriptor { mq_dequantize_rows($0, index, index + 1, inFeatures, out, inFeatures) }
+    }
+
+    /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ`. Up to `gemvRowLimit` rows: GEMV over the
+    /// packed codes (int8 or float activations, see `activationPrecision`); more rows:
+    /// tiles of W dequantized into cache and multiplied by OpenBLAS.
+    public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+        guard m > 0 else { return }
+        if m <= Self.gemvRowLimit {
+            switch activationPrecision {
+            case .int8: gemvInt8(x, rows: m, into: y)
+            case .float: gemvFloat(x, rows: m, into: y)
+            }
+        } else {
+            gemmTiled(x, rows: m, into: y)
+        }
+    }
+
+    /// Work (weights × rows) above which a GEMV is split across `threads` threads.
+    static let parallelWork = 1 << 18
+
+    /// Runs `body` over `threads` contiguous parts of `0..<outFeatures` (rounded to 16 rows).
+    private func splitRows(work: Int, _ body: @escaping (Int, Int) -> Void) {
+        let parts = work >= Self.parallelWork ? Swift.max(1, Swift.min(threads, outFeatures / 64)) : 1
+        if parts <= 1 { return body(0, outFeatures) }
+        let chunk = ((outFeatures + parts - 1) / parts + 15) / 16 * 16
+        DispatchQueue.concurrentPerform(iterations: parts) { p in
+            let r0 = p * chunk, r1 = Swift.min(outFeatures, r0 + chunk)
+            if r0 < r1 { body(r0, r1) }
+        }
+    }
+
+    private func gemvInt8(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+        let blocks = blocksPerRow
+        withUnsafeTemporaryAllocation(of: Int8.self, capacity: m * blocks * 32) { xq in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: m * blocks) { xs in
+                mq_quantize_activations(x, m, inFeatures, inFeatures, blocks, xq.baseAddress!, xs.baseAddress!)
+                let xqp = UnsafePointer(xq.baseAddress!), xsp = UnsafePointer(xs.baseAddress!)
+                let outF = outFeatures
+                withDescriptor { d in
+                    splitRows(work: outFeatures * inFeatures * m) { r0, r1 in
+                        mq_gemv_q8(d, r0, r1, xqp, xsp, m, y, outF)
+                    }
+                }
+            }
+        }
+    }
+
+    private func gemvFloat(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+        let padded = blocksPerRow * 32
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: padded) { xp in
+            let xpp = xp.baseAddress!
+            for i in 0..<m {
+                xpp.update(from: x + i * inFeatures, count: inFeatures)
+                (xpp + inFeatures).update(repeating: 0, count: padded - inFeatures)
+                let yi = y + i * outFeatures
+                withDescriptor { d in
+                    splitRows(work: outFeatures * inFeatures) { r0, r1 in mq_gemv_f32(d, r0, r1, xpp, yi) }
+                }
+            }
+        }
+    }
+
+    /// Rows of W dequantized per tile in the GEMM (tile floats stay within L2).
+    static let gemmTileRows = 128
+
+    private func gemmTiled(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+        let k = inFeatures
+        let tileRows = Swift.max(16, Swift.min(Self.gemmTileRows, (1 << 16) / k * 4))
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: tileRows * k) { tile in
+            let t = tile.baseAddress!
+            withDescriptor { d in
+                var r0 = 0
+                while r0 < outFeatures {
+                    let r1 = Swift.min(outFeatures, r0 + tileRows)
+                    mq_dequantize_rows(d, r0, r1, k, t, k)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(r1 - r0), Int32(k),
+                                1, x, Int32(k), t, Int32(k), 0, y + r0, Int32(outFeatures))
+                    r0 = r1
+                }
+            }
+        }
+    }
+}
