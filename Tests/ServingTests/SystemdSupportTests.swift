@@ -92,38 +92,79 @@ final class SystemdSupportTests: XCTestCase {
         pinger.stop()
     }
 
+    /// Socket activation end to end: `systemd-socket-activate` binds the socket, and on the first connection
+    /// execs this test bundle (running only `testActivatedChild`) with the socket at fd 3 and
+    /// LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES set, exactly as systemd would. (Doing it in this process would mean
+    /// overwriting whatever fd 3 already is, such as libdispatch's epoll descriptor.)
     func testSocketActivationHandsAListenerToTheServer() async throws {
+        guard let activator = ["/usr/bin/systemd-socket-activate", "/bin/systemd-socket-activate", "/lib/systemd/systemd-socket-activate"]
+            .first(where: { FileManager.default.isExecutableFile(atPath: $0) })
+        else { throw XCTSkip("systemd-socket-activate is not installed") }
+        let bundle = ProcessInfo.processInfo.arguments[0]
         let path = directory + "/wyoming.sock"
-        let listener = try bindUnixSocket(path, listen: true)
-        // Put it at fd 3 as systemd would; keep whatever the test process had there.
-        let saved = fcntl(3, F_GETFD) >= 0 ? dup(3) : -1
-        XCTAssertEqual(dup2(listener, 3), 3)
-        close(listener)
-        XCTAssertEqual(fcntl(3, F_SETFD, 0), 0)  // clear FD_CLOEXEC
-        setenv("LISTEN_FDS", "1", 1)
-        setenv("LISTEN_PID", "\(getpid())", 1)
-        setenv("LISTEN_FDNAMES", "wyoming", 1)
-        defer {
-            if saved >= 0 { dup2(saved, 3); close(saved) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: activator)
+        process.arguments = ["-l", path, "--fdname=wyoming", "-E", "MYQASR_ACTIVATION_CHILD=1",
+                             bundle, "ServingTests.SystemdSupportTests/testActivatedChild"]
+        let stdout = Pipe()
+        let stderr = Pipe()
+        process.standardOutput = stdout
+        process.standardError = stderr
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        // Wait until the activator listens ("Listening on PATH as 3.").
+        let listening = try await onThread { () -> Bool in
+            var seen = Data()
+            while true {
+                let chunk = stderr.fileHandleForReading.availableData
+                if chunk.isEmpty { return false }
+                seen += chunk
+                if String(decoding: seen, as: UTF8.self).contains("Listening on") { return true }
+            }
         }
+        XCTAssertTrue(listening)
+        let events = try await onThread { () -> [WyomingEvent] in
+            let client = try RawClient(unixPath: path)  // this connection makes the activator exec the child
+            client.timeout = 60
+            try client.send(WyomingEvent(type: "describe"))
+            var events = [try client.readEvent()].compactMap { $0 }
+            try client.send(WyomingEvent(type: "audio-start", data: ["rate": 16000, "width": 2, "channels": 1]))
+            try client.send(WyomingEvent(type: "audio-chunk", data: ["rate": 16000, "width": 2, "channels": 1],
+                                         payload: [UInt8](repeating: 0, count: 640)))
+            try client.send(WyomingEvent(type: "audio-stop"))
+            while let event = try client.readEvent() { events.append(event) }  // until the child shuts down
+            return events
+        }
+        let output = try await onThread { () -> String in
+            let data = stdout.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return String(decoding: data, as: UTF8.self)
+        }
+        XCTAssertEqual(events.map(\.type), ["info", "transcript-start", "transcript-chunk", "transcript", "transcript-stop"])
+        XCTAssertEqual(events.first { $0.type == "transcript" }?.data["text"], "gated 320")
+        XCTAssertTrue(output.contains("ACTIVATION-CHILD-OK fd=3 name=wyoming unix-stream-listener=true"), output)
+        XCTAssertEqual(process.terminationStatus, 0, output)
+    }
 
+    /// The socket-activated side of `testSocketActivationHandsAListenerToTheServer`; skipped when run directly.
+    func testActivatedChild() async throws {
+        guard ProcessInfo.processInfo.environment["MYQASR_ACTIVATION_CHILD"] == "1" else {
+            throw XCTSkip("runs only as the socket-activated child of testSocketActivationHandsAListenerToTheServer")
+        }
         let sockets = try SocketActivation.sockets()
         XCTAssertNil(getenv("LISTEN_FDS"), "environment not unset")
-        XCTAssertEqual(sockets, [ActivatedSocket(fileDescriptor: 3, name: "wyoming", isUnixStreamListener: true, isStreamListener: true)])
         let activated = try SocketActivation.socket(named: "wyoming", in: sockets)
         XCTAssertThrowsError(try SocketActivation.socket(named: "control", in: sockets)) { error in
             XCTAssertEqual(error as? SocketActivationError, .notFound(name: "control", available: ["wyoming"]))
         }
-
-        let server = WyomingServer(endpoints: [.fileDescriptor(activated.fileDescriptor)], backend: CannedTranscriber())
+        let backend = GatedTranscriber()
+        backend.open()
+        let server = WyomingServer(endpoints: [.fileDescriptor(activated.fileDescriptor)], backend: backend)
         try await server.start()
-        let info = try await onThread {
-            let client = try RawClient(unixPath: path)
-            try client.send(WyomingEvent(type: "describe"))
-            return try client.readEvent()
-        }
-        await server.shutdown()
-        XCTAssertEqual(info?.type, "info")
+        var started = backend.started.makeAsyncIterator()
+        _ = await started.next()
+        await server.shutdown()  // graceful: the transcript in progress is still delivered
+        print("ACTIVATION-CHILD-OK fd=\(activated.fileDescriptor) name=\(activated.name) unix-stream-listener=\(activated.isUnixStreamListener)")
     }
 
     func testNotActivatedMeansNoSockets() throws {
