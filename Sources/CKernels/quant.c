@@ -162,6 +162,7 @@ void mq_dequantize_rows(const mq_packed_matrix *m, size_t rowStart, size_t rowEn
             unpack_block(m->packed + (r * m->blocks + k) * bb, m->bits, q);
             const float s = half_to_float(m->scales[r * groups + k / m->blocksPerGroup]);
             const size_t c0 = k * 32;
+            if (c0 >= cols) break;                                       // padding blocks
             const size_t n = cols - c0 < 32 ? cols - c0 : 32;
             if (n == 32) {
                 for (int i = 0; i < 32; i++) o[c0 + i] = s * (float)q[i];
@@ -180,7 +181,7 @@ void mq_quantize_activations(const float *x, size_t n, size_t cols, size_t ldx, 
         for (size_t k = 0; k < blocks; k++) {
             float v[32];
             const size_t c0 = k * 32;
-            const size_t cnt = cols - c0 < 32 ? cols - c0 : 32;
+            const size_t cnt = c0 >= cols ? 0 : (cols - c0 < 32 ? cols - c0 : 32);
             for (size_t j = 0; j < 32; j++) v[j] = j < cnt ? row[c0 + j] : 0.0f;
             float amax = 0.0f;
             for (int j = 0; j < 32; j++) { float a = fabsf(v[j]); amax = a > amax ? a : amax; }

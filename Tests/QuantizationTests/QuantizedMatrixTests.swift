@@ -262,9 +262,11 @@ final class QuantizedMatrixTests: XCTestCase {
     func testZeroGroupsAndTinyMatrices() throws {
         // An all-zero group has scale 0 and dequantizes to exact zeros; a 1x1 matrix works.
         var w = [Float](repeating: 0, count: 3 * 70)
-        w[69] = 0.25
+        w[70 + 69] = 0.25
         let q = try QuantizedMatrix(quantizing: w, outFeatures: 3, inFeatures: 70, bits: 3, groupSize: 32)
-        XCTAssertEqual(q.dequantized(), w)
+        let deq = q.dequantized()
+        XCTAssertEqual(deq.enumerated().filter { $0.element != 0 }.map(\.offset), [139], "zero groups stay exactly zero")
+        XCTAssertEqual(q.scaleValues().filter { $0 != 0 }.count, 1)
         var y = [Float](repeating: .nan, count: 3)
         q.multiply([Float](repeating: 1, count: 70), rows: 1, into: &y)
         XCTAssertEqual(y[0], 0)
@@ -272,32 +274,39 @@ final class QuantizedMatrixTests: XCTestCase {
         let one = try QuantizedMatrix(quantizing: [-2], outFeatures: 1, inFeatures: 1, bits: 8, groupSize: 32)
         var z: Float = 0
         one.withActivationPrecision(.float).multiply([3], rows: 1, into: &z)
-        XCTAssertEqual(z, -6)
+        XCTAssertEqual(z, -6, accuracy: 6 * 1e-3, "half-float scale 2/127")
     }
 
     func testWholeNetworkQuantizedThroughReplacingRuns() throws {
         var rng = SeededGenerator(seed: 11)
         let weights = RandomWhisper.make(rng: &rng)
         let reference = RandomWhisper.run(weights)
-        var replacements: [String: any WeightMatrix] = [:]
-        for (i, layer) in weights.linearLayers.enumerated() {
-            let f = layer.weight as! FloatMatrix
-            let bits = [8, 6, 5, 4, 3][i % 5]
-            replacements[layer.name] = try QuantizedMatrix(quantizing: f.values, outFeatures: f.outFeatures,
-                                                           inFeatures: f.inFeatures, bits: bits, groupSize: 32)
+        func quantize(_ bitsFor: (Int) -> Int) throws -> WhisperWeights {
+            var replacements: [String: any WeightMatrix] = [:]
+            for (i, layer) in weights.linearLayers.enumerated() {
+                let f = layer.weight as! FloatMatrix
+                replacements[layer.name] = try QuantizedMatrix(quantizing: f.values, outFeatures: f.outFeatures,
+                                                               inFeatures: f.inFeatures, bits: bitsFor(i), groupSize: 32)
+            }
+            return weights.replacing(replacements)
         }
-        let quantized = weights.replacing(replacements)
-        XCTAssertTrue(quantized.linearLayers.allSatisfy { $0.weight is QuantizedMatrix })
-        XCTAssertLessThan(quantized.byteSize, weights.byteSize / 3)
-        let out = RandomWhisper.run(quantized)
+        func relativeError(_ out: [Float]) -> Double {
+            var num = 0.0, den = 0.0
+            for i in out.indices {
+                num += Double((out[i] - reference[i]) * (out[i] - reference[i]))
+                den += Double(reference[i] * reference[i])
+            }
+            return (num / den).squareRoot()
+        }
+        let mixed = try quantize { [8, 6, 5, 4, 3, 2][$0 % 6] }
+        XCTAssertTrue(mixed.linearLayers.allSatisfy { $0.weight is QuantizedMatrix })
+        XCTAssertLessThan(mixed.byteSize, weights.byteSize / 3)
+        let out = RandomWhisper.run(mixed)
         XCTAssertEqual(out.count, reference.count)
         XCTAssertTrue(out.allSatisfy { $0.isFinite })
-        var num = 0.0, den = 0.0
-        for i in out.indices {
-            num += Double((out[i] - reference[i]) * (out[i] - reference[i]))
-            den += Double(reference[i] * reference[i])
-        }
-        XCTAssertLessThan((num / den).squareRoot(), 0.1, "3-8 bit network stays close to the float one")
-        XCTAssertNotEqual(out, reference)
+        XCTAssertLessThan(relativeError(out), 0.5, "2-8 bit network still tracks the float one")
+        XCTAssertGreaterThan(relativeError(out), 0)
+        let eight = RandomWhisper.run(try quantize { _ in 8 })
+        XCTAssertLessThan(relativeError(eight), 0.02, "8-bit network is close to the float one")
     }
 }

@@ -1,0 +1,160 @@
+import Foundation
+import WhisperEngine
+import XCTest
+
+@testable import Quantization
+
+final class QuantizedModelFileTests: XCTestCase {
+    private var directory: URL!
+
+    override func setUpWithError() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("myq-tests-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    private func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    private let metadata = QuantizedModelMetadata(
+        sourceModelName: "random-small", sourceModelDigest: "sha256:" + String(repeating: "ab", count: 32),
+        createdAt: Date(timeIntervalSince1970: 1_790_000_000), statisticsDigest: "stats:v1:1234",
+        groupSize: 32, sensitivities: ["encoder/conv1": 0.25, "decoder/embeddings": 1.5e-3])
+
+    /// A random network with every bit width and some float layers.
+    private func mixedNetwork() throws -> WhisperWeights {
+        var rng = SeededGenerator(seed: 21)
+        let weights = RandomWhisper.make(rng: &rng)
+        var replacements: [String: any WeightMatrix] = [:]
+        for (i, layer) in weights.linearLayers.enumerated() where i % 7 != 3 {
+            let f = layer.weight as! FloatMatrix
+            replacements[layer.name] = try QuantizedMatrix(
+                quantizing: f.values, outFeatures: f.outFeatures, inFeatures: f.inFeatures,
+                bits: QuantizedMatrix.supportedBits[i % 6], groupSize: QuantizedMatrix.supportedGroupSizes[i % 3])
+        }
+        return weights.replacing(replacements)
+    }
+
+    private func writeSample(_ name: String) throws -> (String, WhisperWeights) {
+        let weights = try mixedNetwork()
+        let p = path(name)
+        try QuantizedModelFile.write(weights: weights, metadata: metadata, to: p)
+        return (p, weights)
+    }
+
+    private func expectLoadError(_ p: String, _ check: (QuantizedModelFileError) -> Bool, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try QuantizedModelFile.load(path: p), file: file, line: line) { error in
+            guard let e = error as? QuantizedModelFileError else { return XCTFail("unexpected \(error)", file: file, line: line) }
+            XCTAssertTrue(check(e), "unexpected error: \(e)", file: file, line: line)
+            XCTAssertTrue(e.description.contains(p), "the message names the file: \(e)", file: file, line: line)
+        }
+    }
+
+    private func patch(_ p: String, _ body: (inout [UInt8]) -> Void) throws {
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: p)))
+        body(&bytes)
+        try Data(bytes).write(to: URL(fileURLWithPath: p))
+    }
+
+    func testRoundTripGivesBitIdenticalOutputsAndMapsPackedLayers() throws {
+        let (p, weights) = try writeSample("model.myq")
+        let (loaded, meta) = try QuantizedModelFile.load(path: p)
+        XCTAssertEqual(meta, metadata)
+        XCTAssertEqual(loaded.dimensions, weights.dimensions)
+        XCTAssertEqual(loaded.byteSize, weights.byteSize)
+        for (a, b) in zip(weights.linearLayers, loaded.linearLayers) {
+            XCTAssertEqual(a.name, b.name)
+            XCTAssertEqual(a.bias, b.bias)
+            if let qa = a.weight as? QuantizedMatrix {
+                let qb = try XCTUnwrap(b.weight as? QuantizedMatrix, a.name)
+                XCTAssertEqual([qa.bits, qa.groupSize], [qb.bits, qb.groupSize])
+                XCTAssertTrue(qb.packed.isMemoryMapped, "\(a.name) codes point into the mapping")
+                XCTAssertTrue(qb.scales.isMemoryMapped)
+                XCTAssertEqual(Int(bitPattern: qb.packed.baseAddress) % QuantizedModelFile.alignment, 0, "64-byte aligned section")
+                XCTAssertEqual(Array(qa.packed.bytes), Array(qb.packed.bytes))
+            } else {
+                XCTAssertEqual((a.weight as! FloatMatrix).values, try XCTUnwrap(b.weight as? FloatMatrix).values)
+            }
+        }
+        XCTAssertEqual(loaded.encoderPositions, weights.encoderPositions)
+        XCTAssertEqual(loaded.decoderBlocks[1].crossAttentionNorm.gamma, weights.decoderBlocks[1].crossAttentionNorm.gamma)
+        XCTAssertEqual(RandomWhisper.run(loaded), RandomWhisper.run(weights), "bit-identical network outputs")
+        // The file is laid out as documented: magic, version, 64-byte aligned data section.
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: p)))
+        XCTAssertEqual(Array(bytes[0..<8]), Array("MYQMODEL".utf8))
+        XCTAssertEqual(bytes[8], 1)
+        let dataOffset = bytes[24..<32].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        XCTAssertEqual(dataOffset % 64, 0)
+        XCTAssertTrue(String(decoding: bytes[64..<dataOffset], as: UTF8.self).contains("\"statisticsDigest\":\"stats:v1:1234\""))
+    }
+
+    func testFloatOnlyNetworkRoundTrips() throws {
+        var rng = SeededGenerator(seed: 22)
+        let weights = RandomWhisper.make(rng: &rng)
+        let p = path("float.myq")
+        try QuantizedModelFile.write(weights: weights, metadata: metadata, to: p)
+        let (loaded, _) = try QuantizedModelFile.load(path: p)
+        XCTAssertTrue(loaded.linearLayers.allSatisfy { $0.weight is FloatMatrix })
+        XCTAssertEqual(RandomWhisper.run(loaded), RandomWhisper.run(weights))
+    }
+
+    func testTruncatedFileIsReported() throws {
+        let (p, _) = try writeSample("truncated.myq")
+        let full = try FileManager.default.attributesOfItem(atPath: p)[.size] as! Int
+        try patch(p) { $0.removeLast(100) }
+        expectLoadError(p) { $0 == .truncated(path: p, expectedBytes: full, actualBytes: full - 100) }
+        try patch(p) { $0.removeLast($0.count - 20) }
+        expectLoadError(p) { $0 == .truncated(path: p, expectedBytes: 64, actualBytes: 20) }
+        XCTAssertTrue(QuantizedModelFileError.truncated(path: p, expectedBytes: 64, actualBytes: 20).description.contains("truncated"))
+    }
+
+    func testFlippedByteInDataOrHeaderFailsTheChecksum() throws {
+        let (p, _) = try writeSample("corrupt.myq")
+        let original = [UInt8](try Data(contentsOf: URL(fileURLWithPath: p)))
+        for at in [original.count - 7, original.count / 2, 100] {     // data (twice) and JSON header
+            try patch(p) { $0 = original; $0[at] ^= 0x10 }
+            expectLoadError(p) {
+                if case .checksumMismatch(path: p, stored: _, computed: _) = $0 { return true }
+                return false
+            }
+        }
+        try patch(p) { $0 = original }
+        XCTAssertNoThrow(try QuantizedModelFile.load(path: p))
+    }
+
+    func testWrongMagicAndWrongVersionAreReported() throws {
+        let (p, _) = try writeSample("magic.myq")
+        try patch(p) { $0[0] = UInt8(ascii: "X") }
+        expectLoadError(p) { $0 == .badMagic(path: p) }
+        XCTAssertTrue(QuantizedModelFileError.badMagic(path: p).description.contains("magic"))
+
+        let (v, _) = try writeSample("version.myq")
+        try patch(v) { $0[8] = 2 }
+        expectLoadError(v) { $0 == .unsupportedVersion(path: v, found: 2, supported: 1) }
+    }
+
+    func testMissingFileAndForeignFileAreReported() throws {
+        let missing = path("missing.myq")
+        expectLoadError(missing) {
+            if case .cannotRead(path: missing, reason: _) = $0 { return true }
+            return false
+        }
+        let foreign = path("model.bin")
+        try Data("not a model at all, just some text that is long enough".utf8).write(to: URL(fileURLWithPath: foreign))
+        expectLoadError(foreign) { $0 == .badMagic(path: foreign) }
+    }
+
+    func testWriteReplacesAtomicallyAndReportsUnwritablePaths() throws {
+        let (p, _) = try writeSample("again.myq")
+        try QuantizedModelFile.write(weights: try mixedNetwork(), metadata: metadata, to: p)
+        XCTAssertNoThrow(try QuantizedModelFile.load(path: p))
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.contains(".tmp-") }
+        XCTAssertEqual(leftovers, [])
+        let bad = path("no-such-dir/model.myq")
+        XCTAssertThrowsError(try QuantizedModelFile.write(weights: try mixedNetwork(), metadata: metadata, to: bad)) {
+            guard case .cannotWrite(path: bad, reason: _)? = $0 as? QuantizedModelFileError else { return XCTFail("\($0)") }
+        }
+    }
+}
