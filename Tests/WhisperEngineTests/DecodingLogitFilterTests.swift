@@ -149,6 +149,28 @@ final class DecodingLogitFilterTests: XCTestCase {
         XCTAssertEqual(soft[2], -.infinity)
     }
 
+    func testVectorisedAndScalarReductionsAgree() {
+        var generator = SeededGenerator(seed: 7)
+        var row = (0..<203).map { _ in Float.random(in: -40...8, using: &generator) }
+        row[17] = -.infinity
+        row[200] = -.infinity
+        row.withUnsafeBufferPointer { r in
+            for range in [0..<203, 5..<13, 3..<200, 0..<0] {
+                XCTAssertEqual(LogitMath.maxVectorised(r, range), LogitMath.maxScalar(r, range))
+                let m = LogitMath.maxScalar(r, range)
+                guard m > -Float.infinity else { continue }
+                let scalar = LogitMath.sumExpScalar(r, range, shift: m)
+                XCTAssertEqual(LogitMath.sumExpVectorised(r, range, shift: m), scalar, accuracy: scalar * 1e-6)
+            }
+        }
+        for x: Float in [0, -0.5, -1, -10, -50, -86.9] {
+            XCTAssertEqual(Double(LogitMath.expNonPositive(SIMD8(repeating: x))[3]), Foundation.exp(Double(x)),
+                           accuracy: Foundation.exp(Double(x)) * 1e-6)
+        }
+        XCTAssertEqual(LogitMath.expNonPositive(SIMD8(repeating: -.infinity))[0], 0)
+        XCTAssertEqual(LogitMath.expNonPositive(SIMD8(repeating: -100))[0], 0)
+    }
+
     func testTemperatureSamplerFollowsTheDistribution() {
         // p = (0.75, 0.25, 0) at T = 1; at T = 0.5 the odds square: 0.9 / 0.1.
         let row: [Float] = [Float(Foundation.log(0.75)), Float(Foundation.log(0.25)), -.infinity]
