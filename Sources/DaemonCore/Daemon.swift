@@ -232,11 +232,11 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
                 guard socket.isStreamListener else {
                     throw DaemonError.sockets(reason: "activated socket \"\(socket.name)\" (fd \(socket.fileDescriptor)) is not a listening stream socket")
                 }
-                switch socket.name {
-                case "control": controlEndpoints.append(.fileDescriptor(socket.fileDescriptor))
-                case "wyoming", "wyoming-tcp": wyomingEndpoints.append(.fileDescriptor(socket.fileDescriptor))
-                default:
-                    throw DaemonError.sockets(reason: "activated socket named \"\(socket.name)\": expected FileDescriptorName=control, wyoming or wyoming-tcp")
+                switch Self.role(of: socket, configuration: config) {
+                case .control: controlEndpoints.append(.fileDescriptor(socket.fileDescriptor))
+                case .wyoming: wyomingEndpoints.append(.fileDescriptor(socket.fileDescriptor))
+                case nil:
+                    throw DaemonError.sockets(reason: "activated socket \"\(socket.name)\" (fd \(socket.fileDescriptor)) is neither \(config.controlSocketName) nor \(config.wyomingSocketName) nor TCP, and its FileDescriptorName= is not control, wyoming or wyoming-tcp")
                 }
             }
             guard !controlEndpoints.isEmpty else {
@@ -286,6 +286,43 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             controlServer = control
             wyomingServer = wyoming
             ownSocketPaths = ownPaths
+        }
+    }
+
+    private enum SocketRole { case control, wyoming }
+
+    /// Which server an activated socket belongs to. systemd gives every socket of one .socket unit the same
+    /// FileDescriptorName=, so a Unix socket is recognised by its file name (sockets.control / sockets.wyoming)
+    /// and a TCP socket serves Wyoming; names control, wyoming and wyoming-tcp (separate units) also work.
+    private static func role(of socket: ActivatedSocket, configuration: DaemonConfiguration) -> SocketRole? {
+        switch socket.name {
+        case "control": return .control
+        case "wyoming", "wyoming-tcp": return .wyoming
+        default: break
+        }
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket.fileDescriptor, $0, &length) == 0 }
+        }
+        guard ok else { return nil }
+        switch Int32(storage.ss_family) {
+        case AF_INET, AF_INET6:
+            return .wyoming
+        case AF_UNIX:
+            let path = withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_un.self, capacity: 1) { address in
+                    withUnsafeBytes(of: address.pointee.sun_path) { raw in
+                        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+                    }
+                }
+            }
+            let name = (path as NSString).lastPathComponent
+            if name == configuration.controlSocketName { return .control }
+            if !configuration.wyomingSocketName.isEmpty && name == configuration.wyomingSocketName { return .wyoming }
+            return nil
+        default:
+            return nil
         }
     }
 

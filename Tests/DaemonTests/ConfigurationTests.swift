@@ -1,0 +1,132 @@
+import DaemonCore
+import Foundation
+import XCTest
+
+final class ConfigurationTests: XCTestCase {
+    private var repositoryRoot: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    }
+
+    /// The shipped config/myqasrd.toml parses and states exactly the built-in defaults.
+    func testShippedFileStatesTheDefaults() throws {
+        let path = repositoryRoot + "/config/myqasrd.toml"
+        let parsed = try DaemonConfiguration.load(path: path)
+        XCTAssertEqual(parsed, DaemonConfiguration())
+        XCTAssertEqual(parsed.model, "tiny.en")
+        XCTAssertNil(parsed.memoryBudget)
+        XCTAssertEqual(parsed.socketMode, 0o660)
+        XCTAssertEqual(parsed.wyomingTCPPort, 10300)
+        XCTAssertFalse(parsed.wyomingTCPEnabled)
+    }
+
+    func testValuesAreRead() throws {
+        let c = try DaemonConfiguration.parse("""
+            [model]
+            name = "base"
+            memory_budget = "24MiB"
+            threads = 4
+            [capture]
+            device = "hw:1,0"
+            ring_seconds = 5
+            [vad]
+            start_db = 15
+            stop_db = 7.5
+            [sockets]
+            mode = 0o640
+            runtime_directory = "/tmp/x"
+            [wyoming_tcp]
+            enabled = true
+            port = 10301
+            [limits]
+            max_request_bytes = "4MiB"
+            [log]
+            level = "debug"
+            """, source: "t.toml")
+        XCTAssertEqual(c.model, "base")
+        XCTAssertEqual(c.memoryBudget, 24 * 1024 * 1024)
+        XCTAssertEqual(c.threads, 4)
+        XCTAssertEqual(c.captureDevice, "hw:1,0")
+        XCTAssertEqual(c.ringSeconds, 5)
+        XCTAssertEqual(c.vadStartDB, 15)
+        XCTAssertEqual(c.vadStopDB, 7.5)
+        XCTAssertEqual(c.socketMode, 0o640)
+        XCTAssertEqual(c.controlSocketPath(environment: [:]), "/tmp/x/control.sock")
+        XCTAssertTrue(c.wyomingTCPEnabled)
+        XCTAssertEqual(c.wyomingTCPPort, 10301)
+        XCTAssertEqual(c.maxRequestBytes, 4 * 1024 * 1024)
+        XCTAssertEqual(c.logLevel, .debug)
+        XCTAssertEqual(c.capturePipeline.segmenter.detector.startThreshold, 15)
+    }
+
+    func testBudgetZeroAndNoneMeanUnlimited() throws {
+        for text in ["memory_budget = 0", "memory_budget = \"0\"", "memory_budget = \"none\""] {
+            XCTAssertNil(try DaemonConfiguration.parse("[model]\n\(text)\n", source: "t").memoryBudget, text)
+        }
+    }
+
+    /// Unknown keys, wrong types and out-of-range values name the key and the reason.
+    func testRejectionsNameKeyAndReason() {
+        let cases: [(String, String, String)] = [
+            ("[model]\nnmae = \"x\"\n", "model.nmae", "unknown key"),
+            ("[modle]\n", "modle", "unknown key"),
+            ("[model]\nthreads = \"two\"\n", "model.threads", "must be an integer"),
+            ("[model]\nthreads = 0\n", "model.threads", "out of range"),
+            ("[model]\nmemory_budget = \"24 parsecs\"\n", "model.memory_budget", "is not a size"),
+            ("[capture]\nring_seconds = 1000\n", "capture.ring_seconds", "out of range"),
+            ("[capture]\nenabled = \"yes\"\n", "capture.enabled", "true or false"),
+            ("[vad]\nstart_db = 500\n", "vad.start_db", "out of range"),
+            ("[sockets]\nmode = \"0666\"\n", "sockets.mode", "others"),
+            ("[sockets]\ncontrol = \"../x.sock\"\n", "sockets.control", "file name"),
+            ("[sockets]\nruntime_directory = \"relative\"\n", "sockets.runtime_directory", "absolute"),
+            ("[wyoming_tcp]\nport = 70000\n", "wyoming_tcp.port", "out of range"),
+            ("[log]\nlevel = \"loud\"\n", "log.level", "must be one of"),
+            ("model = 3\n", "model", "must be a table"),
+        ]
+        for (text, key, reason) in cases {
+            XCTAssertThrowsError(try DaemonConfiguration.parse(text, source: "t.toml"), key) { error in
+                guard let error = error as? ConfigurationError else { return XCTFail("\(error)") }
+                XCTAssertEqual(error.key, key, text)
+                XCTAssertTrue(error.reason.contains(reason), "\(error)")
+                XCTAssertTrue(error.description.hasPrefix("t.toml: key \(key): "), error.description)
+            }
+        }
+    }
+
+    func testCrossKeyChecksAndSyntaxErrors() throws {
+        let dir = try ScratchDirectory()
+        let path = dir.sub("c.toml")
+        try "[vad]\nstart_db = 5\nstop_db = 9\n".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try DaemonConfiguration.load(path: path)) { error in
+            XCTAssertEqual((error as? ConfigurationError)?.key, "vad.stop_db")
+        }
+        try "[model\nname = 1\n".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try DaemonConfiguration.load(path: path)) { error in
+            XCTAssertTrue("\(error)".contains("not valid TOML"), "\(error)")
+            XCTAssertTrue("\(error)".contains("line 1"), "\(error)")
+        }
+        try "[sockets]\ngroup = \"no-such-group-myqasr\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try DaemonConfiguration.load(path: path)) { error in
+            XCTAssertEqual((error as? ConfigurationError)?.key, "sockets.group")
+        }
+    }
+
+    func testOverridesAndSearchPath() throws {
+        let c = try DaemonConfiguration.load(
+            path: nil, overrides: ConfigurationOverrides(model: "base", threads: 3, memoryBudget: "50MB", captureEnabled: false))
+        XCTAssertEqual(c.model, "base")
+        XCTAssertEqual(c.threads, 3)
+        XCTAssertEqual(c.memoryBudget, 50_000_000)
+        XCTAssertFalse(c.captureEnabled)
+        XCTAssertThrowsError(try DaemonConfiguration.load(path: nil, overrides: ConfigurationOverrides(memoryBudget: "lots"))) {
+            XCTAssertEqual(($0 as? ConfigurationError)?.key, "--budget")
+        }
+        XCTAssertEqual(DaemonConfiguration.searchPaths(environment: ["CONFIGURATION_DIRECTORY": "/etc/myqasr-x"]),
+                       ["/etc/myqasr-x/myqasrd.toml", "/etc/myqasr/myqasrd.toml"])
+        XCTAssertEqual(DaemonConfiguration().resolvedRuntimeDirectory(environment: ["RUNTIME_DIRECTORY": "/run/q"]), "/run/q")
+        XCTAssertEqual(DaemonConfiguration().resolvedRuntimeDirectory(environment: [:]), "/run/myqasr")
+        XCTAssertEqual(DaemonConfiguration().resolvedStateDirectory(environment: ["STATE_DIRECTORY": "/var/lib/q"]), "/var/lib/q")
+        XCTAssertThrowsError(try DaemonConfiguration.locate(explicit: "/nonexistent/myqasrd.toml")) {
+            XCTAssertTrue("\($0)".contains("no such file"))
+        }
+    }
+}

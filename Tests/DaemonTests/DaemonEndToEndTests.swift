@@ -1,0 +1,140 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Serving
+import XCTest
+
+/// Low noise (about -66 dBFS), then `speech`, then more noise: what a quiet room around one utterance sounds like.
+func microphoneSignal(speech: Data, leadSeconds: Double = 1, tailSeconds: Double = 2.5) -> Data {
+    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+    func noise(_ seconds: Double) -> Data {
+        var samples = [Int16](repeating: 0, count: Int(seconds * 16000))
+        for i in samples.indices {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            samples[i] = Int16(truncatingIfNeeded: Int64(state >> 33) % 33 - 16)
+        }
+        return samples.withUnsafeBufferPointer { Data(buffer: $0) }
+    }
+    return noise(leadSeconds) + speech + noise(tailSeconds)
+}
+
+let jfkPhrase = "ask not what your country can do for you"
+
+/// The daemon as a subprocess over real ALSA (file plugin + FIFO), real Unix sockets and a real NOTIFY_SOCKET.
+final class DaemonEndToEndTests: XCTestCase {
+    /// Live microphone -> listen; Wyoming and control transcription; status; SIGHUP budget change and a rejected
+    /// bad configuration while serving continues; sd_notify READY/STATUS/RELOADING/MONOTONIC_USEC/STOPPING.
+    func testMicrophoneToListenersSocketsReloadAndNotify() throws {
+        let jfk = try Fixtures.sample("jfk.wav")
+        let speech = try Fixtures.pcm16(ofWAV: jfk)
+        let harness = try DaemonHarness(microphone: microphoneSignal(speech: speech))
+
+        // READY=1 came with a STATUS= line naming the model.
+        let ready = try harness.notify.waitFor(["READY=1"])
+        XCTAssertTrue(ready.message.contains("STATUS=model tiny.en"), ready.message)
+
+        // A listen client is subscribed before the microphone starts playing.
+        let listener = try ListenCollector(socketPath: harness.controlSocket)
+        try listener.ready()
+        try harness.startMicrophone()
+        let heard = try listener.waitFor(phrase: jfkPhrase, timeout: 120)
+        XCTAssertTrue(heard.contains("fellow americans"), heard)
+
+        // The utterance was counted and systemd's STATUS= line followed.
+        try harness.notify.waitFor(["STATUS=", "1 utterance"])
+        let client = try harness.client()
+        var status = try client.status()
+        XCTAssertEqual(status.modelName, "tiny.en")
+        XCTAssertGreaterThanOrEqual(status.utterancesSeen, 1)
+        XCTAssertEqual(status.captureState, .capturing)
+        XCTAssertGreaterThan(status.memoryBytes, 100 * 1024 * 1024)
+        XCTAssertNil(status.budgetBytes)
+        XCTAssertEqual(status.layerBits?.count, 47)
+        XCTAssertEqual(Set(status.layerBits?.values ?? [:].values), [32])
+
+        // Wyoming over the Unix socket, and control `transcribe` with the WAV file.
+        let wyoming = try WyomingTestClient(unixPath: harness.wyomingSocket)
+        XCTAssertTrue(Fixtures.normalise(try wyoming.transcribe(pcm16: speech)).contains(jfkPhrase))
+        let viaControl = try client.transcribe(wav: try Data(contentsOf: URL(fileURLWithPath: jfk)))
+        XCTAssertTrue(Fixtures.normalise(viaControl.text).contains(jfkPhrase), viaControl.text)
+        XCTAssertEqual(viaControl.language, "en")
+
+        // SIGHUP with a changed budget: RELOADING=1 + MONOTONIC_USEC, then READY=1, and the budget applies.
+        let before = harness.notify.messages.all.count
+        try DaemonHarness.configText(
+            model: harness.modelDirectory, runtime: harness.runtimeDirectory, state: harness.stateDirectory,
+            fifo: harness.feeder?.path, budget: "24MiB"
+        ).write(toFile: harness.configPath, atomically: true, encoding: .utf8)
+        harness.daemon.signal(SIGHUP)
+        let reloading = try harness.notify.waitFor(["RELOADING=1"], after: before)
+        XCTAssertNotNil(reloading.message.range(of: #"MONOTONIC_USEC=\d+"#, options: .regularExpression), reloading.message)
+        try harness.notify.waitFor(["READY=1"], after: reloading.index + 1)
+        status = try client.status()
+        XCTAssertEqual(status.budgetBytes, 24 * 1024 * 1024)
+        XCTAssertGreaterThan(status.memoryBytes, status.budgetBytes!, "the float model cannot fit 24 MiB: reported unmet")
+        XCTAssertNotNil(status.lastRequantization)
+
+        // A bad file is rejected with key and reason; the old configuration stays and serving continues.
+        let beforeBad = harness.notify.messages.all.count
+        try (try String(contentsOfFile: harness.configPath, encoding: .utf8) + "\n[vad]\nstart_db = 500\n")
+            .write(toFile: harness.configPath, atomically: true, encoding: .utf8)
+        harness.daemon.signal(SIGHUP)
+        let badReload = try harness.notify.waitFor(["RELOADING=1"], after: beforeBad)
+        try harness.notify.waitFor(["READY=1"], after: badReload.index + 1)
+        // (TOML forbids a second [vad] table: the parser's message names the line.)
+        let rejection = try harness.daemon.waitForLog(timeout: 10, what: "configuration rejected") { log in
+            log.components(separatedBy: "\n").last { $0.contains("configuration rejected") }
+        }
+        XCTAssertTrue(rejection.contains(harness.configPath), rejection)
+        status = try client.status()
+        XCTAssertEqual(status.budgetBytes, 24 * 1024 * 1024, "the configuration in force stays")
+        let stillServing = try WyomingTestClient(unixPath: harness.wyomingSocket)
+        XCTAssertTrue(Fixtures.normalise(try stillServing.transcribe(pcm16: speech)).contains(jfkPhrase))
+
+        // An out-of-range value in a well-formed file: the key and the reason are logged, and `reload` says so.
+        try DaemonHarness.configText(
+            model: harness.modelDirectory, runtime: harness.runtimeDirectory, state: harness.stateDirectory,
+            fifo: harness.feeder?.path, budget: "none", extraVAD: "start_db = 500"
+        ).write(toFile: harness.configPath, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try client.reload()) { error in
+            XCTAssertTrue("\(error)".contains("vad.start_db"), "\(error)")
+            XCTAssertTrue("\(error)".contains("out of range"), "\(error)")
+        }
+        _ = try harness.daemon.waitForLog(timeout: 10, what: "the rejected key") { $0.contains("key vad.start_db") ? true : nil }
+        XCTAssertEqual(try client.status().budgetBytes, 24 * 1024 * 1024)
+
+        // The control budget command applies at once.
+        try client.setBudget(bytes: 512 * 1024 * 1024)
+        status = try client.status()
+        XCTAssertEqual(status.budgetBytes, 512 * 1024 * 1024)
+        XCTAssertLessThanOrEqual(status.memoryBytes, status.budgetBytes!)
+
+        // SIGTERM: STOPPING=1, listen streams end, clean exit, sockets removed.
+        let beforeStop = harness.notify.messages.all.count
+        XCTAssertEqual(harness.stop(), 0)
+        try harness.notify.waitFor(["STOPPING=1"], after: beforeStop, timeout: 5)
+        try listener.waitForEnd(timeout: 5)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: harness.controlSocket))
+    }
+
+    /// Socket requests while the daemon is still serving after `forget`: counters reset, capture restarted.
+    func testForgetResetsCountersAndKeepsServing() throws {
+        let jfk = try Fixtures.sample("jfk.wav")
+        let speech = try Fixtures.pcm16(ofWAV: jfk)
+        let harness = try DaemonHarness(microphone: microphoneSignal(speech: speech), speed: 4)
+        let listener = try ListenCollector(socketPath: harness.controlSocket)
+        try listener.ready()
+        try harness.startMicrophone()
+        _ = try listener.waitFor(phrase: "fellow americans", timeout: 120)
+        let client = try harness.client()
+        XCTAssertGreaterThanOrEqual(try client.status().utterancesSeen, 1)
+        try client.forget()
+        let status = try client.status()
+        XCTAssertEqual(status.utterancesSeen, 0)
+        XCTAssertEqual(status.statisticsSamples, 0)
+        let wyoming = try WyomingTestClient(unixPath: harness.wyomingSocket)
+        XCTAssertTrue(Fixtures.normalise(try wyoming.transcribe(pcm16: speech)).contains(jfkPhrase))
+        XCTAssertEqual(harness.stop(), 0)
+    }
+}
