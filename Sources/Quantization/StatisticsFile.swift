@@ -2,31 +2,49 @@ import CZlib
 import Foundation
 import WhisperEngine
 
-/// A stable identity string for a model's weights: its name, shape, and a CRC32 over every
-/// float weight of its linear layers in network order. Statistics and quantized models
-/// record it so that they are never applied to another model.
+/// A stable identity string for a model's weights: its name, shape, and a digest (CRC32
+/// and 64-bit FNV-1a, 96 bits together) over every float weight of its linear layers in
+/// network order. Statistics and quantized models record it so that they are never applied
+/// to another model. Not cryptographic: it guards against mix-ups, not against forgery.
 public enum ModelIdentity {
-    /// `name (n_state 384, layers 4+4, vocab 51864, crc32 1a2b3c4d)`. Layers that are not
-    /// float (already quantized) contribute their shape and byte size only.
+    /// `name (n_state 384, layers 4+4, vocab 51864, weights 1a2b3c4d-0123456789abcdef)`.
+    /// Layers that are not float (already quantized) contribute their name, shape and byte size.
     public static func of(name: String, weights: WhisperWeights) -> String {
-        var crc: uLong = crc32(0, nil, 0)
-        for layer in weights.linearLayers {
-            if let f = layer.weight as? FloatMatrix {
-                f.values.withUnsafeBytes { raw in
-                    crc = crc32(crc, raw.bindMemory(to: Bytef.self).baseAddress, uInt(raw.count))
-                }
-            } else {
-                var tag = "\(layer.name):\(layer.outFeatures)x\(layer.inFeatures):\(layer.weight.byteSize)"
-                tag.withUTF8 { u in crc = crc32(crc, u.baseAddress, uInt(u.count)) }
-            }
-        }
         let d = weights.dimensions
-        return "\(name) (n_state \(d.nState), layers \(d.nAudioLayers)+\(d.nTextLayers), vocab \(d.nVocab), crc32 "
-            + String(format: "%08x", UInt32(truncatingIfNeeded: crc)) + ")"
+        return "\(name) (n_state \(d.nState), layers \(d.nAudioLayers)+\(d.nTextLayers), vocab \(d.nVocab), "
+            + "weights \(digest(weights)))"
     }
 
     /// The identity of a loaded model (see `of(name:weights:)`).
     public static func of(_ model: WhisperModel) -> String { of(name: model.name, weights: model.weights) }
+
+    /// `crc32-fnv1a64` in hex over the layers' weights.
+    public static func digest(_ weights: WhisperWeights) -> String {
+        var crc: uLong = crc32(0, nil, 0)
+        var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
+        func fold(_ raw: UnsafeRawBufferPointer) {
+            crc = crc32(crc, raw.bindMemory(to: Bytef.self).baseAddress, uInt(raw.count))
+            // FNV-1a over 64-bit words (then the tail bytes): fast enough for 150 MB of weights.
+            let words = raw.count / 8
+            for i in 0..<words {
+                fnv ^= raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)
+                fnv = fnv &* 0x0000_0100_0000_01b3
+            }
+            for i in (words * 8)..<raw.count {
+                fnv ^= UInt64(raw[i])
+                fnv = fnv &* 0x0000_0100_0000_01b3
+            }
+        }
+        for layer in weights.linearLayers {
+            if let f = layer.weight as? FloatMatrix {
+                f.values.withUnsafeBytes { fold($0) }
+            } else {
+                let tag = Array("\(layer.name):\(layer.outFeatures)x\(layer.inFeatures):\(layer.weight.byteSize)".utf8)
+                tag.withUnsafeBytes { fold($0) }
+            }
+        }
+        return String(format: "%08x", UInt32(truncatingIfNeeded: crc)) + "-" + String(format: "%016llx", fnv)
+    }
 }
 
 /// Errors reading or writing a statistics file; each names the file.

@@ -1,0 +1,227 @@
+import Foundation
+import WhisperEngine
+
+/// What the quantizer is asked to produce.
+public struct QuantizationOptions: Sendable {
+    /// How the widths are chosen.
+    public enum Target: Sendable, Equatable {
+        /// myQASR: the sensitivity-ordered sweep down to a byte budget (whole model, scales included).
+        case budget(Int)
+        /// Every layer at one width.
+        case uniform(bits: Int)
+    }
+
+    /// How the widths are chosen.
+    public var target: Target
+    /// Calibration objective.
+    public var objective: CalibrationObjective
+    /// Which end of the sensitivity ranking loses bits first.
+    public var order: SensitivityOrder
+    /// Input features per scale (a `QuantizedMatrix.supportedGroupSizes` value).
+    public var groupSize: Int
+    /// The width every layer starts the sweep at.
+    public var startBits: Int
+    /// Search clip ratios (`false`: plain round-to-nearest with clip ratio 1).
+    public var calibrate: Bool
+    /// With moments, search a clip ratio per group rather than per layer.
+    public var perGroupClip: Bool
+    /// Candidate clip ratios.
+    public var clipGrid: [Float]
+
+    /// Options with the defaults: cosine objective, ascending order, default group size, start at 8 bits.
+    public init(target: Target, objective: CalibrationObjective = .cosine, order: SensitivityOrder = .ascending,
+                groupSize: Int = QuantizedMatrix.defaultGroupSize, startBits: Int = 8, calibrate: Bool = true,
+                perGroupClip: Bool = false, clipGrid: [Float] = Calibrator.defaultGrid) {
+        self.target = target
+        self.objective = objective
+        self.order = order
+        self.groupSize = groupSize
+        self.startBits = startBits
+        self.calibrate = calibrate
+        self.perGroupClip = perGroupClip
+        self.clipGrid = clipGrid
+    }
+}
+
+/// One layer of the quantization report.
+public struct QuantizedLayerReport: Sendable, Equatable {
+    /// Layer name.
+    public var name: String
+    /// Shape `[outFeatures, inFeatures]`.
+    public var outFeatures: Int, inFeatures: Int
+    /// Chosen width.
+    public var bits: Int
+    /// Bytes of the quantized weight matrix (codes plus scales).
+    public var bytes: Int
+    /// Bytes the matrix had as float32.
+    public var floatBytes: Int
+    /// Median |output| from the statistics (nil when quantized without statistics).
+    public var sensitivity: Double?
+    /// Chosen clip ratio (per-layer; the mean when searched per group).
+    public var clipRatio: Float
+    /// Calibration objective at clip 1 and at the chosen clip (nil when not calibrated).
+    public var unclippedError: Double?, calibratedError: Double?
+}
+
+/// The whole report: per layer, and the totals.
+public struct QuantizationReport: Sendable, Equatable {
+    /// Layers in network order.
+    public var layers: [QuantizedLayerReport]
+    /// Bytes of everything not quantized (norms, biases, positions).
+    public var fixedBytes: Int
+    /// Resident bytes of the quantized weights (`weights.byteSize` of the result).
+    public var totalBytes: Int
+    /// Resident bytes of the float model.
+    public var floatBytes: Int
+    /// The budget asked for, if any.
+    public var budget: Int?
+    /// Whether clip ratios came from captured activations (exact) or from moments.
+    public var exactCalibration: Bool
+}
+
+/// A quantized network ready to write or use.
+public struct QuantizationResult {
+    /// The quantized weights (every linear layer a `QuantizedMatrix`).
+    public var weights: WhisperWeights
+    /// Metadata for `QuantizedModelFile.write`.
+    public var metadata: QuantizedModelMetadata
+    /// What was done, per layer.
+    public var report: QuantizationReport
+}
+
+/// Errors of the quantization pipeline.
+public enum QuantizerError: Error, Equatable, CustomStringConvertible {
+    /// The statistics were gathered on another model.
+    case statisticsForAnotherModel(model: String, statistics: String)
+    /// The statistics never saw a layer the model has.
+    case layerNotInStatistics(String)
+    /// A budget or calibration from moments was asked for without statistics.
+    case statisticsRequired(reason: String)
+    /// The model is already quantized.
+    case modelNotFloat(layer: String)
+    /// Internal consistency check: the allocator's accounting differs from the real bytes.
+    case accountingMismatch(allocated: Int, actual: Int)
+
+    /// A one-line explanation.
+    public var description: String {
+        switch self {
+        case let .statisticsForAnotherModel(model, statistics):
+            return "the statistics were gathered on \(statistics), not on \(model); run `myqasr stats` with this model"
+        case let .layerNotInStatistics(layer):
+            return "the statistics have nothing for layer \(layer); were they gathered with this model?"
+        case let .statisticsRequired(reason):
+            return "activation statistics are required to \(reason)"
+        case let .modelNotFloat(layer):
+            return "layer \(layer) is already quantized; quantize from the full-precision model"
+        case let .accountingMismatch(allocated, actual):
+            return "internal error: allocated \(allocated) bytes but the quantized weights hold \(actual)"
+        }
+    }
+}
+
+/// The myQASR pipeline: float model + statistics → per-layer widths (sensitivity sweep or
+/// uniform) → calibrated clip ratios → packed weights, metadata and a report.
+public enum Quantizer {
+    /// Quantizes `model`.
+    /// - Parameters:
+    ///   - statistics: activation statistics of this model (required for a budget, or to calibrate
+    ///     without `activations`); their model identity must match.
+    ///   - activations: captured input rows for exact calibration (else the statistics' moments are used).
+    ///   - progress: called with one line per layer as it is done.
+    public static func quantize(model: WhisperModel, statistics: ActivationStatistics?, options: QuantizationOptions,
+                                activations: ActivationReservoir? = nil,
+                                progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
+        try quantize(name: model.name, weights: model.weights, statistics: statistics, options: options,
+                     activations: activations, progress: progress)
+    }
+
+    /// Quantizes the network `weights` of the model called `name` (see the other overload).
+    public static func quantize(name: String, weights floatWeights: WhisperWeights, statistics: ActivationStatistics?,
+                                options: QuantizationOptions, activations: ActivationReservoir? = nil,
+                                progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
+        let layers = floatWeights.linearLayers
+        for l in layers where !(l.weight is FloatMatrix) { throw QuantizerError.modelNotFloat(layer: l.name) }
+        let identity = ModelIdentity.of(name: name, weights: floatWeights)
+        if let statistics, statistics.modelIdentity != identity {
+            throw QuantizerError.statisticsForAnotherModel(model: identity, statistics: statistics.modelIdentity)
+        }
+        var layerStats: [String: LayerActivationStatistics] = [:]
+        if let statistics {
+            for l in layers {
+                guard let s = statistics.layer(l.name) else { throw QuantizerError.layerNotInStatistics(l.name) }
+                layerStats[l.name] = s
+            }
+        }
+        if statistics == nil {
+            if case .budget = options.target { throw QuantizerError.statisticsRequired(reason: "allocate bits under a budget") }
+            if options.calibrate && activations == nil {
+                throw QuantizerError.statisticsRequired(reason: "calibrate clip ratios without captured activations")
+            }
+        }
+
+        let floatBytes = floatWeights.byteSize
+        let fixedBytes = floatBytes - layers.reduce(0) { $0 + $1.weight.byteSize }
+        let allocationLayers = layers.map {
+            AllocationLayer(name: $0.name, outFeatures: $0.outFeatures, inFeatures: $0.inFeatures,
+                            sensitivity: layerStats[$0.name]?.medianAbsOutput ?? 0)
+        }
+        let allocator = try BitAllocator(layers: allocationLayers, fixedBytes: fixedBytes, groupSize: options.groupSize,
+                                         order: options.order)
+        let allocation: BitAllocation
+        var budget: Int?
+        switch options.target {
+        case let .budget(bytes):
+            budget = bytes
+            allocation = try allocator.allocate(budget: bytes, startBits: options.startBits)
+        case let .uniform(bits):
+            allocation = try allocator.uniform(bits: bits)
+        }
+
+        let calibrator = try Calibrator(objective: options.objective, grid: options.clipGrid, refine: true,
+                                        perGroup: options.perGroupClip && activations == nil)
+        var replacements: [String: any WeightMatrix] = [:]
+        var reports: [QuantizedLayerReport] = []
+        for (i, layer) in layers.enumerated() {
+            let bits = allocation.bits[i]
+            let values = (layer.weight as! FloatMatrix).values
+            var calibration: LayerCalibration?
+            if options.calibrate {
+                if let activations, case let (rows, n) = activations.inputs(of: layer.name), n > 0 {
+                    calibration = try calibrator.calibrate(layer: layer, bits: bits, groupSize: options.groupSize,
+                                                           inputs: rows, rows: n)
+                } else if let s = layerStats[layer.name] {
+                    calibration = try calibrator.calibrate(layer: layer, bits: bits, groupSize: options.groupSize,
+                                                           meanSquare: s.inputMeanSquare)
+                } else {
+                    throw QuantizerError.statisticsRequired(reason: "calibrate layer \(layer.name), which no activation reached")
+                }
+            }
+            let groups = (layer.inFeatures + options.groupSize - 1) / options.groupSize
+            let ratios = calibration?.clipRatios(outFeatures: layer.outFeatures, groupsPerRow: groups)
+                ?? [Float](repeating: 1, count: layer.outFeatures * groups)
+            let q = try QuantizedMatrix(quantizing: values, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures,
+                                        bits: bits, groupSize: options.groupSize, clipRatios: ratios)
+            replacements[layer.name] = q
+            let meanRatio = ratios.reduce(0, +) / Float(ratios.count)
+            let report = QuantizedLayerReport(
+                name: layer.name, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
+                bytes: q.byteSize, floatBytes: layer.weight.byteSize, sensitivity: layerStats[layer.name]?.medianAbsOutput,
+                clipRatio: calibration?.groupClipRatios == nil ? (calibration?.clipRatio ?? 1) : meanRatio,
+                unclippedError: calibration?.unclippedError, calibratedError: calibration?.calibratedError)
+            reports.append(report)
+            progress?(String(format: "%@: %d bits, clip %.2f", layer.name, bits, report.clipRatio))
+        }
+        let weights = floatWeights.replacing(replacements)
+        let actual = weights.byteSize
+        guard actual == allocation.totalBytes else {
+            throw QuantizerError.accountingMismatch(allocated: allocation.totalBytes, actual: actual)
+        }
+        let metadata = QuantizedModelMetadata(
+            sourceModelName: name, sourceModelDigest: identity,
+            statisticsDigest: statistics.map { StatisticsFile.digest($0) } ?? "none", groupSize: options.groupSize,
+            sensitivities: layerStats.mapValues { $0.medianAbsOutput })
+        let report = QuantizationReport(layers: reports, fixedBytes: fixedBytes, totalBytes: actual, floatBytes: floatBytes,
+                                        budget: budget, exactCalibration: activations != nil && options.calibrate)
+        return QuantizationResult(weights: weights, metadata: metadata, report: report)
+    }
+}

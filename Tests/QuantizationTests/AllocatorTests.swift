@@ -1,0 +1,147 @@
+import XCTest
+@testable import Quantization
+
+final class AllocatorTests: XCTestCase {
+    /// Six layers of different shapes and sensitivities (network order).
+    let layers = [
+        AllocationLayer(name: "l0", outFeatures: 64, inFeatures: 64, sensitivity: 0.5),
+        AllocationLayer(name: "l1", outFeatures: 128, inFeatures: 64, sensitivity: 0.1),
+        AllocationLayer(name: "l2", outFeatures: 64, inFeatures: 128, sensitivity: 2.0),
+        AllocationLayer(name: "l3", outFeatures: 32, inFeatures: 64, sensitivity: 0.3),
+        AllocationLayer(name: "l4", outFeatures: 64, inFeatures: 64, sensitivity: 1.0),
+        AllocationLayer(name: "l5", outFeatures: 256, inFeatures: 64, sensitivity: 0.1),
+    ]
+    let fixed = 1000
+
+    func allocator(_ order: SensitivityOrder = .ascending) throws -> BitAllocator {
+        try BitAllocator(layers: layers, fixedBytes: fixed, groupSize: 64, order: order)
+    }
+
+    func levelIndex(_ bits: Int) -> Int { BitAllocator.defaultAllowedBits.firstIndex(of: bits)! }
+
+    func testUniformityConstraintAndStoppingAtEveryBudget() throws {
+        let a = try allocator()
+        let top = try a.uniformBytes(bits: 8), bottom = try a.uniformBytes(bits: 2)
+        var budget = top + 10
+        var previousTotal = Int.max
+        while budget >= bottom {
+            let result = try a.allocate(budget: budget)
+            XCTAssertLessThanOrEqual(result.totalBytes, budget)
+            let levels = result.bits.map(levelIndex)
+            XCTAssertLessThanOrEqual(levels.max()! - levels.min()!, 1, "uniformity at budget \(budget): \(result.bits)")
+            // Stops as soon as it fits: undoing the last step would be over budget.
+            if result.steps > 0 {
+                let before = try replay(a, steps: result.steps - 1)
+                XCTAssertGreaterThan(before.total, budget, "budget \(budget): the sweep went one step too far")
+                XCTAssertEqual(try replay(a, steps: result.steps).levels, levels)
+            }
+            XCTAssertLessThanOrEqual(result.totalBytes, previousTotal, "a smaller budget never gives a larger model")
+            previousTotal = result.totalBytes
+            budget -= 997
+        }
+    }
+
+    /// Independent re-implementation of "lower `steps` layers in order, wrapping around".
+    func replay(_ a: BitAllocator, steps: Int) throws -> (levels: [Int], total: Int) {
+        var levels = [Int](repeating: levelIndex(8), count: layers.count)
+        let sequence = a.loweringOrder
+        var done = 0, k = 0
+        while done < steps {
+            let i = sequence[k % sequence.count]
+            if levels[i] > 0 { levels[i] -= 1; done += 1 }
+            k += 1
+        }
+        let total = fixed + levels.indices.reduce(0) { sum, i in
+            sum + BitAllocator.quantizedByteSize(outFeatures: layers[i].outFeatures, inFeatures: layers[i].inFeatures,
+                                                 bits: BitAllocator.defaultAllowedBits[levels[i]], groupSize: 64)
+        }
+        return (levels, total)
+    }
+
+    func testStartFitsMeansNoLowering() throws {
+        let a = try allocator()
+        let result = try a.allocate(budget: try a.uniformBytes(bits: 8))
+        XCTAssertEqual(result.bits, [Int](repeating: 8, count: 6))
+        XCTAssertEqual(result.steps, 0)
+        let fromSix = try a.allocate(budget: 1 << 30, startBits: 6)
+        XCTAssertEqual(fromSix.bits, [Int](repeating: 6, count: 6))
+    }
+
+    func testDirectionChoosesWhichEndLosesBitsFirst() throws {
+        let asc = try allocator(.ascending), desc = try allocator(.descending)
+        // Just under the 8-bit size: exactly one layer must drop, the first in the order.
+        let budget = try asc.uniformBytes(bits: 8) - 1
+        let a = try asc.allocate(budget: budget), d = try desc.allocate(budget: budget)
+        XCTAssertEqual(a.steps, 1)
+        XCTAssertEqual(d.steps, 1)
+        // Ascending: the least sensitive layer (l1 and l5 tie at 0.1; network order breaks it: l1).
+        XCTAssertEqual(a.bits, [8, 6, 8, 8, 8, 8])
+        // Descending: the most sensitive layer, l2.
+        XCTAssertEqual(d.bits, [8, 8, 6, 8, 8, 8])
+        XCTAssertEqual(asc.loweringOrder, [1, 5, 3, 0, 4, 2])
+        XCTAssertEqual(desc.loweringOrder, [2, 4, 0, 3, 1, 5])
+        // 7 is not a width: one step from 8 is 6.
+        XCTAssertFalse(a.bits.contains(7))
+    }
+
+    func testSecondPassStartsFromTheSameEnd() throws {
+        let a = try allocator()
+        // Below the all-6 size: a second pass is needed and it starts with l1 again.
+        let budget = try a.uniformBytes(bits: 6) - 1
+        let result = try a.allocate(budget: budget)
+        XCTAssertEqual(result.steps, 7)
+        XCTAssertEqual(result.bits, [6, 5, 6, 6, 6, 6])
+    }
+
+    func testImpossibleBudgetStatesTheSmallestSize() throws {
+        let a = try allocator()
+        let smallest = try a.uniformBytes(bits: 2)
+        XCTAssertThrowsError(try a.allocate(budget: smallest - 1)) { error in
+            XCTAssertEqual(error as? BitAllocationError,
+                           .budgetTooSmall(budget: smallest - 1, smallest: smallest, lowestBits: 2))
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("\(smallest) bytes"), message)
+            XCTAssertTrue(message.contains(ByteCount.mebibytes(smallest)), message)
+        }
+        XCTAssertEqual(try a.allocate(budget: smallest).bits, [Int](repeating: 2, count: 6))
+        XCTAssertThrowsError(try a.allocate(budget: 1 << 30, startBits: 7))
+        XCTAssertThrowsError(try a.uniform(bits: 7)) { error in
+            XCTAssertTrue("\(error)".contains("2, 3, 4, 5, 6, 8"))
+        }
+    }
+
+    func testAccountingEqualsRealQuantizedMatrixSizes() throws {
+        let a = try allocator()
+        let result = try a.allocate(budget: try a.uniformBytes(bits: 4) + 3000)
+        var real = fixed
+        for (i, l) in layers.enumerated() {
+            let values = (0..<(l.outFeatures * l.inFeatures)).map { Float(($0 * 37) % 11) - 5 }
+            let q = try QuantizedMatrix(quantizing: values, outFeatures: l.outFeatures, inFeatures: l.inFeatures,
+                                        bits: result.bits[i], groupSize: 64)
+            XCTAssertEqual(q.byteSize, result.layerBytes[i], l.name)
+            real += q.byteSize
+        }
+        XCTAssertEqual(result.totalBytes, real)
+        // Odd shapes: the padded last group is counted too.
+        for bits in BitAllocator.defaultAllowedBits {
+            let q = try QuantizedMatrix(quantizing: [Float](repeating: 0.5, count: 3 * 100), outFeatures: 3,
+                                        inFeatures: 100, bits: bits, groupSize: 32)
+            XCTAssertEqual(BitAllocator.quantizedByteSize(outFeatures: 3, inFeatures: 100, bits: bits, groupSize: 32),
+                           q.byteSize)
+        }
+    }
+
+    func testByteCountParsing() throws {
+        XCTAssertEqual(try ByteCount.parse("24MiB"), 24 * 1024 * 1024)
+        XCTAssertEqual(try ByteCount.parse("24MB"), 24_000_000)
+        XCTAssertEqual(try ByteCount.parse("25165824"), 25_165_824)
+        XCTAssertEqual(try ByteCount.parse("0.5GiB"), 512 * 1024 * 1024)
+        XCTAssertEqual(try ByteCount.parse("512 kib"), 512 * 1024)
+        for bad in ["", "MiB", "24XB", "-3MiB", "1.2.3MB", "0", "24 MiB extra"] {
+            XCTAssertThrowsError(try ByteCount.parse(bad), bad) { error in
+                XCTAssertTrue("\(error)".contains("24MiB"), "the message shows an example")
+            }
+        }
+        XCTAssertEqual(ByteCount.describe(25_165_824), "24.00 MiB (25165824 bytes)")
+    }
+}
