@@ -21,7 +21,7 @@
 
 // e^x, relative error below 2e-7 for x in [-87, 88]; 0 below -87.
 // x = k·ln2 + r with |r| <= ln2/2, degree-6 Taylor polynomial for e^r, 2^k via the exponent.
-static inline float mq_exp(float x) {
+static inline __attribute__((always_inline)) float mq_exp(float x) {
     float c = x < -87.0f ? -87.0f : x;
     float k = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   // round to nearest
     float r = c - k * 0.693145751953125f - k * 1.42860682030941723212e-6f;
@@ -39,7 +39,7 @@ static inline float mq_exp(float x) {
 }
 
 // erf(x), absolute error below 2e-7 (Abramowitz and Stegun 7.1.26).
-static inline float mq_erf(float x) {
+static inline __attribute__((always_inline)) float mq_erf(float x) {
     float a = fabsf(x);
     float t = 1.0f / (1.0f + 0.3275911f * a);
     float p = 1.061405429f;
@@ -51,7 +51,7 @@ static inline float mq_erf(float x) {
     return x < 0.0f ? -y : y;
 }
 
-static inline float sum_lanes(const float lanes[LANES]) {
+static inline __attribute__((always_inline)) float sum_lanes(const float lanes[LANES]) {
     float s = 0.0f;
     for (int l = 0; l < LANES; l++) s += lanes[l];
     return s;

@@ -147,8 +147,8 @@ final class WhisperDecoderSession: DecoderSession {
                                   beta: block.crossAttentionNorm.beta, into: normed)
                 block.crossQuery.forward(normed, rows: rows, into: qkv, observer: observer)  // q: [rows, d]
                 for h in 0..<heads {
-                    Kernels.gemmABt(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
-                                    b: cross + h * dh, ldb: 2 * d, c: s, ldc: audioFrames)
+                    Kernels.gemmFewRowsABt(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
+                                           b: cross + h * dh, ldb: 2 * d, c: s, ldc: audioFrames)
                     Kernels.softmaxRows(s, rows: rows, cols: audioFrames, ld: audioFrames)
                     Kernels.gemmAB(m: rows, n: dh, k: audioFrames, a: s, lda: audioFrames,
                                    b: cross + d + h * dh, ldb: 2 * d, c: attn + h * dh, ldc: d)

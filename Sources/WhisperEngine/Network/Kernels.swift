@@ -7,9 +7,24 @@ import Foundation
 /// the element-wise passes are the C kernels of `CKernels`.
 /// Every buffer is row-major; `ld*` are row strides in elements.
 enum Kernels {
-    /// Sets the threads OpenBLAS may use for one product.
+    /// Threads the products may use, set by the network before each pass (OpenBLAS keeps
+    /// the same setting process-wide).
+    nonisolated(unsafe) private(set) static var threads = 1
+
+    /// Sets the threads OpenBLAS and the few-row product may use.
     static func setThreads(_ n: Int) {
-        openblas_set_num_threads(Int32(max(1, n)))
+        threads = max(1, n)
+        openblas_set_num_threads(Int32(threads))
+    }
+
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ for few rows (the decoder's beams): reads w once,
+    /// splitting its rows across the threads when it is large.
+    static func gemmFewRows(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                            y: UnsafeMutablePointer<Float>) {
+        let parts = n * k >= 1 << 17 ? threads : 1
+        parallelRows(n, threads: parts) { r in
+            mq_gemm_nt_small(x, m, k, w + r.lowerBound * k, r.count, k, k, 1, y + r.lowerBound, n)
+        }
     }
 
     /// C[m, n] = alpha * A[m, k] · B[n, k]ᵀ + beta * C.
@@ -32,20 +47,12 @@ enum Kernels {
                     alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
-    /// y[rows] = alpha * A[rows, cols] · x[cols] + beta * y (A with row stride lda).
+    /// C[m, n] = alpha * A[m, k] · B[n, k]ᵀ for few rows m (B rows `ldb` apart): reads B
+    /// once instead of packing it as sgemm does.
     @inline(__always)
-    static func gemv(rows: Int, cols: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
-                     x: UnsafePointer<Float>, beta: Float = 0, y: UnsafeMutablePointer<Float>) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(rows), Int32(cols), alpha, a, Int32(lda),
-                    x, 1, beta, y, 1)
-    }
-
-    /// y[cols] = alpha * A[rows, cols]ᵀ · x[rows] + beta * y (A with row stride lda).
-    @inline(__always)
-    static func gemvT(rows: Int, cols: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
-                      x: UnsafePointer<Float>, beta: Float = 0, y: UnsafeMutablePointer<Float>) {
-        cblas_sgemv(CblasRowMajor, CblasTrans, Int32(rows), Int32(cols), alpha, a, Int32(lda),
-                    x, 1, beta, y, 1)
+    static func gemmFewRowsABt(m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+                               b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        mq_gemm_nt_small(a, m, lda, b, n, ldb, k, alpha, c, ldc)
     }
 
     /// out[r, :] = LayerNorm(x[r, :]) * gamma + beta over `cols` features, eps 1e-5.

@@ -33,8 +33,8 @@ public struct FloatMatrix: WeightMatrix {
 
     public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
         values.withUnsafeBufferPointer { w in
-            if m == 1 {
-                Kernels.gemv(rows: outFeatures, cols: inFeatures, a: w.baseAddress!, lda: inFeatures, x: x, y: y)
+            if m <= 8 {
+                Kernels.gemmFewRows(m: m, n: outFeatures, k: inFeatures, x: x, w: w.baseAddress!, y: y)
             } else {
                 Kernels.gemmABt(m: m, n: outFeatures, k: inFeatures, a: x, lda: inFeatures,
                                 b: w.baseAddress!, ldb: inFeatures, c: y, ldc: outFeatures)
