@@ -151,9 +151,8 @@ void mq_unpack_codes(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd, 
                          codes + ((r - rowStart) * m->blocks + k) * 32);
 }
 
-MQ_CLONES
-void mq_dequantize_rows(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd,
-                        size_t cols, float *out, size_t ldo) {
+static void dequantize_rows_scalar(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd,
+                                   size_t cols, float *out, size_t ldo) {
     const size_t bb = block_bytes(m->bits), groups = m->blocks / m->blocksPerGroup;
     int8_t q[32];
     for (size_t r = rowStart; r < rowEnd; r++) {
@@ -395,6 +394,38 @@ __attribute__((target("avx2,fma,f16c"))) static void gemv_f32_avx2(const mq_pack
     }
 }
 
+static inline TGT_AVX2 void dequantize_rows_avx2_bits(const mq_packed_matrix *m, size_t r0, size_t r1,
+                                                      size_t cols, float *out, size_t ldo, const int bits) {
+    const size_t blocks = m->blocks, bpg = m->blocksPerGroup, groups = blocks / bpg;
+    const size_t rowBytes = blocks * 4 * (size_t)bits, full = cols / 32;
+    for (size_t r = r0; r < r1; r++) {
+        const uint8_t *p = m->packed + r * rowBytes;
+        float *o = out + (r - r0) * ldo;
+        for (size_t k = 0; k < full; k++) {
+            const __m256i q = unpack_q_avx2(p + k * 4 * (size_t)bits, bits);
+            const __m256 s = _mm256_set1_ps(_cvtsh_ss(m->scales[r * groups + k / bpg]));
+            const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+            float *ok = o + k * 32;
+            _mm256_storeu_ps(ok, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+            _mm256_storeu_ps(ok + 8, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+            _mm256_storeu_ps(ok + 16, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+            _mm256_storeu_ps(ok + 24, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+        }
+    }
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void dequantize_rows_avx2(const mq_packed_matrix *m, size_t r0, size_t r1,
+                                                                          size_t cols, float *out, size_t ldo) {
+    switch (m->bits) {
+    case 2: dequantize_rows_avx2_bits(m, r0, r1, cols, out, ldo, 2); break;
+    case 3: dequantize_rows_avx2_bits(m, r0, r1, cols, out, ldo, 3); break;
+    case 4: dequantize_rows_avx2_bits(m, r0, r1, cols, out, ldo, 4); break;
+    case 5: dequantize_rows_avx2_bits(m, r0, r1, cols, out, ldo, 5); break;
+    case 6: dequantize_rows_avx2_bits(m, r0, r1, cols, out, ldo, 6); break;
+    default: dequantize_rows_avx2_bits(m, r0, r1, cols, out, ldo, 8); break;
+    }
+}
+
 #endif  // __x86_64__
 
 // MARK: - Dispatch
@@ -451,6 +482,27 @@ void mq_gemv_q8(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd,
 #endif
     default: gemv_q8_scalar(m, rowStart, rowEnd, xq, xscale, n, y, ldy); return;
     }
+}
+
+void mq_dequantize_rows(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd,
+                        size_t cols, float *out, size_t ldo) {
+#if defined(__x86_64__)
+    if (cpu_kernel_cached() >= 1 && mq_q8_kernel() >= 1) {
+        // Whole blocks with AVX2, the partial last block (cols % 32) in scalar code.
+        dequantize_rows_avx2(m, rowStart, rowEnd, cols, out, ldo);
+        if (cols % 32 == 0) return;
+        const size_t c0 = cols / 32 * 32;
+        const size_t groups = m->blocks / m->blocksPerGroup;
+        int8_t q[32];
+        for (size_t r = rowStart; r < rowEnd; r++) {
+            unpack_block(m->packed + (r * m->blocks + c0 / 32) * block_bytes(m->bits), m->bits, q);
+            const float s = half_to_float(m->scales[r * groups + (c0 / 32) / m->blocksPerGroup]);
+            for (size_t c = c0; c < cols; c++) out[(r - rowStart) * ldo + c] = s * (float)q[c - c0];
+        }
+        return;
+    }
+#endif
+    dequantize_rows_scalar(m, rowStart, rowEnd, cols, out, ldo);
 }
 
 void mq_gemv_f32(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd, const float *x, float *y) {

@@ -329,12 +329,13 @@ public struct QuantizedMatrix: WeightMatrix {
         }
     }
 
-    /// Rows of W dequantized per tile in the GEMM (tile floats stay within L2).
-    static let gemmTileRows = 128
+    /// Most rows of W dequantized per tile in the GEMM (the tile is also kept within 1 MiB, in L2).
+    /// Few large tiles beat many small ones: sgemm repacks x on every call (measured).
+    static let gemmTileRows = 512
 
     private func gemmTiled(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
         let k = inFeatures
-        let tileRows = Swift.max(16, Swift.min(Self.gemmTileRows, (1 << 16) / k * 4))
+        let tileRows = Swift.max(16, Swift.min(Self.gemmTileRows, (1 << 18) / k))   // tile <= 1 MiB
         withUnsafeTemporaryAllocation(of: Float.self, capacity: tileRows * k) { tile in
             let t = tile.baseAddress!
             withDescriptor { d in

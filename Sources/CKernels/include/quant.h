@@ -73,7 +73,8 @@ void mq_gemv_f32(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd,
 
 /// Which GEMV kernel `mq_gemv_q8` runs on this CPU: 0 scalar, 1 AVX2, 2 AVX-VNNI,
 /// 3 AVX512-VNNI (256-bit). `mq_set_q8_kernel(k)` forces k (clamped to what the CPU
-/// supports); -1 restores the automatic choice. For tests and measurements.
+/// supports); -1 restores the automatic choice. Forcing 0 also makes `mq_gemv_f32` and
+/// `mq_dequantize_rows` use their scalar forms. For tests and measurements.
 int mq_q8_kernel(void);
 /// See `mq_q8_kernel`.
 void mq_set_q8_kernel(int kernel);
