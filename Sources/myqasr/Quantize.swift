@@ -1,0 +1,157 @@
+import ArgumentParser
+import Foundation
+import Quantization
+import WhisperEngine
+
+extension CalibrationObjective: ExpressibleByArgument {}
+extension SensitivityOrder: ExpressibleByArgument {}
+
+/// `myqasr quantize`: a per-user quantized model under a memory budget.
+struct Quantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Quantize a model for one user under a memory budget (myQASR).",
+        discussion: """
+            Every layer starts at --start-bits; layers are then lowered one width at a time
+            (8, 6, 5, 4, 3, 2) in order of their median |output| until the whole model (every
+            weight at its stored precision, scales, norms, biases and positions included) fits
+            the budget, so layers never differ by more than one width. Each layer's clipping
+            is then calibrated to keep its output close to the full-precision output.
+
+            Statistics come from --stats (made by `myqasr stats`; calibration then uses their
+            input moments) or from --calibration audio run through the model now (calibration
+            then uses the captured activations, kept in memory only).
+
+            Budgets: 24MiB, 24MB, 25165824 (bytes), 0.5GiB.
+
+            Examples:
+              myqasr quantize --model tiny.en --budget 24MiB --stats me.myqs --out me.myq
+              myqasr quantize --model tiny.en --budget 20MiB --calibration mine/*.wav --out me.myq
+              myqasr quantize --model tiny.en --uniform 4 --stats me.myqs --out u4.myq
+            """
+    )
+
+    @Option(name: .shortAndLong, help: "Full-precision model: tiny.en, base, or a CTranslate2 model directory.")
+    var model = "tiny.en"
+
+    @Option(help: "Memory budget for the whole model's weights (24MiB, 24MB, 25165824, 0.5GiB).")
+    var budget: String?
+
+    @Option(help: "Put every layer at this width (2, 3, 4, 5, 6 or 8) instead of a budget.")
+    var uniform: Int?
+
+    @Option(help: "Statistics file from `myqasr stats`.")
+    var stats: String?
+
+    @Option(parsing: .upToNextOption, help: "Unlabelled WAV files to gather statistics and calibration activations from.")
+    var calibration: [String] = []
+
+    @Option(help: "Calibration objective: cosine or mse.")
+    var objective: CalibrationObjective = .cosine
+
+    @Option(help: "Which layers lose bits first: ascending (smallest median |output| first) or descending.")
+    var order: SensitivityOrder = .ascending
+
+    @Option(help: "Input features per scale: 32, 64 or 128.")
+    var groupSize = QuantizedMatrix.defaultGroupSize
+
+    @Option(help: "The width every layer starts the sweep at.")
+    var startBits = 8
+
+    @Flag(help: "Skip clip calibration (plain round-to-nearest over each group's full range).")
+    var noCalibration = false
+
+    @Flag(help: "With --stats, calibrate a clip ratio per group instead of per layer.")
+    var perGroupClip = false
+
+    @Option(help: "Activation rows kept per layer for calibration with --calibration (memory only).")
+    var calibrationRows = 256
+
+    @Option(help: "Beam width while running the calibration audio.")
+    var beamSize = 1
+
+    @Option(help: "Worker threads for the network.")
+    var threads = 2
+
+    @Option(help: "Where to write the quantized model (.myq).")
+    var out: String
+
+    func validate() throws {
+        guard (budget == nil) != (uniform == nil) else { throw ValidationError("give exactly one of --budget and --uniform") }
+        if let budget { _ = try parsedBudget(budget) }
+        guard stats == nil || calibration.isEmpty else { throw ValidationError("give --stats or --calibration, not both") }
+        if budget != nil || !noCalibration {
+            guard stats != nil || !calibration.isEmpty else {
+                throw ValidationError("give --stats FILE or --calibration FILES... (needed for a budget and for calibration)")
+            }
+        }
+        if let uniform, !BitAllocator.defaultAllowedBits.contains(uniform) {
+            throw ValidationError("--uniform must be one of 2, 3, 4, 5, 6, 8")
+        }
+        guard QuantizedMatrix.supportedGroupSizes.contains(groupSize) else {
+            throw ValidationError("--group-size must be one of \(QuantizedMatrix.supportedGroupSizes.map(String.init).joined(separator: ", "))")
+        }
+        guard calibrationRows >= 1, beamSize >= 1, threads >= 1 else {
+            throw ValidationError("--calibration-rows, --beam-size and --threads must be at least 1")
+        }
+    }
+
+    func parsedBudget(_ text: String) throws -> Int {
+        do { return try ByteCount.parse(text) } catch { throw ValidationError("--budget: \(error)") }
+    }
+
+    func run() throws {
+        let start = Date()
+        let whisper: WhisperModel
+        do { whisper = try WhisperModel.load(model) } catch { throw CLIError("\(error)") }
+        var statistics: ActivationStatistics?
+        var reservoir: ActivationReservoir?
+        if let stats {
+            do { statistics = try StatisticsFile.load(path: stats) } catch { throw CLIError("\(error)") }
+        } else if !calibration.isEmpty {
+            let s = ActivationStatistics(modelIdentity: ModelIdentity.of(whisper))
+            let r = ActivationReservoir(capacity: calibrationRows)
+            try runCalibrationAudio(model: whisper, files: calibration, threads: threads, beamSize: beamSize,
+                                    observer: ObserverGroup([s, r]), statistics: s)
+            statistics = s
+            reservoir = r
+            print(String(format: "ran %d calibration files in %.1f s", calibration.count, Date().timeIntervalSince(start)))
+        }
+        let target: QuantizationOptions.Target = try budget.map { .budget(try parsedBudget($0)) } ?? .uniform(bits: uniform!)
+        let options = QuantizationOptions(target: target, objective: objective, order: order, groupSize: groupSize,
+                                          startBits: startBits, calibrate: !noCalibration, perGroupClip: perGroupClip)
+        let result: QuantizationResult
+        do {
+            result = try Quantizer.quantize(model: whisper, statistics: statistics, options: options, activations: reservoir)
+        } catch {
+            throw CLIError("\(error)")
+        }
+        do {
+            try QuantizedModelFile.write(weights: result.weights, metadata: result.metadata, to: out)
+        } catch {
+            throw CLIError("\(error)")
+        }
+        printReport(result.report, title: "\(whisper.name) -> \(out)")
+        print(String(format: "done in %.1f s", Date().timeIntervalSince(start)))
+    }
+
+    func printReport(_ r: QuantizationReport, title: String) {
+        print(title)
+        print(pad("layer", 40) + lpad("shape", 12) + lpad("bits", 5) + lpad("KiB", 9) + lpad("median|y|", 11) + lpad("clip", 6)
+              + lpad("err@1", 10) + lpad("err", 10))
+        for l in r.layers {
+            let sens = l.sensitivity.map { String(format: "%.4g", $0) } ?? "-"
+            let e1 = l.unclippedError.map { String(format: "%.3g", $0) } ?? "-"
+            let e = l.calibratedError.map { String(format: "%.3g", $0) } ?? "-"
+            print(pad(l.name, 40) + lpad("\(l.outFeatures)x\(l.inFeatures)", 12) + lpad("\(l.bits)", 5)
+                  + lpad(String(format: "%.1f", Double(l.bytes) / 1024), 9) + lpad(sens, 11)
+                  + lpad(String(format: "%.2f", l.clipRatio), 6) + lpad(e1, 10) + lpad(e, 10))
+        }
+        var histogram: [Int: Int] = [:]
+        for l in r.layers { histogram[l.bits, default: 0] += 1 }
+        print("widths: " + histogram.keys.sorted().map { "\($0) bits x\(histogram[$0]!)" }.joined(separator: ", "))
+        print("total \(ByteCount.describe(r.totalBytes)) = layers \(ByteCount.mebibytes(r.totalBytes - r.fixedBytes)) + "
+              + "float rest \(ByteCount.mebibytes(r.fixedBytes)); float32 model \(ByteCount.describe(r.floatBytes)), "
+              + String(format: "%.2fx smaller", Double(r.floatBytes) / Double(r.totalBytes)))
+        if let budget = r.budget { print("budget \(ByteCount.describe(budget)), \(budget - r.totalBytes) bytes to spare") }
+    }
+}
