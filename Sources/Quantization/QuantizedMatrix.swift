@@ -73,7 +73,7 @@ public struct QuantizedMatrix: WeightMatrix {
     /// Group sizes this type stores.
     public static let supportedGroupSizes = [32, 64, 128]
     /// The group size chosen by measuring error against bytes on tiny.en (see the docs).
-    public static let defaultGroupSize = 64
+    public static let defaultGroupSize = 32
     /// Products with at most this many rows run as GEMV over the packed codes; larger ones
     /// dequantize tiles of W and use OpenBLAS's sgemm.
     public static let gemvRowLimit = 16
