@@ -108,3 +108,24 @@ for rows in [8, 16, 17, 32] {
     let tf = bestTime(20) { up.multiply(xm, rows: rows, into: &ym) }
     print(String(format: "rows %2d: 4-bit %.3f ms, float %.3f ms", rows, tq * 1e3, tf * 1e3))
 }
+
+if args.contains("--file") {
+    // Whole tiny.en at 4 bits (group 32) through a .myq file: size, write and load times.
+    var replacements: [String: any WeightMatrix] = [:]
+    for layer in weights.linearLayers {
+        let f = layer.weight as! FloatMatrix
+        replacements[layer.name] = try QuantizedMatrix(quantizing: f.values, outFeatures: f.outFeatures,
+                                                       inFeatures: f.inFeatures, bits: 4, groupSize: 32)
+    }
+    let q = weights.replacing(replacements)
+    let path = NSTemporaryDirectory() + "/quant-bench-\(getpid()).myq"
+    defer { unlink(path) }
+    let meta = QuantizedModelMetadata(sourceModelName: "tiny.en", sourceModelDigest: "unknown",
+                                      statisticsDigest: "none", groupSize: 32)
+    let tw = bestTime(1) { try! QuantizedModelFile.write(weights: q, metadata: meta, to: path) }
+    var loaded: WhisperWeights?
+    let tl = bestTime(3) { loaded = try! QuantizedModelFile.load(path: path).weights }
+    let size = (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+    print(String(format: "\n.myq 4-bit g32: %.1f MB on disk, weights %.1f MB (float %.1f MB); write %.0f ms, load+CRC %.0f ms",
+                 Double(size) / 1e6, Double(loaded!.byteSize) / 1e6, Double(weights.byteSize) / 1e6, tw * 1e3, tl * 1e3))
+}
