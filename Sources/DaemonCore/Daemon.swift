@@ -390,7 +390,17 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         }
         guard let pipeline else { return }
         let statistics = pipeline.statistics
-        pipeline.stop()
+        // stop() waits for the capture thread, which a driver can hold inside a blocking read (ALSA's file
+        // plugin on a FIFO without data). Do not let that wedge shutdown, reload or forget: wait a bounded time;
+        // the pipeline still stops (and zeroes its buffers) as soon as the read returns.
+        let stopped = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            pipeline.stop()
+            stopped.signal()
+        }
+        if stopped.wait(timeout: .now() + 3) == .timedOut {
+            logger.warning("capture did not stop within 3 s (the device is blocked in a read); continuing without it")
+        }
         _ = tasks  // both end when the pipeline's streams finish
         logger.info("capture stopped", metadata: [
             "utterances": "\(statistics.utterances)", "overruns": "\(statistics.overruns)",

@@ -23,7 +23,7 @@ final class DaemonHarness {
 
     /// The configuration file text for these directories; `extra` is appended inside [model].
     static func configText(model: String, runtime: String, state: String, fifo: String?, budget: String = "none",
-                           extraVAD: String = "", limits: String = "") -> String {
+                           extraVAD: String = "", limits: String = "", logLevel: String = "info") -> String {
         var text = """
             [model]
             name = "\(model)"
@@ -37,7 +37,7 @@ final class DaemonHarness {
             directory = "\(state)"
 
             [log]
-            level = "info"
+            level = "\(logLevel)"
 
             """
         if let fifo {
@@ -69,7 +69,7 @@ final class DaemonHarness {
 
     /// Starts the daemon and waits for READY=1. `microphone` is 16 kHz s16le PCM played through the FIFO
     /// (nil: capture disabled).
-    init(microphone: Data?, speed: Double = 2, limits: String = "") throws {
+    init(microphone: Data?, speed: Double = 2, limits: String = "", logLevel: String = "info") throws {
         signal(SIGPIPE, SIG_IGN)  // the FIFO writer must see EPIPE, not die, if capture closes the FIFO
         modelDirectory = try Fixtures.tinyModel()
         scratch = try ScratchDirectory()
@@ -84,7 +84,7 @@ final class DaemonHarness {
             feeder = nil
         }
         try Self.configText(model: modelDirectory, runtime: runtimeDirectory, state: stateDirectory, fifo: feeder?.path,
-                            limits: limits)
+                            limits: limits, logLevel: logLevel)
             .write(toFile: configPath, atomically: true, encoding: .utf8)
         notify = try NotifyListener(path: scratch.sub("notify.sock"))
         var environment: [String: String] = [

@@ -7,13 +7,13 @@ import XCTest
 
 /// Nothing the user said reaches disk or the logs.
 final class PrivacyTests: XCTestCase {
-    /// Runs the daemon over known speech (microphone, Wyoming and control requests, at debug log level), then
+    /// Runs the daemon over known speech (microphone, Wyoming and control requests, at the trace log level), then
     /// searches its stderr, its state and runtime directories and every file under its home, temporary and
     /// working directories (all inside one sandbox) for the spoken words.
     func testSpokenWordsReachNoFileAndNoLog() throws {
         let jfk = try Fixtures.sample("jfk.wav")
         let speech = try Fixtures.pcm16(ofWAV: jfk)
-        let harness = try DaemonHarness(microphone: microphoneSignal(speech: speech), speed: 4)
+        let harness = try DaemonHarness(microphone: microphoneSignal(speech: speech), speed: 4, logLevel: "trace")
         let listener = try ListenCollector(socketPath: harness.controlSocket)
         try listener.ready()
         try harness.startMicrophone()

@@ -265,20 +265,27 @@ final class DaemonProcess {
 }
 
 /// Plays PCM into a FIFO that ALSA's `file` plugin reads as its `infile`, one period per write(2) (the plugin
-/// does not retry a short read), paced at `speed` times real time. The FIFO stays open after the audio (so the
-/// plugin blocks rather than repeating the last chunk) until `finish()`.
+/// does not retry a short read), paced at `speed` times real time. After the audio it goes on writing quiet
+/// noise, as a real microphone would, until `finish()`: a FIFO left open without data would block the plugin's
+/// read (and so the capture thread) indefinitely. Writes while no reader has the FIFO open (capture restarted)
+/// fail with EPIPE and are skipped.
 final class PacedFIFOFeeder: @unchecked Sendable {
     let path: String
     private let audio: Data
     private let speed: Double
     private let start = DispatchSemaphore(value: 0)
-    private let release = DispatchSemaphore(value: 0)
     private let done = DispatchSemaphore(value: 0)
     private let lock = NSLock()
     private var chunkBytes = 0
     private var opened = false
     private var finished = false
     let written = Waiter<Int>()
+
+    private var isFinished: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return finished
+    }
 
     init(path: String, audio: Data, speed: Double) throws {
         self.path = path
@@ -299,33 +306,43 @@ final class PacedFIFOFeeder: @unchecked Sendable {
                 self.lock.lock()
                 let chunk = self.chunkBytes
                 self.lock.unlock()
-                if chunk > 0 {
-                    let secondsPerChunk = Double(chunk / 2) / 16000 / self.speed
-                    let began = Date()
-                    var offset = 0
-                    var index = 0
-                    while offset < self.audio.count {
-                        var piece = [UInt8](repeating: 0, count: chunk)  // the last chunk is padded with silence
-                        let length = min(chunk, self.audio.count - offset)
-                        piece.withUnsafeMutableBytes { raw in
-                            self.audio.copyBytes(to: raw.bindMemory(to: UInt8.self), from: offset..<(offset + length))
-                        }
-                        if write(fd, piece, chunk) != chunk { break }
-                        offset += length
-                        index += 1
-                        self.written.append(offset)
-                        let due = began.addingTimeInterval(Double(index) * secondsPerChunk)
-                        let wait = due.timeIntervalSinceNow
-                        if wait > 0 { usleep(useconds_t(wait * 1_000_000)) }
-                    }
-                }
-                self.release.wait()
+                if chunk > 0 { self.play(fd: fd, chunk: chunk) }
                 close(fd)
             }
             self.done.signal()
         }
         thread.name = "fifo-feeder"
         thread.start()
+    }
+
+    private func play(fd: Int32, chunk: Int) {
+        let secondsPerChunk = Double(chunk / 2) / 16000 / speed
+        let began = Date()
+        var offset = 0
+        var index = 0
+        var noiseState: UInt64 = 0x2545_F491_4F6C_DD1D
+        while !isFinished {
+            var piece = [UInt8](repeating: 0, count: chunk)
+            if offset < audio.count {
+                let length = min(chunk, audio.count - offset)  // the last chunk is padded with silence
+                piece.withUnsafeMutableBytes { raw in
+                    audio.copyBytes(to: raw.bindMemory(to: UInt8.self), from: (audio.startIndex + offset)..<(audio.startIndex + offset + length))
+                }
+                offset += length
+                written.append(offset)
+            } else {
+                for i in stride(from: 0, to: chunk, by: 2) {
+                    noiseState = noiseState &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                    let sample = Int16(truncatingIfNeeded: Int64(noiseState >> 33) % 33 - 16)
+                    piece[i] = UInt8(truncatingIfNeeded: sample)
+                    piece[i + 1] = UInt8(truncatingIfNeeded: sample >> 8)
+                }
+            }
+            _ = write(fd, piece, chunk)  // EPIPE while capture is being restarted
+            index += 1
+            let wait = began.addingTimeInterval(Double(index) * secondsPerChunk).timeIntervalSinceNow
+            if wait > 0 { usleep(useconds_t(wait * 1_000_000)) }
+        }
     }
 
     /// Lets the writer go with `periodFrames` frames per write.
@@ -336,7 +353,7 @@ final class PacedFIFOFeeder: @unchecked Sendable {
         start.signal()
     }
 
-    /// Closes the FIFO and waits for the writer.
+    /// Stops writing, closes the FIFO and waits for the writer.
     func finish() {
         lock.lock()
         if finished {
@@ -347,9 +364,8 @@ final class PacedFIFOFeeder: @unchecked Sendable {
         let wasOpened = opened
         lock.unlock()
         var fd: Int32 = -1
-        if !wasOpened { fd = open(path, O_RDONLY | O_NONBLOCK) }
+        if !wasOpened { fd = open(path, O_RDONLY | O_NONBLOCK) }  // lets a writer blocked in open(2) through
         start.signal()
-        release.signal()
         done.wait()
         if fd >= 0 { close(fd) }
     }
