@@ -33,10 +33,10 @@ struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure word error rate on a corpus manifest, per voice.",
         discussion: """
-            Transcribes the manifest's utterances (filtered by voice, split and condition) and
-            scores them against the reference text after Whisper's English normalisation. With
-            --hypotheses, scores transcripts produced elsewhere instead (the JSON written by
-            scripts/faster-whisper-ref: {"results":[{"file":..., "utt_id":..., "text":...}]}),
+            Transcribes the manifest's utterances (filtered by voice, split and condition) and \
+            scores them against the reference text after Whisper's English normalisation. With \
+            --hypotheses, scores transcripts produced elsewhere instead (the JSON written by \
+            scripts/faster-whisper-ref: {"results":[{"file":..., "utt_id":..., "text":...}]}), \
             matched to the manifest by utt_id, else by file.
 
             Examples:

@@ -8,8 +8,8 @@ struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show a quantized model's per-layer widths, sizes and sensitivities.",
         discussion: """
-            For each layer: its width with a bar (one block per bit), its size, and the median
-            |output| the allocation ranked it by; then the totals against the same network in
+            For each layer: its width with a bar (one block per bit), its size, and the median \
+            |output| the allocation ranked it by; then the totals against the same network in \
             float32, and where the model came from.
 
             Example:

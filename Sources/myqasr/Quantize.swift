@@ -11,14 +11,14 @@ struct Quantize: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Quantize a model for one user under a memory budget (myQASR).",
         discussion: """
-            Every layer starts at --start-bits; layers are then lowered one width at a time
-            (8, 6, 5, 4, 3, 2) in order of their median |output| until the whole model (every
-            weight at its stored precision, scales, norms, biases and positions included) fits
-            the budget, so layers never differ by more than one width. Each layer's clipping
+            Every layer starts at --start-bits; layers are then lowered one width at a time \
+            (8, 6, 5, 4, 3, 2) in order of their median |output| until the whole model (every \
+            weight at its stored precision, scales, norms, biases and positions included) fits \
+            the budget, so layers never differ by more than one width. Each layer's clipping \
             is then calibrated to keep its output close to the full-precision output.
 
-            Statistics come from --stats (made by `myqasr stats`; calibration then uses their
-            input moments) or from --calibration audio run through the model now (calibration
+            Statistics come from --stats (made by `myqasr stats`; calibration then uses their \
+            input moments) or from --calibration audio run through the model now (calibration \
             then uses the captured activations, kept in memory only).
 
             Budgets: 24MiB, 24MB, 25165824 (bytes), 0.5GiB.

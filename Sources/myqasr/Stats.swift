@@ -27,9 +27,9 @@ struct Stats: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Gather activation statistics of unlabelled audio for quantization.",
         discussion: """
-            Runs the full-precision model over the files and keeps, for every linear layer,
-            the median |output| (its sensitivity) and per-input-feature second moments (for
-            calibration without audio). The file holds these aggregates only: no audio,
+            Runs the full-precision model over the files and keeps, for every linear layer, \
+            the median |output| (its sensitivity) and per-input-feature second moments (for \
+            calibration without audio). The file holds these aggregates only: no audio, \
             features, tokens or text. Transcripts are not printed unless --show-text.
 
             Examples:
