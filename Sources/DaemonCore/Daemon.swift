@@ -362,7 +362,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             for await event in pipeline.events {
                 let state: CaptureState?
                 switch event {
-                case .opened: state = .capturing; logger.info("capture \(event)")
+                case .opened: state = .capturing; logger.debug("capture \(event)")
                 case .unavailable, .lost: state = .failed; logger.warning("capture \(event)")
                 case .retrying: state = nil; logger.debug("capture \(event)")
                 case .overrun: state = nil; logger.notice("capture \(event)")

@@ -21,6 +21,11 @@ func microphoneSignal(speech: Data, leadSeconds: Double = 1, tailSeconds: Double
 
 let jfkPhrase = "ask not what your country can do for you"
 
+extension JSONValue {
+    /// The elements, if this is an array.
+    var elements: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
+}
+
 /// The daemon as a subprocess over real ALSA (file plugin + FIFO), real Unix sockets and a real NOTIFY_SOCKET.
 final class DaemonEndToEndTests: XCTestCase {
     /// Live microphone -> listen; Wyoming and control transcription; status; SIGHUP budget change and a rejected
@@ -28,11 +33,14 @@ final class DaemonEndToEndTests: XCTestCase {
     func testMicrophoneToListenersSocketsReloadAndNotify() throws {
         let jfk = try Fixtures.sample("jfk.wav")
         let speech = try Fixtures.pcm16(ofWAV: jfk)
-        let harness = try DaemonHarness(microphone: microphoneSignal(speech: speech))
+        // WATCHDOG_USEC as systemd sets it for WatchdogSec=2.
+        let harness = try DaemonHarness(microphone: microphoneSignal(speech: speech),
+                                        extraEnvironment: ["WATCHDOG_USEC": "2000000"])
 
-        // READY=1 came with a STATUS= line naming the model.
+        // READY=1 came with a STATUS= line naming the model; the watchdog is pinged.
         let ready = try harness.notify.waitFor(["READY=1"])
         XCTAssertTrue(ready.message.contains("STATUS=model tiny.en"), ready.message)
+        try harness.notify.waitFor(["WATCHDOG=1"], after: ready.index, timeout: 10)
 
         // A listen client is subscribed before the microphone starts playing.
         let listener = try ListenCollector(socketPath: harness.controlSocket)
@@ -53,8 +61,14 @@ final class DaemonEndToEndTests: XCTestCase {
         XCTAssertEqual(status.layerBits?.count, 47)
         XCTAssertEqual(Set(status.layerBits?.values ?? [:].values), [32])
 
-        // Wyoming over the Unix socket, and control `transcribe` with the WAV file.
+        // Wyoming over the Unix socket (describe names the model), and control `transcribe` with the WAV file.
         let wyoming = try WyomingTestClient(unixPath: harness.wyomingSocket)
+        try wyoming.send(WyomingEvent(type: "describe"))
+        let info = try wyoming.receive()
+        XCTAssertEqual(info.type, "info")
+        let program = info.data["asr"]?.elements?.first
+        XCTAssertEqual(program?["models"]?.elements?.first?["name"]?.stringValue, "tiny.en")
+        XCTAssertEqual(program?["models"]?.elements?.first?["languages"], ["en"])
         XCTAssertTrue(Fixtures.normalise(try wyoming.transcribe(pcm16: speech)).contains(jfkPhrase))
         let viaControl = try client.transcribe(wav: try Data(contentsOf: URL(fileURLWithPath: jfk)))
         XCTAssertTrue(Fixtures.normalise(viaControl.text).contains(jfkPhrase), viaControl.text)
@@ -135,6 +149,35 @@ final class DaemonEndToEndTests: XCTestCase {
         XCTAssertEqual(status.statisticsSamples, 0)
         let wyoming = try WyomingTestClient(unixPath: harness.wyomingSocket)
         XCTAssertTrue(Fixtures.normalise(try wyoming.transcribe(pcm16: speech)).contains(jfkPhrase))
+        XCTAssertEqual(harness.stop(), 0)
+    }
+
+    /// The Swift runtime and the daemon work under the kernel's memory-deny-write-execute (what the unit's
+    /// MemoryDenyWriteExecute=yes enforces through seccomp): started through a launcher that sets
+    /// PR_SET_MDWE (Linux 6.3+, inherited across execve), the daemon loads, captures and transcribes.
+    func testRunsUnderMemoryDenyWriteExecute() throws {
+        let python = "/usr/bin/python3"
+        guard FileManager.default.isExecutableFile(atPath: python) else { throw XCTSkip("no \(python) for the launcher") }
+        let speech = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
+        let launcher = [python, "-c", """
+            import ctypes, os, sys
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+                sys.exit("MDWE unavailable: errno %d" % ctypes.get_errno())
+            if libc.prctl(66, 0, 0, 0, 0) != 1:  # PR_GET_MDWE
+                sys.exit("MDWE unavailable: not in force")
+            os.execv(sys.argv[1], sys.argv[1:])
+            """]
+        let harness: DaemonHarness
+        do {
+            harness = try DaemonHarness(microphone: microphoneSignal(speech: speech), speed: 4, launcher: launcher)
+        } catch let error as HarnessError where "\(error)".contains("MDWE unavailable") {
+            throw XCTSkip("the kernel has no PR_SET_MDWE: \(error)")
+        }
+        let listener = try ListenCollector(socketPath: harness.controlSocket)
+        try listener.ready()
+        try harness.startMicrophone()
+        _ = try listener.waitFor(phrase: jfkPhrase, timeout: 120)
         XCTAssertEqual(harness.stop(), 0)
     }
 }

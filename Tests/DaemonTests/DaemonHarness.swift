@@ -69,7 +69,8 @@ final class DaemonHarness {
 
     /// Starts the daemon and waits for READY=1. `microphone` is 16 kHz s16le PCM played through the FIFO
     /// (nil: capture disabled).
-    init(microphone: Data?, speed: Double = 2, limits: String = "", logLevel: String = "info") throws {
+    init(microphone: Data?, speed: Double = 2, limits: String = "", logLevel: String = "info",
+         extraEnvironment: [String: String] = [:], launcher: [String] = []) throws {
         signal(SIGPIPE, SIG_IGN)  // the FIFO writer must see EPIPE, not die, if capture closes the FIFO
         modelDirectory = try Fixtures.tinyModel()
         scratch = try ScratchDirectory()
@@ -95,9 +96,11 @@ final class DaemonHarness {
             "NOTIFY_SOCKET": notify.path,
         ]
         if let lang = ProcessInfo.processInfo.environment["LANG"] { environment["LANG"] = lang }
+        environment.merge(extraEnvironment) { _, new in new }
         feeder?.startWriter()
+        let command = launcher + [try Fixtures.binary("myqasrd"), "--config", configPath]
         daemon = try DaemonProcess(
-            binary: try Fixtures.binary("myqasrd"), arguments: ["--config", configPath], environment: environment,
+            binary: command[0], arguments: Array(command.dropFirst()), environment: environment,
             workingDirectory: sandbox, stderrPath: scratch.sub("stderr.log"))
         do {
             try notify.waitFor(["READY=1"], timeout: 120)
