@@ -42,7 +42,7 @@ let package = Package(
         // -O3 in every configuration: these loops are the network's element-wise hot path.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "WhisperEngine", dependencies: ["Audio", "Tokenizer", "CKernels", "COpenBLAS", "CZlib"], swiftSettings: v5),
-        .target(name: "Quantization", dependencies: ["WhisperEngine", "CKernels", "CZlib"], swiftSettings: v5),
+        .target(name: "Quantization", dependencies: ["WhisperEngine", "CKernels", "COpenBLAS", "CZlib"], swiftSettings: v5),
         .target(name: "Evaluation", swiftSettings: v5),
         .target(
             name: "Capture",
@@ -78,6 +78,8 @@ let package = Package(
             ],
             swiftSettings: v5
         ),
+        // Kernel benchmark for the packed low-bit products (not a test): reports GFLOP/s.
+        .executableTarget(name: "quant-bench", dependencies: ["Quantization", "WhisperEngine", "CKernels"], swiftSettings: v5),
         .executableTarget(
             name: "myqasrd",
             dependencies: [
