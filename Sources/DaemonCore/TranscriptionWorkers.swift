@@ -253,12 +253,14 @@ public final class TranscriptionWorkers: @unchecked Sendable {
             return
         }
         observerBox.value?.observe(utterance: utterance, transcript: transcript, model: recognizer.model)
+        // Hook, then wipe, then publish: listeners never see a transcript whose audio still exists.
+        let start = utterance.startTime, end = utterance.endTime, duration = utterance.duration
+        utterance.wipe()
         let took = Self.seconds(since: started)
         let text = transcript.text.trimmingCharacters(in: .whitespacesAndNewlines)
         onLiveResult(LiveResult(
-            transcript: LiveTranscript(text: text, start: utterance.startTime, end: utterance.endTime,
-                                       language: transcript.language),
-            audioSeconds: utterance.duration, processingSeconds: took))
+            transcript: LiveTranscript(text: text, start: start, end: end, language: transcript.language),
+            audioSeconds: duration, processingSeconds: took))
     }
 
     static func seconds(since start: DispatchTime) -> Double {

@@ -1,0 +1,141 @@
+import Capture
+import DaemonCore
+import Foundation
+import Serving
+import WhisperEngine
+import XCTest
+
+/// Records what the utterance hook saw, on the worker thread.
+final class RecordingObserver: UtteranceObserver, @unchecked Sendable {
+    struct Seen {
+        var utterance: ObjectIdentifier
+        var model: ObjectIdentifier
+        var wipedWhenSeen: Bool
+        var peak: Float
+        var text: String
+    }
+
+    let seen = Waiter<Seen>()
+    private let lock = NSLock()
+    private var forgotten = 0
+
+    func observe(utterance: Utterance, transcript: Transcript, model: WhisperModel) {
+        let peak = utterance.withUnsafeSamples { $0.reduce(Float(0)) { max($0, abs($1)) } }
+        seen.append(Seen(utterance: ObjectIdentifier(utterance), model: ObjectIdentifier(model),
+                         wipedWhenSeen: utterance.isWiped, peak: peak, text: transcript.text))
+    }
+
+    var statisticsSamples: Int { seen.all.count }
+
+    func forget() {
+        lock.lock()
+        forgotten += 1
+        lock.unlock()
+    }
+}
+
+/// The worker pool in process with the real tiny.en model.
+final class TranscriptionWorkersTests: XCTestCase {
+    private func speech() throws -> [Float] {
+        let pcm = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
+        return pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
+    }
+
+    /// Each live utterance is offered to the hook once, with its audio intact, then wiped; a model swap while a
+    /// transcription runs does not interrupt it (it finishes on the old model) and the next job uses the new one.
+    func testHookSeesAudioBeforeWipeAndSwapWaitsForRunningJob() throws {
+        _ = try Fixtures.tinyModel()
+        let samples = try speech()
+        let provider = FloatModelProvider()
+        let first = try provider.provide(name: try Fixtures.tinyModel(), budgetBytes: nil)
+        let store = ModelStore(first, budgetBytes: nil)
+        let results = Waiter<LiveResult>()
+        let workers = TranscriptionWorkers(store: store, count: 1, threads: 2, queueDepth: 4, logger: .init(label: "test"),
+                                           onLiveResult: { results.append($0) })
+        defer { workers.shutdown() }
+        let observer = RecordingObserver()
+        workers.utteranceObserver = observer
+
+        let one = Utterance(samples: samples, streamPosition: 16000)
+        workers.submit(live: one)
+        _ = try Waiter<Int>.poll(timeout: 30, what: "the worker to start the first utterance") {
+            workers.load.running == 1 ? 1 : nil
+        }
+        // Swap while the first transcription is running.
+        var second = first
+        second.model = first.model.withWeights(first.model.weights)
+        XCTAssertEqual(store.swap(to: second, budgetBytes: nil), 2)
+        let two = Utterance(samples: samples, streamPosition: 400_000)
+        workers.submit(live: two)
+
+        let seen = try observer.seen.wait(timeout: 180, what: "both utterances observed") { $0.count == 2 ? $0 : nil }
+        XCTAssertEqual(seen.map(\.utterance), [ObjectIdentifier(one), ObjectIdentifier(two)])
+        XCTAssertEqual(seen[0].model, ObjectIdentifier(first.model), "the running job finished on the old model")
+        XCTAssertEqual(seen[1].model, ObjectIdentifier(second.model), "the next job used the new model")
+        for s in seen {
+            XCTAssertFalse(s.wipedWhenSeen)
+            XCTAssertGreaterThan(s.peak, 0.1, "the hook saw the audio")
+            XCTAssertTrue(Fixtures.normalise(s.text).contains(jfkPhrase), s.text)
+        }
+        let live = try results.wait(timeout: 10, what: "two live results") { $0.count == 2 ? $0 : nil }
+        XCTAssertEqual(live[0].transcript.start, 1, accuracy: 1e-9)
+        XCTAssertEqual(live[0].audioSeconds, Double(samples.count) / 16000, accuracy: 1e-6)
+        XCTAssertTrue(one.isWiped && two.isWiped, "utterances are wiped after the hook")
+        XCTAssertEqual(one.withUnsafeSamples { $0.contains { $0 != 0 } }, false)
+    }
+
+    /// Requests beyond the queue depth are refused as busy instead of waiting without bound.
+    func testQueueDepthIsEnforced() async throws {
+        let samples = try speech()
+        let provided = try FloatModelProvider().provide(name: try Fixtures.tinyModel(), budgetBytes: nil)
+        let workers = TranscriptionWorkers(store: ModelStore(provided, budgetBytes: nil), count: 1, threads: 2,
+                                           queueDepth: 1, logger: .init(label: "test"), onLiveResult: { _ in })
+        workers.submit(live: Utterance(samples: samples))
+        _ = try Waiter<Int>.poll(timeout: 30, what: "the worker to be busy") { workers.load.running == 1 ? 1 : nil }
+        let queued = Task { try await workers.transcribe(samples: Array(samples.prefix(32000)), language: "en") }
+        _ = try Waiter<Int>.poll(timeout: 30, what: "one queued request") { workers.load.waiting == 1 ? 1 : nil }
+        do {
+            _ = try await workers.transcribe(samples: samples, language: nil)
+            XCTFail("a request beyond the queue depth must be refused")
+        } catch let error as TranscriptionQueueError {
+            XCTAssertEqual(error, .busy(queueDepth: 1))
+        }
+        let text = try await queued.value.text
+        XCTAssertTrue(Fixtures.normalise(text).contains("fellow"), text)
+        workers.shutdown()
+        do {
+            _ = try await workers.transcribe(samples: samples, language: nil)
+            XCTFail("no requests after shutdown")
+        } catch let error as TranscriptionQueueError {
+            XCTAssertEqual(error, .shuttingDown)
+        }
+    }
+
+    /// The float provider reports whether the float model fits the budget and gives every layer 32 bits.
+    func testFloatProviderReportsBudget() throws {
+        let provider = FloatModelProvider()
+        let path = try Fixtures.tinyModel()
+        let unlimited = try provider.provide(name: path, budgetBytes: nil)
+        XCTAssertTrue(unlimited.budgetMet)
+        XCTAssertEqual(unlimited.weightBytes, unlimited.model.weights.byteSize)
+        XCTAssertEqual(Set(unlimited.layerBits.values), [32])
+        let tight = try provider.provide(name: path, budgetBytes: 24 * 1024 * 1024)
+        XCTAssertFalse(tight.budgetMet)
+        XCTAssertTrue(tight.model === unlimited.model, "a budget change does not re-read the files")
+        let reloaded = try provider.provide(name: path, budgetBytes: nil, reloadFromDisk: true)
+        XCTAssertFalse(reloaded.model === unlimited.model, "reload re-reads the files")
+    }
+}
+
+extension Waiter {
+    /// Polls `condition` until it yields a value (for state that has no event of its own), with a deadline.
+    static func poll<R>(timeout: Double, what: String, _ condition: () -> R?) throws -> R {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let r = condition() { return r }
+            usleep(2000)
+        }
+        if let r = condition() { return r }
+        throw HarnessError("timed out after \(timeout) s waiting for \(what)")
+    }
+}
