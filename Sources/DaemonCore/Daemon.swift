@@ -359,11 +359,22 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             }
         }
         let eventTask = Task.detached { [weak self, logger] in
+            var failuresInARow = 0  // only the first failure of a streak is a warning; retries are debug
             for await event in pipeline.events {
                 let state: CaptureState?
                 switch event {
-                case .opened: state = .capturing; logger.debug("capture \(event)")
-                case .unavailable, .lost: state = .failed; logger.warning("capture \(event)")
+                case .opened:
+                    state = .capturing
+                    failuresInARow = 0
+                    logger.debug("capture \(event)")
+                case .unavailable, .lost:
+                    state = .failed
+                    failuresInARow += 1
+                    if failuresInARow == 1 {
+                        logger.warning("capture \(event); retrying while the sockets keep serving")
+                    } else {
+                        logger.debug("capture \(event)")
+                    }
                 case .retrying: state = nil; logger.debug("capture \(event)")
                 case .overrun: state = nil; logger.notice("capture \(event)")
                 case .stopped: state = nil

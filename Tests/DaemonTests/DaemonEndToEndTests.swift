@@ -180,4 +180,17 @@ final class DaemonEndToEndTests: XCTestCase {
         _ = try listener.waitFor(phrase: jfkPhrase, timeout: 120)
         XCTAssertEqual(harness.stop(), 0)
     }
+
+    /// A microphone that does not exist: capture reports failure and keeps retrying, the sockets keep serving.
+    func testMissingMicrophoneIsRetriedWhileSocketsServe() throws {
+        let wav = try Fixtures.sample("goforward.wav")
+        let harness = try DaemonHarness(
+            microphone: nil, captureSection: "device = \"myqasr_test_no_such_pcm\"\nalsa_config = \"# nothing here\"")
+        _ = try harness.daemon.waitForLog(timeout: 30, what: "the capture retry") { $0.contains("retrying while the sockets keep serving") ? true : nil }
+        let client = try harness.client()
+        XCTAssertEqual(try client.status().captureState, .failed)
+        let result = try client.transcribe(wav: try Data(contentsOf: URL(fileURLWithPath: wav)))
+        XCTAssertTrue(Fixtures.normalise(result.text).contains("forward"), result.text)
+        XCTAssertEqual(harness.stop(), 0)
+    }
 }

@@ -23,7 +23,8 @@ final class DaemonHarness {
 
     /// The configuration file text for these directories; `extra` is appended inside [model].
     static func configText(model: String, runtime: String, state: String, fifo: String?, budget: String = "none",
-                           extraVAD: String = "", limits: String = "", logLevel: String = "info") -> String {
+                           extraVAD: String = "", limits: String = "", logLevel: String = "info",
+                           captureSection: String? = nil) -> String {
         var text = """
             [model]
             name = "\(model)"
@@ -40,7 +41,9 @@ final class DaemonHarness {
             level = "\(logLevel)"
 
             """
-        if let fifo {
+        if let captureSection {
+            text += "\n[capture]\n\(captureSection)\n"
+        } else if let fifo {
             text += """
 
                 [capture]
@@ -70,7 +73,7 @@ final class DaemonHarness {
     /// Starts the daemon and waits for READY=1. `microphone` is 16 kHz s16le PCM played through the FIFO
     /// (nil: capture disabled).
     init(microphone: Data?, speed: Double = 2, limits: String = "", logLevel: String = "info",
-         extraEnvironment: [String: String] = [:], launcher: [String] = []) throws {
+         extraEnvironment: [String: String] = [:], launcher: [String] = [], captureSection: String? = nil) throws {
         signal(SIGPIPE, SIG_IGN)  // the FIFO writer must see EPIPE, not die, if capture closes the FIFO
         modelDirectory = try Fixtures.tinyModel()
         scratch = try ScratchDirectory()
@@ -85,7 +88,7 @@ final class DaemonHarness {
             feeder = nil
         }
         try Self.configText(model: modelDirectory, runtime: runtimeDirectory, state: stateDirectory, fifo: feeder?.path,
-                            limits: limits, logLevel: logLevel)
+                            limits: limits, logLevel: logLevel, captureSection: captureSection)
             .write(toFile: configPath, atomically: true, encoding: .utf8)
         notify = try NotifyListener(path: scratch.sub("notify.sock"))
         var environment: [String: String] = [
