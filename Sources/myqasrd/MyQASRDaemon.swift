@@ -75,11 +75,7 @@ struct MyQASRDaemon: AsyncParsableCommand {
         }
 
         let level = loaded.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap { label in DaemonLogHandler(label: label, level: level) }
         var logger = Logger(label: "myqasrd")
         logger.logLevel = level
         logger.info("starting", metadata: ["config": "\(path ?? "(defaults)")", "pid": "\(getpid())"])
