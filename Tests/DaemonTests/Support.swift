@@ -392,6 +392,22 @@ final class WyomingTestClient {
         }
     }
 
+    init(tcpPort: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(tcpPort).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let r = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if r != 0 {
+            let e = errno
+            Glibc.close(fd)
+            throw HarnessError("connect(127.0.0.1:\(tcpPort)): \(String(cString: strerror(e)))")
+        }
+    }
+
     deinit { if fd >= 0 { Glibc.close(fd) } }
 
     func send(_ event: WyomingEvent) throws {
