@@ -74,6 +74,7 @@ let package = Package(
             dependencies: [
                 "WhisperEngine", "Audio", "Capture", "Serving", "SystemdSupport",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
