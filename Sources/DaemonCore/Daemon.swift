@@ -5,6 +5,8 @@ import Foundation
 import Glibc
 #endif
 import Logging
+import NIOCore
+import NIOPosix
 import Serving
 import SystemdSupport
 import WhisperEngine
@@ -157,7 +159,17 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         }
 
         _ = try? SystemdNotifier.ready(status: statusLine())
-        if let pinger = try? WatchdogPinger.fromEnvironment() {
+        if let interval = try? SystemdNotifier.watchdogInterval() {
+            // Ping only while the socket servers' event loops answer: if they are wedged the daemon serves
+            // nobody, and a missed ping lets systemd restart it.
+            let pinger = WatchdogPinger(watchdogInterval: interval, ping: { [weak self, logger] in
+                guard let self else { return }
+                if self.eventLoopsRespond(within: .seconds(2)) {
+                    _ = try? SystemdNotifier.watchdog()
+                } else {
+                    logger.error("watchdog: the socket event loops do not respond; withholding WATCHDOG=1")
+                }
+            })
             pinger.start()
             locked { watchdog = pinger }
             logger.info("watchdog pings every \(pinger.pingInterval)")
@@ -166,6 +178,16 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             "control": "\(locked { ownSocketPaths }.first ?? "activated")",
             "capture": "\(config.captureEnabled ? config.captureDevice : "off")",
         ])
+    }
+
+    /// Whether every event loop of the socket servers runs a task within `timeout`.
+    func eventLoopsRespond(within timeout: DispatchTimeInterval) -> Bool {
+        let group = DispatchGroup()
+        for loop in MultiThreadedEventLoopGroup.singleton.makeIterator() {
+            group.enter()
+            loop.execute { group.leave() }
+        }
+        return group.wait(timeout: .now() + timeout) == .success
     }
 
     /// Stops capture, ends `listen` streams, lets requests in progress finish, stops the workers.
