@@ -72,7 +72,7 @@ let package = Package(
         .target(
             name: "DaemonCore",
             dependencies: [
-                "WhisperEngine", "Audio", "Capture", "Serving", "SystemdSupport",
+                "WhisperEngine", "Quantization", "Audio", "Capture", "Serving", "SystemdSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -101,6 +101,7 @@ let package = Package(
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], swiftSettings: v5),
         .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine"], swiftSettings: v5),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization"], swiftSettings: v5),
+        .testTarget(name: "CLITests", dependencies: ["myqasr"], swiftSettings: v5),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
         .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),
         .testTarget(name: "ServingTests", dependencies: ["Serving", "SystemdSupport"], swiftSettings: v5),

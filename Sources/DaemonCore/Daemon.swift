@@ -17,6 +17,8 @@ public enum DaemonError: Error, CustomStringConvertible {
     case directory(path: String, purpose: String, reason: String)
     /// The model could not be loaded.
     case model(name: String, reason: String)
+    /// The configured memory budget cannot be met by any precision (a configuration error).
+    case budget(reason: String)
     /// A socket could not be set up.
     case sockets(reason: String)
     /// The capture settings are inconsistent.
@@ -27,6 +29,7 @@ public enum DaemonError: Error, CustomStringConvertible {
         switch self {
         case let .directory(path, purpose, reason): return "\(purpose) \(path): \(reason)"
         case let .model(name, reason): return "cannot load model \"\(name)\": \(reason)"
+        case let .budget(reason): return "model.memory_budget: \(reason)"
         case let .sockets(reason): return "cannot listen: \(reason)"
         case let .capture(reason): return "cannot set up capture: \(reason)"
         }
@@ -91,7 +94,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
 
     /// Creates a daemon with a loaded configuration; nothing runs until `start()`.
     /// - Parameters:
-    ///   - modelProvider: budget -> model; defaults to the float-only provider.
+    ///   - modelProvider: budget -> model; defaults to `BudgetModelProvider` (float, else uniform bits that fit).
     ///   - utteranceObserver: sees each live utterance before it is wiped (statistics).
     public init(
         configuration: DaemonConfiguration, source: ConfigurationSource, logger: Logger,
@@ -101,7 +104,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         self.configuration = configuration
         self.source = source
         self.logger = logger
-        self.modelProvider = modelProvider ?? FloatModelProvider().asModelProvider
+        self.modelProvider = modelProvider ?? BudgetModelProvider().asModelProvider
         self.observer = utteranceObserver
         self.environment = environment
         budgetBytes = configuration.memoryBudget
@@ -135,11 +138,14 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             provided = try await serially { [modelProvider] in
                 try modelProvider(ModelRequest(name: config.model, budgetBytes: config.memoryBudget, reloadFromDisk: false))
             }
+        } catch let error as ModelProviderError {
+            throw DaemonError.budget(reason: "\(error)")
         } catch {
             throw DaemonError.model(name: config.model, reason: "\(error)")
         }
         logger.info("model loaded", metadata: [
             "model": "\(provided.model.name)", "weights": "\(ByteSize.format(provided.weightBytes))",
+            "precision": "\(Self.precision(provided.layerBits))",
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: loadStart)))",
         ])
         reportBudget(provided, budget: config.memoryBudget)
@@ -462,7 +468,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     private func statusLine() -> String {
         let (entry, count, budget) = locked { (store?.current, utterancesSeen, budgetBytes) }
         guard let entry else { return "starting" }
-        var line = "model \(entry.provided.model.name), weights \(ByteSize.format(entry.provided.weightBytes))"
+        var line = "model \(entry.provided.model.name), \(Self.precision(entry.provided.layerBits)), "
+            + "weights \(ByteSize.format(entry.provided.weightBytes))"
         if let budget {
             line += entry.provided.budgetMet ? " (budget \(ByteSize.format(budget)))" : " (over budget \(ByteSize.format(budget)))"
         }
@@ -471,14 +478,24 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
 
     private func reportBudget(_ provided: ProvidedModel, budget: Int?) {
         guard let budget else { return }
+        let metadata: Logger.Metadata = [
+            "weights": "\(ByteSize.format(provided.weightBytes))", "budget": "\(ByteSize.format(budget))",
+            "precision": "\(Self.precision(provided.layerBits))",
+        ]
         if provided.budgetMet {
-            logger.info("memory budget met", metadata: [
-                "weights": "\(ByteSize.format(provided.weightBytes))", "budget": "\(ByteSize.format(budget))",
-            ])
+            logger.info("memory budget met", metadata: metadata)
         } else {
-            logger.warning("memory budget not met: the float model is larger and quantization is not available yet",
-                           metadata: ["weights": "\(ByteSize.format(provided.weightBytes))", "budget": "\(ByteSize.format(budget))"])
+            logger.warning("memory budget not met by the model the provider chose", metadata: metadata)
         }
+    }
+
+    /// "float", "4-bit", or "mixed 3-4-bit": the widths of the linear layers in a few characters.
+    static func precision(_ layerBits: [String: Int]) -> String {
+        let widths = Set(layerBits.values)
+        guard let low = widths.min(), let high = widths.max() else { return "no layers" }
+        func name(_ bits: Int) -> String { bits == 32 ? "float" : "\(bits)-bit" }
+        if low == high { return name(low) }
+        return "mixed \(low)-\(high)-bit"
     }
 
     // MARK: - TranscriptionBackend
@@ -516,8 +533,10 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             statisticsSamples: observer?.statisticsSamples ?? 0, lastRequantization: changed, captureState: state)
     }
 
-    /// Applies a new memory budget: the provider chooses the model that fits (for now: the float model, reported
-    /// as over budget when it does not fit). Lasts until the next reload or restart.
+    /// Applies a new memory budget: the provider chooses the model that fits (float, else the highest uniform width
+    /// that fits), prepared off the serving path and swapped in when ready. A budget no precision can meet is
+    /// refused as `impossible_budget` with the smallest reachable size; the model in service stays. Lasts until the
+    /// next reload or restart.
     public func setBudget(bytes: Int) async throws {
         guard bytes >= 1024 * 1024 else {
             throw ControlError(code: "impossible_budget", message: "a budget below 1 MiB cannot hold any model")
@@ -586,6 +605,18 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             provided = try await serially { [modelProvider] in
                 try modelProvider(ModelRequest(name: modelName, budgetBytes: budget, reloadFromDisk: reloadFromDisk))
             }
+        } catch let error as ModelProviderError {
+            if reason == "reload" {
+                logger.error("configuration rejected; keeping the one in force: model.memory_budget: \(error)")
+            } else {
+                logger.error("budget refused; keeping the model in service: \(error)")
+            }
+            let code: String
+            switch error {
+            case .impossibleBudget: code = "impossible_budget"
+            case .sizeMismatch: code = "model_unavailable"
+            }
+            throw ControlError(code: code, message: "\(error)")
         } catch {
             logger.error("model change refused; keeping the model in service: \(error)")
             throw ControlError(code: "model_unavailable", message: "cannot load model \"\(modelName)\": \(error)")
@@ -597,7 +628,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         }
         logger.info("model in service", metadata: [
             "reason": "\(reason)", "model": "\(provided.model.name)", "generation": "\(generation)",
-            "weights": "\(ByteSize.format(provided.weightBytes))",
+            "weights": "\(ByteSize.format(provided.weightBytes))", "precision": "\(Self.precision(provided.layerBits))",
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
         ])
         reportBudget(provided, budget: budget)

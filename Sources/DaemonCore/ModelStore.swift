@@ -39,46 +39,10 @@ public struct ModelRequest: Sendable, Equatable {
 }
 
 /// The one seam between the daemon and model precision: given a model name and a memory budget, returns the
-/// model to serve. The personalised quantizer replaces this in a later issue ("reload the model at the
-/// precision that fits"). Called off the event loops, one call at a time.
+/// model to serve, or throws (`ModelProviderError.impossibleBudget` when no precision fits). The daemon's
+/// default is `BudgetModelProvider` (float, else the highest uniform width that fits); the personalised
+/// allocation replaces its choice later. Called off the event loops and the workers, one call at a time.
 public typealias ModelProvider = @Sendable (ModelRequest) throws -> ProvidedModel
-
-/// The float-only provider: loads the model (once per name), serves it in float, and reports whether it fits.
-public final class FloatModelProvider: @unchecked Sendable {
-    private let lock = NSLock()
-    private var cache: (name: String, model: WhisperModel)?
-
-    /// Creates a provider with an empty cache.
-    public init() {}
-
-    /// Loads `name` (re-reading from disk when `reloadFromDisk` or when the name changed) and checks the budget.
-    public func provide(name: String, budgetBytes: Int?, reloadFromDisk: Bool = false) throws -> ProvidedModel {
-        let model: WhisperModel
-        lock.lock()
-        let cached = cache
-        lock.unlock()
-        if let cached, cached.name == name, !reloadFromDisk {
-            model = cached.model
-        } else {
-            model = try WhisperModel.load(name)
-            lock.lock()
-            cache = (name, model)
-            lock.unlock()
-        }
-        let bytes = model.weights.byteSize
-        var bits: [String: Int] = [:]
-        for layer in model.weights.linearLayers { bits[layer.name] = 32 }
-        return ProvidedModel(model: model, layerBits: bits, weightBytes: bytes,
-                             budgetMet: budgetBytes.map { bytes <= $0 } ?? true)
-    }
-
-    /// This provider as a `ModelProvider`.
-    public var asModelProvider: ModelProvider {
-        { [self] request in
-            try self.provide(name: request.name, budgetBytes: request.budgetBytes, reloadFromDisk: request.reloadFromDisk)
-        }
-    }
-}
 
 /// The model in service, swapped atomically. Workers read it at the start of each job, so a swap never
 /// interrupts a transcription: the running one finishes on the old model and the next uses the new one.

@@ -123,9 +123,10 @@ extension MyQASRControl {
                 let client = try connection.connect()
                 try client.setBudget(bytes: SizeParser.parse(size)!)
                 let status = try client.status()
-                print("budget set to \(StatusFormatter.bytes(status.budgetBytes ?? 0))")
+                print("budget set to \(StatusFormatter.bytes(status.budgetBytes ?? 0)): \(status.modelName) now takes "
+                    + "\(StatusFormatter.bytes(status.memoryBytes)) at \(StatusFormatter.precision(status.layerBits ?? [:]))")
                 if let budget = status.budgetBytes, status.memoryBytes > budget {
-                    print("note: the model in service takes \(StatusFormatter.bytes(status.memoryBytes)); the budget is not met yet")
+                    print("note: the model in service takes \(StatusFormatter.bytes(status.memoryBytes)); the budget is not met")
                 }
             }
         }
@@ -294,6 +295,14 @@ enum StatusFormatter {
         }
     }
 
+    /// "float", "4-bit" or "mixed 3-4-bit": the widths of the layers in a few characters.
+    static func precision(_ bits: [String: Int]) -> String {
+        let widths = Set(bits.values)
+        guard let low = widths.min(), let high = widths.max() else { return "unknown precision" }
+        func name(_ b: Int) -> String { b == 32 ? "float" : "\(b)-bit" }
+        return low == high ? name(low) : "mixed \(low)-\(high)-bit"
+    }
+
     /// "layer_10" after "layer_9".
     static func naturalLess(_ a: String, _ b: String) -> Bool {
         a.compare(b, options: .numeric) == .orderedAscending
@@ -305,7 +314,7 @@ enum StatusFormatter {
         var memory = "memory:      \(bytes(status.memoryBytes))"
         if let budget = status.budgetBytes {
             memory += " of \(bytes(budget)) budget"
-            if status.memoryBytes > budget { memory += " (NOT MET: the float model is larger than the budget)" }
+            memory += status.memoryBytes > budget ? " (NOT MET)" : " (met)"
         } else {
             memory += " (no budget)"
         }

@@ -86,6 +86,7 @@ struct MyQASRDaemon: AsyncParsableCommand {
         } catch {
             logger.critical("cannot start: \(error)")
             await daemon.shutdown()
+            if case DaemonError.budget = error { throw ExitCode(78) }  // EX_CONFIG: a restart would not help
             throw ExitCode(1)
         }
         signals.setReloadHandler { [logger] in

@@ -42,10 +42,17 @@ final class ControlCommandTests: XCTestCase {
 
         (status, out, err) = try runTool(ctl, ["budget", "24MiB"] + socketArgs)
         XCTAssertEqual(status, 0, err)
-        XCTAssertTrue(out.contains("budget set to 24.0 MiB"), out)
-        XCTAssertTrue(out.contains("the budget is not met yet"), out)
+        XCTAssertTrue(out.contains("budget set to 24.0 MiB: tiny.en now takes 22.9 MiB at 4-bit"), out)
+        XCTAssertFalse(out.contains("not met"), out)
         (status, out, _) = try runTool(ctl, ["status"] + socketArgs)
-        XCTAssertTrue(out.contains("144.1 MiB of 24.0 MiB budget (NOT MET"), out)
+        XCTAssertTrue(out.contains("22.9 MiB of 24.0 MiB budget (met)"), out)
+        XCTAssertTrue(out.contains("47 layers, 47 at 4-bit"), out)
+        XCTAssertTrue(out.contains("encoder 0  4444"), out)
+
+        (status, _, err) = try runTool(ctl, ["budget", "2MiB"] + socketArgs)
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("smallest reachable size of tiny.en"), err)
+        XCTAssertTrue(err.contains("impossible_budget"), err)
 
         (status, out, err) = try runTool(ctl, ["status", "--json"] + socketArgs)
         XCTAssertEqual(status, 0, err)

@@ -21,6 +21,12 @@ func microphoneSignal(speech: Data, leadSeconds: Double = 1, tailSeconds: Double
 
 let jfkPhrase = "ask not what your country can do for you"
 
+/// The code of an error answer from the daemon, if `error` is one.
+func daemonErrorCode(_ error: Error) -> String? {
+    if case let .daemon(code, _)? = error as? ControlClientError { return code }
+    return nil
+}
+
 extension JSONValue {
     /// The elements, if this is an array.
     var elements: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
@@ -83,11 +89,23 @@ final class DaemonEndToEndTests: XCTestCase {
         harness.daemon.signal(SIGHUP)
         let reloading = try harness.notify.waitFor(["RELOADING=1"], after: before)
         XCTAssertNotNil(reloading.message.range(of: #"MONOTONIC_USEC=\d+"#, options: .regularExpression), reloading.message)
-        try harness.notify.waitFor(["READY=1"], after: reloading.index + 1)
+        let reloaded = try harness.notify.waitFor(["READY=1"], after: reloading.index + 1)
+        XCTAssertTrue(reloaded.message.contains("4-bit"), "STATUS= names the precision: \(reloaded.message)")
         status = try client.status()
         XCTAssertEqual(status.budgetBytes, 24 * 1024 * 1024)
-        XCTAssertGreaterThan(status.memoryBytes, status.budgetBytes!, "the float model cannot fit 24 MiB: reported unmet")
+        XCTAssertLessThanOrEqual(status.memoryBytes, status.budgetBytes!, "the budget is met")
+        XCTAssertEqual(status.layerBits?.count, 47)
+        XCTAssertEqual(Set(status.layerBits?.values ?? [:].values), [4], "the highest uniform width under 24 MiB")
         XCTAssertNotNil(status.lastRequantization)
+        let afterSwap = try client.transcribe(wav: try Data(contentsOf: URL(fileURLWithPath: jfk)))
+        XCTAssertTrue(Fixtures.normalise(afterSwap.text).contains(jfkPhrase), afterSwap.text)
+
+        // A budget no precision meets is refused with the smallest reachable size; the model in service stays.
+        XCTAssertThrowsError(try client.setBudget(bytes: 2 * 1024 * 1024)) { error in
+            XCTAssertEqual(daemonErrorCode(error), "impossible_budget", "\(error)")
+            XCTAssertTrue("\(error)".contains("smallest reachable size"), "\(error)")
+        }
+        XCTAssertEqual(try client.status().budgetBytes, 24 * 1024 * 1024)
 
         // A bad file is rejected with key and reason; the old configuration stays and serving continues.
         let beforeBad = harness.notify.messages.all.count
@@ -118,11 +136,25 @@ final class DaemonEndToEndTests: XCTestCase {
         _ = try harness.daemon.waitForLog(timeout: 10, what: "the rejected key") { $0.contains("key vad.start_db") ? true : nil }
         XCTAssertEqual(try client.status().budgetBytes, 24 * 1024 * 1024)
 
+        // A file with an impossible budget is rejected like any invalid file; the configuration in force stays.
+        try DaemonHarness.configText(
+            model: harness.modelDirectory, runtime: harness.runtimeDirectory, state: harness.stateDirectory,
+            fifo: harness.feeder?.path, budget: "2MiB"
+        ).write(toFile: harness.configPath, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try client.reload()) { error in
+            XCTAssertEqual(daemonErrorCode(error), "impossible_budget", "\(error)")
+            XCTAssertTrue("\(error)".contains("every layer at 2 bits"), "\(error)")
+        }
+        status = try client.status()
+        XCTAssertEqual(status.budgetBytes, 24 * 1024 * 1024)
+        XCTAssertEqual(Set(status.layerBits?.values ?? [:].values), [4])
+
         // The control budget command applies at once.
         try client.setBudget(bytes: 512 * 1024 * 1024)
         status = try client.status()
         XCTAssertEqual(status.budgetBytes, 512 * 1024 * 1024)
         XCTAssertLessThanOrEqual(status.memoryBytes, status.budgetBytes!)
+        XCTAssertEqual(Set(status.layerBits?.values ?? [:].values), [32], "the float model fits 512 MiB")
 
         // SIGTERM: STOPPING=1, listen streams end, clean exit, sockets removed.
         let beforeStop = harness.notify.messages.all.count

@@ -46,8 +46,8 @@ final class TranscriptionWorkersTests: XCTestCase {
     func testHookSeesAudioBeforeWipeAndSwapWaitsForRunningJob() throws {
         _ = try Fixtures.tinyModel()
         let samples = try speech()
-        let provider = FloatModelProvider()
-        let first = try provider.provide(name: try Fixtures.tinyModel(), budgetBytes: nil)
+        let provider = BudgetModelProvider()
+        let first = try provider.provide(ModelRequest(name: try Fixtures.tinyModel(), budgetBytes: nil, reloadFromDisk: false))
         let store = ModelStore(first, budgetBytes: nil)
         let results = Waiter<LiveResult>()
         let workers = TranscriptionWorkers(store: store, count: 1, threads: 2, queueDepth: 4, logger: .init(label: "test"),
@@ -87,7 +87,8 @@ final class TranscriptionWorkersTests: XCTestCase {
     /// Requests beyond the queue depth are refused as busy instead of waiting without bound.
     func testQueueDepthIsEnforced() async throws {
         let samples = try speech()
-        let provided = try FloatModelProvider().provide(name: try Fixtures.tinyModel(), budgetBytes: nil)
+        let provided = try BudgetModelProvider().provide(
+            ModelRequest(name: try Fixtures.tinyModel(), budgetBytes: nil, reloadFromDisk: false))
         let workers = TranscriptionWorkers(store: ModelStore(provided, budgetBytes: nil), count: 1, threads: 2,
                                            queueDepth: 1, logger: .init(label: "test"), onLiveResult: { _ in })
         workers.submit(live: Utterance(samples: samples))
@@ -109,21 +110,6 @@ final class TranscriptionWorkersTests: XCTestCase {
         } catch let error as TranscriptionQueueError {
             XCTAssertEqual(error, .shuttingDown)
         }
-    }
-
-    /// The float provider reports whether the float model fits the budget and gives every layer 32 bits.
-    func testFloatProviderReportsBudget() throws {
-        let provider = FloatModelProvider()
-        let path = try Fixtures.tinyModel()
-        let unlimited = try provider.provide(name: path, budgetBytes: nil)
-        XCTAssertTrue(unlimited.budgetMet)
-        XCTAssertEqual(unlimited.weightBytes, unlimited.model.weights.byteSize)
-        XCTAssertEqual(Set(unlimited.layerBits.values), [32])
-        let tight = try provider.provide(name: path, budgetBytes: 24 * 1024 * 1024)
-        XCTAssertFalse(tight.budgetMet)
-        XCTAssertTrue(tight.model === unlimited.model, "a budget change does not re-read the files")
-        let reloaded = try provider.provide(name: path, budgetBytes: nil, reloadFromDisk: true)
-        XCTAssertFalse(reloaded.model === unlimited.model, "reload re-reads the files")
     }
 }
 

@@ -1,0 +1,92 @@
+import DaemonCore
+import Foundation
+import WhisperEngine
+import XCTest
+
+/// The daemon's provider: float when it fits, else the highest uniform width that fits, else a refusal that
+/// names the smallest reachable size.
+final class BudgetModelProviderTests: XCTestCase {
+    private let mib = 1024 * 1024
+
+    /// The choice alone, on made-up sizes: the boundaries are inclusive and 7 bits is never chosen.
+    func testPlanTakesTheHighestWidthThatFits() throws {
+        let footprint = ModelFootprint(floatBytes: 100, uniformBytes: [8: 40, 6: 31, 5: 27, 4: 23, 3: 18, 2: 14])
+        func plan(_ budget: Int?) throws -> PrecisionPlan {
+            try BudgetModelProvider.plan(model: "m", budget: budget, footprint: footprint)
+        }
+        XCTAssertEqual(try plan(nil), .float)
+        XCTAssertEqual(try plan(100), .float)
+        XCTAssertEqual(try plan(99), .uniform(bits: 8))
+        XCTAssertEqual(try plan(40), .uniform(bits: 8))
+        XCTAssertEqual(try plan(39), .uniform(bits: 6))
+        XCTAssertEqual(try plan(27), .uniform(bits: 5))
+        XCTAssertEqual(try plan(26), .uniform(bits: 4))
+        XCTAssertEqual(try plan(18), .uniform(bits: 3))
+        XCTAssertEqual(try plan(14), .uniform(bits: 2))
+        XCTAssertThrowsError(try plan(13)) { error in
+            XCTAssertEqual(error as? ModelProviderError,
+                           .impossibleBudget(model: "m", budget: 13, smallest: 14, lowestBits: 2))
+            XCTAssertTrue("\(error)".contains("smallest reachable size of m, with every layer at 2 bits, is 14 B"), "\(error)")
+        }
+    }
+
+    /// tiny.en: no budget serves float; 24 MiB serves every layer at 4 bits within the budget and still
+    /// recognises JFK; a budget at exactly the 5-bit size gets 5 bits; a change that keeps the width reuses the
+    /// model; a budget below the 2-bit size is refused with that size.
+    func testTinyModelAtBudgets() async throws {
+        let path = try Fixtures.tinyModel()
+        let provider = BudgetModelProvider()
+        func provide(_ budget: Int?, reload: Bool = false) throws -> ProvidedModel {
+            try provider.provide(ModelRequest(name: path, budgetBytes: budget, reloadFromDisk: reload))
+        }
+
+        let float = try provide(nil)
+        XCTAssertTrue(float.budgetMet)
+        XCTAssertEqual(float.layerBits.count, 47)
+        XCTAssertEqual(Set(float.layerBits.values), [32])
+        XCTAssertEqual(float.weightBytes, float.model.weights.byteSize)
+        let footprint = try ModelFootprint(floatWeights: float.model.weights, widths: BudgetModelProvider.uniformWidths,
+                                           groupSize: 32)
+        XCTAssertEqual(footprint.floatBytes, float.weightBytes)
+        XCTAssertTrue(try provide(float.weightBytes).model === float.model, "float fits: the same model, no copy")
+
+        let started = Date()
+        let four = try provide(24 * mib)
+        let took = Date().timeIntervalSince(started)
+        XCTAssertTrue(four.budgetMet)
+        XCTAssertEqual(four.layerBits.count, 47)
+        XCTAssertEqual(Set(four.layerBits.values), [4])
+        XCTAssertEqual(four.weightBytes, four.model.weights.byteSize, "scales included: the resident bytes")
+        XCTAssertEqual(four.weightBytes, footprint.uniformBytes[4])
+        XCTAssertLessThanOrEqual(four.weightBytes, 24 * mib)
+        XCTAssertGreaterThan(footprint.uniformBytes[5]!, 24 * mib, "5 bits would not have fitted")
+        let sizes = footprint.uniformBytes.sorted { $0.key > $1.key }.map { "\($0.key) bits \($0.value) B" }
+        print("tiny.en float \(float.weightBytes) B, \(sizes.joined(separator: ", ")); 4-bit quantized in \(String(format: "%.2f", took)) s")
+
+        XCTAssertTrue(try provide(23 * mib).model === four.model, "the same width: no requantization")
+
+        let five = try provide(footprint.uniformBytes[5]!)
+        XCTAssertEqual(Set(five.layerBits.values), [5])
+        XCTAssertEqual(five.weightBytes, footprint.uniformBytes[5])
+        XCTAssertEqual(Set(try provide(footprint.uniformBytes[5]! - 1).layerBits.values), [4])
+
+        let smallest = footprint.uniformBytes[2]!
+        XCTAssertEqual(Set(try provide(smallest).layerBits.values), [2])
+        for reload in [false, true] {
+            XCTAssertThrowsError(try provide(smallest - 1, reload: reload)) { error in
+                XCTAssertEqual(error as? ModelProviderError,
+                               .impossibleBudget(model: "tiny.en", budget: smallest - 1, smallest: smallest, lowestBits: 2))
+                XCTAssertTrue("\(error)".contains("\(smallest) bytes"), "\(error)")
+            }
+        }
+
+        // The 4-bit model transcribes.
+        let workers = TranscriptionWorkers(store: ModelStore(four, budgetBytes: 24 * mib), count: 1, threads: 2,
+                                           queueDepth: 2, logger: .init(label: "test"), onLiveResult: { _ in })
+        defer { workers.shutdown() }
+        let pcm = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
+        let samples = pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
+        let text = try await workers.transcribe(samples: samples, language: "en").text
+        XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
+    }
+}
