@@ -5,29 +5,6 @@ import Foundation
 import Quantization
 import WhisperEngine
 
-/// Loads `tiny.en`, `base`, a model directory, or a `.myq` quantized model (whose vocabulary
-/// and configuration come from its source model, which must be installed and match).
-func loadAnyModel(_ nameOrPath: String) throws -> WhisperModel {
-    guard nameOrPath.hasSuffix("." + QuantizedModelFile.fileExtension) else {
-        do { return try WhisperModel.load(nameOrPath) } catch { throw CLIError("\(error)") }
-    }
-    do {
-        let (weights, metadata) = try QuantizedModelFile.load(path: nameOrPath)
-        let source = try WhisperModel.load(metadata.sourceModelName)
-        let identity = ModelIdentity.of(source)
-        guard identity == metadata.sourceModelDigest else {
-            throw CLIError("\(nameOrPath) was made from \(metadata.sourceModelDigest), but the installed "
-                + "\(metadata.sourceModelName) is \(identity)")
-        }
-        let name = URL(fileURLWithPath: nameOrPath).lastPathComponent
-        return WhisperModel(name: name, weights: weights, config: source.config, tokenizer: source.tokenizer)
-    } catch let e as CLIError {
-        throw e
-    } catch {
-        throw CLIError("\(error)")
-    }
-}
-
 /// `myqasr eval`: word error rate of a model (or of transcripts made elsewhere) on a corpus manifest.
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -101,8 +101,7 @@ struct Quantize: ParsableCommand {
 
     func run() throws {
         let start = Date()
-        let whisper: WhisperModel
-        do { whisper = try WhisperModel.load(model) } catch { throw CLIError("\(error)") }
+        let whisper = try loadFullPrecisionModel(model, for: "quantization and its calibration")
         var statistics: ActivationStatistics?
         var reservoir: ActivationReservoir?
         if let stats {

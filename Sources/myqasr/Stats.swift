@@ -66,11 +66,7 @@ struct Stats: ParsableCommand {
     }
 
     func run() throws {
-        let whisper: WhisperModel
-        do { whisper = try WhisperModel.load(model) } catch { throw CLIError("\(error)") }
-        guard whisper.weights.linearLayers.allSatisfy({ $0.weight is FloatMatrix }) else {
-            throw CLIError("statistics need the full-precision model; \(model) is quantized")
-        }
+        let whisper = try loadFullPrecisionModel(model, for: "statistics")
         let statistics = ActivationStatistics(modelIdentity: ModelIdentity.of(whisper))
         let start = Date()
         try runCalibrationAudio(model: whisper, files: files, threads: threads, beamSize: beamSize,

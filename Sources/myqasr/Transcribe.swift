@@ -16,6 +16,7 @@ struct Transcribe: ParsableCommand {
               myqasr transcribe speech.wav
               myqasr transcribe --model base --language fr interview.wav
               myqasr transcribe --format json --beam-size 1 a.wav b.wav
+              myqasr transcribe --model me.myq speech.wav
             """
     )
 
@@ -24,7 +25,7 @@ struct Transcribe: ParsableCommand {
         case text, json
     }
 
-    @Option(name: .shortAndLong, help: "Model: tiny.en, base, or a CTranslate2 model directory.")
+    @Option(name: .shortAndLong, help: "Model: tiny.en, base, a CTranslate2 model directory, or a .myq file.")
     var model = "tiny.en"
 
     @Option(help: "Beam width; 1 decodes greedily.")
@@ -56,12 +57,7 @@ struct Transcribe: ParsableCommand {
 
     func run() throws {
         let loadStart = Date()
-        let whisper: WhisperModel
-        do {
-            whisper = try WhisperModel.load(model)
-        } catch {
-            throw CLIError("\(error)")
-        }
+        let whisper = try loadAnyModel(model)
         let recognizer = try SpeechRecognizer(model: whisper, threads: threads)
         let loadSeconds = Date().timeIntervalSince(loadStart)
 
