@@ -277,7 +277,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         do { groupID = try config.socketGroupID() } catch { throw DaemonError.sockets(reason: "\(error)") }
         let connection = ConnectionOptions(
             maxConnections: config.maxConnections, idleTimeout: .milliseconds(Int64(config.idleTimeout * 1000)),
-            socketMode: config.socketMode, peerPolicy: PeerPolicy(allowedGroup: groupID))
+            socketMode: config.socketMode, socketGroup: groupID, peerPolicy: PeerPolicy(allowedGroup: groupID))
         let resampler: Serving.Resampler = { samples, rate in
             (try? Audio.Resampler.resample(samples, from: rate, to: 16000)) ?? AudioConversion.resampleTo16k(samples, rate: rate)
         }
@@ -304,11 +304,6 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         } catch {
             await control.shutdown()
             throw DaemonError.sockets(reason: "Wyoming socket: \(error)")
-        }
-        if let groupID {
-            for path in ownPaths where chown(path, uid_t.max, gid_t(groupID)) != 0 {
-                logger.warning("cannot give socket \(path) to group \(groupID): \(String(cString: strerror(errno)))")
-            }
         }
         locked {
             controlServer = control

@@ -60,6 +60,9 @@ public struct ConnectionOptions: Sendable {
     public var maxQueuedOutboundBytes: Int
     /// Mode of Unix socket files, set after bind.
     public var socketMode: UInt32
+    /// Group given to Unix socket files after bind (before their mode is set), so its members can connect;
+    /// nil keeps the group the file was created with. Not applied to sockets passed by systemd.
+    public var socketGroup: UInt32?
     /// Who may connect over Unix sockets.
     public var peerPolicy: PeerPolicy
     /// How long `shutdown()` lets requests in progress finish before closing their connections.
@@ -68,12 +71,14 @@ public struct ConnectionOptions: Sendable {
     /// Creates options.
     public init(
         maxConnections: Int = 64, idleTimeout: TimeAmount? = .seconds(300), maxQueuedOutboundBytes: Int = 256 * 1024,
-        socketMode: UInt32 = 0o660, peerPolicy: PeerPolicy = .ownerOnly, shutdownGracePeriod: TimeAmount = .seconds(5)
+        socketMode: UInt32 = 0o660, socketGroup: UInt32? = nil, peerPolicy: PeerPolicy = .ownerOnly,
+        shutdownGracePeriod: TimeAmount = .seconds(5)
     ) {
         self.maxConnections = maxConnections
         self.idleTimeout = idleTimeout
         self.maxQueuedOutboundBytes = maxQueuedOutboundBytes
         self.socketMode = socketMode
+        self.socketGroup = socketGroup
         self.peerPolicy = peerPolicy
         self.shutdownGracePeriod = shutdownGracePeriod
     }
@@ -160,6 +165,11 @@ final class SocketServerCore: @unchecked Sendable {
             try Self.prepareSocketPath(path)
             let channel = try await bootstrap().bind(unixDomainSocketPath: path).get()
             state.withLockedValue { $0.boundPaths.append(path) }
+            if let group = options.socketGroup, chown(path, uid_t.max, gid_t(group)) != 0 {
+                let e = errno
+                try? await channel.close()
+                throw ServingError.system(call: "chown(\(path), group \(group))", errno: e)
+            }
             if chmod(path, mode_t(options.socketMode)) != 0 {
                 let e = errno
                 try? await channel.close()

@@ -256,6 +256,54 @@ final class ControlServerTests: XCTestCase {
         XCTAssertEqual(me.pid, getpid())
     }
 
+    /// `socketGroup` gives the socket file to that group (next to its mode); without it the file keeps the
+    /// creating process's group; a group this process may not give is a start-up error naming chown.
+    func testSocketGroupIsAppliedAfterBind() async throws {
+        func fileGroup() throws -> gid_t {
+            var st = stat()
+            guard stat(socketPath, &st) == 0 else { throw ServingError.system(call: "stat(\(socketPath))", errno: errno) }
+            XCTAssertEqual(st.st_mode & 0o777, 0o660)
+            return st.st_gid
+        }
+        var count = getgroups(0, nil)
+        var supplementary = [gid_t](repeating: 0, count: Int(max(count, 0)))
+        count = getgroups(count, &supplementary)
+        // A group other than the one the file gets by default: root may use any; others one of their own.
+        let target: gid_t
+        if geteuid() == 0 {
+            target = getegid() == 65534 ? 65533 : 65534
+        } else if let other = supplementary.prefix(Int(max(count, 0))).first(where: { $0 != getegid() }) {
+            target = other
+        } else {
+            throw XCTSkip("this process belongs to one group only: no other group to give the socket")
+        }
+
+        let plain = try await startServer()
+        XCTAssertEqual(try fileGroup(), getegid())
+        await plain.shutdown()
+
+        var configuration = ControlServerConfiguration()
+        configuration.connection.socketGroup = UInt32(target)
+        let server = try await startServer(configuration: configuration)
+        XCTAssertEqual(try fileGroup(), target)
+        let status = try await onThread { [socketPath] in try ControlClient(socketPath: socketPath).status() }
+        XCTAssertEqual(status.modelName, "whisper-tiny.en")
+        await server.shutdown()
+
+        if geteuid() != 0 && getegid() != 0 && !supplementary.contains(0) {
+            // Group 0 is not ours to give: chown fails and the server does not start.
+            var foreign = configuration
+            foreign.connection.socketGroup = 0
+            do {
+                let server = try await startServer(configuration: foreign)
+                await server.shutdown()
+                XCTFail("a group this process may not give was applied")
+            } catch let error as ServingError {
+                XCTAssertTrue("\(error)".contains("chown(\(socketPath), group 0)"), "\(error)")
+            }
+        }
+    }
+
     func testStaleSocketReplacedLiveSocketRefusedModeSet() async throws {
         let stale = try bindUnixSocket(socketPath, listen: false)
         Glibc.close(stale)
