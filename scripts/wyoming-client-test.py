@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Drive a myqasr Wyoming server with the reference `wyoming` Python package.
 
-Usage: wyoming-client-test.py unix:///path/to/wyoming.sock   (or tcp://host:port)
+Usage: wyoming-client-test.py unix:///path/to/wyoming.sock [FILE.wav]   (or tcp://host:port)
 
-Sends describe, then a transcribe request with one second of 48 kHz stereo
-16-bit audio in several chunks, and checks the answers with the package's own
-event classes. Prints one JSON object with what it saw; exits non-zero on any
-protocol violation. Used by ServingTests (WyomingPythonClientTests).
+Sends describe, then a transcribe request in several chunks: one second of
+48 kHz stereo 16-bit sine, or the 16-bit PCM of FILE.wav at its own rate and
+channel count. Checks the answers with the package's own event classes, prints
+one JSON object with what it saw, and exits non-zero on any protocol violation.
+Used by ServingTests (WyomingPythonClientTests) and DaemonTests
+(WyomingPackageTests: the real daemon transcribing a real WAV).
 """
 
 import asyncio
@@ -14,6 +16,7 @@ import json
 import math
 import struct
 import sys
+import wave
 
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -30,7 +33,14 @@ def sine_pcm(rate: int, channels: int, seconds: float, freq: float = 440.0) -> b
     return b"".join(frames)
 
 
-async def main(uri: str) -> dict:
+def wav_pcm(path: str) -> tuple:
+    with wave.open(path, "rb") as w:
+        if w.getsampwidth() != 2:
+            raise SystemExit(f"{path}: only 16-bit PCM WAV is sent by this client")
+        return w.getframerate(), 2, w.getnchannels(), w.readframes(w.getnframes())
+
+
+async def main(uri: str, wav: str = None) -> dict:
     report: dict = {}
     async with AsyncClient.from_uri(uri, connect_timeout=10, read_timeout=30) as client:
         await client.write_event(Describe().event())
@@ -44,8 +54,11 @@ async def main(uri: str) -> dict:
         report["languages"] = program.models[0].languages
         report["streaming"] = program.supports_transcript_streaming
 
-        rate, width, channels = 48000, 2, 2
-        audio = sine_pcm(rate, channels, 1.0)
+        if wav:
+            rate, width, channels, audio = wav_pcm(wav)
+        else:
+            rate, width, channels = 48000, 2, 2
+            audio = sine_pcm(rate, channels, 1.0)
         await client.write_event(Transcribe(language="en").event())
         await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
         step = 4096 * width * channels
@@ -79,6 +92,6 @@ async def main(uri: str) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         raise SystemExit(__doc__)
-    print(json.dumps(asyncio.run(main(sys.argv[1]))))
+    print(json.dumps(asyncio.run(main(*sys.argv[1:]))))

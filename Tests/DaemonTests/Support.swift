@@ -64,11 +64,16 @@ enum Fixtures {
         return NSHomeDirectory() + "/.cache/myqasr/samples"
     }
 
+    /// A skip, or a failure under MYQASR_REQUIRE_FIXTURES=1 (as `scripts/test` sets), for a missing fixture.
+    static func missing(_ message: String) -> Error {
+        ProcessInfo.processInfo.environment["MYQASR_REQUIRE_FIXTURES"] == "1" ? HarnessError(message) : XCTSkip(message)
+    }
+
     /// The tiny.en model directory, or a skip.
     static func tinyModel() throws -> String {
         let dir = modelsRoot + "/tiny.en"
         guard FileManager.default.fileExists(atPath: dir + "/model.bin") else {
-            throw XCTSkip("tiny.en model missing at \(dir): run scripts/fetch-models tiny.en")
+            throw missing("tiny.en model missing at \(dir): run scripts/fetch-models tiny.en")
         }
         return dir
     }
@@ -77,7 +82,7 @@ enum Fixtures {
     static func sample(_ name: String) throws -> String {
         let path = samplesDirectory + "/" + name
         guard FileManager.default.fileExists(atPath: path) else {
-            throw XCTSkip("speech sample missing at \(path): run scripts/fetch-samples")
+            throw missing("speech sample missing at \(path): run scripts/fetch-samples")
         }
         return path
     }
