@@ -100,4 +100,20 @@ final class CommandLineTests: XCTestCase {
         let (ok, out, _) = try runTool(try Fixtures.binary("myqasrd"), ["--config", path.replacingOccurrences(of: "bad.toml", with: "none.toml"), "--check-config"])
         XCTAssertEqual(ok, 78, out)
     }
+
+    /// A budget no precision meets stops start-up as a configuration error (78: systemd does not restart it),
+    /// naming the smallest reachable size.
+    func testDaemonWithAnImpossibleBudgetExits78() throws {
+        let model = try Fixtures.tinyModel()
+        let dir = try ScratchDirectory()
+        let path = dir.sub("small.toml")
+        try "[model]\nmemory_budget = \"2MiB\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let (status, _, err) = try runTool(try Fixtures.binary("myqasrd"), [
+            "--config", path, "--model", model, "--no-capture",
+            "--runtime-directory", dir.sub("run"), "--state-directory", dir.sub("state"),
+        ])
+        XCTAssertEqual(status, 78, err)
+        XCTAssertTrue(err.contains("model.memory_budget"), err)
+        XCTAssertTrue(err.contains("the smallest reachable size of tiny.en, with every layer at 2 bits, is 14.1 MiB"), err)
+    }
 }
