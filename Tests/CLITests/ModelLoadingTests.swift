@@ -4,47 +4,10 @@ import XCTest
 /// Every `myqasr` subcommand resolves `--model` the same way: `transcribe` and `eval` take a `.myq` file,
 /// `stats` and `quantize` refuse one with a message naming what they need.
 final class ModelLoadingTests: XCTestCase {
-    private var binary: String {
-        get throws {
-            var dir = Bundle.main.bundleURL
-            for bundle in Bundle.allBundles where bundle.bundlePath.hasSuffix(".xctest") {
-                dir = bundle.bundleURL.deletingLastPathComponent()
-            }
-            let path = dir.appendingPathComponent("myqasr").path
-            guard FileManager.default.isExecutableFile(atPath: path) else { throw XCTSkip("myqasr is not built at \(path)") }
-            return path
-        }
-    }
-
-    private func sample(_ name: String) throws -> String {
-        let environment = ProcessInfo.processInfo.environment
-        let cache = environment["XDG_CACHE_HOME"] ?? ((environment["HOME"] ?? NSHomeDirectory()) + "/.cache")
-        let path = cache + "/myqasr/samples/" + name
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw XCTSkip("speech sample missing at \(path): run scripts/fetch-samples")
-        }
-        return path
-    }
+    private func sample(_ name: String) throws -> String { try MyQASRTool.sample(name) }
 
     private func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try binary)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        // Read stderr on another thread so neither pipe can fill up and block the child.
-        var errData = Data()
-        let errDone = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            errData = err.fileHandleForReading.readDataToEndOfFile()
-            errDone.signal()
-        }
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        errDone.wait()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        try MyQASRTool.run(arguments)
     }
 
     func testTranscribeTakesAMyqFileAndFloatOnlyCommandsRefuseIt() throws {

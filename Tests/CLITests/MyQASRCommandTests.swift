@@ -3,33 +3,8 @@ import XCTest
 
 /// The `myqasr` executable as a user meets it: help, bad input, a real transcription.
 final class MyQASRCommandTests: XCTestCase {
-    /// The built `myqasr` next to the test bundle.
-    private var binary: String {
-        get throws {
-            var dir = Bundle.main.bundleURL
-            for bundle in Bundle.allBundles where bundle.bundlePath.hasSuffix(".xctest") {
-                dir = bundle.bundleURL.deletingLastPathComponent()
-            }
-            let path = dir.appendingPathComponent("myqasr").path
-            guard FileManager.default.isExecutableFile(atPath: path) else {
-                throw XCTSkip("myqasr is not built at \(path)")
-            }
-            return path
-        }
-    }
-
     private func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try binary)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+        try MyQASRTool.run(arguments)
     }
 
     func testHelpNamesEverySubcommand() throws {
@@ -58,17 +33,9 @@ final class MyQASRCommandTests: XCTestCase {
 
     func testMissingModelSaysHowToFetchIt() throws {
         let path = NSTemporaryDirectory() + "myqasr-no-models-\(UUID().uuidString)"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try binary)
-        process.arguments = ["transcribe", "--model", "base", "/dev/null"]
-        process.environment = ["MYQASR_MODELS_DIR": path, "PATH": "/usr/bin:/bin"]
-        let err = Pipe()
-        process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        XCTAssertNotEqual(process.terminationStatus, 0)
-        XCTAssertTrue(text.contains("scripts/fetch-models base"), text)
+        let (status, _, err) = try MyQASRTool.run(["transcribe", "--model", "base", "/dev/null"],
+                                                  environment: ["MYQASR_MODELS_DIR": path, "PATH": "/usr/bin:/bin"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("scripts/fetch-models base"), err)
     }
 }
