@@ -99,8 +99,10 @@ let package = Package(
 
         .testTarget(name: "AudioTests", dependencies: ["Audio"], swiftSettings: v5),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], swiftSettings: v5),
-        .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine"], swiftSettings: v5),
-        .testTarget(name: "QuantizationTests", dependencies: ["Quantization"], swiftSettings: v5),
+        // Random-weight networks shared by the engine and quantization tests (tests only).
+        .target(name: "WhisperTestSupport", dependencies: ["WhisperEngine"], swiftSettings: v5),
+        .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine", "WhisperTestSupport"], swiftSettings: v5),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "WhisperTestSupport"], swiftSettings: v5),
         .testTarget(name: "CLITests", dependencies: ["myqasr"], swiftSettings: v5),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
         .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),
