@@ -6,11 +6,12 @@
 // __builtin_cpu_supports; they are compiled with per-function target attributes, so the
 // package itself still builds for any x86-64.
 //
-// The int8 product: W codes q (signed, |q| <= 127) and activations xq (int8, per block
-// of 32 with a float scale) give per block an exact int32 dot Σ q·xq, computed as
-// Σ |q| · (xq · sign q) so that the unsigned x signed byte instructions (vpmaddubsw,
-// vpdpbusd) apply; with |q|, |xq| <= 127 the 16-bit pair sums of vpmaddubsw cannot
-// saturate (2·127·127 < 32767). Each block's int32 dot is scaled by
+// The int8 product: W codes q (signed, -128 <= q <= 127) and activations xq (int8,
+// |xq| <= 127, per block of 32 with a float scale) give per block an exact int32 dot
+// Σ q·xq, computed as Σ |q| · (xq · sign q) so that the unsigned x signed byte
+// instructions (vpmaddubsw, vpdpbusd) apply: |q| <= 128 is read as an unsigned byte
+// (vpabsb of -128 is 0x80 = 128), and the 16-bit pair sums of vpmaddubsw cannot
+// saturate (2·128·127 = 32512 < 32767). Each block's int32 dot is scaled by
 // scale[group] · xscale[block] and accumulated in float.
 #include "quant.h"
 

@@ -58,7 +58,7 @@ public struct LayerCalibration: Sendable, Equatable {
     }
 }
 
-/// Searches each layer's quantization scale (the clip ratio: scale = ratio · max|w_group| / qmax)
+/// Searches each layer's quantization scale (the clip ratio: |scale| = ratio · max|w_group| / 2^(bits-1))
 /// that minimises the distance between the float and the quantized layer outputs. Weights
 /// never change beyond rounding: only the scales move.
 ///

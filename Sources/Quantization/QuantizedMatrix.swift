@@ -62,10 +62,12 @@ public enum ActivationPrecision: String, Sendable, Codable {
 
 /// A weight matrix `W[outFeatures, inFeatures]` held at 2, 3, 4, 5, 6 or 8 bits.
 ///
-/// Symmetric quantization: each row is cut into groups of `groupSize` consecutive input
-/// features (the last group zero padded); a group has one scale `s` (IEEE half float) and
-/// signed codes `q` in `[-qmax, qmax]`, `qmax = 2^(bits-1) - 1`, so `w ≈ s·q`. (At 2 bits
-/// that is the ternary grid {-s, 0, s}.) Codes are bit-packed as in
+/// Each row is cut into groups of `groupSize` consecutive input features (the last group
+/// zero padded); a group has one signed scale `s` (IEEE half float) and codes `q` in
+/// `[-2^(bits-1), 2^(bits-1) - 1]` (every one of the `2^bits` codes, zero included), so
+/// `w ≈ s·q`. The scale's sign puts the group's largest-magnitude weight on the longer side
+/// of the grid: `s = -clip · w_extreme / 2^(bits-1)`, so that weight maps to code
+/// `-2^(bits-1)`. (At 2 bits the levels are {-2, -1, 0, 1}·s.) Codes are bit-packed as in
 /// docs/quantized-model-format.md, and products read them directly.
 public struct QuantizedMatrix: WeightMatrix {
     /// Bit widths this type stores.
@@ -100,8 +102,9 @@ public struct QuantizedMatrix: WeightMatrix {
     /// 32-element blocks per row (whole groups, so the row is padded to a group multiple).
     public var blocksPerRow: Int { groupsPerRow * groupSize / 32 }
 
-    /// Largest code magnitude at `bits`.
-    public static func qmax(bits: Int) -> Int { (1 << (bits - 1)) - 1 }
+    /// Half the code range at `bits`, `2^(bits-1)`: codes lie in `[-codeLimit, codeLimit - 1]`
+    /// and a group's extreme weight maps to `-codeLimit` (at clip 1).
+    public static func codeLimit(bits: Int) -> Int { 1 << (bits - 1) }
 
     /// Bytes of packed codes for a matrix of this shape.
     public static func packedByteCount(outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int) -> Int {
@@ -126,7 +129,8 @@ public struct QuantizedMatrix: WeightMatrix {
     }
 
     /// Quantizes row-major `values[outFeatures, inFeatures]`; every group's scale is
-    /// `clipRatio * max|w_group| / qmax`, codes are rounded to nearest and clamped.
+    /// `-clipRatio * w_extreme / codeLimit` (`w_extreme` the group's first weight of largest
+    /// magnitude), codes are rounded to nearest and clamped to `[-codeLimit, codeLimit - 1]`.
     public init(quantizing values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
                 clipRatio: Float = 1) throws {
         try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
@@ -155,7 +159,7 @@ public struct QuantizedMatrix: WeightMatrix {
         }
         let blocks = groups * groupSize / 32
         let rowCodes = blocks * 32
-        let qmax = Float(Self.qmax(bits: bits))
+        let limit = Float(Self.codeLimit(bits: bits))
         var codes = [Int8](repeating: 0, count: outFeatures * rowCodes)
         var halfScales = [UInt16](repeating: 0, count: outFeatures * groups)
         values.withUnsafeBufferPointer { w in
@@ -163,22 +167,22 @@ public struct QuantizedMatrix: WeightMatrix {
                 for r in 0..<outFeatures {
                     for g in 0..<groups {
                         let c0 = g * groupSize, c1 = Swift.min(inFeatures, c0 + groupSize)
-                        var amax: Float = 0
-                        for col in c0..<c1 { amax = Swift.max(amax, abs(w[r * inFeatures + col])) }
-                        var raw = clipRatios[r * groups + g] * amax / qmax
+                        var extreme: Float = 0
+                        for col in c0..<c1 where abs(w[r * inFeatures + col]) > abs(extreme) { extreme = w[r * inFeatures + col] }
+                        var raw = -clipRatios[r * groups + g] * extreme / limit
                         var half: UInt16 = 0
                         mq_f32_to_f16(&raw, &half, 1)
                         var scale: Float = 0
                         mq_f16_to_f32(&half, &scale, 1)
                         // A scale that rounds to zero or overflows half: the group is stored as zeros
                         // (zero) or at the largest half (overflow, beyond any real weight).
-                        if !scale.isFinite { half = 0x7BFF; scale = 65504 }
+                        if !scale.isFinite { half = raw < 0 ? 0xFBFF : 0x7BFF; scale = raw < 0 ? -65504 : 65504 }
                         halfScales[r * groups + g] = half
-                        guard scale > 0 else { continue }
+                        guard scale != 0 else { halfScales[r * groups + g] = 0; continue }   // also -0
                         let inv = 1 / scale
                         for col in c0..<c1 {
                             let q = (w[r * inFeatures + col] * inv).rounded()
-                            c[r * rowCodes + col] = Int8(Swift.max(-qmax, Swift.min(qmax, q)))
+                            c[r * rowCodes + col] = Int8(Swift.max(-limit, Swift.min(limit - 1, q)))
                         }
                     }
                 }

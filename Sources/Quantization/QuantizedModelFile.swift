@@ -78,7 +78,7 @@ public enum QuantizedModelFile {
     /// The 8 magic bytes at offset 0.
     public static let magic: [UInt8] = Array("MYQMODEL".utf8)
     /// The format version this build writes and reads.
-    public static let formatVersion: UInt32 = 1
+    public static let formatVersion: UInt32 = 2
     /// The usual file name extension.
     public static let fileExtension = "myq"
     /// Alignment of the data section and of every section in it.

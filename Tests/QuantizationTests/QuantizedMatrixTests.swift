@@ -28,24 +28,42 @@ final class QuantizedMatrixTests: XCTestCase {
             for group in QuantizedMatrix.supportedGroupSizes {
                 let q = try QuantizedMatrix(quantizing: w, outFeatures: outF, inFeatures: inF, bits: bits, groupSize: group)
                 let deq = q.dequantized(), scales = q.scaleValues(), codes = q.codes()
-                let qmax = QuantizedMatrix.qmax(bits: bits)
+                let limit = QuantizedMatrix.codeLimit(bits: bits)
+                XCTAssertEqual(limit, 1 << (bits - 1))
                 XCTAssertEqual(deq.count, outF * inF)
                 for r in 0..<outF {
                     for c in 0..<inF {
                         let s = scales[r * q.groupsPerRow + c / group]
-                        let err = abs(deq[r * inF + c] - w[r * inF + c])
-                        XCTAssertLessThanOrEqual(err, s / 2 * 1.0001 + 1e-9, "bits \(bits) group \(group) [\(r), \(c)]")
+                        let x = w[r * inF + c]
+                        let err = abs(deq[r * inF + c] - x)
                         let code = Int(codes[r * q.blocksPerRow * 32 + c])
-                        XCTAssertLessThanOrEqual(abs(code), qmax)
+                        XCTAssertTrue((-limit...(limit - 1)).contains(code), "bits \(bits): code \(code) in range")
                         XCTAssertEqual(deq[r * inF + c], s * Float(code), "dequantized = scale · code")
+                        if x / s <= Float(limit) - 0.5 {
+                            XCTAssertLessThanOrEqual(err, abs(s) / 2 * 1.0001 + 1e-9, "bits \(bits) group \(group) [\(r), \(c)]")
+                        } else {
+                            // Beyond the short side of the grid (the side opposite the extreme).
+                            XCTAssertEqual(code, limit - 1)
+                            XCTAssertLessThanOrEqual(err, abs(s) * 1.0001 + 1e-9)
+                        }
                     }
                     for c in inF..<(q.blocksPerRow * 32) {
                         XCTAssertEqual(codes[r * q.blocksPerRow * 32 + c], 0, "padding codes are zero")
                     }
                 }
-                // The group maximum lands on ±qmax (scale rounding to half may move it by one).
-                let rowMax = (0..<q.blocksPerRow * 32).map { abs(Int(codes[$0])) }.max()!
-                XCTAssertGreaterThanOrEqual(rowMax, qmax - 1)
+                // Each group's extreme weight lands on -limit (half-float rounding of the
+                // scale may move it by one), and at 2-4 bits every one of the 2^bits codes occurs.
+                for r in 0..<outF {
+                    for g in 0..<q.groupsPerRow {
+                        let c0 = r * q.blocksPerRow * 32 + g * group
+                        let m = (c0..<(c0 + min(group, inF - g * group))).map { Int(codes[$0]) }.min()!
+                        XCTAssertLessThanOrEqual(m, -limit + 1, "bits \(bits) group \(group) row \(r)")
+                    }
+                }
+                if bits <= 4 {
+                    let used = Set(codes.enumerated().filter { $0.offset % (q.blocksPerRow * 32) < inF }.map(\.element))
+                    XCTAssertEqual(used.count, 1 << bits, "bits \(bits) group \(group): no code wasted")
+                }
             }
         }
     }
@@ -55,18 +73,18 @@ final class QuantizedMatrixTests: XCTestCase {
         for bits in [2, 4, 6, 8] {
             let q = try QuantizedMatrix(quantizing: w, outFeatures: outF, inFeatures: inF, bits: bits, groupSize: 64, clipRatio: 0.5)
             let deq = q.dequantized(), scales = q.scaleValues()
-            let qmax = Float(QuantizedMatrix.qmax(bits: bits))
+            let limit = Float(QuantizedMatrix.codeLimit(bits: bits))
             var clipped = 0
             for r in 0..<outF {
                 for c in 0..<inF {
                     let s = scales[r * q.groupsPerRow + c / 64]
-                    let bound = qmax * s
                     let x = w[r * inF + c], y = deq[r * inF + c]
-                    if abs(x) > bound + s / 2 {
+                    let t = x / s   // position on the grid in codes
+                    if t < -limit - 0.5 || t > limit - 0.5 {
                         clipped += 1
-                        XCTAssertEqual(y, x > 0 ? bound : -bound, "bits \(bits) [\(r), \(c)] clipped to the bound")
+                        XCTAssertEqual(y, t < 0 ? -limit * s : (limit - 1) * s, "bits \(bits) [\(r), \(c)] clipped to the bound")
                     } else {
-                        XCTAssertLessThanOrEqual(abs(x - y), s / 2 * 1.0001 + 1e-9)
+                        XCTAssertLessThanOrEqual(abs(x - y), abs(s) / 2 * 1.0001 + 1e-9)
                     }
                 }
             }
@@ -82,9 +100,10 @@ final class QuantizedMatrixTests: XCTestCase {
         let scales = q.scaleValues()
         for r in 0..<outF {
             for g in 0..<groups {
-                let amax = (g * 32..<min(inF, g * 32 + 32)).map { abs(w[r * inF + $0]) }.max()!
-                let expected = ratios[r * groups + g] * amax / 7
-                XCTAssertEqual(scales[r * groups + g], expected, accuracy: expected * 1e-3, "half-float scale")
+                let cols = g * 32..<min(inF, g * 32 + 32)
+                let extreme = w[r * inF + cols.max { abs(w[r * inF + $0]) < abs(w[r * inF + $1]) }!]
+                let expected = -ratios[r * groups + g] * extreme / 8   // 4 bits: the extreme maps to code -8
+                XCTAssertEqual(scales[r * groups + g], expected, accuracy: abs(expected) * 1e-3, "half-float scale")
             }
         }
     }
@@ -141,6 +160,24 @@ final class QuantizedMatrixTests: XCTestCase {
                     }
                     XCTAssertLessThan((sumSq / refSq).squareRoot(), 0.01, "relative RMS error of int8 activations")
                 }
+            }
+        }
+    }
+
+    /// Code -128 (8 bits) times activation ±127 in every position is the extreme of the
+    /// unsigned × signed byte products: each kernel must give the exact sum, no saturation.
+    func testMostNegativeCodeDoesNotSaturateAnyKernel() throws {
+        let inp = 64
+        let w = [Float](repeating: -1, count: 2 * inp)
+        let q = try QuantizedMatrix(quantizing: w, outFeatures: 2, inFeatures: inp, bits: 8, groupSize: 32)
+        XCTAssertTrue(q.codes().allSatisfy { $0 == -128 })
+        for kernel: Int32 in [0, 1, 2, 3] {
+            mq_set_q8_kernel(kernel)
+            for sign: Float in [1, -1] {
+                var y = [Float](repeating: .nan, count: 2)
+                q.multiply([Float](repeating: sign, count: inp), rows: 1, into: &y)
+                XCTAssertEqual(y[0], -sign * Float(inp), accuracy: 1e-3, "kernel \(mq_q8_kernel())")
+                XCTAssertEqual(y[1], -sign * Float(inp), accuracy: 1e-3, "kernel \(mq_q8_kernel())")
             }
         }
     }
@@ -274,7 +311,9 @@ final class QuantizedMatrixTests: XCTestCase {
         let one = try QuantizedMatrix(quantizing: [-2], outFeatures: 1, inFeatures: 1, bits: 8, groupSize: 32)
         var z: Float = 0
         one.withActivationPrecision(.float).multiply([3], rows: 1, into: &z)
-        XCTAssertEqual(z, -6, accuracy: 6 * 1e-3, "half-float scale 2/127")
+        XCTAssertEqual(z, -6, accuracy: 6 * 1e-3, "half-float scale 2/128, code -128")
+        XCTAssertEqual(one.codes()[0], -128)
+        XCTAssertEqual(one.scaleValues()[0], 2.0 / 128)
     }
 
     func testWholeNetworkQuantizedThroughReplacingRuns() throws {

@@ -84,7 +84,7 @@ final class QuantizedModelFileTests: XCTestCase {
         // The file is laid out as documented: magic, version, 64-byte aligned data section.
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: p)))
         XCTAssertEqual(Array(bytes[0..<8]), Array("MYQMODEL".utf8))
-        XCTAssertEqual(bytes[8], 1)
+        XCTAssertEqual(bytes[8], 2, "format version 2: signed scales, codes in [-2^(bits-1), 2^(bits-1) - 1]")
         let dataOffset = bytes[24..<32].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
         XCTAssertEqual(dataOffset % 64, 0)
         XCTAssertTrue(String(decoding: bytes[64..<dataOffset], as: UTF8.self).contains("\"statisticsDigest\":\"stats:v1:1234\""))
@@ -131,8 +131,8 @@ final class QuantizedModelFileTests: XCTestCase {
         XCTAssertTrue(QuantizedModelFileError.badMagic(path: p).description.contains("magic"))
 
         let (v, _) = try writeSample("version.myq")
-        try patch(v) { $0[8] = 2 }
-        expectLoadError(v) { $0 == .unsupportedVersion(path: v, found: 2, supported: 1) }
+        try patch(v) { $0[8] = 1 }   // version 1 codes meant another grid: refused, not misread
+        expectLoadError(v) { $0 == .unsupportedVersion(path: v, found: 1, supported: 2) }
     }
 
     func testMissingFileAndForeignFileAreReported() throws {

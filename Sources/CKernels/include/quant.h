@@ -3,8 +3,8 @@
 //
 //   W[rows, cols] is stored row by row. A row holds `blocks` blocks of 32 consecutive
 //   input features (cols padded with zeros up to blocks*32). Each element is a signed
-//   code q in [-qmax, qmax], qmax = 2^(bits-1) - 1, stored as the unsigned code
-//   u = q + 2^(bits-1) (so u fits in `bits` bits). A block takes 4*bits bytes:
+//   code q in [-2^(bits-1), 2^(bits-1) - 1] (all 2^bits codes), stored as the unsigned
+//   code u = q + 2^(bits-1) (so u fits in `bits` bits). A block takes 4*bits bytes:
 //
 //     bits 2: [8 B low plane, 2-bit]                  u = L2
 //     bits 3: [8 B low plane, 2-bit][4 B high, 1-bit]  u = L2 | H1 << 2
@@ -19,7 +19,8 @@
 //   1-bit plane (4 B):  element i is bit (i & 7) of byte (i >> 3).
 //
 //   Row r starts at packed + r * blocks * 4 * bits. Scales: IEEE half floats,
-//   scales[r * groups + g], one per group of `blockPerGroup` blocks (groupSize / 32);
+//   scales[r * groups + g], one per group of `blockPerGroup` blocks (groupSize / 32),
+//   signed (the sign puts a group's extreme weight on the code -2^(bits-1));
 //   w[r, c] = scale[r, c / groupSize] * q[r, c].
 #ifndef MYQASR_QUANT_H
 #define MYQASR_QUANT_H
@@ -43,7 +44,7 @@ typedef struct {
     size_t blocksPerGroup;
 } mq_packed_matrix;
 
-/// Packs signed codes `codes[rows][blocks*32]` (each in [-qmax, qmax]) into `out`
+/// Packs signed codes `codes[rows][blocks*32]` (each in [-2^(bits-1), 2^(bits-1) - 1]) into `out`
 /// (rows * blocks * 4 * bits bytes).
 void mq_pack_codes(const int8_t *codes, size_t rows, size_t blocks, int bits, uint8_t *out);
 
