@@ -14,8 +14,10 @@ struct Quantize: ParsableCommand {
             Every layer starts at --start-bits; layers are then lowered one width at a time \
             (8, 6, 5, 4, 3, 2) in order of their median |output| until the whole model (every \
             weight at its stored precision, scales, norms, biases and positions included) fits \
-            the budget, so layers never differ by more than one width. Each layer's clipping \
-            is then calibrated to keep its output close to the full-precision output.
+            the budget, so layers never differ by more than one width. With --calibrate, each \
+            layer's clipping is then searched to keep its output close to the full-precision \
+            output (off by default: on tiny.en it raised the word error rate, see \
+            docs/myqasr-method.md).
 
             Statistics come from --stats (made by `myqasr stats`; calibration then uses their \
             input moments) or from --calibration audio run through the model now (calibration \
@@ -57,10 +59,13 @@ struct Quantize: ParsableCommand {
     @Option(help: "The width every layer starts the sweep at.")
     var startBits = 8
 
-    @Flag(help: "Skip clip calibration (plain round-to-nearest over each group's full range).")
+    @Flag(help: "Search each layer's clip ratio (calibration) instead of using each group's full range.")
+    var calibrate = false
+
+    @Flag(help: "Plain round-to-nearest over each group's full range (the default; overrides --calibrate).")
     var noCalibration = false
 
-    @Flag(help: "With --stats, calibrate a clip ratio per group instead of per layer.")
+    @Flag(help: "With --calibrate and --stats, search a clip ratio per group instead of per layer.")
     var perGroupClip = false
 
     @Option(help: "Activation rows kept per layer for calibration with --calibration (memory only).")
@@ -75,11 +80,14 @@ struct Quantize: ParsableCommand {
     @Option(help: "Where to write the quantized model (.myq).")
     var out: String
 
+    /// Whether clip ratios are searched: `--calibrate` without `--no-calibration`.
+    var useCalibration: Bool { calibrate && !noCalibration }
+
     func validate() throws {
         guard (budget == nil) != (uniform == nil) else { throw ValidationError("give exactly one of --budget and --uniform") }
         if let budget { _ = try parsedBudget(budget) }
         guard stats == nil || calibration.isEmpty else { throw ValidationError("give --stats or --calibration, not both") }
-        if budget != nil || !noCalibration {
+        if budget != nil || useCalibration {
             guard stats != nil || !calibration.isEmpty else {
                 throw ValidationError("give --stats FILE or --calibration FILES... (needed for a budget and for calibration)")
             }
@@ -117,7 +125,7 @@ struct Quantize: ParsableCommand {
         }
         let target: QuantizationOptions.Target = try budget.map { .budget(try parsedBudget($0)) } ?? .uniform(bits: uniform!)
         let options = QuantizationOptions(target: target, objective: objective, order: order, groupSize: groupSize,
-                                          startBits: startBits, calibrate: !noCalibration, perGroupClip: perGroupClip)
+                                          startBits: startBits, calibrate: useCalibration, perGroupClip: perGroupClip)
         let result: QuantizationResult
         do {
             result = try Quantizer.quantize(model: whisper, statistics: statistics, options: options, activations: reservoir)
