@@ -3,7 +3,8 @@ import Foundation
 /// Which end of the sensitivity ranking loses bits first.
 ///
 /// Sensitivity is the median |output| of a layer (see `LayerActivationStatistics`). The
-/// myQASR paper and its code disagree on the direction, so it is a setting.
+/// myQASR paper and its code disagree on the direction, so it is a setting. The default is
+/// `descending`, chosen by measurement on tiny.en with two voices (docs/myqasr-method.md).
 public enum SensitivityOrder: String, Sendable, CaseIterable, Codable {
     /// Layers with the smallest median |output| are lowered first.
     case ascending
@@ -101,7 +102,7 @@ public struct BitAllocator: Sendable {
     private let costs: [[Int]]
 
     /// An allocator over `layers`; `cost(layer, bits)` gives a layer's bytes at a width.
-    public init(layers: [AllocationLayer], fixedBytes: Int, order: SensitivityOrder = .ascending,
+    public init(layers: [AllocationLayer], fixedBytes: Int, order: SensitivityOrder = .descending,
                 allowedBits: [Int] = BitAllocator.defaultAllowedBits,
                 cost: (AllocationLayer, Int) -> Int) throws {
         let sorted = allowedBits.sorted()
@@ -115,7 +116,7 @@ public struct BitAllocator: Sendable {
 
     /// An allocator whose costs are the exact `QuantizedMatrix` sizes (codes plus half-float
     /// scales) at `groupSize`.
-    public init(layers: [AllocationLayer], fixedBytes: Int, groupSize: Int, order: SensitivityOrder = .ascending,
+    public init(layers: [AllocationLayer], fixedBytes: Int, groupSize: Int, order: SensitivityOrder = .descending,
                 allowedBits: [Int] = BitAllocator.defaultAllowedBits) throws {
         try self.init(layers: layers, fixedBytes: fixedBytes, order: order, allowedBits: allowedBits) { l, bits in
             BitAllocator.quantizedByteSize(outFeatures: l.outFeatures, inFeatures: l.inFeatures,

@@ -29,9 +29,9 @@ public struct QuantizationOptions: Sendable {
     /// Candidate clip ratios.
     public var clipGrid: [Float]
 
-    /// Options with the defaults: no clip search (cosine objective when searching), ascending
-    /// order, default group size, start at 8 bits.
-    public init(target: Target, objective: CalibrationObjective = .cosine, order: SensitivityOrder = .ascending,
+    /// Options with the defaults: no clip search (cosine objective when searching), descending
+    /// order (measured, see docs/myqasr-method.md), default group size, start at 8 bits.
+    public init(target: Target, objective: CalibrationObjective = .cosine, order: SensitivityOrder = .descending,
                 groupSize: Int = QuantizedMatrix.defaultGroupSize, startBits: Int = 8, calibrate: Bool = false,
                 perGroupClip: Bool = false, clipGrid: [Float] = Calibrator.defaultGrid) {
         self.target = target
