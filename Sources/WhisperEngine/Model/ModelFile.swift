@@ -21,6 +21,7 @@ public enum StoredDType: UInt8, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The name CTranslate2 uses for the type.
     public var description: String {
         switch self {
         case .float32: return "float32"
@@ -48,6 +49,7 @@ public enum ModelFileError: Error, CustomStringConvertible, Equatable {
     case unexpectedDType(path: String, variable: String, dtype: String)
     case badConfig(path: String, reason: String)
 
+    /// The message shown to the user: the file, then what is wrong.
     public var description: String {
         switch self {
         case let .unreadable(path, reason):

@@ -16,6 +16,7 @@ public final class WhisperNetwork: SpeechModel {
         self.observer = observer
     }
 
+    /// Sizes of the network, from its weights.
     public var dimensions: ModelDimensions { weights.dimensions }
 
     /// Encoder: conv1 + GELU, conv2 (stride 2) + GELU, + positions, pre-LN blocks, final LN.

@@ -16,7 +16,9 @@ public protocol WeightMatrix: Sendable {
 
 /// A float32 weight matrix multiplied through OpenBLAS.
 public struct FloatMatrix: WeightMatrix {
+    /// Output features (rows).
     public let outFeatures: Int
+    /// Input features (columns).
     public let inFeatures: Int
     /// Row-major values, `outFeatures * inFeatures`.
     public let values: [Float]
@@ -29,8 +31,10 @@ public struct FloatMatrix: WeightMatrix {
         self.values = values
     }
 
+    /// Four bytes per weight.
     public var byteSize: Int { values.count * MemoryLayout<Float>.size }
 
+    /// `y = x · Wᵀ`: the few-row kernel for up to 8 rows (decoder), OpenBLAS sgemm above.
     public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
         values.withUnsafeBufferPointer { w in
             if m <= 8 {
@@ -42,6 +46,7 @@ public struct FloatMatrix: WeightMatrix {
         }
     }
 
+    /// Copies row `index` (the embedding of one token).
     public func copyRow(_ index: Int, into out: UnsafeMutablePointer<Float>) {
         values.withUnsafeBufferPointer { w in
             out.update(from: w.baseAddress! + index * inFeatures, count: inFeatures)
