@@ -99,6 +99,8 @@ let package = Package(
 
         .testTarget(name: "AudioTests", dependencies: ["Audio"], swiftSettings: v5),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], swiftSettings: v5),
+        // Blocking socket clients shared by the serving and daemon tests (tests only).
+        .target(name: "SocketTestSupport", swiftSettings: v5),
         // Random-weight networks shared by the engine and quantization tests (tests only).
         .target(name: "WhisperTestSupport", dependencies: ["WhisperEngine"], swiftSettings: v5),
         .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine", "WhisperTestSupport"], swiftSettings: v5),
@@ -106,10 +108,10 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["myqasr"], swiftSettings: v5),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
         .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),
-        .testTarget(name: "ServingTests", dependencies: ["Serving", "SystemdSupport"], swiftSettings: v5),
+        .testTarget(name: "ServingTests", dependencies: ["Serving", "SystemdSupport", "SocketTestSupport"], swiftSettings: v5),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["DaemonCore", "Serving", "SystemdSupport", "Audio", "myqasrd", "myqasrctl"],
+            dependencies: ["DaemonCore", "Serving", "SystemdSupport", "Audio", "SocketTestSupport", "myqasrd", "myqasrctl"],
             swiftSettings: v5
         ),
     ]

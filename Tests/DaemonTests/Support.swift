@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 #endif
 import Serving
+import SocketTestSupport
 import XCTest
 
 /// Failure of a test helper, with what was waited for.
@@ -383,34 +384,11 @@ final class WyomingTestClient {
     var timeout: Double = 120
 
     init(unixPath: String) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(unixPath.utf8)) }
-        let r = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if r != 0 {
-            let e = errno
-            Glibc.close(fd)
-            throw HarnessError("connect(\(unixPath)): \(String(cString: strerror(e)))")
-        }
+        fd = try TestSocket.connect(unixPath: unixPath)
     }
 
     init(tcpPort: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(tcpPort).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let r = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        if r != 0 {
-            let e = errno
-            Glibc.close(fd)
-            throw HarnessError("connect(127.0.0.1:\(tcpPort)): \(String(cString: strerror(e)))")
-        }
+        fd = try TestSocket.connect(tcpPort: tcpPort)
     }
 
     deinit { if fd >= 0 { Glibc.close(fd) } }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import XCTest
+@_exported import SocketTestSupport
 @testable import Serving
 
 /// A fresh short directory under /tmp (Unix socket paths are limited to 107 bytes).
@@ -16,10 +17,6 @@ func removeDirectory(_ path: String) {
     try? FileManager.default.removeItem(atPath: path)
 }
 
-struct TestSocketError: Error, CustomStringConvertible {
-    var description: String
-}
-
 /// A plain blocking Unix (or TCP) stream client for driving the servers byte by byte.
 final class RawClient {
     private(set) var fd: Int32
@@ -27,30 +24,11 @@ final class RawClient {
     var timeout: Double = 10
 
     init(unixPath: String) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(unixPath.utf8)) }
-        let r = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if r != 0 {
-            let e = errno
-            Glibc.close(fd)
-            throw TestSocketError(description: "connect(\(unixPath)): \(String(cString: strerror(e)))")
-        }
+        fd = try TestSocket.connect(unixPath: unixPath)
     }
 
     init(tcpPort: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(tcpPort).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let r = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        if r != 0 { throw TestSocketError(description: "connect(127.0.0.1:\(tcpPort)) failed") }
+        fd = try TestSocket.connect(tcpPort: tcpPort)
     }
 
     deinit { close() }
