@@ -23,6 +23,8 @@ public enum QuantizedMatrixError: Error, CustomStringConvertible, Equatable {
     case storageSize(what: String, expected: Int, actual: Int)
     /// Raw scales not aligned to 2 bytes.
     case misalignedScales
+    /// A code outside `[-codeLimit, codeLimit - 1]` for the width.
+    case codeOutOfRange(index: Int, code: Int, bits: Int)
 
     /// A message naming what is wrong.
     public var description: String {
@@ -45,6 +47,8 @@ public enum QuantizedMatrixError: Error, CustomStringConvertible, Equatable {
             return "\(what): expected \(e) bytes, got \(a)"
         case .misalignedScales:
             return "scales: storage is not 2-byte aligned"
+        case let .codeOutOfRange(i, c, b):
+            return "code \(c) at index \(i) is outside the \(b)-bit range"
         }
     }
 }
@@ -128,6 +132,28 @@ public struct QuantizedMatrix: WeightMatrix {
         }
     }
 
+    /// The first value of largest magnitude in `group` (0 for an empty or all-zero group).
+    @inline(__always)
+    static func extreme(_ group: UnsafeBufferPointer<Float>) -> Float {
+        var extreme: Float = 0
+        for v in group where abs(v) > abs(extreme) { extreme = v }
+        return extreme
+    }
+
+    /// A group's scale: `-clipRatio * extreme / codeLimit` rounded to half precision, so that
+    /// `extreme` lands on code `-codeLimit`; returns the half bit pattern and its float value.
+    /// A scale that rounds to zero is stored as +0 (the group holds zeros); one that overflows
+    /// half becomes the largest half of its sign (beyond any real weight).
+    static func groupScale(extreme: Float, clipRatio: Float, bits: Int) -> (half: UInt16, scale: Float) {
+        var raw = -clipRatio * extreme / Float(codeLimit(bits: bits))
+        var half: UInt16 = 0
+        mq_f32_to_f16(&raw, &half, 1)
+        var scale: Float = 0
+        mq_f16_to_f32(&half, &scale, 1)
+        if !scale.isFinite { return raw < 0 ? (0xFBFF, -65504) : (0x7BFF, 65504) }
+        return scale == 0 ? (0, 0) : (half, scale)
+    }
+
     /// Quantizes row-major `values[outFeatures, inFeatures]`; every group's scale is
     /// `-clipRatio * w_extreme / codeLimit` (`w_extreme` the group's first weight of largest
     /// magnitude), codes are rounded to nearest and clamped to `[-codeLimit, codeLimit - 1]`.
@@ -167,18 +193,10 @@ public struct QuantizedMatrix: WeightMatrix {
                 for r in 0..<outFeatures {
                     for g in 0..<groups {
                         let c0 = g * groupSize, c1 = Swift.min(inFeatures, c0 + groupSize)
-                        var extreme: Float = 0
-                        for col in c0..<c1 where abs(w[r * inFeatures + col]) > abs(extreme) { extreme = w[r * inFeatures + col] }
-                        var raw = -clipRatios[r * groups + g] * extreme / limit
-                        var half: UInt16 = 0
-                        mq_f32_to_f16(&raw, &half, 1)
-                        var scale: Float = 0
-                        mq_f16_to_f32(&half, &scale, 1)
-                        // A scale that rounds to zero or overflows half: the group is stored as zeros
-                        // (zero) or at the largest half (overflow, beyond any real weight).
-                        if !scale.isFinite { half = raw < 0 ? 0xFBFF : 0x7BFF; scale = raw < 0 ? -65504 : 65504 }
+                        let extreme = Self.extreme(UnsafeBufferPointer(rebasing: w[r * inFeatures + c0 ..< r * inFeatures + c1]))
+                        let (half, scale) = Self.groupScale(extreme: extreme, clipRatio: clipRatios[r * groups + g], bits: bits)
                         halfScales[r * groups + g] = half
-                        guard scale != 0 else { halfScales[r * groups + g] = 0; continue }   // also -0
+                        guard scale != 0 else { continue }
                         let inv = 1 / scale
                         for col in c0..<c1 {
                             let q = (w[r * inFeatures + col] * inv).rounded()
@@ -187,6 +205,29 @@ public struct QuantizedMatrix: WeightMatrix {
                     }
                 }
             }
+        }
+        try self.init(codes: codes, halfScales: halfScales, outFeatures: outFeatures, inFeatures: inFeatures,
+                      bits: bits, groupSize: groupSize)
+    }
+
+    /// Packs codes chosen elsewhere (for example by `ErrorCompensatedRounding`):
+    /// `codes[outFeatures, rowCodes]` with `rowCodes` the row padded to whole 32-code blocks
+    /// (padding codes 0), each in `[-codeLimit, codeLimit - 1]`, and one half-float scale bit
+    /// pattern per group, `halfScales[outFeatures, groups]`.
+    public init(codes: [Int8], halfScales: [UInt16], outFeatures: Int, inFeatures: Int, bits: Int,
+                groupSize: Int) throws {
+        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+        let groups = (inFeatures + groupSize - 1) / groupSize
+        let blocks = groups * groupSize / 32
+        guard codes.count == outFeatures * blocks * 32 else {
+            throw QuantizedMatrixError.valueCount(expected: outFeatures * blocks * 32, actual: codes.count)
+        }
+        guard halfScales.count == outFeatures * groups else {
+            throw QuantizedMatrixError.storageSize(what: "scales", expected: outFeatures * groups * 2, actual: halfScales.count * 2)
+        }
+        let limit = Self.codeLimit(bits: bits)
+        if let bad = codes.firstIndex(where: { Int($0) < -limit || Int($0) >= limit }) {
+            throw QuantizedMatrixError.codeOutOfRange(index: bad, code: Int(codes[bad]), bits: bits)
         }
         let packedCount = Self.packedByteCount(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
         let packed = ByteStorage(count: packedCount) { dst in

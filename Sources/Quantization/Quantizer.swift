@@ -28,12 +28,15 @@ public struct QuantizationOptions: Sendable {
     public var perGroupClip: Bool
     /// Candidate clip ratios.
     public var clipGrid: [Float]
+    /// How codes are chosen once the scales are set.
+    public var rounding: RoundingMethod
 
     /// Options with the defaults: no clip search (cosine objective when searching), descending
     /// order (measured, see docs/myqasr-method.md), default group size, start at 8 bits.
     public init(target: Target, objective: CalibrationObjective = .cosine, order: SensitivityOrder = .descending,
                 groupSize: Int = QuantizedMatrix.defaultGroupSize, startBits: Int = 8, calibrate: Bool = false,
-                perGroupClip: Bool = false, clipGrid: [Float] = Calibrator.defaultGrid) {
+                perGroupClip: Bool = false, clipGrid: [Float] = Calibrator.defaultGrid,
+                rounding: RoundingMethod = .nearest) {
         self.target = target
         self.objective = objective
         self.order = order
@@ -42,7 +45,17 @@ public struct QuantizationOptions: Sendable {
         self.calibrate = calibrate
         self.perGroupClip = perGroupClip
         self.clipGrid = clipGrid
+        self.rounding = rounding
     }
+}
+
+/// How each weight's code is chosen on its group's grid.
+public enum RoundingMethod: String, Sendable, CaseIterable {
+    /// Round to the nearest code.
+    case nearest
+    /// Error-compensated rounding from the layer's input second moment (`ErrorCompensatedRounding`,
+    /// GPTQ); needs an `InputCovariance` from calibration audio.
+    case compensated
 }
 
 /// One layer of the quantization report.
@@ -101,6 +114,10 @@ public enum QuantizerError: Error, Equatable, CustomStringConvertible {
     case statisticsRequired(reason: String)
     /// The model is already quantized.
     case modelNotFloat(layer: String)
+    /// Compensated rounding was asked for without input second moments.
+    case covarianceRequired
+    /// Compensated rounding and the clip search were both asked for.
+    case compensatedWithClipSearch
     /// Internal consistency check: the allocator's accounting differs from the real bytes.
     case accountingMismatch(allocated: Int, actual: Int)
 
@@ -115,6 +132,10 @@ public enum QuantizerError: Error, Equatable, CustomStringConvertible {
             return "activation statistics are required to \(reason)"
         case let .modelNotFloat(layer):
             return "layer \(layer) is already quantized; quantize from the full-precision model"
+        case .covarianceRequired:
+            return "compensated rounding needs the inputs' second moments: quantize from calibration audio"
+        case .compensatedWithClipSearch:
+            return "compensated rounding sets its own scales; it cannot be combined with the clip search"
         case let .accountingMismatch(allocated, actual):
             return "internal error: allocated \(allocated) bytes but the quantized weights hold \(actual)"
         }
@@ -129,18 +150,24 @@ public enum Quantizer {
     ///   - statistics: activation statistics of this model (required for a budget, or to calibrate
     ///     without `activations`); their model identity must match.
     ///   - activations: captured input rows for exact calibration (else the statistics' moments are used).
+    ///   - covariance: the layers' input second moments, for `RoundingMethod.compensated`.
     ///   - progress: called with one line per layer as it is done.
     public static func quantize(model: WhisperModel, statistics: ActivationStatistics?, options: QuantizationOptions,
-                                activations: ActivationReservoir? = nil,
+                                activations: ActivationReservoir? = nil, covariance: InputCovariance? = nil,
                                 progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
         try quantize(name: model.name, weights: model.weights, statistics: statistics, options: options,
-                     activations: activations, progress: progress)
+                     activations: activations, covariance: covariance, progress: progress)
     }
 
     /// Quantizes the network `weights` of the model called `name` (see the other overload).
     public static func quantize(name: String, weights floatWeights: WhisperWeights, statistics: ActivationStatistics?,
                                 options: QuantizationOptions, activations: ActivationReservoir? = nil,
+                                covariance: InputCovariance? = nil,
                                 progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
+        if options.rounding == .compensated {
+            guard covariance != nil else { throw QuantizerError.covarianceRequired }
+            guard !options.calibrate else { throw QuantizerError.compensatedWithClipSearch }
+        }
         let layers = floatWeights.linearLayers
         for l in layers where !(l.weight is FloatMatrix) { throw QuantizerError.modelNotFloat(layer: l.name) }
         let identity = ModelIdentity.of(name: name, weights: floatWeights)
@@ -201,8 +228,14 @@ public enum Quantizer {
             let groups = (layer.inFeatures + options.groupSize - 1) / options.groupSize
             let ratios = calibration?.clipRatios(outFeatures: layer.outFeatures, groupsPerRow: groups)
                 ?? [Float](repeating: 1, count: layer.outFeatures * groups)
-            let q = try QuantizedMatrix(quantizing: values, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures,
-                                        bits: bits, groupSize: options.groupSize, clipRatios: ratios)
+            var compensated: QuantizedMatrix?
+            if options.rounding == .compensated, let covariance, let h = covariance.secondMoment(of: layer.name) {
+                compensated = try ErrorCompensatedRounding().quantize(                    values: values, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
+                    groupSize: options.groupSize, secondMoment: h, rows: covariance.rows(of: layer.name))
+            }
+            let q = try compensated ?? QuantizedMatrix(quantizing: values, outFeatures: layer.outFeatures,
+                                                       inFeatures: layer.inFeatures, bits: bits,
+                                                       groupSize: options.groupSize, clipRatios: ratios)
             replacements[layer.name] = q
             let meanRatio = ratios.reduce(0, +) / Float(ratios.count)
             let report = QuantizedLayerReport(
@@ -211,7 +244,8 @@ public enum Quantizer {
                 clipRatio: calibration?.groupClipRatios == nil ? (calibration?.clipRatio ?? 1) : meanRatio,
                 unclippedError: calibration?.unclippedError, calibratedError: calibration?.calibratedError)
             reports.append(report)
-            progress?(String(format: "%@: %d bits, clip %.2f", layer.name, bits, report.clipRatio))
+            progress?(String(format: "%@: %d bits, clip %.2f%@", layer.name, bits, report.clipRatio,
+                             compensated == nil ? "" : ", compensated"))
         }
         let weights = floatWeights.replacing(replacements)
         let actual = weights.byteSize

@@ -5,6 +5,7 @@ import WhisperEngine
 
 extension CalibrationObjective: ExpressibleByArgument {}
 extension SensitivityOrder: ExpressibleByArgument {}
+extension RoundingMethod: ExpressibleByArgument {}
 
 /// `myqasr quantize`: a per-user quantized model under a memory budget.
 struct Quantize: ParsableCommand {
@@ -68,6 +69,9 @@ struct Quantize: ParsableCommand {
     @Flag(help: "With --calibrate and --stats, search a clip ratio per group instead of per layer.")
     var perGroupClip = false
 
+    @Option(help: "How codes are chosen: nearest, or compensated (error-compensated rounding from the inputs' second moments; needs --calibration).")
+    var rounding: RoundingMethod = .nearest
+
     @Option(help: "Activation rows kept per layer for calibration with --calibration (memory only).")
     var calibrationRows = 256
 
@@ -92,6 +96,10 @@ struct Quantize: ParsableCommand {
                 throw ValidationError("give --stats FILE or --calibration FILES... (needed for a budget and for calibration)")
             }
         }
+        if rounding == .compensated {
+            guard !calibration.isEmpty else { throw ValidationError("--rounding compensated needs --calibration FILES...") }
+            guard !useCalibration else { throw ValidationError("--rounding compensated cannot be combined with --calibrate") }
+        }
         if let uniform, !BitAllocator.defaultAllowedBits.contains(uniform) {
             throw ValidationError("--uniform must be one of 2, 3, 4, 5, 6, 8")
         }
@@ -112,23 +120,35 @@ struct Quantize: ParsableCommand {
         let whisper = try loadFullPrecisionModel(model, for: "quantization and its calibration")
         var statistics: ActivationStatistics?
         var reservoir: ActivationReservoir?
+        var covariance: InputCovariance?
         if let stats {
             do { statistics = try StatisticsFile.load(path: stats) } catch { throw CLIError("\(error)") }
         } else if !calibration.isEmpty {
             let s = ActivationStatistics(modelIdentity: ModelIdentity.of(whisper))
-            let r = ActivationReservoir(capacity: calibrationRows)
+            var observers: [ActivationObserver] = [s]
+            if useCalibration {
+                let r = ActivationReservoir(capacity: calibrationRows)
+                reservoir = r
+                observers.append(r)
+            }
+            if rounding == .compensated {
+                let c = InputCovariance()
+                covariance = c
+                observers.append(c)
+            }
             try runCalibrationAudio(model: whisper, files: calibration, threads: threads, beamSize: beamSize,
-                                    observer: ObserverGroup([s, r]), statistics: s)
+                                    observer: ObserverGroup(observers), statistics: s)
             statistics = s
-            reservoir = r
             print(String(format: "ran %d calibration files in %.1f s", calibration.count, Date().timeIntervalSince(start)))
         }
         let target: QuantizationOptions.Target = try budget.map { .budget(try parsedBudget($0)) } ?? .uniform(bits: uniform!)
         let options = QuantizationOptions(target: target, objective: objective, order: order, groupSize: groupSize,
-                                          startBits: startBits, calibrate: useCalibration, perGroupClip: perGroupClip)
+                                          startBits: startBits, calibrate: useCalibration, perGroupClip: perGroupClip,
+                                          rounding: rounding)
         let result: QuantizationResult
         do {
-            result = try Quantizer.quantize(model: whisper, statistics: statistics, options: options, activations: reservoir)
+            result = try Quantizer.quantize(model: whisper, statistics: statistics, options: options, activations: reservoir,
+                                              covariance: covariance, progress: { print($0) })
         } catch {
             throw CLIError("\(error)")
         }
