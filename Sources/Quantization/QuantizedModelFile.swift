@@ -21,17 +21,22 @@ public struct QuantizedModelMetadata: Sendable, Equatable {
     public var groupSize: Int
     /// Sensitivity of each layer by name, where the allocator computed one.
     public var sensitivities: [String: Double]
+    /// `ModelIdentity.vocabularyDigest` of the source model, when known: lets a loader pair
+    /// the file with the source's vocabulary without loading the source's weights.
+    public var sourceVocabularyDigest: String?
 
     /// Creates metadata; `createdAt` defaults to now, rounded down to a whole second.
     public init(sourceModelName: String, sourceModelDigest: String,
                 createdAt: Date = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
-                statisticsDigest: String, groupSize: Int, sensitivities: [String: Double] = [:]) {
+                statisticsDigest: String, groupSize: Int, sensitivities: [String: Double] = [:],
+                sourceVocabularyDigest: String? = nil) {
         self.sourceModelName = sourceModelName
         self.sourceModelDigest = sourceModelDigest
         self.createdAt = createdAt
         self.statisticsDigest = statisticsDigest
         self.groupSize = groupSize
         self.sensitivities = sensitivities
+        self.sourceVocabularyDigest = sourceVocabularyDigest
     }
 }
 
@@ -121,6 +126,7 @@ public enum QuantizedModelFile {
     struct Source: Codable {
         var name: String
         var digest: String
+        var vocabulary: String?
     }
 
     struct Header: Codable {
@@ -210,7 +216,8 @@ public enum QuantizedModelFile {
         let dims = weights.dimensions
         let header = Header(
             format: formatName,
-            source: Source(name: metadata.sourceModelName, digest: metadata.sourceModelDigest),
+            source: Source(name: metadata.sourceModelName, digest: metadata.sourceModelDigest,
+                           vocabulary: metadata.sourceVocabularyDigest),
             createdAt: dateFormatter().string(from: metadata.createdAt),
             statisticsDigest: metadata.statisticsDigest, groupSize: metadata.groupSize,
             dimensions: Dimensions(nMels: dims.nMels, nAudioCtx: dims.nAudioCtx, nState: dims.nState, nHeads: dims.nHeads,
@@ -348,7 +355,8 @@ public enum QuantizedModelFile {
         for l in header.layers { if let s = l.sensitivity { sensitivities[l.name] = s } }
         let metadata = QuantizedModelMetadata(sourceModelName: header.source.name, sourceModelDigest: header.source.digest,
                                               createdAt: createdAt, statisticsDigest: header.statisticsDigest,
-                                              groupSize: header.groupSize, sensitivities: sensitivities)
+                                              groupSize: header.groupSize, sensitivities: sensitivities,
+                                              sourceVocabularyDigest: header.source.vocabulary)
         return (weights, metadata)
     }
 

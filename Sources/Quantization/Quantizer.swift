@@ -155,8 +155,10 @@ public enum Quantizer {
     public static func quantize(model: WhisperModel, statistics: ActivationStatistics?, options: QuantizationOptions,
                                 activations: ActivationReservoir? = nil, covariance: InputCovariance? = nil,
                                 progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
-        try quantize(name: model.name, weights: model.weights, statistics: statistics, options: options,
-                     activations: activations, covariance: covariance, progress: progress)
+        var result = try quantize(name: model.name, weights: model.weights, statistics: statistics, options: options,
+                                  activations: activations, covariance: covariance, progress: progress)
+        result.metadata.sourceVocabularyDigest = ModelIdentity.vocabularyDigest(model)
+        return result
     }
 
     /// Quantizes the network `weights` of the model called `name` (see the other overload).

@@ -20,31 +20,52 @@ public enum ModelIdentity {
 
     /// `crc32-fnv1a64` in hex over the layers' weights.
     public static func digest(_ weights: WhisperWeights) -> String {
-        var crc: uLong = crc32(0, nil, 0)
-        var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
-        func fold(_ raw: UnsafeRawBufferPointer) {
-            crc = crc32(crc, raw.bindMemory(to: Bytef.self).baseAddress, uInt(raw.count))
-            // FNV-1a over 64-bit words (then the tail bytes): fast enough for 150 MB of weights.
-            let words = raw.count / 8
-            for i in 0..<words {
-                fnv ^= raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)
-                fnv = fnv &* 0x0000_0100_0000_01b3
-            }
-            for i in (words * 8)..<raw.count {
-                fnv ^= UInt64(raw[i])
-                fnv = fnv &* 0x0000_0100_0000_01b3
-            }
-        }
+        var d = Digest()
         for layer in weights.linearLayers {
             if let f = layer.weight as? FloatMatrix {
-                f.values.withUnsafeBytes { fold($0) }
+                f.values.withUnsafeBytes { d.fold($0) }
             } else {
                 let tag = Array("\(layer.name):\(layer.outFeatures)x\(layer.inFeatures):\(layer.weight.byteSize)".utf8)
-                tag.withUnsafeBytes { fold($0) }
+                tag.withUnsafeBytes { d.fold($0) }
             }
         }
-        return String(format: "%08x", UInt32(truncatingIfNeeded: crc)) + "-" + String(format: "%016llx", fnv)
+        return d.hex
     }
+
+    /// `vocab-crc32-fnv1a64` over the model's vocabulary (every token, in id order): what a
+    /// quantized model needs from its source besides the weights it carries. Cheap, so a
+    /// `.myq` can be paired with its source's vocabulary without loading the source's weights.
+    public static func vocabularyDigest(_ model: WhisperModel) -> String {
+        var d = Digest()
+        for id in 0..<model.tokenizer.vocabularySize {
+            Array((model.tokenizer.token(id) + "\n").utf8).withUnsafeBytes { d.fold($0) }
+        }
+        return "vocab-" + d.hex
+    }
+}
+
+/// CRC32 (zlib) and FNV-1a-64 over a byte stream.
+struct Digest {
+    private var crc: uLong = crc32(0, nil, 0)
+    private var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
+
+    /// Folds `raw` in.
+    mutating func fold(_ raw: UnsafeRawBufferPointer) {
+        crc = crc32(crc, raw.bindMemory(to: Bytef.self).baseAddress, uInt(raw.count))
+        // FNV-1a over 64-bit words (then the tail bytes): fast enough for 150 MB of weights.
+        let words = raw.count / 8
+        for i in 0..<words {
+            fnv ^= raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)
+            fnv = fnv &* 0x0000_0100_0000_01b3
+        }
+        for i in (words * 8)..<raw.count {
+            fnv ^= UInt64(raw[i])
+            fnv = fnv &* 0x0000_0100_0000_01b3
+        }
+    }
+
+    /// `crc32-fnv1a64` in hex.
+    var hex: String { String(format: "%08x", UInt32(truncatingIfNeeded: crc)) + "-" + String(format: "%016llx", fnv) }
 }
 
 /// Errors reading or writing a statistics file; each names the file.

@@ -30,7 +30,17 @@ public final class WhisperModel: @unchecked Sendable {
 
     /// Loads the model files of `directory`, checking that the vocabulary fits the weights.
     public static func load(directory: ModelDirectory) throws -> WhisperModel {
-        let weights = try WhisperWeights(file: try ModelFile(path: directory.modelBin))
+        try load(directory: directory, weights: try WhisperWeights(file: try ModelFile(path: directory.modelBin)))
+    }
+
+    /// Pairs `weights` made elsewhere (a quantized form of this network) with the vocabulary
+    /// and configuration of `tiny.en`, `base` or a model directory; its `model.bin` is not read.
+    public static func load(_ nameOrPath: String, weights: WhisperWeights) throws -> WhisperModel {
+        try load(directory: try ModelLocator().resolve(nameOrPath), weights: weights)
+    }
+
+    /// The vocabulary and configuration of `directory` with `weights`, checking that they fit.
+    static func load(directory: ModelDirectory, weights: WhisperWeights) throws -> WhisperModel {
         let config = try ModelConfig(contentsOf: directory.configJSON)
         let tokenizer = try WhisperTokenizer(vocabularyFile: directory.vocabulary, tokenizerJSON: directory.tokenizerJSON)
         guard tokenizer.vocabularySize == weights.dimensions.nVocab else {

@@ -21,7 +21,8 @@ final class QuantizedModelFileTests: XCTestCase {
     private let metadata = QuantizedModelMetadata(
         sourceModelName: "random-small", sourceModelDigest: "sha256:" + String(repeating: "ab", count: 32),
         createdAt: Date(timeIntervalSince1970: 1_790_000_000), statisticsDigest: "stats:v1:1234",
-        groupSize: 32, sensitivities: ["encoder/conv1": 0.25, "decoder/embeddings": 1.5e-3])
+        groupSize: 32, sensitivities: ["encoder/conv1": 0.25, "decoder/embeddings": 1.5e-3],
+        sourceVocabularyDigest: "vocab-0badc0de-0123456789abcdef")
 
     /// A random network with every bit width and some float layers.
     private func mixedNetwork() throws -> WhisperWeights {
@@ -94,8 +95,11 @@ final class QuantizedModelFileTests: XCTestCase {
         var rng = SeededGenerator(seed: 22)
         let weights = RandomWhisper.make(rng: &rng)
         let p = path("float.myq")
-        try QuantizedModelFile.write(weights: weights, metadata: metadata, to: p)
-        let (loaded, _) = try QuantizedModelFile.load(path: p)
+        var withoutVocabulary = metadata
+        withoutVocabulary.sourceVocabularyDigest = nil   // as written before the vocabulary digest existed
+        try QuantizedModelFile.write(weights: weights, metadata: withoutVocabulary, to: p)
+        let (loaded, meta) = try QuantizedModelFile.load(path: p)
+        XCTAssertNil(meta.sourceVocabularyDigest)
         XCTAssertTrue(loaded.linearLayers.allSatisfy { $0.weight is FloatMatrix })
         XCTAssertEqual(RandomWhisper.run(loaded), RandomWhisper.run(weights))
     }
