@@ -24,12 +24,14 @@ public struct QuantizedModelMetadata: Sendable, Equatable {
     /// `ModelIdentity.vocabularyDigest` of the source model, when known: lets a loader pair
     /// the file with the source's vocabulary without loading the source's weights.
     public var sourceVocabularyDigest: String?
+    /// How the codes were chosen, when recorded.
+    public var rounding: RoundingMethod?
 
     /// Creates metadata; `createdAt` defaults to now, rounded down to a whole second.
     public init(sourceModelName: String, sourceModelDigest: String,
                 createdAt: Date = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
                 statisticsDigest: String, groupSize: Int, sensitivities: [String: Double] = [:],
-                sourceVocabularyDigest: String? = nil) {
+                sourceVocabularyDigest: String? = nil, rounding: RoundingMethod? = nil) {
         self.sourceModelName = sourceModelName
         self.sourceModelDigest = sourceModelDigest
         self.createdAt = createdAt
@@ -37,6 +39,7 @@ public struct QuantizedModelMetadata: Sendable, Equatable {
         self.groupSize = groupSize
         self.sensitivities = sensitivities
         self.sourceVocabularyDigest = sourceVocabularyDigest
+        self.rounding = rounding
     }
 }
 
@@ -134,6 +137,7 @@ public enum QuantizedModelFile {
         var source: Source
         var createdAt: String
         var statisticsDigest: String
+        var rounding: RoundingMethod?
         var groupSize: Int
         var dimensions: Dimensions
         var layers: [LayerEntry]
@@ -219,7 +223,7 @@ public enum QuantizedModelFile {
             source: Source(name: metadata.sourceModelName, digest: metadata.sourceModelDigest,
                            vocabulary: metadata.sourceVocabularyDigest),
             createdAt: dateFormatter().string(from: metadata.createdAt),
-            statisticsDigest: metadata.statisticsDigest, groupSize: metadata.groupSize,
+            statisticsDigest: metadata.statisticsDigest, rounding: metadata.rounding, groupSize: metadata.groupSize,
             dimensions: Dimensions(nMels: dims.nMels, nAudioCtx: dims.nAudioCtx, nState: dims.nState, nHeads: dims.nHeads,
                                    nAudioLayers: dims.nAudioLayers, nTextLayers: dims.nTextLayers,
                                    nTextCtx: dims.nTextCtx, nVocab: dims.nVocab),
@@ -356,7 +360,7 @@ public enum QuantizedModelFile {
         let metadata = QuantizedModelMetadata(sourceModelName: header.source.name, sourceModelDigest: header.source.digest,
                                               createdAt: createdAt, statisticsDigest: header.statisticsDigest,
                                               groupSize: header.groupSize, sensitivities: sensitivities,
-                                              sourceVocabularyDigest: header.source.vocabulary)
+                                              sourceVocabularyDigest: header.source.vocabulary, rounding: header.rounding)
         return (weights, metadata)
     }
 

@@ -50,7 +50,7 @@ public struct QuantizationOptions: Sendable {
 }
 
 /// How each weight's code is chosen on its group's grid.
-public enum RoundingMethod: String, Sendable, CaseIterable {
+public enum RoundingMethod: String, Sendable, CaseIterable, Codable {
     /// Round to the nearest code.
     case nearest
     /// Error-compensated rounding from the layer's input second moment (`ErrorCompensatedRounding`,
@@ -257,7 +257,7 @@ public enum Quantizer {
         let metadata = QuantizedModelMetadata(
             sourceModelName: name, sourceModelDigest: identity,
             statisticsDigest: statistics.map { StatisticsFile.digest($0) } ?? "none", groupSize: options.groupSize,
-            sensitivities: layerStats.mapValues { $0.medianAbsOutput })
+            sensitivities: layerStats.mapValues { $0.medianAbsOutput }, rounding: options.rounding)
         let report = QuantizationReport(layers: reports, fixedBytes: fixedBytes, totalBytes: actual, floatBytes: floatBytes,
                                         budget: budget, exactCalibration: activations != nil && options.calibrate)
         return QuantizationResult(weights: weights, metadata: metadata, report: report)

@@ -29,8 +29,9 @@ struct Inspect: ParsableCommand {
         let layerBytes = layers.reduce(0) { $0 + $1.weight.byteSize }
         let rest = weights.byteSize - layerBytes
         print("\(file)")
-        print("source \(meta.sourceModelName): \(meta.sourceModelDigest)")
-        print("statistics \(meta.statisticsDigest), group size \(meta.groupSize), made \(ISO8601DateFormatter().string(from: meta.createdAt))")
+        print("source \(meta.sourceModelName): \(meta.sourceModelDigest), \(meta.sourceVocabularyDigest ?? "no vocabulary digest")")
+        print("statistics \(meta.statisticsDigest), group size \(meta.groupSize), rounding \(meta.rounding?.rawValue ?? "not recorded"), "
+              + "made \(ISO8601DateFormatter().string(from: meta.createdAt))")
         print(pad("layer", 40) + lpad("shape", 12) + "  " + pad("bits", 13) + lpad("KiB", 9) + lpad("median|y|", 11))
         for l in layers {
             let bits: Int

@@ -23,6 +23,12 @@ final class ModelLoadingTests: XCTestCase {
         if err.contains("scripts/fetch-models") { throw XCTSkip("tiny.en is not installed: \(err)") }
         XCTAssertEqual(status, 0, err)
 
+        // Calibration audio means compensated rounding; the file records it and its source's vocabulary.
+        (status, out, err) = try run(["inspect", myq])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.contains("rounding compensated"), out)
+        XCTAssertNotNil(out.range(of: #"vocab-[0-9a-f]{8}-[0-9a-f]{16}"#, options: .regularExpression), out)
+
         (status, out, err) = try run(["transcribe", "--model", myq, "--beam-size", "1", jfk])
         XCTAssertEqual(status, 0, err)
         let words = String(out.lowercased().map { $0.isLetter ? $0 : " " }).split(separator: " ").joined(separator: " ")

@@ -22,7 +22,7 @@ final class QuantizedModelFileTests: XCTestCase {
         sourceModelName: "random-small", sourceModelDigest: "sha256:" + String(repeating: "ab", count: 32),
         createdAt: Date(timeIntervalSince1970: 1_790_000_000), statisticsDigest: "stats:v1:1234",
         groupSize: 32, sensitivities: ["encoder/conv1": 0.25, "decoder/embeddings": 1.5e-3],
-        sourceVocabularyDigest: "vocab-0badc0de-0123456789abcdef")
+        sourceVocabularyDigest: "vocab-0badc0de-0123456789abcdef", rounding: .compensated)
 
     /// A random network with every bit width and some float layers.
     private func mixedNetwork() throws -> WhisperWeights {
@@ -96,10 +96,12 @@ final class QuantizedModelFileTests: XCTestCase {
         let weights = RandomWhisper.make(rng: &rng)
         let p = path("float.myq")
         var withoutVocabulary = metadata
-        withoutVocabulary.sourceVocabularyDigest = nil   // as written before the vocabulary digest existed
+        withoutVocabulary.sourceVocabularyDigest = nil   // as written before these were recorded
+        withoutVocabulary.rounding = nil
         try QuantizedModelFile.write(weights: weights, metadata: withoutVocabulary, to: p)
         let (loaded, meta) = try QuantizedModelFile.load(path: p)
         XCTAssertNil(meta.sourceVocabularyDigest)
+        XCTAssertNil(meta.rounding)
         XCTAssertTrue(loaded.linearLayers.allSatisfy { $0.weight is FloatMatrix })
         XCTAssertEqual(RandomWhisper.run(loaded), RandomWhisper.run(weights))
     }
