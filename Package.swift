@@ -104,7 +104,7 @@ let package = Package(
         // Random-weight networks shared by the engine and quantization tests (tests only).
         .target(name: "WhisperTestSupport", dependencies: ["WhisperEngine"], swiftSettings: v5),
         .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine", "WhisperTestSupport"], swiftSettings: v5),
-        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "WhisperTestSupport"], swiftSettings: v5),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "WhisperTestSupport", "Audio"], swiftSettings: v5),
         .testTarget(name: "CLITests", dependencies: ["myqasr"], swiftSettings: v5),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
         .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),

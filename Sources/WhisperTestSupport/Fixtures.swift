@@ -6,11 +6,12 @@ import XCTest
 /// (`scripts/fetch-models`, `scripts/fetch-samples`), never committed.
 /// Missing fixtures skip the test, unless MYQASR_REQUIRE_FIXTURES=1 (as `scripts/test` sets),
 /// where they fail it.
-enum Fixtures {
-    static var required: Bool { ProcessInfo.processInfo.environment["MYQASR_REQUIRE_FIXTURES"] == "1" }
+public enum Fixtures {
+    /// Whether missing fixtures fail rather than skip (MYQASR_REQUIRE_FIXTURES=1).
+    public static var required: Bool { ProcessInfo.processInfo.environment["MYQASR_REQUIRE_FIXTURES"] == "1" }
 
     /// Where `scripts/fetch-samples` puts the speech samples.
-    static var samplesDirectory: String {
+    public static var samplesDirectory: String {
         let env = ProcessInfo.processInfo.environment
         let cache = env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? (NSHomeDirectory() + "/.cache")
         return cache + "/myqasr/samples"
@@ -20,7 +21,7 @@ enum Fixtures {
     nonisolated(unsafe) private static var models: [String: WhisperModel] = [:]
 
     /// A loaded model (cached across tests), or a skip / failure when it is not installed.
-    static func model(_ name: String) throws -> WhisperModel {
+    public static func model(_ name: String) throws -> WhisperModel {
         cacheLock.lock()
         defer { cacheLock.unlock() }
         if let m = models[name] { return m }
@@ -34,7 +35,7 @@ enum Fixtures {
     }
 
     /// Path of a fetched sample such as `jfk.wav`, or a skip / failure when absent.
-    static func sample(_ file: String) throws -> String {
+    public static func sample(_ file: String) throws -> String {
         let path = samplesDirectory + "/" + file
         guard FileManager.default.fileExists(atPath: path) else {
             throw missing("sample \(path) is missing; run scripts/fetch-samples")
@@ -43,7 +44,7 @@ enum Fixtures {
     }
 
     /// Path of an installed command-line tool, or a skip / failure when absent.
-    static func tool(_ name: String) throws -> String {
+    public static func tool(_ name: String) throws -> String {
         for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":") {
             let path = "\(dir)/\(name)"
             if FileManager.default.isExecutableFile(atPath: path) { return path }
@@ -55,14 +56,17 @@ enum Fixtures {
         required ? FixtureError(message: message) : XCTSkip(message)
     }
 
-    struct FixtureError: Error, CustomStringConvertible {
-        let message: String
-        var description: String { "fixture missing with MYQASR_REQUIRE_FIXTURES=1: \(message)" }
+    /// A fixture that must be present is not.
+    public struct FixtureError: Error, CustomStringConvertible {
+        /// What is missing.
+        public let message: String
+        /// The message with the reason it is an error.
+        public var description: String { "fixture missing with MYQASR_REQUIRE_FIXTURES=1: \(message)" }
     }
 }
 
 /// Lower-case, punctuation removed, single spaces: the comparison the engine issue asks for.
-func plainWords(_ text: String) -> String {
+public func plainWords(_ text: String) -> String {
     let kept = text.lowercased().unicodeScalars.map { CharacterSet.alphanumerics.contains($0) || $0 == "'" ? Character($0) : " " }
     return String(kept).split(separator: " ").joined(separator: " ")
 }
