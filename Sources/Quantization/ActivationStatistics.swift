@@ -216,6 +216,8 @@ public enum ActivationStatisticsError: Error, Equatable, CustomStringConvertible
     case shapeMismatch(layer: String, expected: [Int], found: [Int])
     /// Two statistics sets come from different source models.
     case modelMismatch(expected: String, found: String)
+    /// One statistics set keeps second moments and the other does not.
+    case secondMomentsMismatch(expected: Bool)
 
     /// A one-line explanation.
     public var description: String {
@@ -224,6 +226,9 @@ public enum ActivationStatisticsError: Error, Equatable, CustomStringConvertible
             return "statistics for layer \(layer) have shape \(found), expected \(expected)"
         case let .modelMismatch(expected, found):
             return "statistics were gathered on model \(found), not on \(expected)"
+        case let .secondMomentsMismatch(expected):
+            return expected ? "these statistics keep second moments; the others do not"
+                : "the other statistics keep second moments; these do not"
         }
     }
 }
@@ -239,6 +244,9 @@ public enum ActivationStatisticsError: Error, Equatable, CustomStringConvertible
 public final class ActivationStatistics: ActivationObserver, @unchecked Sendable {
     /// Identity of the model the activations come from (see `ModelIdentity`).
     public let modelIdentity: String
+    /// Each layer's input second moment, for compensated rounding, when kept
+    /// (`keepSecondMoments`); `inFeatures²` floats per layer.
+    public let secondMoments: InputCovariance?
     private let lock = NSLock()
     private var layerTable: [String: LayerActivationStatistics] = [:]
     private var order: [String] = []
@@ -246,14 +254,18 @@ public final class ActivationStatistics: ActivationObserver, @unchecked Sendable
     private var scratch: [Float] = []
     private var shapeError: ActivationStatisticsError?
 
-    /// Empty statistics for activations of the model identified by `modelIdentity`.
-    public init(modelIdentity: String) {
+    /// Empty statistics for activations of the model identified by `modelIdentity`; with
+    /// `keepSecondMoments`, each layer's input second moment is accumulated too.
+    public init(modelIdentity: String, keepSecondMoments: Bool = false) {
         self.modelIdentity = modelIdentity
+        secondMoments = keepSecondMoments ? InputCovariance() : nil
     }
 
     /// Statistics with the given layers and sample count (the file reader).
-    public init(modelIdentity: String, sampleCount: Int, layers: [LayerActivationStatistics]) {
+    public init(modelIdentity: String, sampleCount: Int, layers: [LayerActivationStatistics],
+                secondMoments: InputCovariance? = nil) {
         self.modelIdentity = modelIdentity
+        self.secondMoments = secondMoments
         samples = sampleCount
         for l in layers {
             layerTable[l.name] = l
@@ -265,6 +277,7 @@ public final class ActivationStatistics: ActivationObserver, @unchecked Sendable
     public func observe(layer: String, input: UnsafeBufferPointer<Float>, output: UnsafeBufferPointer<Float>,
                         rows: Int) {
         guard rows > 0 else { return }
+        secondMoments?.observe(layer: layer, input: input, output: output, rows: rows)
         let inFeatures = input.count / rows, outFeatures = output.count / rows
         lock.lock()
         defer { lock.unlock() }
@@ -326,10 +339,14 @@ public final class ActivationStatistics: ActivationObserver, @unchecked Sendable
     }
 
     /// Adds everything `other` holds (another utterance, another session) to this set.
-    /// Throws if `other` comes from another model or disagrees on a layer's shape (nothing is merged then).
+    /// Throws if `other` comes from another model, disagrees on a layer's shape, or keeps
+    /// second moments when this set does or the other way round (nothing is merged then).
     public func merge(_ other: ActivationStatistics) throws {
         guard other.modelIdentity == modelIdentity else {
             throw ActivationStatisticsError.modelMismatch(expected: modelIdentity, found: other.modelIdentity)
+        }
+        guard (other.secondMoments == nil) == (secondMoments == nil) else {
+            throw ActivationStatisticsError.secondMomentsMismatch(expected: secondMoments != nil)
         }
         let theirs = other.layers, theirSamples = other.sampleCount
         lock.lock()
@@ -350,6 +367,7 @@ public final class ActivationStatistics: ActivationObserver, @unchecked Sendable
             }
         }
         samples += theirSamples
+        if let theirs = other.secondMoments { secondMoments?.merge(theirs) }
     }
 
     /// Forgets everything seen.
@@ -360,5 +378,6 @@ public final class ActivationStatistics: ActivationObserver, @unchecked Sendable
         samples = 0
         shapeError = nil
         lock.unlock()
+        secondMoments?.reset()
     }
 }

@@ -6,8 +6,8 @@ import WhisperEngine
 /// second moment that error-compensated rounding (`ErrorCompensatedRounding`) weighs the
 /// rounding error with. An aggregate, like `ActivationStatistics`: no row survives an
 /// `observe` call. Memory is fixed by the model's shape (`inFeatures²` floats per layer:
-/// about 115 MB for tiny.en), so it is kept in memory for one quantize run, not in the
-/// statistics file.
+/// about 115 MB for tiny.en); `ActivationStatistics` keeps one when asked to
+/// (`keepSecondMoments`), and the statistics file then stores its upper triangles.
 public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     private struct Entry {
         var width: Int
@@ -36,6 +36,61 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         }
         entry.rows += rows
         entries[layer] = entry
+    }
+
+    /// Layers seen, sorted by name.
+    public var layerNames: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries.keys.sorted()
+    }
+
+    /// The raw sums of `layer`: its input width, rows seen and the upper triangle of `Σ x xᵀ`
+    /// row by row (`width · (width + 1) / 2` floats), or `nil` if never seen.
+    public func upperTriangle(of layer: String) -> (width: Int, rows: Int, sums: [Float])? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let e = entries[layer] else { return nil }
+        var packed: [Float] = []
+        packed.reserveCapacity(e.width * (e.width + 1) / 2)
+        for i in 0..<e.width { packed += e.sum[(i * e.width + i)..<((i + 1) * e.width)] }
+        return (e.width, e.rows, packed)
+    }
+
+    /// Sets `layer`'s sums from `upperTriangle(of:)`'s form (the file reader); `false` if
+    /// `sums` does not have `width · (width + 1) / 2` values.
+    @discardableResult
+    public func setUpperTriangle(of layer: String, width: Int, rows: Int, sums: [Float]) -> Bool {
+        guard width > 0, rows >= 0, sums.count == width * (width + 1) / 2 else { return false }
+        var full = [Float](repeating: 0, count: width * width)
+        var k = 0
+        for i in 0..<width {
+            for j in i..<width { full[i * width + j] = sums[k]; k += 1 }
+        }
+        lock.lock()
+        entries[layer] = Entry(width: width, rows: rows, sum: full)
+        lock.unlock()
+        return true
+    }
+
+    /// Adds `other`'s sums layer by layer; a layer whose width differs is left as it is.
+    public func merge(_ other: InputCovariance) {
+        guard other !== self else { return }
+        for name in other.layerNames {
+            guard let theirs = other.upperTriangle(of: name) else { continue }
+            lock.lock()
+            var e = entries[name] ?? Entry(width: theirs.width, rows: 0, sum: [Float](repeating: 0, count: theirs.width * theirs.width))
+            if e.width == theirs.width {
+                entries[name] = nil
+                var k = 0
+                for i in 0..<e.width {
+                    for j in i..<e.width { e.sum[i * e.width + j] += theirs.sums[k]; k += 1 }
+                }
+                e.rows += theirs.rows
+            }
+            entries[name] = e
+            lock.unlock()
+        }
     }
 
     /// Rows `layer` has seen (0 if never).

@@ -133,7 +133,8 @@ public enum QuantizerError: Error, Equatable, CustomStringConvertible {
         case let .modelNotFloat(layer):
             return "layer \(layer) is already quantized; quantize from the full-precision model"
         case .covarianceRequired:
-            return "compensated rounding needs the inputs' second moments: quantize from calibration audio"
+            return "compensated rounding needs the inputs' second moments: quantize from calibration audio, "
+                + "or from statistics gathered with `myqasr stats --second-moments`"
         case .compensatedWithClipSearch:
             return "compensated rounding sets its own scales; it cannot be combined with the clip search"
         case let .accountingMismatch(allocated, actual):
@@ -150,7 +151,8 @@ public enum Quantizer {
     ///   - statistics: activation statistics of this model (required for a budget, or to calibrate
     ///     without `activations`); their model identity must match.
     ///   - activations: captured input rows for exact calibration (else the statistics' moments are used).
-    ///   - covariance: the layers' input second moments, for `RoundingMethod.compensated`.
+    ///   - covariance: the layers' input second moments, for `RoundingMethod.compensated`
+    ///     (default: the statistics' own `secondMoments`, if they kept them).
     ///   - progress: called with one line per layer as it is done.
     public static func quantize(model: WhisperModel, statistics: ActivationStatistics?, options: QuantizationOptions,
                                 activations: ActivationReservoir? = nil, covariance: InputCovariance? = nil,
@@ -166,6 +168,7 @@ public enum Quantizer {
                                 options: QuantizationOptions, activations: ActivationReservoir? = nil,
                                 covariance: InputCovariance? = nil,
                                 progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
+        let covariance = covariance ?? statistics?.secondMoments
         if options.rounding == .compensated {
             guard covariance != nil else { throw QuantizerError.covarianceRequired }
             guard !options.calibrate else { throw QuantizerError.compensatedWithClipSearch }

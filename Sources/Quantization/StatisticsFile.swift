@@ -93,7 +93,8 @@ public enum StatisticsFileError: Error, Equatable, CustomStringConvertible {
         case let .notStatisticsFile(path):
             return "\(path) is not a myqasr statistics file (expected magic \"MYQS\"; make one with `myqasr stats`)"
         case let .unsupportedVersion(path, version):
-            return "statistics file \(path) has format version \(version); this build reads version \(StatisticsFile.version)"
+            return "statistics file \(path) has format version \(version); this build reads versions "
+                + "\(StatisticsFile.readableVersions.lowerBound) to \(StatisticsFile.readableVersions.upperBound)"
         case let .truncated(path): return "statistics file \(path) is truncated"
         case let .checksumMismatch(path, stored, computed):
             return "statistics file \(path) is corrupt: CRC32 " + String(format: "%08x", computed)
@@ -109,13 +110,20 @@ public enum StatisticsFileError: Error, Equatable, CustomStringConvertible {
 ///     payload: model identity (u32 length + UTF-8) | sample count u64 | layer count u32 | layers
 ///     layer:   name | in u32 | out u32 | output elements u64 | input rows u64 |
 ///              non-empty bins u32 × (bin u16, count u64) | Σx² f64 × in | max|x| f32 × in
+///     then (version 2) second-moment layer count u32 (0: none kept) | second-moment layers
+///     second-moment layer: name | width u32 | rows u64 | upper triangle of Σ x xᵀ, row by row,
+///              f32 × width·(width+1)/2
+///
+/// Version 1 files (no second moments) are still read.
 ///
 /// Aggregates only: the file holds no audio, features, tokens or text.
 public enum StatisticsFile {
     /// File magic.
     public static let magic: [UInt8] = Array("MYQS".utf8)
     /// Current format version.
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
+    /// Versions this build reads.
+    public static let readableVersions: ClosedRange<UInt32> = 1...2
 
     /// The canonical payload encoding of `statistics` (what the file stores and the digest hashes).
     public static func payload(_ statistics: ActivationStatistics) -> [UInt8] {
@@ -138,6 +146,16 @@ public enum StatisticsFile {
             }
             for v in l.inputSquareSums { w.u64(v.bitPattern) }
             for v in l.inputAbsMax { w.u32(v.bitPattern) }
+        }
+        let moments = statistics.secondMoments
+        let names = moments?.layerNames ?? []
+        w.u32(UInt32(names.count))
+        for name in names {
+            let (width, rows, sums) = moments!.upperTriangle(of: name)!
+            w.string(name)
+            w.u32(UInt32(width))
+            w.u64(UInt64(rows))
+            w.floats(sums)
         }
         return w.bytes
     }
@@ -182,7 +200,9 @@ public enum StatisticsFile {
         guard Array(bytes[0..<4]) == magic else { throw StatisticsFileError.notStatisticsFile(path: path) }
         var header = ByteReader(bytes: bytes, path: path, position: 4)
         let fileVersion = try header.u32()
-        guard fileVersion == version else { throw StatisticsFileError.unsupportedVersion(path: path, version: fileVersion) }
+        guard readableVersions.contains(fileVersion) else {
+            throw StatisticsFileError.unsupportedVersion(path: path, version: fileVersion)
+        }
         let length = try header.u64()
         let bodyStart = header.position
         guard length <= UInt64(bytes.count), bytes.count - bodyStart >= Int(length) + 4 else {
@@ -234,10 +254,30 @@ public enum StatisticsFile {
                 name: name, inFeatures: inFeatures, outFeatures: outFeatures, outputHistogram: histogram,
                 outputElementCount: elements, inputRowCount: rows, inputSquareSums: sums, inputAbsMax: maxima)!)
         }
+        var secondMoments: InputCovariance?
+        if fileVersion >= 2 {
+            let count = try r.u32()
+            if count > 0 { secondMoments = InputCovariance() }
+            var seenMoments = Set<String>()
+            for _ in 0..<count {
+                let name = try r.string()
+                guard seenMoments.insert(name).inserted, let layer = layers.first(where: { $0.name == name }) else {
+                    throw StatisticsFileError.malformed(path: path, reason: "second moments of \(name): repeated or no such layer")
+                }
+                let width = Int(try r.u32()), rows = Int(try r.u64())
+                guard width == layer.inFeatures else {
+                    throw StatisticsFileError.malformed(
+                        path: path, reason: "second moments of \(name) are \(width) wide, the layer has \(layer.inFeatures) inputs")
+                }
+                let sums = try r.floats(width * (width + 1) / 2)
+                secondMoments!.setUpperTriangle(of: name, width: width, rows: rows, sums: sums)
+            }
+        }
         guard r.position == bodyEnd else {
             throw StatisticsFileError.malformed(path: path, reason: "\(bodyEnd - r.position) unread payload bytes")
         }
-        return ActivationStatistics(modelIdentity: identity, sampleCount: Int(samples), layers: layers)
+        return ActivationStatistics(modelIdentity: identity, sampleCount: Int(samples), layers: layers,
+                                    secondMoments: secondMoments)
     }
 
     /// A stable digest of a statistics set: `myqs1-` + CRC32 + FNV-1a-64 of the canonical
@@ -272,6 +312,8 @@ struct ByteWriter {
         u32(UInt32(utf8.count))
         bytes += utf8
     }
+    /// Little-endian f32 values in one copy (every supported host is little-endian).
+    mutating func floats(_ v: [Float]) { v.withUnsafeBytes { bytes += $0 } }
 }
 
 /// Little-endian reader that reports running off the end as a truncated file.
@@ -303,6 +345,16 @@ struct ByteReader {
     mutating func u16() throws -> UInt16 { UInt16(try uint(2)) }
     mutating func u32() throws -> UInt32 { UInt32(try uint(4)) }
     mutating func u64() throws -> UInt64 { try uint(8) }
+
+    /// `count` little-endian f32 values.
+    mutating func floats(_ count: Int) throws -> [Float] {
+        guard count >= 0, count <= (end - position) / 4 else { throw StatisticsFileError.truncated(path: path) }
+        let raw = try take(count * 4)
+        return [Float](unsafeUninitializedCapacity: count) { buffer, n in
+            raw.withUnsafeBytes { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
+            n = count
+        }
+    }
 
     mutating func string() throws -> String {
         let n = Int(try u32())

@@ -21,10 +21,11 @@ struct Quantize: ParsableCommand {
             docs/myqasr-method.md).
 
             Statistics come from --stats (made by `myqasr stats`) or from --calibration audio run \
-            through the model now. With --calibration the codes are chosen by error-compensated \
-            rounding (GPTQ) from the layers' input second moments, which are kept in memory only; \
-            on tiny.en it lowered the word error rate of every width measured (docs/myqasr-method.md). \
-            With --stats, codes are rounded to nearest.
+            through the model now. Codes are then chosen by error-compensated rounding (GPTQ) from \
+            the layers' input second moments: kept in memory only with --calibration, read from \
+            the file with --stats if it was made with `myqasr stats --second-moments` (otherwise \
+            codes are rounded to nearest). On tiny.en it lowered the word error rate at 3 and 4 \
+            bits (docs/myqasr-method.md).
 
             Budgets: 24MiB, 24MB, 25165824 (bytes), 0.5GiB.
 
@@ -73,15 +74,10 @@ struct Quantize: ParsableCommand {
 
     @Option(help: """
         How codes are chosen: compensated (each rounding error is carried onto the inputs not yet \
-        rounded, weighted by the inputs' second moments; needs --calibration, and is its default) \
-        or nearest (the default with --stats).
+        rounded, weighted by the inputs' second moments; needs --calibration, or --stats made with \
+        `myqasr stats --second-moments`, and is then the default) or nearest.
         """)
     var rounding: RoundingMethod?
-
-    /// The rounding in effect: as asked, else compensated with calibration audio and nearest without.
-    var effectiveRounding: RoundingMethod {
-        rounding ?? (calibration.isEmpty || useCalibration ? .nearest : .compensated)
-    }
 
     @Option(help: "Activation rows kept per layer for calibration with --calibration (memory only).")
     var calibrationRows = 256
@@ -107,8 +103,10 @@ struct Quantize: ParsableCommand {
                 throw ValidationError("give --stats FILE or --calibration FILES... (needed for a budget and for calibration)")
             }
         }
-        if effectiveRounding == .compensated {
-            guard !calibration.isEmpty else { throw ValidationError("--rounding compensated needs --calibration FILES...") }
+        if rounding == .compensated {
+            guard stats != nil || !calibration.isEmpty else {
+                throw ValidationError("--rounding compensated needs --calibration FILES... or --stats FILE")
+            }
             guard !useCalibration else { throw ValidationError("--rounding compensated cannot be combined with --calibrate") }
         }
         if let uniform, !BitAllocator.defaultAllowedBits.contains(uniform) {
@@ -131,35 +129,32 @@ struct Quantize: ParsableCommand {
         let whisper = try loadFullPrecisionModel(model, for: "quantization and its calibration")
         var statistics: ActivationStatistics?
         var reservoir: ActivationReservoir?
-        var covariance: InputCovariance?
         if let stats {
             do { statistics = try StatisticsFile.load(path: stats) } catch { throw CLIError("\(error)") }
         } else if !calibration.isEmpty {
-            let s = ActivationStatistics(modelIdentity: ModelIdentity.of(whisper))
+            // Second moments are kept (in memory only) unless nearest rounding or the clip search was asked for.
+            let s = ActivationStatistics(modelIdentity: ModelIdentity.of(whisper),
+                                         keepSecondMoments: rounding != .nearest && !useCalibration)
             var observers: [ActivationObserver] = [s]
             if useCalibration {
                 let r = ActivationReservoir(capacity: calibrationRows)
                 reservoir = r
                 observers.append(r)
             }
-            if effectiveRounding == .compensated {
-                let c = InputCovariance()
-                covariance = c
-                observers.append(c)
-            }
             try runCalibrationAudio(model: whisper, files: calibration, threads: threads, beamSize: beamSize,
                                     observer: ObserverGroup(observers), statistics: s)
             statistics = s
             print(String(format: "ran %d calibration files in %.1f s", calibration.count, Date().timeIntervalSince(start)))
         }
+        // Compensated rounding whenever second moments are at hand, unless told otherwise.
+        let effectiveRounding = rounding ?? (statistics?.secondMoments != nil && !useCalibration ? .compensated : .nearest)
         let target: QuantizationOptions.Target = try budget.map { .budget(try parsedBudget($0)) } ?? .uniform(bits: uniform!)
         let options = QuantizationOptions(target: target, objective: objective, order: order, groupSize: groupSize,
                                           startBits: startBits, calibrate: useCalibration, perGroupClip: perGroupClip,
                                           rounding: effectiveRounding)
         let result: QuantizationResult
         do {
-            result = try Quantizer.quantize(model: whisper, statistics: statistics, options: options, activations: reservoir,
-                                              covariance: covariance)
+            result = try Quantizer.quantize(model: whisper, statistics: statistics, options: options, activations: reservoir)
         } catch {
             throw CLIError("\(error)")
         }

@@ -29,11 +29,15 @@ struct Stats: ParsableCommand {
         discussion: """
             Runs the full-precision model over the files and keeps, for every linear layer, \
             the median |output| (its sensitivity) and per-input-feature second moments (for \
-            calibration without audio). The file holds these aggregates only: no audio, \
-            features, tokens or text. Transcripts are not printed unless --show-text.
+            calibration without audio). With --second-moments it also keeps each layer's \
+            whole input second moment (Σ x xᵀ), which `myqasr quantize --stats` then uses for \
+            error-compensated rounding; the file grows to about 57 MB for tiny.en. The file \
+            holds these aggregates only: no audio, features, tokens or text. Transcripts are \
+            not printed unless --show-text.
 
             Examples:
               myqasr stats --model tiny.en my-recordings/*.wav --out me.myqs
+              myqasr stats --model tiny.en --second-moments my-recordings/*.wav --out me.myqs
               myqasr stats --model tiny.en new.wav --merge me.myqs --out me.myqs
             """
     )
@@ -53,6 +57,9 @@ struct Stats: ParsableCommand {
     @Option(help: "Worker threads for the network.")
     var threads = 2
 
+    @Flag(help: "Also keep each layer's whole input second moment (for compensated rounding; a much larger file).")
+    var secondMoments = false
+
     @Flag(help: "Print each file's transcript.")
     var showText = false
 
@@ -67,7 +74,7 @@ struct Stats: ParsableCommand {
 
     func run() throws {
         let whisper = try loadFullPrecisionModel(model, for: "statistics")
-        let statistics = ActivationStatistics(modelIdentity: ModelIdentity.of(whisper))
+        let statistics = ActivationStatistics(modelIdentity: ModelIdentity.of(whisper), keepSecondMoments: secondMoments)
         let start = Date()
         try runCalibrationAudio(model: whisper, files: files, threads: threads, beamSize: beamSize,
                                 observer: statistics, statistics: statistics,

@@ -44,4 +44,27 @@ final class ModelLoadingTests: XCTestCase {
         XCTAssertTrue(err.contains("need the full-precision model; \(myq) is a quantized .myq file"), err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/again.myq"))
     }
+
+    func testStatisticsWithSecondMomentsGiveCompensatedRounding() throws {
+        let calibration = try sample("goforward.wav")
+        let directory = NSTemporaryDirectory() + "myqasr-stats-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for (flags, rounding) in [(["--second-moments"], "compensated"), ([], "nearest")] {
+            let stats = directory + "/s\(flags.count).myqs", myq = directory + "/u4-\(rounding).myq"
+            var (status, _, err) = try run(["stats", "--model", "tiny.en"] + flags + ["--out", stats, calibration])
+            if err.contains("scripts/fetch-models") { throw XCTSkip("tiny.en is not installed: \(err)") }
+            XCTAssertEqual(status, 0, err)
+            (status, _, err) = try run(["quantize", "--model", "tiny.en", "--uniform", "4", "--stats", stats, "--out", myq])
+            XCTAssertEqual(status, 0, err)
+            let out: String
+            (status, out, err) = try run(["inspect", myq])
+            XCTAssertTrue(out.contains("rounding \(rounding)"), out)
+        }
+        // Asking for compensated rounding without second moments names what is missing.
+        let (status, _, err) = try run(["quantize", "--model", "tiny.en", "--uniform", "4", "--stats", directory + "/s0.myqs",
+                                        "--rounding", "compensated", "--out", directory + "/no.myq"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("myqasr stats --second-moments"), err)
+    }
 }

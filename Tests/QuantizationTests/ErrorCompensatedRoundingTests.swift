@@ -175,3 +175,82 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
         XCTAssertLessThan(encoderError(compensated.weights), encoderError(plain.weights))
     }
 }
+
+/// Second moments kept by the statistics: gathered, merged, written, read back (and read
+/// from version 1 files that have none), and used by the quantizer.
+final class StatisticsSecondMomentTests: XCTestCase {
+    private func gathered(seed: UInt64, keep: Bool = true) -> (WhisperWeights, ActivationStatistics) {
+        let weights = QuantizerTests.randomWeights()
+        let stats = ActivationStatistics(modelIdentity: ModelIdentity.of(name: "syn", weights: weights), keepSecondMoments: keep)
+        QuantizerTests.run(weights, observer: stats, utterances: 2, seed: seed, statistics: stats)
+        return (weights, stats)
+    }
+
+    func testSecondMomentsRoundTripThroughTheFile() throws {
+        let (_, stats) = gathered(seed: 4)
+        let moments = try XCTUnwrap(stats.secondMoments)
+        XCTAssertEqual(moments.layerNames.count, stats.layers.count, "every layer")
+        let loaded = try StatisticsFile.decode(StatisticsFile.encode(stats), path: "/x/s.myqs")
+        let back = try XCTUnwrap(loaded.secondMoments)
+        XCTAssertEqual(back.layerNames, moments.layerNames)
+        for name in moments.layerNames {
+            let a = try XCTUnwrap(moments.upperTriangle(of: name)), b = try XCTUnwrap(back.upperTriangle(of: name))
+            XCTAssertEqual(a.width, b.width)
+            XCTAssertEqual(a.rows, b.rows)
+            XCTAssertEqual(a.sums, b.sums, name)
+            XCTAssertEqual(moments.secondMoment(of: name), back.secondMoment(of: name), name)
+        }
+        XCTAssertEqual(StatisticsFile.digest(loaded), StatisticsFile.digest(stats))
+    }
+
+    func testVersionOneFilesStillLoadWithoutSecondMoments() throws {
+        let (_, stats) = gathered(seed: 4, keep: false)
+        XCTAssertNil(stats.secondMoments)
+        // A version 1 image: the version 2 payload without its trailing (empty) second-moment count.
+        let v2 = StatisticsFile.encode(stats)
+        let payloadLength = v2[8..<16].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        var v1 = Array(v2[0..<(16 + payloadLength - 4)])
+        v1[4] = 1
+        let newLength = UInt64(payloadLength - 4)
+        for i in 0..<8 { v1[8 + i] = UInt8(truncatingIfNeeded: newLength >> (8 * UInt64(i))) }
+        let crc = StatisticsFile.crc(v1)
+        for i in 0..<4 { v1.append(UInt8(truncatingIfNeeded: crc >> (8 * UInt32(i)))) }
+        let loaded = try StatisticsFile.decode(v1, path: "/x/v1.myqs")
+        XCTAssertNil(loaded.secondMoments)
+        XCTAssertEqual(loaded.layers.map(\.medianAbsOutput), stats.layers.map(\.medianAbsOutput))
+    }
+
+    func testMergeAddsSecondMomentsAndRefusesAMix() throws {
+        let (_, a) = gathered(seed: 4), (_, b) = gathered(seed: 5)
+        let layer = "encoder/conv1"
+        let rowsA = try XCTUnwrap(a.secondMoments?.rows(of: layer)), rowsB = try XCTUnwrap(b.secondMoments?.rows(of: layer))
+        let sumA = try XCTUnwrap(a.secondMoments?.upperTriangle(of: layer)).sums
+        let sumB = try XCTUnwrap(b.secondMoments?.upperTriangle(of: layer)).sums
+        try a.merge(b)
+        XCTAssertEqual(a.secondMoments?.rows(of: layer), rowsA + rowsB)
+        let merged = try XCTUnwrap(a.secondMoments?.upperTriangle(of: layer)).sums
+        for i in merged.indices { XCTAssertEqual(merged[i], sumA[i] + sumB[i], accuracy: 1e-3 * max(1, abs(merged[i]))) }
+        let (_, plain) = gathered(seed: 6, keep: false)
+        XCTAssertThrowsError(try a.merge(plain)) {
+            XCTAssertEqual($0 as? ActivationStatisticsError, .secondMomentsMismatch(expected: true))
+        }
+        a.reset()
+        XCTAssertEqual(a.secondMoments?.rows(of: layer), 0)
+    }
+
+    func testQuantizerTakesTheStatisticsSecondMoments() throws {
+        let (weights, stats) = gathered(seed: 4)
+        let options = QuantizationOptions(target: .uniform(bits: 3), groupSize: 32, rounding: .compensated)
+        let fromStatistics = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats, options: options)
+        let explicit = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: options,
+                                              covariance: stats.secondMoments)
+        let nearest = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats,
+                                             options: QuantizationOptions(target: .uniform(bits: 3), groupSize: 32))
+        XCTAssertEqual(fromStatistics.metadata.rounding, .compensated)
+        for (a, b) in zip(fromStatistics.weights.linearLayers, explicit.weights.linearLayers) {
+            XCTAssertEqual((a.weight as! QuantizedMatrix).codes(), (b.weight as! QuantizedMatrix).codes(), a.name)
+        }
+        XCTAssertNotEqual(fromStatistics.weights.linearLayers.map { ($0.weight as! QuantizedMatrix).codes() },
+                          nearest.weights.linearLayers.map { ($0.weight as! QuantizedMatrix).codes() })
+    }
+}
