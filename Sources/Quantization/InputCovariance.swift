@@ -17,12 +17,16 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     private let lock = NSLock()
     private var entries: [String: Entry] = [:]
 
-    /// An empty accumulator.
-    public init() {}
+    private let accepts: @Sendable (String) -> Bool
+
+    /// An empty accumulator for the layers `accepts` names (all by default).
+    public init(accepts: @escaping @Sendable (String) -> Bool = { _ in true }) {
+        self.accepts = accepts
+    }
 
     /// Adds the layer's input rows (the network calls this).
     public func observe(layer: String, input: UnsafeBufferPointer<Float>, output: UnsafeBufferPointer<Float>, rows: Int) {
-        guard rows > 0, let x = input.baseAddress, input.count % rows == 0 else { return }
+        guard rows > 0, let x = input.baseAddress, input.count % rows == 0, accepts(layer) else { return }
         let width = input.count / rows
         lock.lock()
         defer { lock.unlock() }

@@ -153,12 +153,18 @@ public enum Quantizer {
     ///   - activations: captured input rows for exact calibration (else the statistics' moments are used).
     ///   - covariance: the layers' input second moments, for `RoundingMethod.compensated`
     ///     (default: the statistics' own `secondMoments`, if they kept them).
+    ///   - decoderSecondMoments: with compensated rounding, called once the encoder is quantized,
+    ///     with the weights so far (quantized encoder, float decoder), to gather the decoder's
+    ///     second moments from the calibration audio again (GPTQ's sequential mode); without it
+    ///     the decoder uses `covariance` from the float model.
     ///   - progress: called with one line per layer as it is done.
     public static func quantize(model: WhisperModel, statistics: ActivationStatistics?, options: QuantizationOptions,
                                 activations: ActivationReservoir? = nil, covariance: InputCovariance? = nil,
+                                decoderSecondMoments: ((WhisperWeights) throws -> InputCovariance)? = nil,
                                 progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
         var result = try quantize(name: model.name, weights: model.weights, statistics: statistics, options: options,
-                                  activations: activations, covariance: covariance, progress: progress)
+                                  activations: activations, covariance: covariance,
+                                  decoderSecondMoments: decoderSecondMoments, progress: progress)
         result.metadata.sourceVocabularyDigest = ModelIdentity.vocabularyDigest(model)
         return result
     }
@@ -167,8 +173,9 @@ public enum Quantizer {
     public static func quantize(name: String, weights floatWeights: WhisperWeights, statistics: ActivationStatistics?,
                                 options: QuantizationOptions, activations: ActivationReservoir? = nil,
                                 covariance: InputCovariance? = nil,
+                                decoderSecondMoments: ((WhisperWeights) throws -> InputCovariance)? = nil,
                                 progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
-        let covariance = covariance ?? statistics?.secondMoments
+        var covariance = covariance ?? statistics?.secondMoments
         if options.rounding == .compensated {
             guard covariance != nil else { throw QuantizerError.covarianceRequired }
             guard !options.calibrate else { throw QuantizerError.compensatedWithClipSearch }
@@ -216,6 +223,11 @@ public enum Quantizer {
         var replacements: [String: any WeightMatrix] = [:]
         var reports: [QuantizedLayerReport] = []
         for (i, layer) in layers.enumerated() {
+            if let decoderSecondMoments, options.rounding == .compensated, i > 0,
+               layer.name.hasPrefix("decoder/"), !layers[i - 1].name.hasPrefix("decoder/") {
+                // The decoder's second moments again, now that the encoder it listens to is quantized.
+                covariance = try decoderSecondMoments(floatWeights.replacing(replacements))
+            }
             let bits = allocation.bits[i]
             let values = (layer.weight as! FloatMatrix).values
             var calibration: LayerCalibration?

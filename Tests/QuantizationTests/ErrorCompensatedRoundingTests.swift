@@ -238,6 +238,31 @@ final class StatisticsSecondMomentTests: XCTestCase {
         XCTAssertEqual(a.secondMoments?.rows(of: layer), 0)
     }
 
+    func testDecoderSecondMomentsAreGatheredAgainBehindTheQuantizedEncoder() throws {
+        let (weights, stats) = gathered(seed: 4)
+        let options = QuantizationOptions(target: .uniform(bits: 3), groupSize: 32, rounding: .compensated)
+        var calls = 0
+        let sequential = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats, options: options,
+                                                decoderSecondMoments: { partial in
+            calls += 1
+            for l in partial.linearLayers {
+                XCTAssertEqual(l.weight is QuantizedMatrix, l.name.hasPrefix("encoder/"), "\(l.name) when the decoder starts")
+            }
+            let moments = InputCovariance(accepts: { $0.hasPrefix("decoder/") })
+            QuantizerTests.run(partial, observer: moments, utterances: 2, seed: 4)
+            XCTAssertEqual(moments.rows(of: "encoder/conv1"), 0, "only the decoder is gathered")
+            return moments
+        })
+        XCTAssertEqual(calls, 1)
+        let single = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats, options: options)
+        func codes(_ r: QuantizationResult, _ prefix: String) -> [[Int8]] {
+            r.weights.linearLayers.filter { $0.name.hasPrefix(prefix) }.map { ($0.weight as! QuantizedMatrix).codes() }
+        }
+        XCTAssertEqual(codes(sequential, "encoder/"), codes(single, "encoder/"))
+        XCTAssertNotEqual(codes(sequential, "decoder/"), codes(single, "decoder/"))
+        XCTAssertEqual(sequential.report.totalBytes, single.report.totalBytes)
+    }
+
     func testQuantizerTakesTheStatisticsSecondMoments() throws {
         let (weights, stats) = gathered(seed: 4)
         let options = QuantizationOptions(target: .uniform(bits: 3), groupSize: 32, rounding: .compensated)
