@@ -13,10 +13,12 @@ import Foundation
 /// rounded, its error `e = (w_i − ŵ_i) / U_ii` is spread as `w_j −= e · U_ij` for `j > i`.
 /// Rows are independent (they share `H`), so they run in parallel.
 ///
-/// Scales: each group's scale is taken, as in round-to-nearest, from the group's extreme
-/// weight (`QuantizedMatrix.groupScale`), but from the weights *as updated* when the
-/// group's first column is reached, so the compensation cannot push a group off its grid
-/// by much (codes are clamped).
+/// Order and scales: by default the features are visited in decreasing `H_ii` (GPTQ's "act
+/// order", measured better on tiny.en) and each group's scale is fixed beforehand from the
+/// original weights, as in round-to-nearest (`QuantizedMatrix.groupScale`: the extreme
+/// weight on the grid's end); codes pushed beyond the grid by the compensation are clamped.
+/// With `activationOrder: false` the columns go in order and a group's scale is taken from
+/// the weights *as updated* when its first column is reached.
 ///
 /// Written by hand: no Debian or Swift library implements it; the linear algebra (Cholesky,
 /// inverse) is LAPACK's from OpenBLAS.
