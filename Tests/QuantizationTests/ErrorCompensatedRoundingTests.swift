@@ -220,6 +220,35 @@ final class StatisticsSecondMomentTests: XCTestCase {
         XCTAssertEqual(loaded.layers.map(\.medianAbsOutput), stats.layers.map(\.medianAbsOutput))
     }
 
+    func testInconsistentSecondMomentsAreRejectedNamingTheFile() throws {
+        let (_, stats) = gathered(seed: 4)
+        let image = StatisticsFile.encode(stats)
+        // The second-moment section starts after the layers; find its first entry's name.
+        let first = try XCTUnwrap(stats.secondMoments?.layerNames.first)
+        let name = Array(first.utf8)
+        let payloadEnd = image.count - 4
+        var at = payloadEnd - name.count
+        while at > 0 && Array(image[at..<(at + name.count)]) != name { at -= 1 }
+        XCTAssertGreaterThan(at, 0)
+        func resealed(_ body: (inout [UInt8]) -> Void) -> [UInt8] {
+            var bytes = Array(image[0..<payloadEnd])
+            body(&bytes)
+            let crc = StatisticsFile.crc(bytes)
+            for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: crc >> (8 * UInt32(i)))) }
+            return bytes
+        }
+        func error(_ bytes: [UInt8]) -> StatisticsFileError? {
+            do { _ = try StatisticsFile.decode(bytes, path: "/x/h.myqs"); return nil } catch { return error as? StatisticsFileError }
+        }
+        let unknown = resealed { $0[at + name.count - 1] ^= 0x01 }   // a layer the statistics do not have
+        guard case .malformed(let path, let reason)? = error(unknown) else { return XCTFail("unknown layer accepted") }
+        XCTAssertEqual(path, "/x/h.myqs")
+        XCTAssertTrue(reason.contains("no such layer"), reason)
+        let wider = resealed { $0[at + name.count] &+= 1 }           // the width after the name
+        guard case .malformed(_, let why)? = error(wider) else { return XCTFail("wrong width accepted") }
+        XCTAssertTrue(why.contains("wide"), why)
+    }
+
     func testMergeAddsSecondMomentsAndRefusesAMix() throws {
         let (_, a) = gathered(seed: 4), (_, b) = gathered(seed: 5)
         let layer = "encoder/conv1"
