@@ -111,7 +111,8 @@ let package = Package(
         .testTarget(name: "ServingTests", dependencies: ["Serving", "SystemdSupport", "SocketTestSupport"], swiftSettings: v5),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["DaemonCore", "Serving", "SystemdSupport", "Audio", "SocketTestSupport", "myqasrd", "myqasrctl"],
+            dependencies: ["DaemonCore", "Quantization", "Serving", "SystemdSupport", "Audio", "SocketTestSupport", "myqasrd",
+                           "myqasrctl"],
             swiftSettings: v5
         ),
     ]

@@ -8,6 +8,8 @@ public enum ModelProviderError: Error, Equatable, CustomStringConvertible {
     case impossibleBudget(model: String, budget: Int, smallest: Int, lowestBits: Int)
     /// The quantized weights do not take the bytes the plan promised (an internal inconsistency).
     case sizeMismatch(planned: Int, actual: Int)
+    /// A quantized model file (`.myq`) is served as it is and is larger than the budget.
+    case fileAboveBudget(model: String, bytes: Int, budget: Int)
 
     /// A one-line explanation naming the smallest reachable size.
     public var description: String {
@@ -17,6 +19,10 @@ public enum ModelProviderError: Error, Equatable, CustomStringConvertible {
                 + "\(model), with every layer at \(lowestBits) bits, is \(ByteSize.format(smallest)) (\(smallest) bytes)"
         case let .sizeMismatch(planned, actual):
             return "internal error: the quantized weights take \(actual) bytes, not the \(planned) planned"
+        case let .fileAboveBudget(model, bytes, budget):
+            return "\(model) is served as quantized in the file and takes \(ByteSize.format(bytes)) (\(bytes) bytes), above the "
+                + "budget of \(ByteSize.format(budget)) (\(budget) bytes); raise the budget or make the file again with "
+                + "`myqasr quantize --budget`"
         }
     }
 }
@@ -27,12 +33,15 @@ public enum PrecisionPlan: Sendable, Equatable, CustomStringConvertible {
     case float
     /// Every linear layer at one width.
     case uniform(bits: Int)
+    /// The widths of a quantized model file (`.myq`, made by `myqasr quantize`), as stored.
+    case file
 
-    /// "float" or "4-bit".
+    /// "float", "4-bit" or "as in the file".
     public var description: String {
         switch self {
         case .float: return "float"
         case let .uniform(bits): return "\(bits)-bit"
+        case .file: return "as in the file"
         }
     }
 }
@@ -67,7 +76,8 @@ public struct ModelFootprint: Sendable, Equatable {
 
 /// The daemon's `ModelProvider`: serves the float model when it fits the budget (or there is none), else the
 /// model quantized uniformly at the highest width whose total bytes fit; a budget below the all-2-bit size is
-/// refused with `ModelProviderError.impossibleBudget`.
+/// refused with `ModelProviderError.impossibleBudget`. A model named by a `.myq` path (a personalised model made
+/// by `myqasr quantize`) is served as stored, when it fits the budget (`ModelProviderError.fileAboveBudget`).
 ///
 /// The width is chosen by `plan(model:budget:footprint:)`; the personalised allocation (statistics from the
 /// utterance hook, `QuantizationOptions.Target.budget`) replaces that choice later, behind the same
@@ -109,6 +119,7 @@ public final class BudgetModelProvider: @unchecked Sendable {
     /// quantizes only when the width changes. An impossible budget is refused before any work is done.
     public func provide(_ request: ModelRequest) throws -> ProvidedModel {
         let name = request.name
+        if name.hasSuffix("." + QuantizedModelFile.fileExtension) { return try provideFile(request) }
         let fresh = request.reloadFromDisk
         var (floatModel, knownFootprint, current) = locked { (self.float, self.footprint, self.served) }
         if floatModel?.name != name || fresh { floatModel = nil }
@@ -135,6 +146,8 @@ public final class BudgetModelProvider: @unchecked Sendable {
         let source = try floatModel?.model ?? WhisperModel.load(name)
         let provided: ProvidedModel
         switch plan {
+        case .file:   // `plan` never returns it: files take `provideFile`.
+            return try provideFile(request)
         case .float:
             var bits: [String: Int] = [:]
             for layer in source.weights.linearLayers { bits[layer.name] = 32 }
@@ -157,6 +170,29 @@ public final class BudgetModelProvider: @unchecked Sendable {
             float = plan == .float ? (name, source) : nil
             self.footprint = knownFootprint
             served = (name, plan, provided)
+        }
+        return provided
+    }
+
+    /// A `.myq` file, loaded once (again on `reloadFromDisk`) and served as stored when it fits the budget.
+    private func provideFile(_ request: ModelRequest) throws -> ProvidedModel {
+        let current = locked { served }
+        var provided: ProvidedModel
+        if let current, current.name == request.name, current.plan == .file, !request.reloadFromDisk {
+            provided = current.provided
+        } else {
+            let model = try QuantizedModelFile.loadModel(path: request.name)
+            var bits: [String: Int] = [:]
+            for layer in model.weights.linearLayers { bits[layer.name] = (layer.weight as? QuantizedMatrix)?.bits ?? 32 }
+            provided = ProvidedModel(model: model, layerBits: bits, weightBytes: model.weights.byteSize, budgetMet: true)
+        }
+        if let budget = request.budgetBytes, provided.weightBytes > budget {
+            throw ModelProviderError.fileAboveBudget(model: provided.model.name, bytes: provided.weightBytes, budget: budget)
+        }
+        locked {
+            float = nil
+            footprint = nil
+            served = (request.name, .file, provided)
         }
         return provided
     }

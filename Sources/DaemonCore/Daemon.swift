@@ -608,7 +608,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             }
             let code: String
             switch error {
-            case .impossibleBudget: code = "impossible_budget"
+            case .impossibleBudget, .fileAboveBudget: code = "impossible_budget"
             case .sizeMismatch: code = "model_unavailable"
             }
             throw ControlError(code: code, message: "\(error)")

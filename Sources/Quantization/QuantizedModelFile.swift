@@ -59,6 +59,8 @@ public enum QuantizedModelFileError: Error, CustomStringConvertible, Equatable {
     case checksumMismatch(path: String, stored: UInt32, computed: UInt32)
     /// The header is unreadable or inconsistent (missing layer, bad shape, section out of range).
     case badHeader(path: String, reason: String)
+    /// The installed source model does not match the one the file was made from.
+    case sourceMismatch(path: String, reason: String)
 
     /// A message naming the file and what is wrong with it.
     public var description: String {
@@ -73,6 +75,7 @@ public enum QuantizedModelFileError: Error, CustomStringConvertible, Equatable {
         case let .checksumMismatch(path, stored, computed):
             return "\(path): quantized model is corrupt: CRC32 is \(String(computed, radix: 16)), header says \(String(stored, radix: 16))"
         case let .badHeader(path, reason): return "\(path): bad quantized model header: \(reason)"
+        case let .sourceMismatch(path, reason): return "\(path): \(reason)"
         }
     }
 }
@@ -362,6 +365,33 @@ public enum QuantizedModelFile {
                                               groupSize: header.groupSize, sensitivities: sensitivities,
                                               sourceVocabularyDigest: header.source.vocabulary, rounding: header.rounding)
         return (weights, metadata)
+    }
+
+    /// Loads the file as a servable model: its weights, with the vocabulary and configuration of
+    /// its source model (installed, found by `ModelLocator`), after checking that the source is
+    /// the one the file was made from: by the recorded vocabulary digest, which reads only the
+    /// source's vocabulary, or, for files without one, by the source's whole identity (which
+    /// loads its weights once). The model is named after the file.
+    public static func loadModel(path: String) throws -> WhisperModel {
+        let (weights, metadata) = try load(path: path)
+        let name = URL(fileURLWithPath: path).lastPathComponent
+        let source = metadata.sourceModelName
+        if let vocabulary = metadata.sourceVocabularyDigest {
+            let paired = try WhisperModel.load(source, weights: weights)
+            let installed = ModelIdentity.vocabularyDigest(paired)
+            guard installed == vocabulary else {
+                throw QuantizedModelFileError.sourceMismatch(
+                    path: path, reason: "made from \(source) with vocabulary \(vocabulary), but the installed \(source) has \(installed)")
+            }
+            return WhisperModel(name: name, weights: weights, config: paired.config, tokenizer: paired.tokenizer)
+        }
+        let installed = try WhisperModel.load(source)
+        let identity = ModelIdentity.of(installed)
+        guard identity == metadata.sourceModelDigest else {
+            throw QuantizedModelFileError.sourceMismatch(
+                path: path, reason: "made from \(metadata.sourceModelDigest), but the installed \(source) is \(identity)")
+        }
+        return WhisperModel(name: name, weights: weights, config: installed.config, tokenizer: installed.tokenizer)
     }
 
     /// Rebuilds `WhisperWeights` from a checked header and its data section.

@@ -10,32 +10,7 @@ func loadAnyModel(_ nameOrPath: String) throws -> WhisperModel {
     guard isQuantizedModelFile(nameOrPath) else {
         do { return try WhisperModel.load(nameOrPath) } catch { throw CLIError("\(error)") }
     }
-    do {
-        let (weights, metadata) = try QuantizedModelFile.load(path: nameOrPath)
-        let name = URL(fileURLWithPath: nameOrPath).lastPathComponent
-        if let vocabulary = metadata.sourceVocabularyDigest {
-            // The vocabulary is all the file needs from its source: the source's weights stay unread.
-            let paired = try WhisperModel.load(metadata.sourceModelName, weights: weights)
-            let installed = ModelIdentity.vocabularyDigest(paired)
-            guard installed == vocabulary else {
-                throw CLIError("\(nameOrPath) was made from \(metadata.sourceModelName) with vocabulary \(vocabulary), but the "
-                    + "installed \(metadata.sourceModelName) has \(installed)")
-            }
-            return WhisperModel(name: name, weights: weights, config: paired.config, tokenizer: paired.tokenizer)
-        }
-        // Files from before the vocabulary digest: check the source's whole identity.
-        let source = try WhisperModel.load(metadata.sourceModelName)
-        let identity = ModelIdentity.of(source)
-        guard identity == metadata.sourceModelDigest else {
-            throw CLIError("\(nameOrPath) was made from \(metadata.sourceModelDigest), but the installed "
-                + "\(metadata.sourceModelName) is \(identity)")
-        }
-        return WhisperModel(name: name, weights: weights, config: source.config, tokenizer: source.tokenizer)
-    } catch let e as CLIError {
-        throw e
-    } catch {
-        throw CLIError("\(error)")
-    }
+    do { return try QuantizedModelFile.loadModel(path: nameOrPath) } catch { throw CLIError("\(error)") }
 }
 
 /// Loads a full-precision model (`tiny.en`, `base`, a model directory) for work that must start from float

@@ -1,5 +1,7 @@
+import Audio
 import DaemonCore
 import Foundation
+import Quantization
 import WhisperEngine
 import XCTest
 
@@ -88,5 +90,40 @@ final class BudgetModelProviderTests: XCTestCase {
         let samples = pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
         let text = try await workers.transcribe(samples: samples, language: "en").text
         XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
+    }
+
+    /// A personalised `.myq` file (as `myqasr quantize` writes) is served as stored: its widths, its bytes, the
+    /// same model while the budget allows it, and a refusal naming both sizes when the budget is below it.
+    func testQuantizedModelFileIsServedAsStored() throws {
+        let source = try WhisperModel.load(try Fixtures.tinyModel())
+        let result = try Quantizer.quantize(model: source, statistics: nil,
+                                            options: QuantizationOptions(target: .uniform(bits: 4)))
+        let directory = NSTemporaryDirectory() + "myqasr-provider-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = directory + "/me.myq"
+        try QuantizedModelFile.write(weights: result.weights, metadata: result.metadata, to: file)
+
+        let provider = BudgetModelProvider()
+        func provide(_ budget: Int?, reload: Bool = false) throws -> ProvidedModel {
+            try provider.provide(ModelRequest(name: file, budgetBytes: budget, reloadFromDisk: reload))
+        }
+        let served = try provide(nil)
+        XCTAssertEqual(served.model.name, "me.myq")
+        XCTAssertEqual(Set(served.layerBits.values), [4])
+        XCTAssertEqual(served.layerBits.count, 47)
+        XCTAssertEqual(served.weightBytes, result.weights.byteSize)
+        XCTAssertTrue(served.budgetMet)
+        XCTAssertTrue(try provide(24 * mib).model === served.model, "loaded once")
+        XCTAssertFalse(try provide(24 * mib, reload: true).model === served.model, "a reload reads the file again")
+        XCTAssertThrowsError(try provide(20 * mib)) { error in
+            XCTAssertEqual(error as? ModelProviderError,
+                           .fileAboveBudget(model: "me.myq", bytes: served.weightBytes, budget: 20 * mib))
+            XCTAssertTrue("\(error)".contains("\(served.weightBytes) bytes"), "\(error)")
+        }
+        let jfk = try loadAudio(path: try Fixtures.sample("jfk.wav"))
+        let text = try SpeechRecognizer(model: served.model).transcribe(samples: jfk).text.lowercased()
+        let words = text.split { !$0.isLetter }.joined(separator: " ")
+        XCTAssertTrue(words.contains("ask not what your country can do for you"), text)
     }
 }
