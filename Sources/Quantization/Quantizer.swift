@@ -54,7 +54,8 @@ public enum RoundingMethod: String, Sendable, CaseIterable, Codable {
     /// Round to the nearest code.
     case nearest
     /// Error-compensated rounding from the layer's input second moment (`ErrorCompensatedRounding`,
-    /// GPTQ); needs an `InputCovariance` from calibration audio.
+    /// GPTQ); needs the inputs' second moments (`InputCovariance`: from calibration audio, or
+    /// statistics that kept them).
     case compensated
 }
 
