@@ -35,13 +35,17 @@ public enum PrecisionPlan: Sendable, Equatable, CustomStringConvertible {
     case uniform(bits: Int)
     /// The widths of a quantized model file (`.myq`, made by `myqasr quantize`), as stored.
     case file
+    /// Widths per layer by myQASR's sensitivity sweep down to `budget` bytes, from the personal statistics of
+    /// `samples` utterances (`PersonalStatistics`).
+    case personalised(budget: Int, samples: Int)
 
-    /// "float", "4-bit" or "as in the file".
+    /// "float", "4-bit", "as in the file" or "personalised from 12 utterances".
     public var description: String {
         switch self {
         case .float: return "float"
         case let .uniform(bits): return "\(bits)-bit"
         case .file: return "as in the file"
+        case let .personalised(_, samples): return "personalised from \(samples) utterance\(samples == 1 ? "" : "s")"
         }
     }
 }
@@ -74,14 +78,14 @@ public struct ModelFootprint: Sendable, Equatable {
     }
 }
 
-/// The daemon's `ModelProvider`: serves the float model when it fits the budget (or there is none), else the
-/// model quantized uniformly at the highest width whose total bytes fit; a budget below the all-2-bit size is
-/// refused with `ModelProviderError.impossibleBudget`. A model named by a `.myq` path (a personalised model made
-/// by `myqasr quantize`) is served as stored, when it fits the budget (`ModelProviderError.fileAboveBudget`).
-///
-/// The width is chosen by `plan(model:budget:footprint:)`; the personalised allocation (statistics from the
-/// utterance hook, `QuantizationOptions.Target.budget`) replaces that choice later, behind the same
-/// `ModelProvider` seam. Quantization needs no statistics here: round-to-nearest, clip ratio 1.
+/// The daemon's `ModelProvider`: serves the float model when it fits the budget (or there is none), else a
+/// quantized model that fits: with personal statistics of this model (`PersonalStatistics`, gathered while the
+/// float model served live utterances), myQASR's per-layer widths from the sensitivity sweep down to the budget;
+/// without, every layer at the highest uniform width whose total bytes fit. Either way round-to-nearest with
+/// clip ratio 1 (compensated rounding needs input second moments, too large to keep in the daemon). A budget
+/// below the all-2-bit size is refused with `ModelProviderError.impossibleBudget`. A model named by a `.myq`
+/// path (a personalised model made by `myqasr quantize`) is served as stored, when it fits the budget
+/// (`ModelProviderError.fileAboveBudget`).
 ///
 /// Memory: the float weights are kept only while they are served. When a quantized model is in service the
 /// float network is released, so the budget bounds the weights the process holds; the next change of width
@@ -94,12 +98,16 @@ public final class BudgetModelProvider: @unchecked Sendable {
     private let lock = NSLock()
     // Guarded by `lock`.
     private var float: (name: String, model: WhisperModel)?
-    private var footprint: (name: String, modelName: String, value: ModelFootprint)?
+    private var footprint: (name: String, modelName: String, identity: String, value: ModelFootprint)?
     private var served: (name: String, plan: PrecisionPlan, provided: ProvidedModel)?
+    private let personalStatistics: (@Sendable (String) -> ActivationStatistics?)?
 
     /// Creates a provider with empty caches; quantized layers get one scale per `groupSize` input features.
-    public init(groupSize: Int = QuantizedMatrix.defaultGroupSize) {
+    /// `personalStatistics` returns the statistics gathered on the model with the given `ModelIdentity`, if any.
+    public init(groupSize: Int = QuantizedMatrix.defaultGroupSize,
+                personalStatistics: (@Sendable (String) -> ActivationStatistics?)? = nil) {
         self.groupSize = groupSize
+        self.personalStatistics = personalStatistics
     }
 
     /// The precision to serve at: float when it fits (or without a budget), else the highest uniform width that
@@ -130,11 +138,15 @@ public final class BudgetModelProvider: @unchecked Sendable {
         if knownFootprint == nil {
             let model = try floatModel?.model ?? WhisperModel.load(name)
             floatModel = (name, model)
-            knownFootprint = (name, model.name, try ModelFootprint(floatWeights: model.weights, widths: Self.uniformWidths,
-                                                                   groupSize: groupSize))
+            knownFootprint = (name, model.name, ModelIdentity.of(model),
+                              try ModelFootprint(floatWeights: model.weights, widths: Self.uniformWidths, groupSize: groupSize))
         }
         let sizes = knownFootprint!.value
-        let plan = try Self.plan(model: knownFootprint!.modelName, budget: request.budgetBytes, footprint: sizes)
+        var plan = try Self.plan(model: knownFootprint!.modelName, budget: request.budgetBytes, footprint: sizes)
+        let statistics = personalStatistics?(knownFootprint!.identity)
+        if case .uniform = plan, let statistics, let budget = request.budgetBytes {
+            plan = .personalised(budget: budget, samples: statistics.sampleCount)
+        }
 
         if let current, current.plan == plan {
             var provided = current.provided
@@ -164,6 +176,16 @@ public final class BudgetModelProvider: @unchecked Sendable {
             for layer in result.report.layers { layerBits[layer.name] = layer.bits }
             provided = ProvidedModel(model: source.withWeights(result.weights), layerBits: layerBits, weightBytes: actual,
                                      budgetMet: request.budgetBytes.map { actual <= $0 } ?? true)
+        case let .personalised(budget, _):
+            let result = try Quantizer.quantize(
+                model: source, statistics: statistics,
+                options: QuantizationOptions(target: .budget(budget), groupSize: groupSize, calibrate: false))
+            let actual = result.weights.byteSize
+            guard actual <= budget else { throw ModelProviderError.sizeMismatch(planned: budget, actual: actual) }
+            var layerBits: [String: Int] = [:]
+            for layer in result.report.layers { layerBits[layer.name] = layer.bits }
+            provided = ProvidedModel(model: source.withWeights(result.weights), layerBits: layerBits, weightBytes: actual,
+                                     budgetMet: true)
         }
         locked {
             // Keep the float network only while it is the one served.

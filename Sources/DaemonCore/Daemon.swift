@@ -94,8 +94,10 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
 
     /// Creates a daemon with a loaded configuration; nothing runs until `start()`.
     /// - Parameters:
-    ///   - modelProvider: budget -> model; defaults to `BudgetModelProvider` (float, else uniform bits that fit).
-    ///   - utteranceObserver: sees each live utterance before it is wiped (statistics).
+    ///   - modelProvider: budget -> model; defaults to `BudgetModelProvider` (float, else myQASR widths from the
+    ///     personal statistics, else uniform bits that fit).
+    ///   - utteranceObserver: sees each live utterance before it is wiped; defaults (when neither this nor
+    ///     `modelProvider` is given) to `PersonalStatistics` in the state directory, feeding the default provider.
     public init(
         configuration: DaemonConfiguration, source: ConfigurationSource, logger: Logger,
         modelProvider: ModelProvider? = nil, utteranceObserver: UtteranceObserver? = nil,
@@ -104,8 +106,17 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         self.configuration = configuration
         self.source = source
         self.logger = logger
-        self.modelProvider = modelProvider ?? BudgetModelProvider().asModelProvider
-        self.observer = utteranceObserver
+        if modelProvider == nil && utteranceObserver == nil {
+            // The default loop: statistics of the float model on live utterances, kept in the state directory,
+            // choose the widths whenever a budget calls for a quantized model.
+            let personal = PersonalStatistics(directory: configuration.resolvedStateDirectory(environment: environment),
+                                              logger: logger)
+            self.modelProvider = BudgetModelProvider(personalStatistics: { personal.statistics(for: $0) }).asModelProvider
+            self.observer = personal
+        } else {
+            self.modelProvider = modelProvider ?? BudgetModelProvider().asModelProvider
+            self.observer = utteranceObserver
+        }
         self.environment = environment
         budgetBytes = configuration.memoryBudget
     }

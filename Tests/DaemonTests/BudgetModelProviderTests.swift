@@ -1,3 +1,4 @@
+import Capture
 import Audio
 import DaemonCore
 import Foundation
@@ -90,6 +91,71 @@ final class BudgetModelProviderTests: XCTestCase {
         let samples = pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
         let text = try await workers.transcribe(samples: samples, language: "en").text
         XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
+    }
+
+    /// The personalisation loop in process: a live utterance served by the float model is run again with the
+    /// statistics observing (aggregates written to the state directory, the audio copy wiped); a budget then gets
+    /// myQASR's widths from them (4 and 5 bits under 24 MiB, more of the budget used than uniform 4-bit) and the
+    /// model still recognises JFK; the file survives a restart; a corrupt file is set aside; `forget` deletes it.
+    func testPersonalStatisticsChooseTheWidths() throws {
+        let path = try Fixtures.tinyModel()
+        let directory = NSTemporaryDirectory() + "myqasr-personal-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let statisticsFile = directory + "/" + PersonalStatistics.fileName
+        let personal = PersonalStatistics(directory: directory, logger: .init(label: "test"))
+        let provider = BudgetModelProvider(personalStatistics: { personal.statistics(for: $0) })
+        func provide(_ budget: Int?) throws -> ProvidedModel {
+            try provider.provide(ModelRequest(name: path, budgetBytes: budget, reloadFromDisk: false))
+        }
+
+        let float = try provide(nil)
+        let store = ModelStore(float, budgetBytes: nil)
+        let workers = TranscriptionWorkers(store: store, count: 1, threads: 2, queueDepth: 2, logger: .init(label: "test"),
+                                           onLiveResult: { _ in })
+        defer { workers.shutdown() }
+        workers.utteranceObserver = personal
+        let pcm = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
+        let samples = pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
+        XCTAssertEqual(personal.statisticsSamples, 0)
+        workers.submit(live: Utterance(samples: samples))
+        _ = try Waiter<Int>.poll(timeout: 120, what: "one statistics sample") {
+            personal.statisticsSamples == 1 ? 1 : nil
+        }
+        personal.waitForPass()
+        XCTAssertTrue(FileManager.default.fileExists(atPath: statisticsFile))
+        let identity = ModelIdentity.of(float.model)
+        XCTAssertEqual(try StatisticsFile.load(path: statisticsFile).sampleCount, 1)
+        XCTAssertNil(personal.statistics(for: "another model"))
+
+        let personalised = try provide(24 * mib)
+        XCTAssertEqual(Set(personalised.layerBits.values), [4, 5])
+        XCTAssertLessThanOrEqual(personalised.weightBytes, 24 * mib)
+        XCTAssertEqual(personalised.weightBytes, personalised.model.weights.byteSize)
+        let uniform4 = try BudgetModelProvider().provide(ModelRequest(name: path, budgetBytes: 24 * mib, reloadFromDisk: false))
+        XCTAssertGreaterThan(personalised.weightBytes, uniform4.weightBytes)
+        // The sweep lowers the layers with the largest median |output| first (the default order).
+        let sensitivities = try XCTUnwrap(personal.statistics(for: identity)).sensitivities
+        let five = personalised.layerBits.filter { $0.value == 5 }.keys, four = personalised.layerBits.filter { $0.value == 4 }.keys
+        XCTAssertLessThanOrEqual(five.map { sensitivities[$0]! }.max()!, four.map { sensitivities[$0]! }.min()!)
+        let recogniser = try SpeechRecognizer(model: personalised.model, threads: 2)
+        let text = try recogniser.transcribe(samples: samples).text
+        XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
+
+        // A restart finds the statistics; `forget` deletes them and their file.
+        XCTAssertEqual(PersonalStatistics(directory: directory, logger: .init(label: "test")).statisticsSamples, 1)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: statisticsFile))
+        personal.forget()
+        XCTAssertEqual(personal.statisticsSamples, 0)
+        XCTAssertNil(personal.statistics(for: identity))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: statisticsFile))
+
+        // A corrupt file is set aside rather than trusted, and gathering starts afresh.
+        bytes[bytes.count / 2] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: statisticsFile))
+        XCTAssertEqual(PersonalStatistics(directory: directory, logger: .init(label: "test")).statisticsSamples, 0)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: statisticsFile + ".corrupt"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: statisticsFile))
     }
 
     /// A personalised `.myq` file (as `myqasr quantize` writes) is served as stored: its widths, its bytes, the

@@ -67,6 +67,13 @@ final class DaemonEndToEndTests: XCTestCase {
         XCTAssertEqual(status.layerBits?.count, 47)
         XCTAssertEqual(Set(status.layerBits?.values ?? [:].values), [32])
 
+        // The float model in service, the utterance was also run through it with the statistics observing:
+        // aggregates in the state directory, which the next budget's allocation uses.
+        _ = try harness.daemon.waitForLog(timeout: 60, what: "the statistics pass") { $0.contains("statistics pass") ? true : nil }
+        XCTAssertGreaterThanOrEqual(try client.status().statisticsSamples, 1)
+        let statisticsFile = (harness.stateDirectory as NSString).appendingPathComponent("statistics.myqs")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: statisticsFile))
+
         // Wyoming over the Unix socket (describe names the model), and control `transcribe` with the WAV file.
         let wyoming = try WyomingTestClient(unixPath: harness.wyomingSocket)
         try wyoming.send(WyomingEvent(type: "describe"))
@@ -90,12 +97,15 @@ final class DaemonEndToEndTests: XCTestCase {
         let reloading = try harness.notify.waitFor(["RELOADING=1"], after: before)
         XCTAssertNotNil(reloading.message.range(of: #"MONOTONIC_USEC=\d+"#, options: .regularExpression), reloading.message)
         let reloaded = try harness.notify.waitFor(["READY=1"], after: reloading.index + 1)
-        XCTAssertTrue(reloaded.message.contains("4-bit"), "STATUS= names the precision: \(reloaded.message)")
+        XCTAssertTrue(reloaded.message.contains("mixed 4-5-bit"), "STATUS= names the precision: \(reloaded.message)")
         status = try client.status()
         XCTAssertEqual(status.budgetBytes, 24 * 1024 * 1024)
         XCTAssertLessThanOrEqual(status.memoryBytes, status.budgetBytes!, "the budget is met")
+        // myQASR's sweep from the statistics: 4 and 5 bits, more of the budget used than uniform 4-bit's 22.88 MiB.
+        XCTAssertGreaterThan(status.memoryBytes, 23_994_432)
         XCTAssertEqual(status.layerBits?.count, 47)
-        XCTAssertEqual(Set(status.layerBits?.values ?? [:].values), [4], "the highest uniform width under 24 MiB")
+        let personalised = status.layerBits ?? [:]
+        XCTAssertEqual(Set(personalised.values), [4, 5], "the sensitivity sweep under 24 MiB")
         XCTAssertNotNil(status.lastRequantization)
         let afterSwap = try client.transcribe(wav: try Data(contentsOf: URL(fileURLWithPath: jfk)))
         XCTAssertTrue(Fixtures.normalise(afterSwap.text).contains(jfkPhrase), afterSwap.text)
@@ -147,7 +157,7 @@ final class DaemonEndToEndTests: XCTestCase {
         }
         status = try client.status()
         XCTAssertEqual(status.budgetBytes, 24 * 1024 * 1024)
-        XCTAssertEqual(Set(status.layerBits?.values ?? [:].values), [4])
+        XCTAssertEqual(status.layerBits, personalised)
 
         // The control budget command applies at once.
         try client.setBudget(bytes: 512 * 1024 * 1024)
@@ -179,6 +189,8 @@ final class DaemonEndToEndTests: XCTestCase {
         let status = try client.status()
         XCTAssertEqual(status.utterancesSeen, 0)
         XCTAssertEqual(status.statisticsSamples, 0)
+        let statisticsFile = (harness.stateDirectory as NSString).appendingPathComponent("statistics.myqs")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: statisticsFile), "forget deletes the statistics")
         let wyoming = try WyomingTestClient(unixPath: harness.wyomingSocket)
         XCTAssertTrue(Fixtures.normalise(try wyoming.transcribe(pcm16: speech)).contains(jfkPhrase))
         XCTAssertEqual(harness.stop(), 0)

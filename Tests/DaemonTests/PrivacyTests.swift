@@ -22,8 +22,12 @@ final class PrivacyTests: XCTestCase {
         _ = try client.transcribe(wav: try Data(contentsOf: URL(fileURLWithPath: jfk)))
         let wyoming = try WyomingTestClient(unixPath: harness.wyomingSocket)
         _ = try wyoming.transcribe(pcm16: speech)
-        _ = try client.status()
+        // The statistics file (aggregates of the utterance's activations) is among the files searched.
+        _ = try harness.daemon.waitForLog(timeout: 60, what: "the statistics pass") { $0.contains("statistics pass") ? true : nil }
+        XCTAssertGreaterThanOrEqual(try client.status().statisticsSamples, 1)
         XCTAssertEqual(harness.stop(), 0)
+        let statisticsFile = (harness.stateDirectory as NSString).appendingPathComponent("statistics.myqs")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: statisticsFile))
 
         // The words that were recognised, as they would be written.
         let spoken = ["fellow americans", "ask not", "your country", "fellow", "country"]
