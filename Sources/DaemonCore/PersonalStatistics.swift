@@ -86,11 +86,12 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
     /// Waits until the running pass (if any) has finished.
     public func waitForPass() { passDone.wait() }
 
-    /// Forgets the statistics and deletes their file.
+    /// Forgets the statistics and deletes their file (and one set aside as corrupt).
     public func forget() {
         waitForPass()
         locked { statistics = nil }
-        if let path { _ = try? FileManager.default.removeItem(atPath: path) }
+        guard let path else { return }
+        for file in [path, path + ".corrupt"] { _ = try? FileManager.default.removeItem(atPath: file) }
     }
 
     private func gather(samples: [Float], model: WhisperModel) {

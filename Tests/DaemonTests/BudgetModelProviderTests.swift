@@ -153,9 +153,12 @@ final class BudgetModelProviderTests: XCTestCase {
         // A corrupt file is set aside rather than trusted, and gathering starts afresh.
         bytes[bytes.count / 2] ^= 0xFF
         try bytes.write(to: URL(fileURLWithPath: statisticsFile))
-        XCTAssertEqual(PersonalStatistics(directory: directory, logger: .init(label: "test")).statisticsSamples, 0)
+        let reopened = PersonalStatistics(directory: directory, logger: .init(label: "test"))
+        XCTAssertEqual(reopened.statisticsSamples, 0)
         XCTAssertTrue(FileManager.default.fileExists(atPath: statisticsFile + ".corrupt"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: statisticsFile))
+        reopened.forget()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: statisticsFile + ".corrupt"), "forget deletes it too")
     }
 
     /// A personalised `.myq` file (as `myqasr quantize` writes) is served as stored: its widths, its bytes, the
