@@ -68,6 +68,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     private let source: ConfigurationSource
     private let logger: Logger
     private let modelProvider: ModelProvider
+    private let personal: PersonalStatistics?
     private let environment: [String: String]
     private let controlQueue = DispatchQueue(label: "myqasr.control")
     private let lock = NSLock()
@@ -110,12 +111,14 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             // The default loop: statistics of the float model on live utterances, kept in the state directory,
             // choose the widths whenever a budget calls for a quantized model.
             let personal = PersonalStatistics(directory: configuration.resolvedStateDirectory(environment: environment),
-                                              logger: logger)
+                                              requantizeAfter: configuration.requantizeAfter, logger: logger)
             self.modelProvider = BudgetModelProvider(personalStatistics: { personal.statistics(for: $0) }).asModelProvider
             self.observer = personal
+            self.personal = personal
         } else {
             self.modelProvider = modelProvider ?? BudgetModelProvider().asModelProvider
             self.observer = utteranceObserver
+            self.personal = nil
         }
         self.environment = environment
         budgetBytes = configuration.memoryBudget
@@ -143,6 +146,10 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         let stateDirectory = config.resolvedStateDirectory(environment: environment)
         try Self.ensureDirectory(stateDirectory, mode: 0o700, purpose: "state directory")
 
+        personal?.setSourceModel(config.model)
+        personal?.whenNewSamples { [weak self] in
+            Task { await self?.requantizeFromStatistics() }
+        }
         let loadStart = DispatchTime.now()
         let provided: ProvidedModel
         do {
@@ -550,6 +557,16 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         try await applyModel(budget: bytes, reloadFromDisk: false, reason: "budget")
     }
 
+    /// Quantizes the model in service again from the grown personal statistics, at the budget in force.
+    func requantizeFromStatistics() async {
+        let budget = locked { budgetBytes }
+        do {
+            try await applyModel(budget: budget, reloadFromDisk: false, reason: "statistics")
+        } catch {
+            logger.error("re-quantization from the statistics failed; the model in service stays: \(error)")
+        }
+    }
+
     /// Re-reads the configuration and the model (also what SIGHUP does). An invalid file is refused with the
     /// key and reason; the configuration in force stays and serving continues.
     public func reload() async throws {
@@ -585,6 +602,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         var keys: [String] = []
         if a.threads != b.threads { keys.append("model.threads") }
         if a.workers != b.workers { keys.append("model.workers") }
+        if a.requantizeAfter != b.requantizeAfter { keys.append("model.requantize_after") }
         if a.runtimeDirectory != b.runtimeDirectory || a.controlSocketName != b.controlSocketName
             || a.wyomingSocketName != b.wyomingSocketName || a.socketMode != b.socketMode || a.socketGroup != b.socketGroup
         { keys.append("sockets") }
@@ -628,6 +646,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             throw ControlError(code: "model_unavailable", message: "cannot load model \"\(modelName)\": \(error)")
         }
         let generation = store.swap(to: provided, budgetBytes: budget)
+        personal?.setSourceModel(modelName)
         locked {
             budgetBytes = budget
             lastModelChange = Date()

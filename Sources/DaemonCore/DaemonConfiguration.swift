@@ -40,6 +40,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var workers = 1
     /// Memory budget for the model weights in bytes; nil means unlimited.
     public var memoryBudget: Int? = nil
+    /// Utterances gathered into the personal statistics while a quantized model serves before it is
+    /// quantized again from them (0: only at budget changes, reloads and restarts).
+    public var requantizeAfter = 20
 
     // MARK: capture
     /// Whether the microphone is captured at all (sockets serve either way).
@@ -226,7 +229,7 @@ extension DaemonConfiguration {
         try reader.rejectUnknown(["model", "capture", "vad", "sockets", "wyoming_tcp", "limits", "log", "state"])
 
         if let t = try reader.table("model") {
-            try t.rejectUnknown(["name", "threads", "workers", "memory_budget"])
+            try t.rejectUnknown(["name", "threads", "workers", "memory_budget", "requantize_after"])
             if let v = try t.string("name") {
                 guard !v.isEmpty else { throw t.error("name", "must not be empty") }
                 c.model = v
@@ -234,6 +237,7 @@ extension DaemonConfiguration {
             if let v = try t.int("threads", in: 1...64) { c.threads = v }
             if let v = try t.int("workers", in: 1...16) { c.workers = v }
             if let v = try t.size("memory_budget") { c.memoryBudget = v.bytes }
+            if let v = try t.int("requantize_after", in: 0...100_000) { c.requantizeAfter = v }
         }
         if let t = try reader.table("capture") {
             try t.rejectUnknown(["enabled", "device", "alsa_config", "alsa_config_file", "latency", "ring_seconds"])

@@ -11,13 +11,15 @@ import WhisperEngine
 /// own live utterances (per-layer aggregates only, `ActivationStatistics`), kept in the state directory and
 /// handed to `BudgetModelProvider`, which allocates the widths of the next quantization from them.
 ///
-/// Each live utterance is offered by the transcription worker before its audio is wiped. When the model in
-/// service is the float one, the samples are copied into a private buffer and run through that model again on
-/// a background queue with the statistics observing every layer; the copy is wiped as soon as the pass ends,
-/// and the transcript is published without waiting for it. At most one pass runs at a time: an utterance that
-/// arrives meanwhile is not gathered (statistics need a sample, not every sample). While a quantized model is
-/// served the float weights are not in memory (that is what the budget is for), so gathering pauses until the
-/// float model is served again.
+/// Each live utterance is offered by the transcription worker before its audio is wiped. Its samples are
+/// copied into a private buffer and run through the full-precision model again on a background queue with the
+/// statistics observing every layer; the copy is wiped as soon as the pass ends, and the transcript is
+/// published without waiting for it. The full-precision model is the one in service when that is the float
+/// model; while a quantized model serves, it is the source model with its float16 weights left in the file's
+/// mapping (`WhisperModel.loadMapped`: page cache, not a float32 copy the budget would have to hold). At most
+/// one pass runs at a time: an utterance that arrives meanwhile is not gathered (statistics need a sample, not
+/// every sample). After `requantizeAfter` samples gathered while a quantized model serves, `onNewSamples` is
+/// called (the daemon quantizes again from the grown statistics).
 ///
 /// The statistics file (`statistics.myqs`) is rewritten atomically after each pass; a file that cannot be read
 /// at start is set aside as `statistics.myqs.corrupt` and gathering starts afresh. Thread-safe.
@@ -30,13 +32,20 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
     private let queue = DispatchQueue(label: "myqasrd.statistics", qos: .utility)
     private let lock = NSLock()
     private let passDone = DispatchGroup()
+    private let requantizeAfter: Int
     // Guarded by `lock`.
     private var statistics: ActivationStatistics?
     private var passRunning = false
+    private var sourceModel: String?
+    private var mapped: (name: String, model: WhisperModel?, identity: String?)?
+    private var newWhileQuantized = 0
+    private var onNewSamples: (@Sendable () -> Void)?
 
-    /// Statistics kept in `directory` (nil: in memory only), loading what an earlier run left there.
-    public init(directory: String?, logger: Logger) {
+    /// Statistics kept in `directory` (nil: in memory only), loading what an earlier run left there;
+    /// `requantizeAfter` samples gathered behind a quantized model call `onNewSamples` (0: never).
+    public init(directory: String?, requantizeAfter: Int = 0, logger: Logger) {
         self.logger = logger
+        self.requantizeAfter = requantizeAfter
         path = directory.map { ($0 as NSString).appendingPathComponent(Self.fileName) }
         guard let path, FileManager.default.fileExists(atPath: path) else { return }
         do {
@@ -63,9 +72,19 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
         }
     }
 
-    /// Starts a statistics pass over `utterance` when the float model is in service and no pass is running.
+    /// Names the configured model (`tiny.en`, `base`, a directory or a `.myq` file): what is mapped for the
+    /// passes while a quantized form of it serves.
+    public func setSourceModel(_ nameOrPath: String) {
+        locked { sourceModel = nameOrPath }
+    }
+
+    /// Sets what is called when enough samples were gathered while a quantized model serves.
+    public func whenNewSamples(_ body: @escaping @Sendable () -> Void) {
+        locked { onNewSamples = body }
+    }
+
+    /// Starts a statistics pass over `utterance` unless one is running.
     public func observe(utterance: Utterance, transcript: Transcript, model: WhisperModel) {
-        guard model.weights.linearLayers.allSatisfy({ $0.weight is FloatMatrix }) else { return }
         guard locked({ () -> Bool in
             if passRunning { return false }
             passRunning = true
@@ -79,7 +98,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
                 locked { passRunning = false }
                 passDone.leave()
             }
-            gather(samples: copy.values, model: model)
+            gather(samples: copy.values, served: model)
         }
     }
 
@@ -89,14 +108,41 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
     /// Forgets the statistics and deletes their file (and one set aside as corrupt).
     public func forget() {
         waitForPass()
-        locked { statistics = nil }
+        locked {
+            statistics = nil
+            newWhileQuantized = 0
+        }
         guard let path else { return }
         for file in [path, path + ".corrupt"] { _ = try? FileManager.default.removeItem(atPath: file) }
     }
 
-    private func gather(samples: [Float], model: WhisperModel) {
+    /// The full-precision model behind `served` and its identity: `served` itself when it is float, else
+    /// the source model (`setSourceModel`) mapped (loaded once; nil when there is none, e.g. a `.myq` file).
+    private func fullPrecision(behind served: WhisperModel) -> (model: WhisperModel, identity: String, quantized: Bool)? {
+        if served.weights.linearLayers.allSatisfy({ $0.weight is FloatMatrix }) {
+            return (served, ModelIdentity.of(served), false)
+        }
+        let (source, known) = locked { (sourceModel, mapped) }
+        guard let source else { return nil }
+        if let known, known.name == source {
+            guard let model = known.model, let identity = known.identity else { return nil }
+            return (model, identity, true)
+        }
+        do {
+            let model = try WhisperModel.loadMapped(source)
+            let identity = ModelIdentity.of(model)
+            locked { mapped = (source, model, identity) }
+            return (model, identity, true)
+        } catch {
+            locked { mapped = (source, nil, nil) }
+            logger.notice("no full-precision model to map for \(source); statistics are not gathered: \(error)")
+            return nil
+        }
+    }
+
+    private func gather(samples: [Float], served: WhisperModel) {
         let started = DispatchTime.now()
-        let identity = ModelIdentity.of(model)
+        guard let (model, identity, quantized) = fullPrecision(behind: served) else { return }
         let pass = ActivationStatistics(modelIdentity: identity)
         do {
             let recognizer = try SpeechRecognizer(model: model, threads: 1, observer: pass)
@@ -107,11 +153,15 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
             logger.error("statistics pass failed: \(error)")
             return
         }
-        let merged = locked { () -> ActivationStatistics in
+        let (merged, notify) = locked { () -> (ActivationStatistics, (@Sendable () -> Void)?) in
             // Statistics of another model (the configured one changed) are replaced, not mixed.
-            if let kept = statistics, kept.modelIdentity == identity, (try? kept.merge(pass)) != nil { return kept }
-            statistics = pass
-            return pass
+            let mergedIntoKept = statistics.map { $0.modelIdentity == identity && (try? $0.merge(pass)) != nil } ?? false
+            if !mergedIntoKept { statistics = pass }
+            guard quantized, requantizeAfter > 0 else { return (statistics!, nil) }
+            newWhileQuantized += 1
+            guard newWhileQuantized >= requantizeAfter else { return (statistics!, nil) }
+            newWhileQuantized = 0
+            return (statistics!, onNewSamples)
         }
         if let path {
             do {
@@ -121,8 +171,10 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
             }
         }
         logger.info("statistics pass", metadata: [
-            "samples": "\(merged.sampleCount)", "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
+            "samples": "\(merged.sampleCount)", "model": quantized ? "mapped float16" : "served float",
+            "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
         ])
+        notify?()
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {

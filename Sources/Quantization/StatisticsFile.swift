@@ -4,8 +4,9 @@ import WhisperEngine
 
 /// A stable identity string for a model's weights: its name, shape, and a digest (CRC32
 /// and 64-bit FNV-1a, 96 bits together) over every float weight of its linear layers in
-/// network order. Statistics and quantized models record it so that they are never applied
-/// to another model. Not cryptographic: it guards against mix-ups, not against forgery.
+/// network order (a `HalfMatrix` counts as the float32 values it widens to). Statistics and
+/// quantized models record it so that they are never applied to another model. Not
+/// cryptographic: it guards against mix-ups, not against forgery.
 public enum ModelIdentity {
     /// `name (n_state 384, layers 4+4, vocab 51864, weights 1a2b3c4d-0123456789abcdef)`.
     /// Layers that are not float (already quantized) contribute their name, shape and byte size.
@@ -24,6 +25,9 @@ public enum ModelIdentity {
         for layer in weights.linearLayers {
             if let f = layer.weight as? FloatMatrix {
                 f.values.withUnsafeBytes { d.fold($0) }
+            } else if let h = layer.weight as? HalfMatrix {
+                // The same full-precision values, mapped rather than copied: the same identity.
+                h.floatValues().withUnsafeBytes { d.fold($0) }
             } else {
                 let tag = Array("\(layer.name):\(layer.outFeatures)x\(layer.inFeatures):\(layer.weight.byteSize)".utf8)
                 tag.withUnsafeBytes { d.fold($0) }

@@ -33,6 +33,15 @@ public final class WhisperModel: @unchecked Sendable {
         try load(directory: directory, weights: try WhisperWeights(file: try ModelFile(path: directory.modelBin)))
     }
 
+    /// Loads `tiny.en`, `base` or a model directory with its float16 weight matrices left in the
+    /// file's mapping (`HalfMatrix`): the full-precision network for occasional passes beside a
+    /// quantized model, without a resident float32 copy.
+    public static func loadMapped(_ nameOrPath: String) throws -> WhisperModel {
+        let directory = try ModelLocator().resolve(nameOrPath)
+        return try load(directory: directory,
+                        weights: try WhisperWeights(file: try ModelFile(path: directory.modelBin), mappingHalves: true))
+    }
+
     /// Pairs `weights` made elsewhere (a quantized form of this network) with the vocabulary
     /// and configuration of `tiny.en`, `base` or a model directory; its `model.bin` is not read.
     public static func load(_ nameOrPath: String, weights: WhisperWeights) throws -> WhisperModel {

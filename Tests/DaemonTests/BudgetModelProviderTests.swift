@@ -96,14 +96,18 @@ final class BudgetModelProviderTests: XCTestCase {
     /// The personalisation loop in process: a live utterance served by the float model is run again with the
     /// statistics observing (aggregates written to the state directory, the audio copy wiped); a budget then gets
     /// myQASR's widths from them (4 and 5 bits under 24 MiB, more of the budget used than uniform 4-bit) and the
-    /// model still recognises JFK; the file survives a restart; a corrupt file is set aside; `forget` deletes it.
+    /// model still recognises JFK; behind the quantized model the statistics keep growing and ask for a
+    /// re-quantization; the file survives a restart; a corrupt file is set aside; `forget` deletes both.
     func testPersonalStatisticsChooseTheWidths() throws {
         let path = try Fixtures.tinyModel()
         let directory = NSTemporaryDirectory() + "myqasr-personal-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let statisticsFile = directory + "/" + PersonalStatistics.fileName
-        let personal = PersonalStatistics(directory: directory, logger: .init(label: "test"))
+        let personal = PersonalStatistics(directory: directory, requantizeAfter: 2, logger: .init(label: "test"))
+        personal.setSourceModel(path)
+        let notices = Waiter<Int>()
+        personal.whenNewSamples { notices.append(1) }
         let provider = BudgetModelProvider(personalStatistics: { personal.statistics(for: $0) })
         func provide(_ budget: Int?) throws -> ProvidedModel {
             try provider.provide(ModelRequest(name: path, budgetBytes: budget, reloadFromDisk: false))
@@ -142,8 +146,23 @@ final class BudgetModelProviderTests: XCTestCase {
         let text = try recogniser.transcribe(samples: samples).text
         XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
 
+        // Behind the quantized model the passes go on through the mapped float16 source (same identity, so
+        // the same statistics grow); the second such sample asks for a re-quantization, which then differs.
+        XCTAssertEqual(store.swap(to: personalised, budgetBytes: 24 * mib), 2)
+        for expected in [2, 3] {
+            workers.submit(live: Utterance(samples: samples))
+            _ = try Waiter<Int>.poll(timeout: 120, what: "\(expected) statistics samples") {
+                personal.statisticsSamples == expected ? expected : nil
+            }
+            personal.waitForPass()
+            XCTAssertEqual(notices.all.count, expected == 3 ? 1 : 0, "after 2 samples behind the quantized model")
+        }
+        let again = try provide(24 * mib)
+        XCTAssertFalse(again.model === personalised.model, "more statistics: quantized again")
+        XCTAssertLessThanOrEqual(again.weightBytes, 24 * mib)
+
         // A restart finds the statistics; `forget` deletes them and their file.
-        XCTAssertEqual(PersonalStatistics(directory: directory, logger: .init(label: "test")).statisticsSamples, 1)
+        XCTAssertEqual(PersonalStatistics(directory: directory, logger: .init(label: "test")).statisticsSamples, 3)
         var bytes = try Data(contentsOf: URL(fileURLWithPath: statisticsFile))
         personal.forget()
         XCTAssertEqual(personal.statisticsSamples, 0)

@@ -25,6 +25,7 @@ final class ConfigurationTests: XCTestCase {
             name = "base"
             memory_budget = "24MiB"
             threads = 4
+            requantize_after = 5
             [capture]
             device = "hw:1,0"
             ring_seconds = 5
@@ -45,6 +46,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(c.model, "base")
         XCTAssertEqual(c.memoryBudget, 24 * 1024 * 1024)
         XCTAssertEqual(c.threads, 4)
+        XCTAssertEqual(c.requantizeAfter, 5)
         XCTAssertEqual(c.captureDevice, "hw:1,0")
         XCTAssertEqual(c.ringSeconds, 5)
         XCTAssertEqual(c.vadStartDB, 15)
@@ -71,6 +73,7 @@ final class ConfigurationTests: XCTestCase {
             ("[modle]\n", "modle", "unknown key"),
             ("[model]\nthreads = \"two\"\n", "model.threads", "must be an integer"),
             ("[model]\nthreads = 0\n", "model.threads", "out of range"),
+            ("[model]\nrequantize_after = -1\n", "model.requantize_after", "out of range"),
             ("[model]\nmemory_budget = \"24 parsecs\"\n", "model.memory_budget", "is not a size"),
             ("[capture]\nring_seconds = 1000\n", "capture.ring_seconds", "out of range"),
             ("[capture]\nenabled = \"yes\"\n", "capture.enabled", "true or false"),

@@ -9,6 +9,46 @@ import XCTest
 /// Compensated rounding on the real tiny.en: second moments from real speech, checked on
 /// speech the calibration never heard.
 final class RealModelQuantizationTests: XCTestCase {
+    /// tiny.en with its float16 matrices left in the file's mapping (what the daemon's statistics passes
+    /// use beside a quantized model): no float32 copy of any matrix, the float model's identity, the same
+    /// products (up to summation order), the same transcript, and the same activation statistics.
+    func testMappedModelIsTheFloatModel() throws {
+        let model = try Fixtures.model("tiny.en")
+        let mapped = try WhisperModel.loadMapped("tiny.en")
+        let layers = mapped.weights.linearLayers
+        XCTAssertEqual(layers.count, 47)
+        XCTAssertTrue(layers.allSatisfy { $0.weight is HalfMatrix }, "every matrix stays in the mapping")
+        XCTAssertEqual(ModelIdentity.of(mapped), ModelIdentity.of(model))
+        XCTAssertLessThan(mapped.weights.byteSize, model.weights.byteSize / 2 + 4 * 1024 * 1024)
+
+        var generator = SystemRandomNumberGenerator()
+        for (float, half) in zip(model.weights.linearLayers, layers) where ["decoder/embeddings", "encoder/conv2",
+                                                                             "decoder/layer_1/ffn/linear_1"].contains(float.name) {
+            XCTAssertEqual((half.weight as! HalfMatrix).floatValues(), (float.weight as! FloatMatrix).values, float.name)
+            for rows in [1, 3, 40] {
+                let x = (0..<rows * float.inFeatures).map { _ in Float.random(in: -1...1, using: &generator) }
+                var expected = [Float](repeating: 0, count: rows * float.outFeatures), got = expected
+                float.weight.multiply(x, rows: rows, into: &expected)
+                half.weight.multiply(x, rows: rows, into: &got)
+                let worst = zip(expected, got).map { abs($0 - $1) }.max()!, scale = expected.map { abs($0) }.max()!
+                XCTAssertLessThan(worst, 1e-4 * scale, "\(float.name), \(rows) rows")
+            }
+            var row = [Float](repeating: 0, count: float.inFeatures)
+            half.weight.copyRow(7, into: &row)
+            XCTAssertEqual(row, Array((float.weight as! FloatMatrix).values[7 * float.inFeatures ..< 8 * float.inFeatures]))
+        }
+
+        let samples = try loadAudio(path: try Fixtures.sample("jfk.wav"))
+        let floatStatistics = ActivationStatistics(modelIdentity: ModelIdentity.of(model))
+        let mappedStatistics = ActivationStatistics(modelIdentity: ModelIdentity.of(mapped))
+        let expected = try SpeechRecognizer(model: model, threads: 2, observer: floatStatistics).transcribe(samples: samples)
+        let got = try SpeechRecognizer(model: mapped, threads: 2, observer: mappedStatistics).transcribe(samples: samples)
+        XCTAssertEqual(got.text, expected.text)
+        let a = floatStatistics.sensitivities, b = mappedStatistics.sensitivities
+        XCTAssertEqual(Set(a.keys), Set(b.keys))
+        for (name, value) in a { XCTAssertEqual(b[name]!, value, accuracy: 0.02 * value, name) }
+    }
+
     func testCompensatedRoundingKeepsTheEncoderCloserOnUnheardSpeech() throws {
         let model = try Fixtures.model("tiny.en")
         let covariance = InputCovariance()

@@ -167,7 +167,10 @@ public final class WhisperWeights: @unchecked Sendable {
     }
 
     /// Reads a Whisper network from a parsed CTranslate2 file, checking every shape.
-    public convenience init(file: ModelFile) throws {
+    /// Reads the network out of `file`. With `mappingHalves`, every float16 weight matrix stays in
+    /// the file's mapping as a `HalfMatrix` instead of being widened into a float32 copy (norms,
+    /// biases and position tables are still copied: they are small).
+    public convenience init(file: ModelFile, mappingHalves: Bool = false) throws {
         let embedding = try file.variable("decoder/embeddings/weight")
         guard embedding.shape.count == 2 else {
             throw ModelFileError.unexpectedShape(path: file.path, variable: embedding.name,
@@ -195,7 +198,7 @@ public final class WhisperWeights: @unchecked Sendable {
         let dims = ModelDimensions(nMels: nMels, nAudioCtx: nAudioCtx, nState: d, nHeads: nHeads,
                                    nAudioLayers: countLayers("encoder"), nTextLayers: countLayers("decoder"),
                                    nTextCtx: nTextCtx, nVocab: nVocab)
-        let loader = WeightLoader(file: file, width: d)
+        let loader = WeightLoader(file: file, width: d, mappingHalves: mappingHalves)
         let encoderBlocks = try (0..<dims.nAudioLayers).map { i -> EncoderBlock in
             let p = "encoder/layer_\(i)"
             return EncoderBlock(
@@ -227,10 +230,7 @@ public final class WhisperWeights: @unchecked Sendable {
             encoderPositions: try file.floats(encPos.name, shape: [nAudioCtx, d]),
             encoderBlocks: encoderBlocks,
             encoderNorm: try loader.norm("encoder/layer_norm"),
-            tokenEmbedding: Linear(name: "decoder/embeddings",
-                                   weight: FloatMatrix(outFeatures: nVocab, inFeatures: d,
-                                                       values: try file.floats(embedding.name, shape: [nVocab, d])),
-                                   bias: nil),
+            tokenEmbedding: try loader.linear("decoder/embeddings", out: nVocab, in: d),
             decoderPositions: try file.floats(decPos.name, shape: [nTextCtx, d]),
             decoderBlocks: decoderBlocks,
             decoderNorm: try loader.norm("decoder/layer_norm"))
@@ -241,6 +241,7 @@ public final class WhisperWeights: @unchecked Sendable {
 private struct WeightLoader {
     let file: ModelFile
     let width: Int
+    let mappingHalves: Bool
 
     func norm(_ prefix: String) throws -> LayerNormWeights {
         LayerNormWeights(gamma: try file.floats("\(prefix)/gamma", shape: [width]),
@@ -248,8 +249,13 @@ private struct WeightLoader {
     }
 
     func linear(_ prefix: String, out: Int, in inputs: Int, storedShape: [Int]? = nil) throws -> Linear {
-        let values = try file.floats("\(prefix)/weight", shape: storedShape ?? [out, inputs])
+        let name = "\(prefix)/weight", shape = storedShape ?? [out, inputs]
         let bias = try file.variables["\(prefix)/bias"].map { _ in try file.floats("\(prefix)/bias", shape: [out]) }
+        let stored = try file.variable(name)
+        if mappingHalves, stored.dtype == .float16, stored.shape == shape {
+            return Linear(name: prefix, weight: HalfMatrix(variable: stored, outFeatures: out, inFeatures: inputs), bias: bias)
+        }
+        let values = try file.floats(name, shape: shape)
         return Linear(name: prefix, weight: FloatMatrix(outFeatures: out, inFeatures: inputs, values: values), bias: bias)
     }
 }

@@ -1,0 +1,67 @@
+import CKernels
+import Foundation
+
+/// A float16 weight matrix read in place from the model file's memory mapping: no float32 copy is
+/// made, so its pages belong to the page cache (shared, and given back under memory pressure)
+/// rather than to the process. Products convert tiles of rows to float32 in a small scratch
+/// buffer and multiply them with OpenBLAS; slower than `FloatMatrix`, meant for passes that run
+/// beside a quantized model (the daemon's statistics of the full-precision model). The values
+/// are exactly the float32 ones `FloatMatrix` would hold (float16 widens exactly).
+public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
+    /// Rows converted per tile in `multiply` (64 KiB-ish of scratch per 128 input features).
+    static let tileRows = 128
+
+    /// Output features (rows).
+    public let outFeatures: Int
+    /// Input features (columns).
+    public let inFeatures: Int
+    /// The mapped file and the byte offset of row 0: `outFeatures · inFeatures` little-endian halves.
+    private let file: Data
+    private let offset: Int
+
+    /// The float16 values of `variable` in place, shaped `[outFeatures, inFeatures]`.
+    init(variable: StoredVariable, outFeatures: Int, inFeatures: Int) {
+        precondition(variable.dtype == .float16 && variable.count == outFeatures * inFeatures)
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+        file = variable.file
+        offset = variable.range.lowerBound
+    }
+
+    /// Two bytes per weight, mapped from the file.
+    public var byteSize: Int { outFeatures * inFeatures * 2 }
+
+    private func withHalves<R>(_ body: (UnsafePointer<UInt16>) -> R) -> R {
+        file.withUnsafeBytes { raw in body(raw.baseAddress!.advanced(by: offset).assumingMemoryBound(to: UInt16.self)) }
+    }
+
+    /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ`, a tile of `tileRows` rows of W at a time.
+    public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+        let k = inFeatures
+        var tile = [Float](repeating: 0, count: Self.tileRows * k)   // [tileRows, k] float32 rows of W
+        withHalves { w in
+            tile.withUnsafeMutableBufferPointer { t in
+                var r0 = 0
+                while r0 < outFeatures {
+                    let rows = min(Self.tileRows, outFeatures - r0)
+                    mq_f16_to_f32(w + r0 * k, t.baseAddress!, rows * k)
+                    Kernels.gemmABt(m: m, n: rows, k: k, a: x, lda: k, b: t.baseAddress!, ldb: k,
+                                    c: y + r0, ldc: outFeatures)
+                    r0 += rows
+                }
+            }
+        }
+    }
+
+    /// Row `index` widened to float32 (the embedding lookup).
+    public func copyRow(_ index: Int, into out: UnsafeMutablePointer<Float>) {
+        withHalves { w in mq_f16_to_f32(w + index * inFeatures, out, inFeatures) }
+    }
+
+    /// All values widened to float32, row-major (what `FloatMatrix` would hold).
+    public func floatValues() -> [Float] {
+        var values = [Float](repeating: 0, count: outFeatures * inFeatures)
+        values.withUnsafeMutableBufferPointer { v in withHalves { mq_f16_to_f32($0, v.baseAddress!, v.count) } }
+        return values
+    }
+}
