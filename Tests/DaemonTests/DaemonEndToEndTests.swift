@@ -174,6 +174,37 @@ final class DaemonEndToEndTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: harness.controlSocket))
     }
 
+    /// Started under a 24 MiB budget with no statistics: uniform 4 bits. The live utterance is gathered through
+    /// the mapped float16 source behind the quantized model, and with `requantize_after = 1` the daemon quantizes
+    /// again from the statistics on its own: myQASR's 4/5-bit mix, within the budget, while serving goes on.
+    func testStatisticsBehindAQuantizedModelTriggerRequantization() throws {
+        let jfk = try Fixtures.sample("jfk.wav")
+        let speech = try Fixtures.pcm16(ofWAV: jfk)
+        let harness = try DaemonHarness(microphone: microphoneSignal(speech: speech), speed: 4, budget: "24MiB",
+                                        modelSettings: "requantize_after = 1")
+        let client = try harness.client()
+        let before = try client.status()
+        XCTAssertEqual(Set(before.layerBits?.values ?? [:].values), [4], "no statistics yet: uniform")
+        XCTAssertEqual(before.statisticsSamples, 0)
+        let listener = try ListenCollector(socketPath: harness.controlSocket)
+        try listener.ready()
+        try harness.startMicrophone()
+        _ = try listener.waitFor(phrase: jfkPhrase, timeout: 120)
+        let swapped = try harness.daemon.waitForLog(timeout: 120, what: "re-quantization from the statistics") { log in
+            log.components(separatedBy: "\n").first { $0.contains("model in service") && $0.contains("reason=statistics") }
+        }
+        XCTAssertTrue(swapped.contains("mixed 4-5-bit"), swapped)
+        XCTAssertTrue(harness.daemon.stderrText.contains("model=mapped float16"), "gathered through the mapping")
+        let after = try client.status()
+        XCTAssertEqual(after.statisticsSamples, 1)
+        XCTAssertEqual(Set(after.layerBits?.values ?? [:].values), [4, 5])
+        XCTAssertLessThanOrEqual(after.memoryBytes, 24 * 1024 * 1024)
+        XCTAssertGreaterThan(after.memoryBytes, before.memoryBytes)
+        let text = try client.transcribe(wav: try Data(contentsOf: URL(fileURLWithPath: jfk))).text
+        XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
+        XCTAssertEqual(harness.stop(), 0)
+    }
+
     /// Socket requests while the daemon is still serving after `forget`: counters reset, capture restarted.
     func testForgetResetsCountersAndKeepsServing() throws {
         let jfk = try Fixtures.sample("jfk.wav")

@@ -23,13 +23,14 @@ final class DaemonHarness {
 
     /// The configuration file text for these directories; `extra` is appended inside [model].
     static func configText(model: String, runtime: String, state: String, fifo: String?, budget: String = "none",
-                           extraVAD: String = "", limits: String = "", logLevel: String = "info",
-                           captureSection: String? = nil) -> String {
+                           modelSettings: String = "", extraVAD: String = "", limits: String = "",
+                           logLevel: String = "info", captureSection: String? = nil) -> String {
         var text = """
             [model]
             name = "\(model)"
             threads = 2
             memory_budget = "\(budget)"
+            \(modelSettings)
 
             [sockets]
             runtime_directory = "\(runtime)"
@@ -72,8 +73,9 @@ final class DaemonHarness {
 
     /// Starts the daemon and waits for READY=1. `microphone` is 16 kHz s16le PCM played through the FIFO
     /// (nil: capture disabled).
-    init(microphone: Data?, speed: Double = 2, limits: String = "", logLevel: String = "info",
-         extraEnvironment: [String: String] = [:], launcher: [String] = [], captureSection: String? = nil) throws {
+    init(microphone: Data?, speed: Double = 2, budget: String = "none", modelSettings: String = "", limits: String = "",
+         logLevel: String = "info", extraEnvironment: [String: String] = [:], launcher: [String] = [],
+         captureSection: String? = nil) throws {
         signal(SIGPIPE, SIG_IGN)  // the FIFO writer must see EPIPE, not die, if capture closes the FIFO
         modelDirectory = try Fixtures.tinyModel()
         scratch = try ScratchDirectory()
@@ -88,7 +90,8 @@ final class DaemonHarness {
             feeder = nil
         }
         try Self.configText(model: modelDirectory, runtime: runtimeDirectory, state: stateDirectory, fifo: feeder?.path,
-                            limits: limits, logLevel: logLevel, captureSection: captureSection)
+                            budget: budget, modelSettings: modelSettings, limits: limits, logLevel: logLevel,
+                            captureSection: captureSection)
             .write(toFile: configPath, atomically: true, encoding: .utf8)
         notify = try NotifyListener(path: scratch.sub("notify.sock"))
         var environment: [String: String] = [
