@@ -49,7 +49,10 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
         path = directory.map { ($0 as NSString).appendingPathComponent(Self.fileName) }
         guard let path, FileManager.default.fileExists(atPath: path) else { return }
         do {
-            statistics = try StatisticsFile.load(path: path)
+            let loaded = try StatisticsFile.load(path: path)
+            // The daemon keeps no second moments (too large); a file made with them keeps the rest.
+            statistics = ActivationStatistics(modelIdentity: loaded.modelIdentity, sampleCount: loaded.sampleCount,
+                                              layers: loaded.layers)
             logger.info("personal statistics loaded", metadata: ["samples": "\(statistics?.sampleCount ?? 0)"])
         } catch {
             let aside = path + ".corrupt"
@@ -66,9 +69,8 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
     public func statistics(for modelIdentity: String) -> ActivationStatistics? {
         locked { () -> ActivationStatistics? in
             guard let statistics, statistics.modelIdentity == modelIdentity, statistics.sampleCount > 0 else { return nil }
-            let copy = ActivationStatistics(modelIdentity: modelIdentity)
-            try? copy.merge(statistics)
-            return copy
+            return ActivationStatistics(modelIdentity: modelIdentity, sampleCount: statistics.sampleCount,
+                                        layers: statistics.layers)
         }
     }
 

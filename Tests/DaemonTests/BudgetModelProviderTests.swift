@@ -164,6 +164,17 @@ final class BudgetModelProviderTests: XCTestCase {
         // A restart finds the statistics; `forget` deletes them and their file.
         XCTAssertEqual(PersonalStatistics(directory: directory, logger: .init(label: "test")).statisticsSamples, 3)
         var bytes = try Data(contentsOf: URL(fileURLWithPath: statisticsFile))
+        // A file that also holds second moments (`myqasr stats --second-moments`) is used without them.
+        let kept = try StatisticsFile.load(path: statisticsFile)
+        let moments = InputCovariance()
+        moments.setUpperTriangle(of: "encoder/conv1", width: 240, rows: 1, sums: [Float](repeating: 1, count: 240 * 241 / 2))
+        try StatisticsFile.write(ActivationStatistics(modelIdentity: kept.modelIdentity, sampleCount: kept.sampleCount,
+                                                      layers: kept.layers, secondMoments: moments),
+                                 to: statisticsFile)
+        XCTAssertNotNil(try StatisticsFile.load(path: statisticsFile).secondMoments)
+        let withMoments = PersonalStatistics(directory: directory, logger: .init(label: "test"))
+        XCTAssertEqual(withMoments.statistics(for: identity)?.layers.count, 47)
+        XCTAssertNil(withMoments.statistics(for: identity)?.secondMoments)
         personal.forget()
         XCTAssertEqual(personal.statisticsSamples, 0)
         XCTAssertNil(personal.statistics(for: identity))
