@@ -647,6 +647,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         }
         let generation = store.swap(to: provided, budgetBytes: budget)
         personal?.setSourceModel(modelName)
+        // The float network the quantization read is freed by now; its pages go back to the system.
+        WhisperModel.releaseFreedMemory()
         locked {
             budgetBytes = budget
             lastModelChange = Date()

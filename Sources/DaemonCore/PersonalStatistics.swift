@@ -101,6 +101,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
                 passDone.leave()
             }
             gather(samples: copy.values, served: model)
+            WhisperModel.releaseFreedMemory()   // the pass's activations and caches
         }
     }
 

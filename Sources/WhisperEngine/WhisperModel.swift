@@ -1,4 +1,5 @@
 import Audio
+import CKernels
 import Foundation
 import Tokenizer
 
@@ -31,6 +32,12 @@ public final class WhisperModel: @unchecked Sendable {
     /// Loads the model files of `directory`, checking that the vocabulary fits the weights.
     public static func load(directory: ModelDirectory) throws -> WhisperModel {
         try load(directory: directory, weights: try WhisperWeights(file: try ModelFile(path: directory.modelBin)))
+    }
+
+    /// Gives the heap pages freed since the last call back to the system: call after dropping a
+    /// model (the C allocator otherwise keeps them, and the process would stay as large as it was).
+    public static func releaseFreedMemory() {
+        mq_release_free_heap()
     }
 
     /// Loads `tiny.en`, `base` or a model directory with its float16 weight matrices left in the

@@ -200,6 +200,11 @@ final class DaemonEndToEndTests: XCTestCase {
         XCTAssertEqual(Set(after.layerBits?.values ?? [:].values), [4, 5])
         XCTAssertLessThanOrEqual(after.memoryBytes, 24 * 1024 * 1024)
         XCTAssertGreaterThan(after.memoryBytes, before.memoryBytes)
+        // The mapped source is page cache (RssFile), not an anonymous float32 copy: anonymous memory stays
+        // below what the float32 weights alone would take (144 MiB).
+        let anonymous = try XCTUnwrap(harness.daemon.statusKiB("RssAnon")), file = harness.daemon.statusKiB("RssFile") ?? 0
+        print("after the mapped pass and re-quantization: RssAnon \(anonymous) KiB, RssFile \(file) KiB")
+        XCTAssertLessThan(anonymous, 144 * 1024)
         let text = try client.transcribe(wav: try Data(contentsOf: URL(fileURLWithPath: jfk))).text
         XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
         XCTAssertEqual(harness.stop(), 0)

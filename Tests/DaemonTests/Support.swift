@@ -254,9 +254,12 @@ final class DaemonProcess {
     }
 
     /// VmRSS in KiB from /proc/PID/status.
-    func residentKiB() -> Int? {
+    func residentKiB() -> Int? { statusKiB("VmRSS") }
+
+    /// A KiB field of /proc/PID/status (`VmRSS`, `RssAnon`, `RssFile`).
+    func statusKiB(_ field: String) -> Int? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
             return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
         }
         return nil

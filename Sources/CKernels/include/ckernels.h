@@ -28,4 +28,8 @@ void mq_gemm_nt_small(const float *x, size_t m, size_t ldx, const float *w, size
 /// dst[i] = (float)src[i] for IEEE half-precision bit patterns (model loading).
 void mq_f16_to_f32(const unsigned short *src, float *dst, size_t count);
 
+/// Returns the free pages of the C heap to the system (glibc malloc_trim(0)); for a process that
+/// has just dropped a large model.
+void mq_release_free_heap(void);
+
 #endif
