@@ -321,7 +321,7 @@ enum StatusFormatter {
         lines.append(memory)
         lines.append("uptime:      \(duration(status.uptimeSeconds))")
         lines.append("utterances:  \(status.utterancesSeen)")
-        lines.append("statistics:  \(status.statisticsSamples) samples")
+        lines.append("statistics:  \(status.statisticsSamples) utterance\(status.statisticsSamples == 1 ? "" : "s") gathered")
         lines.append("capture:     \(status.captureState.rawValue)")
         if let changed = status.lastRequantization {
             lines.append("model since: \(ISO8601DateFormatter().string(from: changed))")

@@ -39,6 +39,7 @@ final class ControlCommandTests: XCTestCase {
         XCTAssertTrue(out.contains("all 47 layers float"), out)
         XCTAssertTrue(out.contains("encoder 0  ffff"), out)
         XCTAssertTrue(out.contains("capture:     disabled"), out)
+        XCTAssertTrue(out.contains("statistics:  0 utterances gathered"), out)
 
         (status, out, err) = try runTool(ctl, ["budget", "24MiB"] + socketArgs)
         XCTAssertEqual(status, 0, err)
