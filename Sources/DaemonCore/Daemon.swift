@@ -546,8 +546,9 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             statisticsSamples: observer?.statisticsSamples ?? 0, lastRequantization: changed, captureState: state)
     }
 
-    /// Applies a new memory budget: the provider chooses the model that fits (float, else the highest uniform width
-    /// that fits), prepared off the serving path and swapped in when ready. A budget no precision can meet is
+    /// Applies a new memory budget: the provider chooses the model that fits (float, else myQASR's widths from the
+    /// personal statistics, else the highest uniform width that fits), prepared off the serving path and swapped in
+    /// when ready. A budget no precision can meet is
     /// refused as `impossible_budget` with the smallest reachable size; the model in service stays. Lasts until the
     /// next reload or restart.
     public func setBudget(bytes: Int) async throws {

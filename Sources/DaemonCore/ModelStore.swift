@@ -40,8 +40,8 @@ public struct ModelRequest: Sendable, Equatable {
 
 /// The one seam between the daemon and model precision: given a model name and a memory budget, returns the
 /// model to serve, or throws (`ModelProviderError.impossibleBudget` when no precision fits). The daemon's
-/// default is `BudgetModelProvider` (float, else the highest uniform width that fits); the personalised
-/// allocation replaces its choice later. Called off the event loops and the workers, one call at a time.
+/// default is `BudgetModelProvider` (float, else myQASR's widths from the personal statistics, else the highest
+/// uniform width that fits). Called off the event loops and the workers, one call at a time.
 public typealias ModelProvider = @Sendable (ModelRequest) throws -> ProvidedModel
 
 /// The model in service, swapped atomically. Workers read it at the start of each job, so a swap never
