@@ -38,7 +38,8 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
     /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ`, a tile of `tileRows` rows of W at a time.
     public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
         let k = inFeatures
-        var tile = [Float](repeating: 0, count: Self.tileRows * k)   // [tileRows, k] float32 rows of W
+        // [tileRows, k] float32 rows of W; every element used is written by the conversion first.
+        var tile = [Float](unsafeUninitializedCapacity: Self.tileRows * k) { _, count in count = Self.tileRows * k }
         withHalves { w in
             tile.withUnsafeMutableBufferPointer { t in
                 var r0 = 0
