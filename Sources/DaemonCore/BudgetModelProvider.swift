@@ -79,8 +79,8 @@ public struct ModelFootprint: Sendable, Equatable {
 }
 
 /// The daemon's `ModelProvider`: serves the float model when it fits the budget (or there is none), else a
-/// quantized model that fits: with personal statistics of this model (`PersonalStatistics`, gathered while the
-/// float model served live utterances), myQASR's per-layer widths from the sensitivity sweep down to the budget;
+/// quantized model that fits: with personal statistics of this model (`PersonalStatistics`, gathered on the
+/// full-precision model from live utterances), myQASR's per-layer widths from the sensitivity sweep down to the budget;
 /// without, every layer at the highest uniform width whose total bytes fit. Either way round-to-nearest with
 /// clip ratio 1 (compensated rounding needs input second moments, too large to keep in the daemon). A budget
 /// below the all-2-bit size is refused with `ModelProviderError.impossibleBudget`. A model named by a `.myq`
