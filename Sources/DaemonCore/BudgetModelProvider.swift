@@ -138,7 +138,8 @@ public final class BudgetModelProvider: @unchecked Sendable {
         if knownFootprint == nil {
             let model = try floatModel?.model ?? WhisperModel.load(name)
             floatModel = (name, model)
-            knownFootprint = (name, model.name, ModelIdentity.of(model),
+            // The identity (a pass over every weight) only matters when there may be statistics for it.
+            knownFootprint = (name, model.name, personalStatistics == nil ? "" : ModelIdentity.of(model),
                               try ModelFootprint(floatWeights: model.weights, widths: Self.uniformWidths, groupSize: groupSize))
         }
         let sizes = knownFootprint!.value

@@ -26,8 +26,10 @@ public enum ModelIdentity {
             if let f = layer.weight as? FloatMatrix {
                 f.values.withUnsafeBytes { d.fold($0) }
             } else if let h = layer.weight as? HalfMatrix {
-                // The same full-precision values, mapped rather than copied: the same identity.
-                h.floatValues().withUnsafeBytes { d.fold($0) }
+                // The same full-precision values, mapped rather than copied: the same identity
+                // (folded a tile at a time, so no float32 copy of the matrix is made here either; tiles of
+                // 128 rows of an even width are whole 8-byte words, which the word-wise hash needs to agree).
+                h.forEachFloatTile { _, _, tile in d.fold(UnsafeRawBufferPointer(tile)) }
             } else {
                 let tag = Array("\(layer.name):\(layer.outFeatures)x\(layer.inFeatures):\(layer.weight.byteSize)".utf8)
                 tag.withUnsafeBytes { d.fold($0) }

@@ -35,8 +35,9 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
         file.withUnsafeBytes { raw in body(raw.baseAddress!.advanced(by: offset).assumingMemoryBound(to: UInt16.self)) }
     }
 
-    /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ`, a tile of `tileRows` rows of W at a time.
-    public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+    /// Calls `body` with consecutive tiles of up to `tileRows` rows widened to float32: the first
+    /// row's index, the row count and the values `[rows, inFeatures]` (valid during the call only).
+    public func forEachFloatTile(_ body: (_ firstRow: Int, _ rows: Int, UnsafeBufferPointer<Float>) -> Void) {
         let k = inFeatures
         // [tileRows, k] float32 rows of W; every element used is written by the conversion first.
         var tile = [Float](unsafeUninitializedCapacity: Self.tileRows * k) { _, count in count = Self.tileRows * k }
@@ -46,23 +47,23 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
                 while r0 < outFeatures {
                     let rows = min(Self.tileRows, outFeatures - r0)
                     mq_f16_to_f32(w + r0 * k, t.baseAddress!, rows * k)
-                    Kernels.gemmABt(m: m, n: rows, k: k, a: x, lda: k, b: t.baseAddress!, ldb: k,
-                                    c: y + r0, ldc: outFeatures)
+                    body(r0, rows, UnsafeBufferPointer(rebasing: t[0..<rows * k]))
                     r0 += rows
                 }
             }
         }
     }
 
+    /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ`, one float32 tile of W at a time.
+    public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+        let k = inFeatures
+        forEachFloatTile { r0, rows, tile in
+            Kernels.gemmABt(m: m, n: rows, k: k, a: x, lda: k, b: tile.baseAddress!, ldb: k, c: y + r0, ldc: outFeatures)
+        }
+    }
+
     /// Row `index` widened to float32 (the embedding lookup).
     public func copyRow(_ index: Int, into out: UnsafeMutablePointer<Float>) {
         withHalves { w in mq_f16_to_f32(w + index * inFeatures, out, inFeatures) }
-    }
-
-    /// All values widened to float32, row-major (what `FloatMatrix` would hold).
-    public func floatValues() -> [Float] {
-        var values = [Float](repeating: 0, count: outFeatures * inFeatures)
-        values.withUnsafeMutableBufferPointer { v in withHalves { mq_f16_to_f32($0, v.baseAddress!, v.count) } }
-        return values
     }
 }
