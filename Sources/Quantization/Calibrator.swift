@@ -92,16 +92,18 @@ public struct Calibrator: Sendable {
         self.perGroup = perGroup
     }
 
-    /// Calibrates `layer` at `bits` from the diagonal input moments `meanSquare[inFeatures]`.
-    public func calibrate(layer: Linear, bits: Int, groupSize: Int, meanSquare: [Double]) throws -> LayerCalibration {
+    /// Calibrates `layer` at `bits` from the diagonal input moments `meanSquare[inFeatures]`;
+    /// `rotated`: the candidates are rotated matrices (`QuantizedMatrix.rotated`).
+    public func calibrate(layer: Linear, bits: Int, groupSize: Int, meanSquare: [Double],
+                          rotated: Bool = false) throws -> LayerCalibration {
         guard let w = layer.weight as? FloatMatrix else { throw CalibrationError.notFloat(layer: layer.name) }
         return try calibrate(name: layer.name, weights: w.values, outFeatures: w.outFeatures, inFeatures: w.inFeatures,
-                             bits: bits, groupSize: groupSize, meanSquare: meanSquare)
+                             bits: bits, groupSize: groupSize, meanSquare: meanSquare, rotated: rotated)
     }
 
     /// Calibrates raw weights `[outFeatures, inFeatures]` from diagonal input moments.
     public func calibrate(name: String, weights: [Float], outFeatures: Int, inFeatures: Int, bits: Int,
-                          groupSize: Int, meanSquare: [Double]) throws -> LayerCalibration {
+                          groupSize: Int, meanSquare: [Double], rotated: Bool = false) throws -> LayerCalibration {
         guard meanSquare.count == inFeatures else {
             throw CalibrationError.inputWidthMismatch(layer: name, expected: inFeatures, found: meanSquare.count)
         }
@@ -110,7 +112,7 @@ public struct Calibrator: Sendable {
         // Per group, for one candidate: Σ m W Ŵ, Σ m W², Σ m Ŵ², Σ m (W − Ŵ)².
         func groupSums(_ ratios: [Float]) throws -> [SIMD4<Double>] {
             let q = try QuantizedMatrix(quantizing: weights, outFeatures: outFeatures, inFeatures: inFeatures,
-                                        bits: bits, groupSize: groupSize, clipRatios: ratios).dequantized()
+                                        bits: bits, groupSize: groupSize, clipRatios: ratios, rotated: rotated).dequantized()
             var sums = [SIMD4<Double>](repeating: .zero, count: outFeatures * groups)
             weights.withUnsafeBufferPointer { wb in
                 q.withUnsafeBufferPointer { qb in
@@ -175,8 +177,10 @@ public struct Calibrator: Sendable {
         return result
     }
 
-    /// Calibrates `layer` at `bits` exactly, on captured input rows `inputs[rows, inFeatures]`.
-    public func calibrate(layer: Linear, bits: Int, groupSize: Int, inputs: [Float], rows: Int) throws -> LayerCalibration {
+    /// Calibrates `layer` at `bits` exactly, on captured input rows `inputs[rows, inFeatures]`;
+    /// `rotated` as in the moments form.
+    public func calibrate(layer: Linear, bits: Int, groupSize: Int, inputs: [Float], rows: Int,
+                          rotated: Bool = false) throws -> LayerCalibration {
         guard let w = layer.weight as? FloatMatrix else { throw CalibrationError.notFloat(layer: layer.name) }
         guard rows > 0 else { throw CalibrationError.noInputs(layer: layer.name) }
         guard inputs.count == rows * layer.inFeatures else {
@@ -199,7 +203,7 @@ public struct Calibrator: Sendable {
         let reference = outputs(w)
         func score(_ ratio: Float) throws -> Double {
             let q = try QuantizedMatrix(quantizing: w.values, outFeatures: out, inFeatures: inF, bits: bits,
-                                        groupSize: groupSize, clipRatio: ratio).dequantized()
+                                        groupSize: groupSize, clipRatio: ratio, rotated: rotated).dequantized()
             let y = outputs(FloatMatrix(outFeatures: out, inFeatures: inF, values: q))
             return Self.distance(reference, y, rows: rows, width: out, objective: objective)
         }

@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import Foundation
 
@@ -83,8 +84,11 @@ public struct ErrorCompensatedRounding: Sendable {
     /// fewer rows than it has inputs (the decoder's, which see one row per token) has a
     /// singular `H`, and compensating along directions the calibration never visited only
     /// adds error elsewhere; the extra damping pulls such layers towards plain rounding.
+    ///
+    /// With `rotated`, the codes quantize `W·Rᵀ` (see `QuantizedMatrix.rotated`): the weights
+    /// and the second moment move to the rotated basis first (`R H Rᵀ`, the moment of `R x`).
     public func quantize(values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                         secondMoment: [Double], rows: Int) throws -> QuantizedMatrix? {
+                         secondMoment: [Double], rows: Int, rotated: Bool = false) throws -> QuantizedMatrix? {
         guard values.count == outFeatures * inFeatures else {
             throw QuantizedMatrixError.valueCount(expected: outFeatures * inFeatures, actual: values.count)
         }
@@ -92,6 +96,14 @@ public struct ErrorCompensatedRounding: Sendable {
             throw QuantizedMatrixError.nonFiniteWeight(row: bad / inFeatures, column: bad % inFeatures)
         }
         let n = inFeatures
+        guard !rotated || QuantizedMatrix.canRotate(inFeatures: n) else {
+            throw QuantizedMatrixError.rotationNeedsWholeBlocks(inFeatures: n)
+        }
+        var values = values, secondMoment = secondMoment
+        if rotated {
+            values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.count, 0) }
+            secondMoment = Self.rotatedBothSides(secondMoment, n: n)
+        }
         // Column visiting order; the second moment is permuted to match.
         let order: [Int] = activationOrder
             ? (0..<n).sorted { secondMoment[$0 * n + $0] > secondMoment[$1 * n + $1] } : Array(0..<n)
@@ -156,6 +168,17 @@ public struct ErrorCompensatedRounding: Sendable {
             }
         }
         return try QuantizedMatrix(codes: codes, halfScales: halfScales, outFeatures: outFeatures,
-                                   inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+                                   inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
+    }
+
+    /// `R H Rᵀ` for a symmetric `h[n, n]`: each row rotated (`H Rᵀ`), the result transposed
+    /// (`R H`, as H is symmetric) and its rows rotated again.
+    static func rotatedBothSides(_ h: [Double], n: Int) -> [Double] {
+        var a = h
+        a.withUnsafeMutableBufferPointer { mq_rotate_blocks_f64($0.baseAddress!, $0.count, 0) }
+        var t = [Double](repeating: 0, count: n * n)
+        for i in 0..<n { for j in 0..<n { t[j * n + i] = a[i * n + j] } }
+        t.withUnsafeMutableBufferPointer { mq_rotate_blocks_f64($0.baseAddress!, $0.count, 0) }
+        return t
     }
 }

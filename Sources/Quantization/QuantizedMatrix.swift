@@ -25,6 +25,8 @@ public enum QuantizedMatrixError: Error, CustomStringConvertible, Equatable {
     case misalignedScales
     /// A code outside `[-codeLimit, codeLimit - 1]` for the width.
     case codeOutOfRange(index: Int, code: Int, bits: Int)
+    /// A rotated matrix whose input features are not a whole number of 32-blocks.
+    case rotationNeedsWholeBlocks(inFeatures: Int)
 
     /// A message naming what is wrong.
     public var description: String {
@@ -49,6 +51,8 @@ public enum QuantizedMatrixError: Error, CustomStringConvertible, Equatable {
             return "scales: storage is not 2-byte aligned"
         case let .codeOutOfRange(i, c, b):
             return "code \(c) at index \(i) is outside the \(b)-bit range"
+        case let .rotationNeedsWholeBlocks(i):
+            return "cannot rotate \(i) input features: rotation works on whole blocks of 32"
         }
     }
 }
@@ -73,6 +77,12 @@ public enum ActivationPrecision: String, Sendable, Codable {
 /// of the grid: `s = -clip · w_extreme / 2^(bits-1)`, so that weight maps to code
 /// `-2^(bits-1)`. (At 2 bits the levels are {-2, -1, 0, 1}·s.) Codes are bit-packed as in
 /// docs/quantized-model-format.md, and products read them directly.
+///
+/// A `rotated` matrix stores `W·Rᵀ` instead of W, R the orthogonal block rotation of
+/// `mq_rotate_blocks` (a signed Hadamard transform per 32 input features): outlier weights
+/// are spread over their block, so the group scales fit the rest better. Products rotate
+/// their input first (`W x = (W Rᵀ)(R x)`), and rows and `dequantized()` are rotated back,
+/// so to its users the matrix is still an approximation of W.
 public struct QuantizedMatrix: WeightMatrix {
     /// Bit widths this type stores.
     public static let supportedBits = [2, 3, 4, 5, 6, 8]
@@ -96,6 +106,8 @@ public struct QuantizedMatrix: WeightMatrix {
     public let packed: ByteStorage
     /// Half-float scales `[outFeatures, groupsPerRow]`, little-endian.
     public let scales: ByteStorage
+    /// Whether the codes quantize `W·Rᵀ` (see above) rather than W.
+    public let rotated: Bool
     /// Activation handling of small products; `.int8` by default.
     public var activationPrecision: ActivationPrecision = .int8
     /// Threads a large product may be split across (1 or more).
@@ -121,14 +133,20 @@ public struct QuantizedMatrix: WeightMatrix {
         outFeatures * ((inFeatures + groupSize - 1) / groupSize) * 2
     }
 
+    /// Whether a matrix with this many input features can be stored rotated (whole 32-blocks).
+    public static func canRotate(inFeatures: Int) -> Bool { inFeatures % 32 == 0 }
+
     /// Exact resident bytes: packed codes plus scales.
     public var byteSize: Int { packed.count + scales.count }
 
-    private static func validate(outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int) throws {
+    private static func validate(outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int, rotated: Bool) throws {
         guard supportedBits.contains(bits) else { throw QuantizedMatrixError.unsupportedBits(bits) }
         guard supportedGroupSizes.contains(groupSize) else { throw QuantizedMatrixError.unsupportedGroupSize(groupSize) }
         guard outFeatures > 0, inFeatures > 0 else {
             throw QuantizedMatrixError.badShape(outFeatures: outFeatures, inFeatures: inFeatures)
+        }
+        guard !rotated || canRotate(inFeatures: inFeatures) else {
+            throw QuantizedMatrixError.rotationNeedsWholeBlocks(inFeatures: inFeatures)
         }
     }
 
@@ -157,19 +175,21 @@ public struct QuantizedMatrix: WeightMatrix {
     /// Quantizes row-major `values[outFeatures, inFeatures]`; every group's scale is
     /// `-clipRatio * w_extreme / codeLimit` (`w_extreme` the group's first weight of largest
     /// magnitude), codes are rounded to nearest and clamped to `[-codeLimit, codeLimit - 1]`.
+    /// With `rotated`, `W·Rᵀ` is quantized (groups and their scales are then in that basis).
     public init(quantizing values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                clipRatio: Float = 1) throws {
-        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+                clipRatio: Float = 1, rotated: Bool = false) throws {
+        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
         let groups = (inFeatures + groupSize - 1) / groupSize
         guard clipRatio.isFinite, clipRatio > 0 else { throw QuantizedMatrixError.badClipRatio(index: 0, value: clipRatio) }
         try self.init(quantizing: values, outFeatures: outFeatures, inFeatures: inFeatures, bits: bits,
-                      groupSize: groupSize, clipRatios: [Float](repeating: clipRatio, count: outFeatures * groups))
+                      groupSize: groupSize, clipRatios: [Float](repeating: clipRatio, count: outFeatures * groups),
+                      rotated: rotated)
     }
 
     /// Quantizes with one clip ratio per group: `clipRatios[row * groupsPerRow + group]`.
     public init(quantizing values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                clipRatios: [Float]) throws {
-        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+                clipRatios: [Float], rotated: Bool = false) throws {
+        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
         guard values.count == outFeatures * inFeatures else {
             throw QuantizedMatrixError.valueCount(expected: outFeatures * inFeatures, actual: values.count)
         }
@@ -183,6 +203,8 @@ public struct QuantizedMatrix: WeightMatrix {
         if let bad = values.firstIndex(where: { !$0.isFinite }) {
             throw QuantizedMatrixError.nonFiniteWeight(row: bad / inFeatures, column: bad % inFeatures)
         }
+        var values = values
+        if rotated { values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.count, 0) } }
         let blocks = groups * groupSize / 32
         let rowCodes = blocks * 32
         let limit = Float(Self.codeLimit(bits: bits))
@@ -207,16 +229,16 @@ public struct QuantizedMatrix: WeightMatrix {
             }
         }
         try self.init(codes: codes, halfScales: halfScales, outFeatures: outFeatures, inFeatures: inFeatures,
-                      bits: bits, groupSize: groupSize)
+                      bits: bits, groupSize: groupSize, rotated: rotated)
     }
 
     /// Packs codes chosen elsewhere (for example by `ErrorCompensatedRounding`):
     /// `codes[outFeatures, rowCodes]` with `rowCodes` the row padded to whole 32-code blocks
     /// (padding codes 0), each in `[-codeLimit, codeLimit - 1]`, and one half-float scale bit
-    /// pattern per group, `halfScales[outFeatures, groups]`.
+    /// pattern per group, `halfScales[outFeatures, groups]`; `rotated` if the codes quantize `W·Rᵀ`.
     public init(codes: [Int8], halfScales: [UInt16], outFeatures: Int, inFeatures: Int, bits: Int,
-                groupSize: Int) throws {
-        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+                groupSize: Int, rotated: Bool = false) throws {
+        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
         let groups = (inFeatures + groupSize - 1) / groupSize
         let blocks = groups * groupSize / 32
         guard codes.count == outFeatures * blocks * 32 else {
@@ -237,14 +259,14 @@ public struct QuantizedMatrix: WeightMatrix {
         }
         let scales = halfScales.withUnsafeBytes { ByteStorage(copying: $0) }
         try self.init(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize,
-                      packed: packed, scales: scales)
+                      packed: packed, scales: scales, rotated: rotated)
     }
 
     /// Wraps packed codes and half-float scales already laid out as documented (for example
     /// a slice of a mapped model file); nothing is copied.
     public init(outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                packed: ByteStorage, scales: ByteStorage) throws {
-        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
+                packed: ByteStorage, scales: ByteStorage, rotated: Bool = false) throws {
+        try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
         let expectedPacked = Self.packedByteCount(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
         guard packed.count == expectedPacked else {
             throw QuantizedMatrixError.storageSize(what: "packed codes", expected: expectedPacked, actual: packed.count)
@@ -260,6 +282,7 @@ public struct QuantizedMatrix: WeightMatrix {
         self.groupSize = groupSize
         self.packed = packed
         self.scales = scales
+        self.rotated = rotated
     }
 
     /// The same matrix with another activation precision for small products.
@@ -299,26 +322,41 @@ public struct QuantizedMatrix: WeightMatrix {
         }
     }
 
-    /// The matrix as floats, row-major `[outFeatures, inFeatures]` (tests, calibration).
+    /// The matrix as floats, row-major `[outFeatures, inFeatures]` (tests, calibration),
+    /// rotated back if `rotated`.
     public func dequantized() -> [Float] {
         let n = outFeatures * inFeatures
         return [Float](unsafeUninitializedCapacity: n) { buf, count in
             withDescriptor { mq_dequantize_rows($0, 0, outFeatures, inFeatures, buf.baseAddress!, inFeatures) }
+            if rotated { mq_rotate_blocks(buf.baseAddress!, n, 1) }
             count = n
         }
     }
 
-    /// Dequantizes row `index` into `out[inFeatures]`.
+    /// Dequantizes row `index` into `out[inFeatures]` (rotated back if `rotated`).
     public func copyRow(_ index: Int, into out: UnsafeMutablePointer<Float>) {
         precondition(index >= 0 && index < outFeatures, "QuantizedMatrix.copyRow: row \(index) out of range")
         withDescriptor { mq_dequantize_rows($0, index, index + 1, inFeatures, out, inFeatures) }
+        if rotated { mq_rotate_blocks(out, inFeatures, 1) }
     }
 
     /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ`. Up to `gemvRowLimit` rows: GEMV over the
     /// packed codes (int8 or float activations, see `activationPrecision`); more rows:
-    /// tiles of W dequantized into cache and multiplied by OpenBLAS.
+    /// tiles of W dequantized into cache and multiplied by OpenBLAS. A rotated matrix
+    /// multiplies a rotated copy of x (`x[m, inFeatures]`, scratch for the call).
     public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
         guard m > 0 else { return }
+        guard rotated else { return multiplyStored(x, rows: m, into: y) }
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: m * inFeatures) { xr in
+            let p = xr.baseAddress!
+            p.initialize(from: x, count: m * inFeatures)
+            mq_rotate_blocks(p, m * inFeatures, 0)
+            multiplyStored(p, rows: m, into: y)
+        }
+    }
+
+    /// `y = x · (stored matrix)ᵀ`, x already in the stored basis.
+    private func multiplyStored(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
         if m <= Self.gemvRowLimit {
             switch activationPrecision {
             case .int8: gemvInt8(x, rows: m, into: y)

@@ -69,7 +69,7 @@ public enum QuantizedModelFileError: Error, CustomStringConvertible, Equatable {
         case let .cannotWrite(path, reason): return "\(path): cannot write quantized model: \(reason)"
         case let .badMagic(path): return "\(path): not a myqasr quantized model (.myq): bad magic bytes"
         case let .unsupportedVersion(path, found, supported):
-            return "\(path): quantized model format version \(found) is not supported (this build reads version \(supported))"
+            return "\(path): quantized model format version \(found) is not supported (this build reads versions 2 to \(supported))"
         case let .truncated(path, expected, actual):
             return "\(path): quantized model is truncated: \(actual) bytes, expected \(expected)"
         case let .checksumMismatch(path, stored, computed):
@@ -88,8 +88,10 @@ public enum QuantizedModelFileError: Error, CustomStringConvertible, Equatable {
 public enum QuantizedModelFile {
     /// The 8 magic bytes at offset 0.
     public static let magic: [UInt8] = Array("MYQMODEL".utf8)
-    /// The format version this build writes and reads.
-    public static let formatVersion: UInt32 = 2
+    /// The format version this build writes (it also reads version 2, which had no rotated layers).
+    public static let formatVersion: UInt32 = 3
+    /// The `rotation` of a rotated layer in the header (the rotation of `mq_rotate_blocks`).
+    static let rotationName = "hadamard32"
     /// The usual file name extension.
     public static let fileExtension = "myq"
     /// Alignment of the data section and of every section in it.
@@ -117,6 +119,8 @@ public enum QuantizedModelFile {
         var values: Section
         var scales: Section?
         var bias: Section?
+        /// `rotationName` when the codes quantize `W·Rᵀ`; absent otherwise.
+        var rotation: String?
     }
 
     struct TensorEntry: Codable {
@@ -201,7 +205,8 @@ public enum QuantizedModelFile {
             if let q = w as? QuantizedMatrix {
                 entry = LayerEntry(name: layer.name, bits: q.bits, shape: [q.outFeatures, q.inFeatures],
                                    groupSize: q.groupSize, sensitivity: nil,
-                                   values: section(q.packed.bytes), scales: section(q.scales.bytes), bias: nil)
+                                   values: section(q.packed.bytes), scales: section(q.scales.bytes), bias: nil,
+                                   rotation: q.rotated ? rotationName : nil)
             } else {
                 let values: [Float]
                 if let f = w as? FloatMatrix {
@@ -213,7 +218,7 @@ public enum QuantizedModelFile {
                     }
                 }
                 entry = LayerEntry(name: layer.name, bits: 0, shape: [w.outFeatures, w.inFeatures], groupSize: nil,
-                                   sensitivity: nil, values: floats(values), scales: nil, bias: nil)
+                                   sensitivity: nil, values: floats(values), scales: nil, bias: nil, rotation: nil)
             }
             entry.sensitivity = metadata.sensitivities[layer.name]
             if let b = layer.bias { entry.bias = floats(b) }
@@ -321,7 +326,7 @@ public enum QuantizedModelFile {
             throw QuantizedModelFileError.truncated(path: path, expectedBytes: preambleSize, actualBytes: bytes.count)
         }
         let version = UInt32(getLE(bytes, 8, bytes: 4))
-        guard version == formatVersion else {
+        guard version == formatVersion || version == 2 else {
             throw QuantizedModelFileError.unsupportedVersion(path: path, found: version, supported: formatVersion)
         }
         let storedCRC = UInt32(getLE(bytes, 12, bytes: 4))
@@ -448,10 +453,14 @@ public enum QuantizedModelFile {
                                      values: try floats(e.values, count: out * inputs, "layer \(name) values"))
             } else {
                 guard let g = e.groupSize, let sc = e.scales else { throw fail("layer \(name): quantized without group size or scales") }
+                guard e.rotation == nil || e.rotation == rotationName else {
+                    throw fail("layer \(name): unknown rotation \(e.rotation!)")
+                }
                 do {
                     weight = try QuantizedMatrix(outFeatures: out, inFeatures: inputs, bits: e.bits, groupSize: g,
                                                  packed: try bytes(e.values, "layer \(name) codes"),
-                                                 scales: try bytes(sc, "layer \(name) scales"))
+                                                 scales: try bytes(sc, "layer \(name) scales"),
+                                                 rotated: e.rotation != nil)
                 } catch let error as QuantizedMatrixError {
                     throw fail("layer \(name): \(error)")
                 }

@@ -30,13 +30,16 @@ public struct QuantizationOptions: Sendable {
     public var clipGrid: [Float]
     /// How codes are chosen once the scales are set.
     public var rounding: RoundingMethod
+    /// Store every layer whose inputs are whole 32-blocks rotated (`QuantizedMatrix.rotated`).
+    public var rotate: Bool
 
     /// Options with the defaults: no clip search (cosine objective when searching), descending
-    /// order (measured, see docs/myqasr-method.md), default group size, start at 8 bits.
+    /// order (measured, see docs/myqasr-method.md), default group size, start at 8 bits,
+    /// rotated layers (measured, same document).
     public init(target: Target, objective: CalibrationObjective = .cosine, order: SensitivityOrder = .descending,
                 groupSize: Int = QuantizedMatrix.defaultGroupSize, startBits: Int = 8, calibrate: Bool = false,
                 perGroupClip: Bool = false, clipGrid: [Float] = Calibrator.defaultGrid,
-                rounding: RoundingMethod = .nearest) {
+                rounding: RoundingMethod = .nearest, rotate: Bool = true) {
         self.target = target
         self.objective = objective
         self.order = order
@@ -46,6 +49,7 @@ public struct QuantizationOptions: Sendable {
         self.perGroupClip = perGroupClip
         self.clipGrid = clipGrid
         self.rounding = rounding
+        self.rotate = rotate
     }
 }
 
@@ -230,15 +234,16 @@ public enum Quantizer {
                 covariance = try decoderSecondMoments(floatWeights.replacing(replacements))
             }
             let bits = allocation.bits[i]
+            let rotated = options.rotate && QuantizedMatrix.canRotate(inFeatures: layer.inFeatures)
             let values = (layer.weight as! FloatMatrix).values
             var calibration: LayerCalibration?
             if options.calibrate {
                 if let activations, case let (rows, n) = activations.inputs(of: layer.name), n > 0 {
                     calibration = try calibrator.calibrate(layer: layer, bits: bits, groupSize: options.groupSize,
-                                                           inputs: rows, rows: n)
+                                                           inputs: rows, rows: n, rotated: rotated)
                 } else if let s = layerStats[layer.name] {
                     calibration = try calibrator.calibrate(layer: layer, bits: bits, groupSize: options.groupSize,
-                                                           meanSquare: s.inputMeanSquare)
+                                                           meanSquare: s.inputMeanSquare, rotated: rotated)
                 } else {
                     throw QuantizerError.statisticsRequired(reason: "calibrate layer \(layer.name), which no activation reached")
                 }
@@ -248,12 +253,13 @@ public enum Quantizer {
                 ?? [Float](repeating: 1, count: layer.outFeatures * groups)
             var compensated: QuantizedMatrix?
             if options.rounding == .compensated, let covariance, let h = covariance.secondMoment(of: layer.name) {
-                compensated = try ErrorCompensatedRounding().quantize(                    values: values, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
-                    groupSize: options.groupSize, secondMoment: h, rows: covariance.rows(of: layer.name))
+                compensated = try ErrorCompensatedRounding().quantize(
+                    values: values, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
+                    groupSize: options.groupSize, secondMoment: h, rows: covariance.rows(of: layer.name), rotated: rotated)
             }
             let q = try compensated ?? QuantizedMatrix(quantizing: values, outFeatures: layer.outFeatures,
                                                        inFeatures: layer.inFeatures, bits: bits,
-                                                       groupSize: options.groupSize, clipRatios: ratios)
+                                                       groupSize: options.groupSize, clipRatios: ratios, rotated: rotated)
             replacements[layer.name] = q
             let meanRatio = ratios.reduce(0, +) / Float(ratios.count)
             let report = QuantizedLayerReport(

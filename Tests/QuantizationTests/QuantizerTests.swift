@@ -96,6 +96,8 @@ final class QuantizerTests: XCTestCase {
             for l in result.weights.linearLayers {
                 let q = try XCTUnwrap(l.weight as? QuantizedMatrix, l.name)
                 XCTAssertEqual(q.bits, result.report.layers.first { $0.name == l.name }!.bits)
+                XCTAssertEqual(q.rotated, QuantizedMatrix.canRotate(inFeatures: l.inFeatures),
+                               "\(l.name): rotated by default whenever its inputs are whole 32-blocks")
             }
             // The layers lowered to 4 bits are the ones at the chosen end of the ranking.
             let ranked = result.report.layers.sorted { ($0.sensitivity ?? 0) < ($1.sensitivity ?? 0) }
@@ -115,6 +117,9 @@ final class QuantizerTests: XCTestCase {
             XCTAssertEqual(loaded.metadata.statisticsDigest, result.metadata.statisticsDigest)
             try? FileManager.default.removeItem(atPath: path)
         }
+        let plain = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats,
+                                           options: QuantizationOptions(target: .uniform(bits: 4), groupSize: 32, rotate: false))
+        XCTAssertTrue(plain.weights.linearLayers.allSatisfy { ($0.weight as? QuantizedMatrix)?.rotated == false })
     }
 
     func testCalibrationLowersOutputErrorOfTheNetwork() throws {
