@@ -9,7 +9,8 @@ struct Inspect: ParsableCommand {
         abstract: "Show a quantized model's per-layer widths, sizes and sensitivities.",
         discussion: """
             For each layer: its width with a bar (one block per bit), its size, and the median \
-            |output| the allocation ranked it by; then the totals against the same network in \
+            |output| the allocation ranked it by, and whether it is stored rotated (a signed \
+            Hadamard transform per 32 input features); then the totals against the same network in \
             float32, and where the model came from.
 
             Example:
@@ -32,15 +33,16 @@ struct Inspect: ParsableCommand {
         print("source \(meta.sourceModelName): \(meta.sourceModelDigest), \(meta.sourceVocabularyDigest ?? "no vocabulary digest")")
         print("statistics \(meta.statisticsDigest), group size \(meta.groupSize), rounding \(meta.rounding?.rawValue ?? "not recorded"), "
               + "made \(ISO8601DateFormatter().string(from: meta.createdAt))")
-        print(pad("layer", 40) + lpad("shape", 12) + "  " + pad("bits", 13) + lpad("KiB", 9) + lpad("median|y|", 11))
+        print(pad("layer", 40) + lpad("shape", 12) + "  " + pad("bits", 13) + lpad("KiB", 9) + lpad("median|y|", 11) + lpad("rotated", 9))
         for l in layers {
-            let bits: Int
-            if let q = l.weight as? QuantizedMatrix { bits = q.bits } else { bits = 32 }
+            let q = l.weight as? QuantizedMatrix
+            let bits = q?.bits ?? 32
             let bar = bits == 32 ? "float32" : String(repeating: "█", count: bits) + String(repeating: "·", count: 8 - bits)
             let sens = meta.sensitivities[l.name].map { String(format: "%.4g", $0) } ?? "-"
             print(pad(l.name, 40) + lpad("\(l.outFeatures)x\(l.inFeatures)", 12) + "  "
                   + pad("\(lpad("\(bits)", 2)) \(bar)", 13)
-                  + lpad(String(format: "%.1f", Double(l.weight.byteSize) / 1024), 9) + lpad(sens, 11))
+                  + lpad(String(format: "%.1f", Double(l.weight.byteSize) / 1024), 9) + lpad(sens, 11)
+                  + lpad(q?.rotated == true ? "yes" : "-", 9))
         }
         let weightCount = layers.reduce(0) { $0 + $1.outFeatures * $1.inFeatures }
         print(String(format: "layers: %@ (%.2f bits per weight, scales included) vs %@ in float32",

@@ -1,8 +1,9 @@
 // quant-bench: measures packed low-bit weights on the real tiny.en network.
 //   quant-bench [path/to/model.bin] [--groups]
-// Prints (1) error against bytes for every bit width and group size over all layers
-// (with --groups), (2) GEMV of the 51864x384 embedding projection and the encoder-size
-// GEMM 1500x384 · (1536x384)ᵀ, quantized at 4 bits against FloatMatrix.
+// Prints (1) error against bytes for every bit width and group size over all layers, as
+// stored and rotated (with --groups), (2) GEMV of the 51864x384 embedding projection and
+// the encoder-size GEMM 1500x384 · (1536x384)ᵀ, quantized at 4 bits against FloatMatrix,
+// plain and rotated.
 import CKernels
 import Foundation
 import Quantization
@@ -26,25 +27,30 @@ let weights = try WhisperWeights(file: ModelFile(path: modelPath))
 print("model \(modelPath): \(weights.linearLayers.count) layers, \(weights.byteSize / 1_000_000) MB float")
 
 if args.contains("--groups") {
-    print("\nerror vs bytes over all linear layers (relative Frobenius error ‖W-Ŵ‖/‖W‖, bits per weight incl. scales)")
-    print("bits group  bits/weight  rel.error")
+    print("\nerror vs bytes over all linear layers (relative Frobenius error ‖W-Ŵ‖/‖W‖, bits per weight incl. scales;")
+    print("rotated: every layer with whole 32-blocks of inputs, i.e. all but conv1)")
+    print("bits group  bits/weight  rel.error  rotated")
     for bits in QuantizedMatrix.supportedBits {
         for group in QuantizedMatrix.supportedGroupSizes {
-            var err = 0.0, norm = 0.0, bytes = 0, count = 0
+            var err = [0.0, 0.0], norm = 0.0, bytes = 0, count = 0
             for layer in weights.linearLayers {
                 let f = layer.weight as! FloatMatrix
-                let q = try QuantizedMatrix(quantizing: f.values, outFeatures: f.outFeatures, inFeatures: f.inFeatures,
-                                            bits: bits, groupSize: group)
-                let d = q.dequantized()
-                for i in d.indices {
-                    let e = Double(d[i] - f.values[i])
-                    err += e * e
-                    norm += Double(f.values[i]) * Double(f.values[i])
+                for rotated in [false, true] {
+                    let q = try QuantizedMatrix(quantizing: f.values, outFeatures: f.outFeatures, inFeatures: f.inFeatures,
+                                                bits: bits, groupSize: group,
+                                                rotated: rotated && QuantizedMatrix.canRotate(inFeatures: f.inFeatures))
+                    let d = q.dequantized()
+                    for i in d.indices {
+                        let e = Double(d[i] - f.values[i])
+                        err[rotated ? 1 : 0] += e * e
+                    }
+                    if !rotated { bytes += q.byteSize }
                 }
-                bytes += q.byteSize
+                for v in f.values { norm += Double(v) * Double(v) }
                 count += f.values.count
             }
-            print(String(format: "%4d %5d  %11.3f  %9.5f", bits, group, Double(bytes * 8) / Double(count), (err / norm).squareRoot()))
+            print(String(format: "%4d %5d  %11.3f  %9.5f  %7.5f", bits, group, Double(bytes * 8) / Double(count),
+                         (err[0] / norm).squareRoot(), (err[1] / norm).squareRoot()))
         }
     }
 }
@@ -80,6 +86,11 @@ for bits in QuantizedMatrix.supportedBits {
     }
 }
 do {
+    let q = try QuantizedMatrix(quantizing: emb.values, outFeatures: n, inFeatures: k, bits: 4, groupSize: group, rotated: true)
+    let t = bestTime(20) { q.multiply(x, rows: 1, into: &y) }
+    print(String(format: "4-bit rotated, int8-act, 2 thr %7.3f ms  x%.2f vs float", t * 1e3, tFloat / t))
+}
+do {
     let x5 = (0..<(5 * k)).map { Float(cos(Double($0))) }
     let q = try QuantizedMatrix(quantizing: emb.values, outFeatures: n, inFeatures: k, bits: 4, groupSize: group)
     let tf = bestTime(10) { emb.multiply(x5, rows: 5, into: &y) }
@@ -101,6 +112,12 @@ for bits in [4, 8] {
     let td = bestTime(30) { _ = q.dequantized() }
     print(String(format: "%d-bit tiled      %7.3f ms  %6.1f GFLOP/s  x%.2f vs float (dequantizing all of W alone: %.3f ms)",
                  bits, t * 1e3, flops / t / 1e9, tgf / t, td * 1e3))
+}
+do {
+    let q = try QuantizedMatrix(quantizing: up.values, outFeatures: up.outFeatures, inFeatures: up.inFeatures, bits: 4,
+                                groupSize: group, rotated: true)
+    let t = bestTime(30) { q.multiply(xm, rows: m, into: &ym) }
+    print(String(format: "4-bit rotated    %7.3f ms  %6.1f GFLOP/s  x%.2f vs float", t * 1e3, flops / t / 1e9, tgf / t))
 }
 for rows in [8, 16, 17, 32] {
     let q = try QuantizedMatrix(quantizing: up.values, outFeatures: up.outFeatures, inFeatures: up.inFeatures, bits: 4, groupSize: group)

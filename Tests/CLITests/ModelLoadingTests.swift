@@ -28,6 +28,11 @@ final class ModelLoadingTests: XCTestCase {
         XCTAssertEqual(status, 0, err)
         XCTAssertTrue(out.contains("rounding compensated"), out)
         XCTAssertNotNil(out.range(of: #"vocab-[0-9a-f]{8}-[0-9a-f]{16}"#, options: .regularExpression), out)
+        // Rotated by default wherever the inputs are whole 32-blocks: all but conv1 (3 x 80 mels = 240 inputs).
+        let rows = out.split(separator: "\n").filter { $0.hasPrefix("encoder/") || $0.hasPrefix("decoder/") }
+        XCTAssertEqual(rows.count, 47, out)
+        XCTAssertEqual(rows.filter { $0.hasSuffix(" yes") }.count, 46, out)
+        XCTAssertTrue(rows[0].hasPrefix("encoder/conv1") && rows[0].hasSuffix(" -"), out)
 
         (status, out, err) = try run(["transcribe", "--model", myq, "--beam-size", "1", jfk])
         XCTAssertEqual(status, 0, err)
@@ -55,11 +60,14 @@ final class ModelLoadingTests: XCTestCase {
             var (status, _, err) = try run(["stats", "--model", "tiny.en"] + flags + ["--out", stats, calibration])
             if err.contains("scripts/fetch-models") { throw XCTSkip("tiny.en is not installed: \(err)") }
             XCTAssertEqual(status, 0, err)
-            (status, _, err) = try run(["quantize", "--model", "tiny.en", "--uniform", "4", "--stats", stats, "--out", myq])
+            // Nearest rounding here also keeps the weights unrotated.
+            let rotation = rounding == "nearest" ? ["--no-rotation"] : []
+            (status, _, err) = try run(["quantize", "--model", "tiny.en", "--uniform", "4", "--stats", stats, "--out", myq] + rotation)
             XCTAssertEqual(status, 0, err)
             let out: String
             (status, out, err) = try run(["inspect", myq])
             XCTAssertTrue(out.contains("rounding \(rounding)"), out)
+            XCTAssertEqual(out.contains(" yes\n"), rotation.isEmpty, out)
         }
         // Asking for compensated rounding without second moments names what is missing.
         let (status, _, err) = try run(["quantize", "--model", "tiny.en", "--uniform", "4", "--stats", directory + "/s0.myqs",
