@@ -101,7 +101,7 @@ public struct ErrorCompensatedRounding: Sendable {
         }
         var values = values, secondMoment = secondMoment
         if rotated {
-            values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.count, 0) }
+            values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.baseAddress!, $0.count, 0) }
             secondMoment = Self.rotatedBothSides(secondMoment, n: n)
         }
         // Column visiting order; the second moment is permuted to match.

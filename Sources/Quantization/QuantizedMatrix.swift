@@ -204,7 +204,7 @@ public struct QuantizedMatrix: WeightMatrix {
             throw QuantizedMatrixError.nonFiniteWeight(row: bad / inFeatures, column: bad % inFeatures)
         }
         var values = values
-        if rotated { values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.count, 0) } }
+        if rotated { values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.baseAddress!, $0.count, 0) } }
         let blocks = groups * groupSize / 32
         let rowCodes = blocks * 32
         let limit = Float(Self.codeLimit(bits: bits))
@@ -328,7 +328,7 @@ public struct QuantizedMatrix: WeightMatrix {
         let n = outFeatures * inFeatures
         return [Float](unsafeUninitializedCapacity: n) { buf, count in
             withDescriptor { mq_dequantize_rows($0, 0, outFeatures, inFeatures, buf.baseAddress!, inFeatures) }
-            if rotated { mq_rotate_blocks(buf.baseAddress!, n, 1) }
+            if rotated { mq_rotate_blocks(buf.baseAddress!, buf.baseAddress!, n, 1) }
             count = n
         }
     }
@@ -337,33 +337,30 @@ public struct QuantizedMatrix: WeightMatrix {
     public func copyRow(_ index: Int, into out: UnsafeMutablePointer<Float>) {
         precondition(index >= 0 && index < outFeatures, "QuantizedMatrix.copyRow: row \(index) out of range")
         withDescriptor { mq_dequantize_rows($0, index, index + 1, inFeatures, out, inFeatures) }
-        if rotated { mq_rotate_blocks(out, inFeatures, 1) }
+        if rotated { mq_rotate_blocks(out, out, inFeatures, 1) }
     }
 
     /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ`. Up to `gemvRowLimit` rows: GEMV over the
     /// packed codes (int8 or float activations, see `activationPrecision`); more rows:
     /// tiles of W dequantized into cache and multiplied by OpenBLAS. A rotated matrix
-    /// multiplies a rotated copy of x (`x[m, inFeatures]`, scratch for the call).
+    /// rotates the few rows of x before a GEMV (`x[m, inFeatures]`, scratch for the call),
+    /// and each dequantized tile of W back before a GEMM (fewer values than x there: the
+    /// encoder's 1500 rows, measured with quant-bench).
     public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
         guard m > 0 else { return }
-        guard rotated else { return multiplyStored(x, rows: m, into: y) }
+        guard m <= Self.gemvRowLimit else { return gemmTiled(x, rows: m, into: y) }
+        guard rotated else { return gemv(x, rows: m, into: y) }
         withUnsafeTemporaryAllocation(of: Float.self, capacity: m * inFeatures) { xr in
-            let p = xr.baseAddress!
-            p.initialize(from: x, count: m * inFeatures)
-            mq_rotate_blocks(p, m * inFeatures, 0)
-            multiplyStored(p, rows: m, into: y)
+            mq_rotate_blocks(x, xr.baseAddress!, m * inFeatures, 0)
+            gemv(xr.baseAddress!, rows: m, into: y)
         }
     }
 
-    /// `y = x · (stored matrix)ᵀ`, x already in the stored basis.
-    private func multiplyStored(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
-        if m <= Self.gemvRowLimit {
-            switch activationPrecision {
-            case .int8: gemvInt8(x, rows: m, into: y)
-            case .float: gemvFloat(x, rows: m, into: y)
-            }
-        } else {
-            gemmTiled(x, rows: m, into: y)
+    /// `y = x · (stored matrix)ᵀ` over the packed codes, x already in the stored basis.
+    private func gemv(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+        switch activationPrecision {
+        case .int8: gemvInt8(x, rows: m, into: y)
+        case .float: gemvFloat(x, rows: m, into: y)
         }
     }
 
@@ -426,6 +423,7 @@ public struct QuantizedMatrix: WeightMatrix {
                 while r0 < outFeatures {
                     let r1 = Swift.min(outFeatures, r0 + tileRows)
                     mq_dequantize_rows(d, r0, r1, k, t, k)
+                    if rotated { mq_rotate_blocks(t, t, (r1 - r0) * k, 1) }
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(r1 - r0), Int32(k),
                                 1, x, Int32(k), t, Int32(k), 0, y + r0, Int32(outFeatures))
                     r0 = r1

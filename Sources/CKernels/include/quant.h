@@ -84,11 +84,12 @@ void mq_set_q8_kernel(int kernel);
 void mq_f32_to_f16(const float *src, uint16_t *dst, size_t count);
 
 /// The block rotation of rotated layers (docs/quantized-model-format.md, "Rotation"): every
-/// consecutive block of 32 values of `x[count]` (count a multiple of 32) becomes R·block,
-/// R = H32·D/√32 with H32 the Sylvester Hadamard matrix and D = diag(±1) the fixed signs
-/// (bit j of 0x6A09E667 set: column j negated). R is orthogonal; `inverse` applies Rᵀ = D·H32/√32.
-void mq_rotate_blocks(float *x, size_t count, int inverse);
-/// `mq_rotate_blocks` in double precision (for second-moment matrices at quantization time).
+/// consecutive block of 32 values of `src[count]` (count a multiple of 32) becomes R·block in
+/// `dst` (which may be `src`), R = H32·D/√32 with H32 the Sylvester Hadamard matrix and
+/// D = diag(±1) the fixed signs (bit j of 0x6A09E667 set: column j negated). R is
+/// orthogonal; `inverse` applies Rᵀ = D·H32/√32.
+void mq_rotate_blocks(const float *src, float *dst, size_t count, int inverse);
+/// `mq_rotate_blocks` in place, in double precision (second-moment matrices at quantization time).
 void mq_rotate_blocks_f64(double *x, size_t count, int inverse);
 
 #endif
