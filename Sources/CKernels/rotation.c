@@ -4,8 +4,9 @@
 // runs in every product of a rotated layer, over every input row (the encoder's 1500), so it
 // is written for the vector unit: a block is four 8-float vectors; the stages of span 16
 // and 8 add and subtract whole vectors, the spans 4, 2 and 1 pair lanes inside a vector with
-// one shuffle and one multiply-add against a ±1 pattern. The scalar loop it replaces made
-// the 4-bit tiny.en about 15 % slower end to end (scripts/bench); this form is within noise.
+// one shuffle and one multiply-add against a ±1 pattern. (With a plain scalar loop that
+// rotated a copy of x, quant-bench's 1500x384·(1536x384)ᵀ product took 6.27 ms rotated
+// against 5.92 ms; with this form rotating W's dequantized tiles back, 6.00 against 6.02.)
 // The double form only rotates second-moment matrices at quantization time and stays plain.
 #include "quant.h"
 
