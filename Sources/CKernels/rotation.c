@@ -63,12 +63,11 @@ MQ_CLONES void mq_rotate_blocks(const float *src, float *dst, size_t count, int 
     }
 }
 
-void mq_rotate_blocks_f64(double *x, size_t count, int inverse) {
+void mq_rotate_blocks_f64(double *x, size_t count) {
     for (size_t b = 0; b + 32 <= count; b += 32) {
         double *p = x + b;
-        if (!inverse)
-            for (int j = 0; j < 32; j++)
-                if ((MQ_ROTATION_SIGNS >> j) & 1u) p[j] = -p[j];
+        for (int j = 0; j < 32; j++)
+            if ((MQ_ROTATION_SIGNS >> j) & 1u) p[j] = -p[j];
         for (int h = 1; h < 32; h <<= 1)
             for (int i = 0; i < 32; i += 2 * h)
                 for (int j = i; j < i + h; j++) {
@@ -77,8 +76,5 @@ void mq_rotate_blocks_f64(double *x, size_t count, int inverse) {
                     p[j + h] = a - c;
                 }
         for (int j = 0; j < 32; j++) p[j] *= MQ_RSQRT32;
-        if (inverse)
-            for (int j = 0; j < 32; j++)
-                if ((MQ_ROTATION_SIGNS >> j) & 1u) p[j] = -p[j];
     }
 }

@@ -175,10 +175,10 @@ public struct ErrorCompensatedRounding: Sendable {
     /// (`R H`, as H is symmetric) and its rows rotated again.
     static func rotatedBothSides(_ h: [Double], n: Int) -> [Double] {
         var a = h
-        a.withUnsafeMutableBufferPointer { mq_rotate_blocks_f64($0.baseAddress!, $0.count, 0) }
+        a.withUnsafeMutableBufferPointer { mq_rotate_blocks_f64($0.baseAddress!, $0.count) }
         var t = [Double](repeating: 0, count: n * n)
         for i in 0..<n { for j in 0..<n { t[j * n + i] = a[i * n + j] } }
-        t.withUnsafeMutableBufferPointer { mq_rotate_blocks_f64($0.baseAddress!, $0.count, 0) }
+        t.withUnsafeMutableBufferPointer { mq_rotate_blocks_f64($0.baseAddress!, $0.count) }
         return t
     }
 }

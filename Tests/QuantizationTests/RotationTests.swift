@@ -43,7 +43,7 @@ final class RotationTests: XCTestCase {
         back.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.baseAddress!, $0.count, 1) }
         XCTAssertLessThan(maxAbsDifference(back, x), 1e-5, "the inverse undoes the rotation, in place")
         var d = x.map(Double.init)
-        mq_rotate_blocks_f64(&d, d.count, 0)
+        mq_rotate_blocks_f64(&d, d.count)
         for i in d.indices { XCTAssertEqual(d[i], Double(y[i]), accuracy: 1e-5) }
         // Orthogonal: R Rᵀ = I.
         for i in 0..<32 {

@@ -89,7 +89,8 @@ void mq_f32_to_f16(const float *src, uint16_t *dst, size_t count);
 /// D = diag(±1) the fixed signs (bit j of 0x6A09E667 set: column j negated). R is
 /// orthogonal; `inverse` applies Rᵀ = D·H32/√32.
 void mq_rotate_blocks(const float *src, float *dst, size_t count, int inverse);
-/// `mq_rotate_blocks` in place, in double precision (second-moment matrices at quantization time).
-void mq_rotate_blocks_f64(double *x, size_t count, int inverse);
+/// The forward `mq_rotate_blocks` in place, in double precision (second-moment matrices at
+/// quantization time).
+void mq_rotate_blocks_f64(double *x, size_t count);
 
 #endif
