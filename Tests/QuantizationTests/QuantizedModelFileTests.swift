@@ -148,6 +148,24 @@ final class QuantizedModelFileTests: XCTestCase {
         // Version 2 had no rotated layers and is read as before (the version is outside the CRC).
         try patch(v) { $0[8] = 2 }
         XCTAssertNoThrow(try QuantizedModelFile.load(path: v))
+
+        // A rotation this build does not know is refused, even with a valid checksum.
+        let (r, _) = try writeSample("rotation.myq")
+        try patch(r) { bytes in
+            let known = Array("\"hadamard32\"".utf8), unknown = Array("\"hadamard64\"".utf8)
+            let at = try! XCTUnwrap((0...(bytes.count - known.count)).first { Array(bytes[$0 ..< $0 + known.count]) == known })
+            bytes.replaceSubrange(at ..< at + known.count, with: unknown)
+            var crc: UInt32 = 0xFFFF_FFFF   // zlib's CRC32, bit by bit
+            for b in bytes[16...] {
+                crc ^= UInt32(b)
+                for _ in 0..<8 { crc = (crc >> 1) ^ (0xEDB8_8320 & (0 &- (crc & 1))) }
+            }
+            crc = ~crc
+            for i in 0..<4 { bytes[12 + i] = UInt8(truncatingIfNeeded: crc >> (8 * UInt32(i))) }
+        }
+        XCTAssertThrowsError(try QuantizedModelFile.load(path: r)) {
+            XCTAssertTrue("\($0)".contains("unknown rotation hadamard64"), "\($0)")
+        }
     }
 
     func testMissingFileAndForeignFileAreReported() throws {
