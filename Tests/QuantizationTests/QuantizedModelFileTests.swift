@@ -155,12 +155,7 @@ final class QuantizedModelFileTests: XCTestCase {
             let known = Array("\"hadamard32\"".utf8), unknown = Array("\"hadamard64\"".utf8)
             let at = try! XCTUnwrap((0...(bytes.count - known.count)).first { Array(bytes[$0 ..< $0 + known.count]) == known })
             bytes.replaceSubrange(at ..< at + known.count, with: unknown)
-            var crc: UInt32 = 0xFFFF_FFFF   // zlib's CRC32, bit by bit
-            for b in bytes[16...] {
-                crc ^= UInt32(b)
-                for _ in 0..<8 { crc = (crc >> 1) ^ (0xEDB8_8320 & (0 &- (crc & 1))) }
-            }
-            crc = ~crc
+            let crc = bytes[16...].withUnsafeBytes { QuantizedModelFile.crc32Update(0, $0) }
             for i in 0..<4 { bytes[12 + i] = UInt8(truncatingIfNeeded: crc >> (8 * UInt32(i))) }
         }
         XCTAssertThrowsError(try QuantizedModelFile.load(path: r)) {
