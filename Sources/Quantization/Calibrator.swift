@@ -192,7 +192,8 @@ public struct Calibrator: Sendable {
             var y = [Float](repeating: 0, count: rows * out)
             inputs.withUnsafeBufferPointer { x in
                 y.withUnsafeMutableBufferPointer { yb in
-                    matrix.multiply(x.baseAddress!, rows: rows, into: yb.baseAddress!)
+                    matrix.multiply(x.baseAddress!, rows: rows, threads: ProcessInfo.processInfo.activeProcessorCount,
+                                    into: yb.baseAddress!)
                     if let bias = layer.bias {
                         for r in 0..<rows { for o in 0..<out { yb[r * out + o] += bias[o] } }
                     }

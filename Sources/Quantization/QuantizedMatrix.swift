@@ -110,8 +110,6 @@ public struct QuantizedMatrix: WeightMatrix {
     public let rotated: Bool
     /// Activation handling of small products; `.int8` by default.
     public var activationPrecision: ActivationPrecision = .int8
-    /// Threads a large product may be split across (1 or more).
-    public var threads: Int = 2
 
     /// Scale groups per row, `ceil(inFeatures / groupSize)`.
     public var groupsPerRow: Int { (inFeatures + groupSize - 1) / groupSize }
@@ -346,30 +344,32 @@ public struct QuantizedMatrix: WeightMatrix {
     /// rotates the few rows of x before a GEMV (`x[m, inFeatures]`, scratch for the call),
     /// and each dequantized tile of W back before a GEMM (fewer values than x there: the
     /// encoder's 1500 rows, measured with quant-bench).
-    public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+    public func multiply(_ x: UnsafePointer<Float>, rows m: Int, threads: Int, into y: UnsafeMutablePointer<Float>) {
         guard m > 0 else { return }
-        guard m <= Self.gemvRowLimit else { return gemmTiled(x, rows: m, into: y) }
-        guard rotated else { return gemv(x, rows: m, into: y) }
+        guard m <= Self.gemvRowLimit else { return gemmTiled(x, rows: m, threads: threads, into: y) }
+        guard rotated else { return gemv(x, rows: m, threads: threads, into: y) }
         withUnsafeTemporaryAllocation(of: Float.self, capacity: m * inFeatures) { xr in
             mq_rotate_blocks(x, xr.baseAddress!, m * inFeatures, 0)
-            gemv(xr.baseAddress!, rows: m, into: y)
+            gemv(xr.baseAddress!, rows: m, threads: threads, into: y)
         }
     }
 
     /// `y = x · (stored matrix)ᵀ` over the packed codes, x already in the stored basis.
-    private func gemv(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+    private func gemv(_ x: UnsafePointer<Float>, rows m: Int, threads: Int, into y: UnsafeMutablePointer<Float>) {
+        let parts = outFeatures * inFeatures * m >= Self.parallelWork ? threads : 1
         switch activationPrecision {
-        case .int8: gemvInt8(x, rows: m, into: y)
-        case .float: gemvFloat(x, rows: m, into: y)
+        case .int8: gemvInt8(x, rows: m, parts: parts, into: y)
+        case .float: gemvFloat(x, rows: m, parts: parts, into: y)
         }
     }
 
-    /// Work (weights × rows) above which a GEMV is split across `threads` threads.
+    /// Work (weights × rows) above which a GEMV is split across threads.
     static let parallelWork = 1 << 18
 
-    /// Runs `body` over `threads` contiguous parts of `0..<outFeatures` (rounded to 16 rows).
-    private func splitRows(work: Int, _ body: @escaping (Int, Int) -> Void) {
-        let parts = work >= Self.parallelWork ? Swift.max(1, Swift.min(threads, outFeatures / 64)) : 1
+    /// Runs `body` over up to `parts` contiguous ranges of `0..<outFeatures` (multiples of
+    /// 16 rows, at least 64 rows each), concurrently.
+    private func splitRows(parts: Int, _ body: (Int, Int) -> Void) {
+        let parts = Swift.max(1, Swift.min(parts, outFeatures / 64))
         if parts <= 1 { return body(0, outFeatures) }
         let chunk = ((outFeatures + parts - 1) / parts + 15) / 16 * 16
         DispatchQueue.concurrentPerform(iterations: parts) { p in
@@ -378,7 +378,7 @@ public struct QuantizedMatrix: WeightMatrix {
         }
     }
 
-    private func gemvInt8(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+    private func gemvInt8(_ x: UnsafePointer<Float>, rows m: Int, parts: Int, into y: UnsafeMutablePointer<Float>) {
         let blocks = blocksPerRow
         withUnsafeTemporaryAllocation(of: Int8.self, capacity: m * blocks * 32) { xq in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: m * blocks) { xs in
@@ -386,7 +386,7 @@ public struct QuantizedMatrix: WeightMatrix {
                 let xqp = UnsafePointer(xq.baseAddress!), xsp = UnsafePointer(xs.baseAddress!)
                 let outF = outFeatures
                 withDescriptor { d in
-                    splitRows(work: outFeatures * inFeatures * m) { r0, r1 in
+                    splitRows(parts: parts) { r0, r1 in
                         mq_gemv_q8(d, r0, r1, xqp, xsp, m, y, outF)
                     }
                 }
@@ -394,7 +394,7 @@ public struct QuantizedMatrix: WeightMatrix {
         }
     }
 
-    private func gemvFloat(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+    private func gemvFloat(_ x: UnsafePointer<Float>, rows m: Int, parts: Int, into y: UnsafeMutablePointer<Float>) {
         let padded = blocksPerRow * 32
         withUnsafeTemporaryAllocation(of: Float.self, capacity: padded) { xp in
             let xpp = xp.baseAddress!
@@ -403,7 +403,7 @@ public struct QuantizedMatrix: WeightMatrix {
                 (xpp + inFeatures).update(repeating: 0, count: padded - inFeatures)
                 let yi = y + i * outFeatures
                 withDescriptor { d in
-                    splitRows(work: outFeatures * inFeatures) { r0, r1 in mq_gemv_f32(d, r0, r1, xpp, yi) }
+                    splitRows(parts: parts) { r0, r1 in mq_gemv_f32(d, r0, r1, xpp, yi) }
                 }
             }
         }
@@ -413,20 +413,23 @@ public struct QuantizedMatrix: WeightMatrix {
     /// Few large tiles beat many small ones: sgemm repacks x on every call (measured).
     static let gemmTileRows = 512
 
-    private func gemmTiled(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+    private func gemmTiled(_ x: UnsafePointer<Float>, rows m: Int, threads: Int, into y: UnsafeMutablePointer<Float>) {
         let k = inFeatures
         let tileRows = Swift.max(16, Swift.min(Self.gemmTileRows, (1 << 18) / k))   // tile <= 1 MiB
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: tileRows * k) { tile in
-            let t = tile.baseAddress!
-            withDescriptor { d in
-                var r0 = 0
-                while r0 < outFeatures {
-                    let r1 = Swift.min(outFeatures, r0 + tileRows)
-                    mq_dequantize_rows(d, r0, r1, k, t, k)
-                    if rotated { mq_rotate_blocks(t, t, (r1 - r0) * k, 1) }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(r1 - r0), Int32(k),
-                                1, x, Int32(k), t, Int32(k), 0, y + r0, Int32(outFeatures))
-                    r0 = r1
+        // Each thread takes its own rows of W and dequantizes them into its own tiles.
+        withDescriptor { d in
+            splitRows(parts: threads) { first, end in
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: tileRows * k) { tile in
+                    let t = tile.baseAddress!   // [tileRows, k]
+                    var r0 = first
+                    while r0 < end {
+                        let r1 = Swift.min(end, r0 + tileRows)
+                        mq_dequantize_rows(d, r0, r1, k, t, k)
+                        if rotated { mq_rotate_blocks(t, t, (r1 - r0) * k, 1) }
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(r1 - r0), Int32(k),
+                                    1, x, Int32(k), t, Int32(k), 0, y + r0, Int32(outFeatures))
+                        r0 = r1
+                    }
                 }
             }
         }

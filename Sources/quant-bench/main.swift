@@ -5,6 +5,7 @@
 // the encoder-size GEMM 1500x384 · (1536x384)ᵀ, quantized at 4 bits against FloatMatrix,
 // plain and rotated.
 import CKernels
+import COpenBLAS
 import Foundation
 import Quantization
 import WhisperEngine
@@ -19,6 +20,9 @@ func bestTime(_ runs: Int, _ body: () -> Void) -> Double {
     }
     return best
 }
+
+// Products split themselves across threads; OpenBLAS stays single-threaded, as in the network.
+openblas_set_num_threads(1)
 
 let args = CommandLine.arguments.dropFirst()
 let home = ProcessInfo.processInfo.environment["HOME"] ?? "/root"
@@ -61,25 +65,24 @@ let n = emb.outFeatures, k = emb.inFeatures
 print("\nGEMV \(n)x\(k) (the logits projection), best of 20, group \(group)")
 var x = (0..<k).map { Float(sin(Double($0))) }
 var y = [Float](repeating: 0, count: n * 5)
-let tFloat = bestTime(20) { emb.multiply(x, rows: 1, into: &y) }
+let tFloat = bestTime(20) { emb.multiply(x, rows: 1, threads: 1, into: &y) }
 print(String(format: "float32 OpenBLAS sgemv      %7.3f ms  %6.1f GB/s  %5.1f GFLOP/s", tFloat * 1e3,
              Double(emb.byteSize) / tFloat / 1e9, 2.0 * Double(n * k) / tFloat / 1e9))
 for bits in QuantizedMatrix.supportedBits {
-    var q = try QuantizedMatrix(quantizing: emb.values, outFeatures: n, inFeatures: k, bits: bits, groupSize: group)
+    let q = try QuantizedMatrix(quantizing: emb.values, outFeatures: n, inFeatures: k, bits: bits, groupSize: group)
     for threads in [1, 2] {
-        q.threads = threads
         let kernels: [Int32] = bits == 4 ? [0, 1, 2, 3] : [3]
         for kern in kernels {
             mq_set_q8_kernel(kern)
             if mq_q8_kernel() != kern { continue }
-            let t = bestTime(bits == 4 && kern == 0 ? 3 : 20) { q.multiply(x, rows: 1, into: &y) }
+            let t = bestTime(bits == 4 && kern == 0 ? 3 : 20) { q.multiply(x, rows: 1, threads: threads, into: &y) }
             print(String(format: "%d-bit int8-act kernel %d, %d thr %7.3f ms  %6.1f GB/s  %5.1f GFLOP/s  x%.2f vs float", bits, kern, threads,
                          t * 1e3, Double(q.byteSize) / t / 1e9, 2.0 * Double(n * k) / t / 1e9, tFloat / t))
         }
         mq_set_q8_kernel(-1)
         if bits == 4 {
             let qf = q.withActivationPrecision(.float)
-            let t = bestTime(20) { qf.multiply(x, rows: 1, into: &y) }
+            let t = bestTime(20) { qf.multiply(x, rows: 1, threads: threads, into: &y) }
             print(String(format: "%d-bit float-act, %d thr       %7.3f ms  %6.1f GB/s  %5.1f GFLOP/s  x%.2f vs float", bits, threads,
                          t * 1e3, Double(q.byteSize) / t / 1e9, 2.0 * Double(n * k) / t / 1e9, tFloat / t))
         }
@@ -87,14 +90,14 @@ for bits in QuantizedMatrix.supportedBits {
 }
 do {
     let q = try QuantizedMatrix(quantizing: emb.values, outFeatures: n, inFeatures: k, bits: 4, groupSize: group, rotated: true)
-    let t = bestTime(20) { q.multiply(x, rows: 1, into: &y) }
+    let t = bestTime(20) { q.multiply(x, rows: 1, threads: 2, into: &y) }
     print(String(format: "4-bit rotated, int8-act, 2 thr %7.3f ms  x%.2f vs float", t * 1e3, tFloat / t))
 }
 do {
     let x5 = (0..<(5 * k)).map { Float(cos(Double($0))) }
     let q = try QuantizedMatrix(quantizing: emb.values, outFeatures: n, inFeatures: k, bits: 4, groupSize: group)
-    let tf = bestTime(10) { emb.multiply(x5, rows: 5, into: &y) }
-    let tq = bestTime(10) { q.multiply(x5, rows: 5, into: &y) }
+    let tf = bestTime(10) { emb.multiply(x5, rows: 5, threads: 2, into: &y) }
+    let tq = bestTime(10) { q.multiply(x5, rows: 5, threads: 2, into: &y) }
     print(String(format: "5 rows (beam): float %.3f ms, 4-bit %.3f ms, x%.2f", tf * 1e3, tq * 1e3, tf / tq))
 }
 
@@ -104,11 +107,11 @@ print("\nGEMM \(m)x\(up.inFeatures) · (\(up.outFeatures)x\(up.inFeatures))ᵀ, 
 let xm = (0..<(m * up.inFeatures)).map { Float(sin(Double($0) * 0.37)) }
 var ym = [Float](repeating: 0, count: m * up.outFeatures)
 let flops = 2.0 * Double(m * up.outFeatures * up.inFeatures)
-let tgf = bestTime(30) { up.multiply(xm, rows: m, into: &ym) }
+let tgf = bestTime(30) { up.multiply(xm, rows: m, threads: 2, into: &ym) }
 print(String(format: "float32 OpenBLAS  %7.3f ms  %6.1f GFLOP/s", tgf * 1e3, flops / tgf / 1e9))
 for bits in [4, 8] {
     let q = try QuantizedMatrix(quantizing: up.values, outFeatures: up.outFeatures, inFeatures: up.inFeatures, bits: bits, groupSize: group)
-    let t = bestTime(30) { q.multiply(xm, rows: m, into: &ym) }
+    let t = bestTime(30) { q.multiply(xm, rows: m, threads: 2, into: &ym) }
     let td = bestTime(30) { _ = q.dequantized() }
     print(String(format: "%d-bit tiled      %7.3f ms  %6.1f GFLOP/s  x%.2f vs float (dequantizing all of W alone: %.3f ms)",
                  bits, t * 1e3, flops / t / 1e9, tgf / t, td * 1e3))
@@ -116,13 +119,13 @@ for bits in [4, 8] {
 do {
     let q = try QuantizedMatrix(quantizing: up.values, outFeatures: up.outFeatures, inFeatures: up.inFeatures, bits: 4,
                                 groupSize: group, rotated: true)
-    let t = bestTime(30) { q.multiply(xm, rows: m, into: &ym) }
+    let t = bestTime(30) { q.multiply(xm, rows: m, threads: 2, into: &ym) }
     print(String(format: "4-bit rotated    %7.3f ms  %6.1f GFLOP/s  x%.2f vs float", t * 1e3, flops / t / 1e9, tgf / t))
 }
 for rows in [8, 16, 17, 32] {
     let q = try QuantizedMatrix(quantizing: up.values, outFeatures: up.outFeatures, inFeatures: up.inFeatures, bits: 4, groupSize: group)
-    let tq = bestTime(20) { q.multiply(xm, rows: rows, into: &ym) }
-    let tf = bestTime(20) { up.multiply(xm, rows: rows, into: &ym) }
+    let tq = bestTime(20) { q.multiply(xm, rows: rows, threads: 2, into: &ym) }
+    let tf = bestTime(20) { up.multiply(xm, rows: rows, threads: 2, into: &ym) }
     print(String(format: "rows %2d: 4-bit %.3f ms, float %.3f ms", rows, tq * 1e3, tf * 1e3))
 }
 

@@ -120,7 +120,7 @@ final class QuantizedMatrixTests: XCTestCase {
                 for m in [1, 3, 17, 33] {
                     let x = rng.floats(m * inF, scale: 1)
                     var y = [Float](repeating: .nan, count: m * outF)
-                    q.multiply(x, rows: m, into: &y)
+                    q.multiply(x, rows: m, threads: 2, into: &y)
                     let ref = referenceProduct(x: x, rows: m, w: deq, out: outF, in: inF)
                     XCTAssertLessThan(maxAbsDifference(y, ref), 1e-4, "bits \(bits) group \(group) rows \(m)")
                 }
@@ -142,7 +142,7 @@ final class QuantizedMatrixTests: XCTestCase {
                 for m in [1, 2, 5, 16] {
                     let x = rng.floats(m * inF, scale: 1)
                     var y = [Float](repeating: .nan, count: m * outF)
-                    q.multiply(x, rows: m, into: &y)
+                    q.multiply(x, rows: m, threads: 2, into: &y)
                     let ref = referenceProduct(x: x, rows: m, w: deq, out: outF, in: inF)
                     var sumSq = 0.0, refSq = 0.0
                     for i in 0..<m {
@@ -175,7 +175,7 @@ final class QuantizedMatrixTests: XCTestCase {
             mq_set_q8_kernel(kernel)
             for sign: Float in [1, -1] {
                 var y = [Float](repeating: .nan, count: 2)
-                q.multiply([Float](repeating: sign, count: inp), rows: 1, into: &y)
+                q.multiply([Float](repeating: sign, count: inp), rows: 1, threads: 2, into: &y)
                 XCTAssertEqual(y[0], -sign * Float(inp), accuracy: 1e-3, "kernel \(mq_q8_kernel())")
                 XCTAssertEqual(y[1], -sign * Float(inp), accuracy: 1e-3, "kernel \(mq_q8_kernel())")
             }
@@ -192,16 +192,16 @@ final class QuantizedMatrixTests: XCTestCase {
             mq_set_q8_kernel(0)
             XCTAssertEqual(mq_q8_kernel(), 0)
             var scalar = [Float](repeating: 0, count: 5 * out)
-            q.multiply(x, rows: 5, into: &scalar)
+            q.multiply(x, rows: 5, threads: 2, into: &scalar)
             var floatPath = [Float](repeating: 0, count: 5 * out)
-            q.withActivationPrecision(.float).multiply(x, rows: 5, into: &floatPath)
+            q.withActivationPrecision(.float).multiply(x, rows: 5, threads: 2, into: &floatPath)
             let ref = referenceProduct(x: x, rows: 5, w: q.dequantized(), out: out, in: inp)
             XCTAssertLessThan(maxAbsDifference(floatPath, ref), 1e-4, "scalar float GEMV, bits \(bits)")
             for kernel in 1...3 {
                 mq_set_q8_kernel(Int32(kernel))
                 guard mq_q8_kernel() == Int32(kernel) else { continue }   // not on this CPU
                 var y = [Float](repeating: 0, count: 5 * out)
-                q.multiply(x, rows: 5, into: &y)
+                q.multiply(x, rows: 5, threads: 2, into: &y)
                 XCTAssertLessThan(maxAbsDifference(y, scalar), 1e-4, "kernel \(kernel) bits \(bits)")
             }
             mq_set_q8_kernel(-1)
@@ -213,14 +213,30 @@ final class QuantizedMatrixTests: XCTestCase {
         let w = randomMatrix(out, inp, seed: 7)
         var rng = SeededGenerator(seed: 70)
         let x = rng.floats(inp, scale: 1)
-        var q = try QuantizedMatrix(quantizing: w, outFeatures: out, inFeatures: inp, bits: 4, groupSize: 32)
+        let q = try QuantizedMatrix(quantizing: w, outFeatures: out, inFeatures: inp, bits: 4, groupSize: 32)
         XCTAssertGreaterThanOrEqual(out * inp, QuantizedMatrix.parallelWork)
         var two = [Float](repeating: 0, count: out), one = two
-        q.threads = 2
-        q.multiply(x, rows: 1, into: &two)
-        q.threads = 1
-        q.multiply(x, rows: 1, into: &one)
+        q.multiply(x, rows: 1, threads: 2, into: &two)
+        q.multiply(x, rows: 1, threads: 1, into: &one)
         XCTAssertEqual(one, two)
+    }
+
+    func testTiledProductSplitAcrossThreadsMatchesSingleThread() throws {
+        // 1100 rows of W: two threads take 560 and 540 rows, in tiles of 512 and the rest,
+        // while one thread takes tiles of 512, 512 and 76.
+        let out = 1100, inp = 384, m = QuantizedMatrix.gemvRowLimit + 24
+        var rng = SeededGenerator(seed: 71)
+        let x = rng.floats(m * inp, scale: 1)
+        for rotated in [false, true] {
+            let q = try QuantizedMatrix(quantizing: randomMatrix(out, inp, seed: 9), outFeatures: out, inFeatures: inp,
+                                        bits: 3, groupSize: 32, rotated: rotated)
+            var two = [Float](repeating: .nan, count: m * out), one = two
+            q.multiply(x, rows: m, threads: 2, into: &two)
+            q.multiply(x, rows: m, threads: 1, into: &one)
+            let ref = referenceProduct(x: x, rows: m, w: q.dequantized(), out: out, in: inp)
+            XCTAssertLessThan(maxAbsDifference(two, ref), 1e-3, "two threads, rotated \(rotated)")
+            XCTAssertLessThan(maxAbsDifference(one, two), 1e-4, "one against two threads, rotated \(rotated)")
+        }
     }
 
     func testCopyRowIsTheDequantizedRow() throws {
@@ -305,12 +321,12 @@ final class QuantizedMatrixTests: XCTestCase {
         XCTAssertEqual(deq.enumerated().filter { $0.element != 0 }.map(\.offset), [139], "zero groups stay exactly zero")
         XCTAssertEqual(q.scaleValues().filter { $0 != 0 }.count, 1)
         var y = [Float](repeating: .nan, count: 3)
-        q.multiply([Float](repeating: 1, count: 70), rows: 1, into: &y)
+        q.multiply([Float](repeating: 1, count: 70), rows: 1, threads: 2, into: &y)
         XCTAssertEqual(y[0], 0)
         XCTAssertEqual(y[1], 0.25, accuracy: 1e-3)
         let one = try QuantizedMatrix(quantizing: [-2], outFeatures: 1, inFeatures: 1, bits: 8, groupSize: 32)
         var z: Float = 0
-        one.withActivationPrecision(.float).multiply([3], rows: 1, into: &z)
+        one.withActivationPrecision(.float).multiply([3], rows: 1, threads: 2, into: &z)
         XCTAssertEqual(z, -6, accuracy: 6 * 1e-3, "half-float scale 2/128, code -128")
         XCTAssertEqual(one.codes()[0], -128)
         XCTAssertEqual(one.scaleValues()[0], 2.0 / 128)

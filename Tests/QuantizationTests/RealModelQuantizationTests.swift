@@ -34,8 +34,8 @@ final class RealModelQuantizationTests: XCTestCase {
             for rows in [1, 3, 40] {
                 let x = (0..<rows * float.inFeatures).map { _ in Float.random(in: -1...1, using: &generator) }
                 var expected = [Float](repeating: 0, count: rows * float.outFeatures), got = expected
-                float.weight.multiply(x, rows: rows, into: &expected)
-                half.weight.multiply(x, rows: rows, into: &got)
+                float.weight.multiply(x, rows: rows, threads: 2, into: &expected)
+                half.weight.multiply(x, rows: rows, threads: 2, into: &got)
                 let worst = zip(expected, got).map { abs($0 - $1) }.max()!, scale = expected.map { abs($0) }.max()!
                 XCTAssertLessThan(worst, 1e-4 * scale, "\(float.name), \(rows) rows")
             }

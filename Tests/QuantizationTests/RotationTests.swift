@@ -72,7 +72,7 @@ final class RotationTests: XCTestCase {
                     for m in [1, 3, 40] {   // GEMV and tiled GEMM
                         let x = rng.floats(m * inF, scale: 1)
                         var y = [Float](repeating: .nan, count: m * outF)
-                        qp.multiply(x, rows: m, into: &y)
+                        qp.multiply(x, rows: m, threads: 2, into: &y)
                         let ref = referenceProduct(x: x, rows: m, w: deq, out: outF, in: inF)
                         let scale = ref.map(abs).max()!
                         let tolerance: Float = precision == .float || m > QuantizedMatrix.gemvRowLimit ? 1e-4 : 0.02

@@ -128,17 +128,19 @@ public final class WhisperNetwork: SpeechModel {
                 let projected = pb.baseAddress!, hidden = hb.baseAddress!
                 layerNorm(x, rows: frames, width: d, block.attentionNorm, into: normed)
                 block.qkv.forward(normed, rows: frames, into: qkv, observer: observer)   // [frames, 3d]
-                // Per head: S = Q_h K_hᵀ * scale  [frames, frames]; softmax; O_h = S V_h.
+                // Per head: S = Q_h K_hᵀ * scale  [frames, frames]; softmax; O_h = S V_h,
+                // each thread on its own rows of S (queries) from start to end.
                 let scores = scratch.scores
                 for h in 0..<heads {
                     let q = qkv + h * dh, k = qkv + d + h * dh, v = qkv + 2 * d + h * dh
-                    Kernels.gemmABt(m: frames, n: frames, k: dh, alpha: scale, a: q, lda: 3 * d,
-                                    b: k, ldb: 3 * d, c: scores, ldc: frames)
                     Kernels.parallelRows(frames, threads: threads) { r in
-                        Kernels.softmaxRows(scores + r.lowerBound * frames, rows: r.count, cols: frames, ld: frames)
+                        let s = scores + r.lowerBound * frames   // [r.count, frames]
+                        Kernels.gemmABt(m: r.count, n: frames, k: dh, alpha: scale, a: q + r.lowerBound * 3 * d,
+                                        lda: 3 * d, b: k, ldb: 3 * d, c: s, ldc: frames, threads: 1)
+                        Kernels.softmaxRows(s, rows: r.count, cols: frames, ld: frames)
+                        Kernels.gemmAB(m: r.count, n: dh, k: frames, a: s, lda: frames,
+                                       b: v, ldb: 3 * d, c: attn + r.lowerBound * d + h * dh, ldc: d)
                     }
-                    Kernels.gemmAB(m: frames, n: dh, k: frames, a: scores, lda: frames,
-                                   b: v, ldb: 3 * d, c: attn + h * dh, ldc: d)
                 }
                 block.attentionOut.forward(attn, rows: frames, into: projected, observer: observer)
                 Kernels.add(x, projected, count: frames * d)

@@ -55,10 +55,11 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
     }
 
     /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ`, one float32 tile of W at a time.
-    public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+    public func multiply(_ x: UnsafePointer<Float>, rows m: Int, threads: Int, into y: UnsafeMutablePointer<Float>) {
         let k = inFeatures
         forEachFloatTile { r0, rows, tile in
-            Kernels.gemmABt(m: m, n: rows, k: k, a: x, lda: k, b: tile.baseAddress!, ldb: k, c: y + r0, ldc: outFeatures)
+            Kernels.gemmABt(m: m, n: rows, k: k, a: x, lda: k, b: tile.baseAddress!, ldb: k, c: y + r0, ldc: outFeatures,
+                            threads: threads)
         }
     }
 

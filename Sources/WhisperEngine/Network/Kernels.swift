@@ -6,38 +6,47 @@ import Foundation
 /// Float kernels of the network. Matrix products go to OpenBLAS (Debian's libopenblas);
 /// the element-wise passes are the C kernels of `CKernels`.
 /// Every buffer is row-major; `ld*` are row strides in elements.
+///
+/// Threads: OpenBLAS runs single-threaded and the network splits its products itself
+/// (rows of x across `threads`, Dispatch's pool). OpenBLAS's own workers spin on
+/// `sched_yield` between calls, which on two cores took time from the decoder's threads
+/// (12 % of `perf` samples in a whole-file transcription).
 enum Kernels {
-    /// Threads the products may use, set by the network before each pass (OpenBLAS keeps
-    /// the same setting process-wide).
+    /// Threads the products may use, set by the network before each pass (process-wide).
     nonisolated(unsafe) private(set) static var threads = 1
 
-    /// Sets the threads OpenBLAS and the few-row product may use.
+    /// Sets the threads the products may use; OpenBLAS itself stays on the calling thread.
     static func setThreads(_ n: Int) {
         threads = max(1, n)
-        openblas_set_num_threads(Int32(threads))
+        openblas_set_num_threads(1)
     }
+
+    /// Rows of x each part of a split product gets at least: below this, one sgemm call.
+    static let minRowsPerPart = 32
 
     /// y[m, n] = x[m, k] · w[n, k]ᵀ for few rows (the decoder's beams): reads w once,
     /// splitting its rows across the threads when it is large.
     static func gemmFewRows(m: Int, n: Int, k: Int, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
-                            y: UnsafeMutablePointer<Float>) {
+                            y: UnsafeMutablePointer<Float>, threads: Int) {
         let parts = n * k >= 1 << 17 ? threads : 1
         parallelRows(n, threads: parts) { r in
             mq_gemm_nt_small(x, m, k, w + r.lowerBound * k, r.count, k, k, 1, y + r.lowerBound, n)
         }
     }
 
-    /// C[m, n] = alpha * A[m, k] · B[n, k]ᵀ + beta * C.
-    @inline(__always)
+    /// C[m, n] = alpha * A[m, k] · B[n, k]ᵀ + beta * C, rows of A split across `threads`.
     static func gemmABt(m: Int, n: Int, k: Int, alpha: Float = 1,
                         a: UnsafePointer<Float>, lda: Int,
                         b: UnsafePointer<Float>, ldb: Int,
-                        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
-                    alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+                        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int = threads) {
+        parallelRows(m, threads: Swift.min(threads, m / minRowsPerPart)) { r in
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(r.count), Int32(n), Int32(k),
+                        alpha, a + r.lowerBound * lda, Int32(lda), b, Int32(ldb), beta, c + r.lowerBound * ldc, Int32(ldc))
+        }
     }
 
-    /// C[m, n] = alpha * A[m, k] · B[k, n] + beta * C.
+    /// C[m, n] = alpha * A[m, k] · B[k, n] + beta * C on the calling thread (the callers
+    /// split their rows themselves).
     @inline(__always)
     static func gemmAB(m: Int, n: Int, k: Int, alpha: Float = 1,
                        a: UnsafePointer<Float>, lda: Int,

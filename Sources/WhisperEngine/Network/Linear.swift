@@ -8,8 +8,9 @@ public protocol WeightMatrix: Sendable {
     var inFeatures: Int { get }
     /// Bytes this matrix keeps resident (values plus any scales).
     var byteSize: Int { get }
-    /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ` (no bias). `y` is overwritten.
-    func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>)
+    /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ` (no bias), split across up to `threads`
+    /// threads when large. `y` is overwritten.
+    func multiply(_ x: UnsafePointer<Float>, rows m: Int, threads: Int, into y: UnsafeMutablePointer<Float>)
     /// Copies row `index` of W, as floats, into `out[inFeatures]` (the embedding lookup).
     func copyRow(_ index: Int, into out: UnsafeMutablePointer<Float>)
 }
@@ -35,13 +36,13 @@ public struct FloatMatrix: WeightMatrix {
     public var byteSize: Int { values.count * MemoryLayout<Float>.size }
 
     /// `y = x · Wᵀ`: the few-row kernel for up to 8 rows (decoder), OpenBLAS sgemm above.
-    public func multiply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+    public func multiply(_ x: UnsafePointer<Float>, rows m: Int, threads: Int, into y: UnsafeMutablePointer<Float>) {
         values.withUnsafeBufferPointer { w in
             if m <= 8 {
-                Kernels.gemmFewRows(m: m, n: outFeatures, k: inFeatures, x: x, w: w.baseAddress!, y: y)
+                Kernels.gemmFewRows(m: m, n: outFeatures, k: inFeatures, x: x, w: w.baseAddress!, y: y, threads: threads)
             } else {
                 Kernels.gemmABt(m: m, n: outFeatures, k: inFeatures, a: x, lda: inFeatures,
-                                b: w.baseAddress!, ldb: inFeatures, c: y, ldc: outFeatures)
+                                b: w.baseAddress!, ldb: inFeatures, c: y, ldc: outFeatures, threads: threads)
             }
         }
     }
@@ -93,7 +94,7 @@ public final class Linear: @unchecked Sendable {
     /// `y[rows, outFeatures] = x[rows, inFeatures] · Wᵀ + b`, reported to `observer`.
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>,
                         observer: ActivationObserver?) {
-        weight.multiply(x, rows: rows, into: y)
+        weight.multiply(x, rows: rows, threads: Kernels.threads, into: y)
         if let bias {
             bias.withUnsafeBufferPointer { b in
                 for r in 0..<rows { Kernels.add(y + r * outFeatures, b.baseAddress!, count: outFeatures) }
