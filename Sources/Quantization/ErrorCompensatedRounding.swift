@@ -21,6 +21,11 @@ import Foundation
 /// With `activationOrder: false` the columns go in order and a group's scale is taken from
 /// the weights *as updated* when its first column is reached.
 ///
+/// Scale refit (not in GPTQ): with a row's codes fixed, the group scales that minimise the
+/// same objective solve a small linear system (`refitScales`). `passes` alternates the two:
+/// round the codes for the scales, refit the scales for the codes, round again with the
+/// refit scales, and so on; each step lowers the objective for the other's choice.
+///
 /// Written by hand: no Debian or Swift library implements it; the linear algebra (Cholesky,
 /// inverse) is LAPACK's from OpenBLAS.
 public struct ErrorCompensatedRounding: Sendable {
@@ -32,10 +37,17 @@ public struct ErrorCompensatedRounding: Sendable {
     /// group's scale taken when its first column is reached.
     public var activationOrder: Bool
 
-    /// Rounding with the given damping and order.
-    public init(dampening: Double = 0.01, activationOrder: Bool = true) {
+    /// Rounding passes per row, each followed by a least-squares refit of the row's group
+    /// scales for the codes it chose (`refitScales`); every pass after the first rounds with
+    /// the scales the previous one refit. 0 rounds once with the initial scales and no refit
+    /// (plain GPTQ). Default 3 (measured on tiny.en, docs/myqasr-method.md section 9).
+    public var passes: Int
+
+    /// Rounding with the given damping, order and number of passes.
+    public init(dampening: Double = 0.01, activationOrder: Bool = true, passes: Int = 3) {
         self.dampening = dampening
         self.activationOrder = activationOrder
+        self.passes = max(0, passes)
     }
 
     /// The upper Cholesky factor `U` of `(H + λI)⁻¹`, row-major `[n, n]` (lower part 0), or
@@ -49,12 +61,8 @@ public struct ErrorCompensatedRounding: Sendable {
         meanDiagonal /= Double(n)
         guard meanDiagonal > 0, meanDiagonal.isFinite else { return nil }
         for attempt in 0..<3 {
-            var a = h   // symmetric, so row- and column-major agree
-            let damp = dampening * pow(10, Double(attempt)) * meanDiagonal
-            for i in 0..<n {
-                if a[i * n + i] <= 0 { a[i * n + i] = 1 }
-                a[i * n + i] += damp
-            }
+            // Symmetric, so row- and column-major agree.
+            var a = Self.damped(h, n: n, by: dampening * pow(10, Double(attempt)) * meanDiagonal)
             var info: Int32 = 0
             var size = Int32(n), lda = Int32(n)
             var upper = CChar(UInt8(ascii: "U"))
@@ -73,6 +81,16 @@ public struct ErrorCompensatedRounding: Sendable {
             return u
         }
         return nil
+    }
+
+    /// `h` with `damp` added to its diagonal, a zero (or negative) diagonal entry first set to 1.
+    static func damped(_ h: [Double], n: Int, by damp: Double) -> [Double] {
+        var a = h
+        for i in 0..<n {
+            if a[i * n + i] <= 0 { a[i * n + i] = 1 }
+            a[i * n + i] += damp
+        }
+        return a
     }
 
     /// Quantizes row-major `values[outFeatures, inFeatures]` at `bits` with groups of
@@ -113,6 +131,10 @@ public struct ErrorCompensatedRounding: Sendable {
         }
         let damping = dampening + Double(n) / Double(max(rows, 1))
         guard let u = inverseFactor(secondMoment: permuted, n: n, dampening: damping) else { return nil }
+        // The damped H in input order, for the scale refit ([n, n], empty without it).
+        var meanDiagonal = 0.0
+        for i in 0..<n { meanDiagonal += secondMoment[i * n + i] / Double(n) }
+        let hRefit = passes > 0 ? Self.damped(secondMoment, n: n, by: damping * meanDiagonal).map { Float($0) } : []
         let groups = (n + groupSize - 1) / groupSize
         let rowCodes = groups * groupSize   // whole groups are whole 32-code blocks
         let limit = Float(QuantizedMatrix.codeLimit(bits: bits))
@@ -140,25 +162,37 @@ public struct ErrorCompensatedRounding: Sendable {
                                         s[r * groups + g] = half
                                         scales[g] = scale
                                     }
-                                    // row[k] is the weight of input feature order[k].
-                                    for k in 0..<n { row[k] = wr[order[k]] }
-                                    for k in 0..<n {
-                                        let i = order[k]
-                                        if !activationOrder && i % groupSize == 0 {
-                                            // Scale from the weights as updated so far (columns in order).
-                                            let g = i / groupSize, c1 = min(n, i + groupSize)
-                                            let extreme = QuantizedMatrix.extreme(UnsafeBufferPointer(rebasing: row[i..<c1]))
-                                            let (half, scale) = QuantizedMatrix.groupScale(extreme: extreme, clipRatio: 1, bits: bits)
-                                            s[r * groups + g] = half
-                                            scales[g] = scale
+                                    for pass in 0..<max(1, passes) {
+                                        if pass > 0 {   // round again with the scales refit last pass
+                                            scales.withUnsafeMutableBufferPointer {
+                                                mq_f16_to_f32(s.baseAddress! + r * groups, $0.baseAddress!, groups)
+                                            }
                                         }
-                                        let scale = scales[i / groupSize]
-                                        let q = scale == 0 ? 0 : max(-limit, min(limit - 1, (row[k] / scale).rounded()))
-                                        c[r * rowCodes + i] = Int8(q)
-                                        let e = (row[k] - q * scale) / u[k * n + k]
-                                        // Spread the error over the features not yet rounded.
-                                        let uk = u.baseAddress! + k * n
-                                        for j in (k + 1)..<n { row[j] -= e * uk[j] }
+                                        // row[k] is the weight of input feature order[k].
+                                        for k in 0..<n { row[k] = wr[order[k]] }
+                                        for k in 0..<n {
+                                            let i = order[k]
+                                            if !activationOrder && pass == 0 && i % groupSize == 0 {
+                                                // Scale from the weights as updated so far (columns in order).
+                                                let g = i / groupSize, c1 = min(n, i + groupSize)
+                                                let extreme = QuantizedMatrix.extreme(UnsafeBufferPointer(rebasing: row[i..<c1]))
+                                                let (half, scale) = QuantizedMatrix.groupScale(extreme: extreme, clipRatio: 1, bits: bits)
+                                                s[r * groups + g] = half
+                                                scales[g] = scale
+                                            }
+                                            let scale = scales[i / groupSize]
+                                            let q = scale == 0 ? 0 : max(-limit, min(limit - 1, (row[k] / scale).rounded()))
+                                            c[r * rowCodes + i] = Int8(q)
+                                            let e = (row[k] - q * scale) / u[k * n + k]
+                                            // Spread the error over the features not yet rounded.
+                                            let uk = u.baseAddress! + k * n
+                                            for j in (k + 1)..<n { row[j] -= e * uk[j] }
+                                        }
+                                        guard passes > 0 else { break }
+                                        hRefit.withUnsafeBufferPointer { h in
+                                            Self.refitScales(codes: c.baseAddress! + r * rowCodes, weights: wr, h: h.baseAddress!,
+                                                             n: n, groupSize: groupSize, halfScales: s.baseAddress! + r * groups)
+                                        }
                                     }
                                 }
                             }
@@ -169,6 +203,45 @@ public struct ErrorCompensatedRounding: Sendable {
         }
         return try QuantizedMatrix(codes: codes, halfScales: halfScales, outFeatures: outFeatures,
                                    inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
+    }
+
+    /// Least-squares scales for one row's codes: with `Q[n, groups]` holding code i in column
+    /// `i / groupSize`, the scales s minimising `(w − Q s)ᵀ H (w − Q s)` solve
+    /// `(Qᵀ H Q) s = Qᵀ H w`. The codes stay; a group whose codes are all zero keeps its scale.
+    /// If the system cannot be solved, or a scale does not fit a half float, the row keeps
+    /// its scales. `h` is `[n, n]`; `halfScales` is the row's `[groups]`.
+    static func refitScales(codes: UnsafePointer<Int8>, weights w: UnsafePointer<Float>, h: UnsafePointer<Float>,
+                            n: Int, groupSize: Int, halfScales: UnsafeMutablePointer<UInt16>) {
+        let groups = (n + groupSize - 1) / groupSize
+        let q = (0..<n).map { Float(codes[$0]) }
+        var m = [Double](repeating: 0, count: groups * groups)   // Qᵀ H Q  [groups, groups]
+        var b = [Double](repeating: 0, count: groups)            // Qᵀ H w  [groups]
+        for i in 0..<n where q[i] != 0 {
+            let hi = h + i * n, gi = i / groupSize
+            var hw: Float = 0
+            for j in 0..<n { hw += hi[j] * w[j] }
+            b[gi] += Double(q[i] * hw)
+            for g in 0..<groups {
+                var acc: Float = 0
+                for j in (g * groupSize)..<min(n, (g + 1) * groupSize) { acc += hi[j] * q[j] }
+                m[gi * groups + g] += Double(q[i] * acc)
+            }
+        }
+        let active = (0..<groups).filter { m[$0 * groups + $0] > 0 }
+        guard !active.isEmpty else { return }
+        var size = Int32(active.count), one: Int32 = 1, info: Int32 = 0
+        var a = active.flatMap { g in active.map { m[g * groups + $0] } }   // symmetric: either major
+        var x = active.map { b[$0] }
+        var upper = CChar(UInt8(ascii: "U"))
+        dposv_(&upper, &size, &one, &a, &size, &x, &size, &info)
+        guard info == 0 else { return }
+        var fitted = x.map { Float($0) }
+        var halves = [UInt16](repeating: 0, count: active.count)
+        mq_f32_to_f16(&fitted, &halves, active.count)
+        var back = [Float](repeating: 0, count: active.count)
+        mq_f16_to_f32(&halves, &back, active.count)
+        guard back.allSatisfy({ $0.isFinite }) else { return }
+        for (k, g) in active.enumerated() { halfScales[g] = halves[k] }
     }
 
     /// `R H Rᵀ` for a symmetric `h[n, n]`: each row rotated (`H Rᵀ`), the result transposed

@@ -102,10 +102,50 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
         for i in 0..<n { identity[i * n + i] = 1 }
         for bits in [2, 4] {
             let nearest = try QuantizedMatrix(quantizing: w, outFeatures: out, inFeatures: n, bits: bits, groupSize: 32)
-            let q = try XCTUnwrap(try ErrorCompensatedRounding().quantize(
+            let q = try XCTUnwrap(try ErrorCompensatedRounding(passes: 0).quantize(
                 values: w, outFeatures: out, inFeatures: n, bits: bits, groupSize: 32, secondMoment: identity, rows: 10_000))
             XCTAssertEqual(q.codes(), nearest.codes())
             XCTAssertEqual(q.scaleValues(), nearest.scaleValues())
+            // One pass and its refit keep those codes and move each scale to the plain least-squares
+            // fit qᵀw / qᵀq.
+            let refit = try XCTUnwrap(try ErrorCompensatedRounding(passes: 1).quantize(
+                values: w, outFeatures: out, inFeatures: n, bits: bits, groupSize: 32, secondMoment: identity, rows: 10_000))
+            XCTAssertEqual(refit.codes(), nearest.codes())
+            let codes = refit.codes(), scales = refit.scaleValues()
+            for r in 0..<out {
+                for g in 0..<(n / 32) {
+                    let range = (r * n + g * 32)..<(r * n + g * 32 + 32)
+                    let qw = range.reduce(Float(0)) { $0 + Float(codes[$1]) * w[$1] }
+                    let qq = range.reduce(Float(0)) { $0 + Float(codes[$1]) * Float(codes[$1]) }
+                    XCTAssertEqual(scales[r * (n / 32) + g], qw / qq, accuracy: abs(qw / qq) * 2e-3, "bits \(bits) row \(r) group \(g)")
+                }
+            }
+        }
+    }
+
+    func testScaleRefitAndMorePassesLowerOutputError() throws {
+        let out = 40, n = 96, rows = 2000
+        var rng = Rng(state: 31)
+        let w = (0..<(out * n)).map { _ in rng.normal() * 0.1 }
+        let x = correlatedInputs(rows: rows, n: n, seed: 32)
+        let h = try XCTUnwrap(covariance(of: x, rows: rows, n: n).secondMoment(of: "l"))
+        for bits in QuantizedMatrix.supportedBits {
+            for rotated in [false, true] {
+                func rounded(passes: Int) throws -> QuantizedMatrix {
+                    try XCTUnwrap(try ErrorCompensatedRounding(passes: passes).quantize(
+                        values: w, outFeatures: out, inFeatures: n, bits: bits, groupSize: 32, secondMoment: h, rows: rows,
+                        rotated: rotated))
+                }
+                let plain = try rounded(passes: 0), refit = try rounded(passes: 1), three = try rounded(passes: 3)
+                XCTAssertEqual(refit.codes(), plain.codes(), "one pass refits the scales of plain GPTQ's codes")
+                XCTAssertEqual(three.rotated, rotated)
+                let e0 = outputError(w, plain, x, rows: rows), e1 = outputError(w, refit, x, rows: rows)
+                let e3 = outputError(w, three, x, rows: rows)
+                // Measured on this layer: refit 0.92-0.96 of plain GPTQ's error, three passes 0.84-0.97
+                // (not always below one pass: 10 of the 12 cases).
+                XCTAssertLessThan(e1, 0.97 * e0, "bits \(bits), rotated \(rotated): refit \(e1) vs \(e0)")
+                XCTAssertLessThan(e3, 0.98 * e0, "bits \(bits), rotated \(rotated): three passes \(e3) vs \(e0)")
+            }
         }
     }
 
