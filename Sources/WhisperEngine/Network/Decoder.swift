@@ -95,7 +95,9 @@ final class WhisperDecoderSession: DecoderSession {
         var attn = [Float](repeating: 0, count: rows * d)          // [rows, d]
         var projected = [Float](repeating: 0, count: rows * d)     // [rows, d]
         var hidden = [Float](repeating: 0, count: rows * 4 * d)    // [rows, 4d]
-        var scores = [Float](repeating: 0, count: rows * max(total, audioFrames))
+        // Per head [rows, max(total, audioFrames)]: cross-attention runs its heads in parallel.
+        let scoreStride = rows * max(total, audioFrames)
+        var scores = [Float](repeating: 0, count: heads * scoreStride)
 
         for (l, block) in weights.decoderBlocks.enumerated() {
             x.withUnsafeMutableBufferPointer { xb in
@@ -146,12 +148,17 @@ final class WhisperDecoderSession: DecoderSession {
                 Kernels.layerNorm(x, rows: rows, cols: d, gamma: block.crossAttentionNorm.gamma,
                                   beta: block.crossAttentionNorm.beta, into: normed)
                 block.crossQuery.forward(normed, rows: rows, into: qkv, observer: observer)  // q: [rows, d]
-                for h in 0..<heads {
-                    Kernels.gemmFewRowsABt(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
-                                           b: cross + h * dh, ldb: 2 * d, c: s, ldc: audioFrames)
-                    Kernels.softmaxRows(s, rows: rows, cols: audioFrames, ld: audioFrames)
-                    Kernels.gemmAB(m: rows, n: dh, k: audioFrames, a: s, lda: audioFrames,
-                                   b: cross + d + h * dh, ldb: 2 * d, c: attn + h * dh, ldc: d)
+                // Heads split across the threads: each reads its [audioFrames, dh] slice of the
+                // window's keys and values and writes its own columns of attn.
+                Kernels.parallelRows(heads, threads: Kernels.threads) { hr in
+                    for h in hr {
+                        let sh = s + h * scoreStride   // [rows, audioFrames]
+                        Kernels.gemmFewRowsABt(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
+                                               b: cross + h * dh, ldb: 2 * d, c: sh, ldc: audioFrames)
+                        Kernels.softmaxRows(sh, rows: rows, cols: audioFrames, ld: audioFrames)
+                        Kernels.gemmAB(m: rows, n: dh, k: audioFrames, a: sh, lda: audioFrames,
+                                       b: cross + d + h * dh, ldb: 2 * d, c: attn + h * dh, ldc: d)
+                    }
                 }
                 block.crossOut.forward(attn, rows: rows, into: projected, observer: observer)
                 Kernels.add(x, projected, count: rows * d)
