@@ -213,18 +213,28 @@ public struct ErrorCompensatedRounding: Sendable {
     static func refitScales(codes: UnsafePointer<Int8>, weights w: UnsafePointer<Float>, h: UnsafePointer<Float>,
                             n: Int, groupSize: Int, halfScales: UnsafeMutablePointer<UInt16>) {
         let groups = (n + groupSize - 1) / groupSize
-        let q = (0..<n).map { Float(codes[$0]) }
         var m = [Double](repeating: 0, count: groups * groups)   // Qᵀ H Q  [groups, groups]
         var b = [Double](repeating: 0, count: groups)            // Qᵀ H w  [groups]
-        for i in 0..<n where q[i] != 0 {
-            let hi = h + i * n, gi = i / groupSize
-            var hw: Float = 0
-            for j in 0..<n { hw += hi[j] * w[j] }
-            b[gi] += Double(q[i] * hw)
+        // With OpenBLAS (float sums in Swift do not vectorise): hw = H w; Y[:, g] = H[:, g] q_g,
+        // the product with group g's codes alone; then row g of QᵀHQ is q_gᵀ Y[g rows, :].
+        let scratch = n + n + n * groups + groups
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: scratch) { buffer in
+            let q = buffer.baseAddress!        // codes as floats [n]
+            let hw = q + n                     // [n]
+            let y = hw + n                     // [n, groups]
+            let row = y + n * groups           // [groups]
+            for j in 0..<n { q[j] = Float(codes[j]) }
+            let size = Int32(n), width = Int32(groups)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, size, size, 1, h, size, w, 1, 0, hw, 1)
             for g in 0..<groups {
-                var acc: Float = 0
-                for j in (g * groupSize)..<min(n, (g + 1) * groupSize) { acc += hi[j] * q[j] }
-                m[gi * groups + g] += Double(q[i] * acc)
+                let c0 = g * groupSize, count = Int32(min(n, c0 + groupSize) - c0)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, size, count, 1, h + c0, size, q + c0, 1, 0, y + g, width)
+            }
+            for g in 0..<groups {
+                let c0 = g * groupSize, count = Int32(min(n, c0 + groupSize) - c0)
+                cblas_sgemv(CblasRowMajor, CblasTrans, count, width, 1, y + c0 * groups, width, q + c0, 1, 0, row, 1)
+                for k in 0..<groups { m[g * groups + k] = Double(row[k]) }
+                b[g] = Double(cblas_sdot(count, q + c0, 1, hw + c0, 1))
             }
         }
         let active = (0..<groups).filter { m[$0 * groups + $0] > 0 }
