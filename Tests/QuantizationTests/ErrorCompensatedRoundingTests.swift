@@ -73,12 +73,18 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
         XCTAssertEqual(c.rows(of: "l"), 0)
     }
 
+    /// A 40x96 layer with random weights (seed `seed`), 2000 correlated input rows (seed
+    /// `seed + 1`) and their second moment.
+    private func testLayer(seed: UInt64) throws -> (w: [Float], x: [Float], h: [Double]) {
+        var rng = Rng(state: seed)
+        let w = (0..<(40 * 96)).map { _ in rng.normal() * 0.1 }
+        let x = correlatedInputs(rows: 2000, n: 96, seed: seed + 1)
+        return (w, x, try XCTUnwrap(covariance(of: x, rows: 2000, n: 96).secondMoment(of: "l")))
+    }
+
     func testCompensationLowersOutputErrorAtEveryWidth() throws {
         let out = 40, n = 96, rows = 2000
-        var rng = Rng(state: 11)
-        let w = (0..<(out * n)).map { _ in rng.normal() * 0.1 }
-        let x = correlatedInputs(rows: rows, n: n, seed: 12)
-        let h = try XCTUnwrap(covariance(of: x, rows: rows, n: n).secondMoment(of: "l"))
+        let (w, x, h) = try testLayer(seed: 11)
         for bits in QuantizedMatrix.supportedBits {
             let nearest = try QuantizedMatrix(quantizing: w, outFeatures: out, inFeatures: n, bits: bits, groupSize: 32)
             for activationOrder in [false, true] {
@@ -125,10 +131,7 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
 
     func testScaleRefitAndMorePassesLowerOutputError() throws {
         let out = 40, n = 96, rows = 2000
-        var rng = Rng(state: 31)
-        let w = (0..<(out * n)).map { _ in rng.normal() * 0.1 }
-        let x = correlatedInputs(rows: rows, n: n, seed: 32)
-        let h = try XCTUnwrap(covariance(of: x, rows: rows, n: n).secondMoment(of: "l"))
+        let (w, x, h) = try testLayer(seed: 31)
         for bits in QuantizedMatrix.supportedBits {
             for rotated in [false, true] {
                 func rounded(passes: Int) throws -> QuantizedMatrix {
