@@ -21,7 +21,8 @@ struct Quantize: ParsableCommand {
             docs/myqasr-method.md).
 
             Statistics come from --stats (made by `myqasr stats`) or from --calibration audio run \
-            through the model now. Codes are then chosen by error-compensated rounding (GPTQ) from \
+            through the model now. Codes are then chosen by error-compensated rounding (GPTQ, \
+            in three passes that each refit the group scales by least squares) from \
             the layers' input second moments: kept in memory only with --calibration, read from \
             the file with --stats if it was made with `myqasr stats --second-moments` (otherwise \
             codes are rounded to nearest). With --calibration, the audio is run a second time \
