@@ -149,6 +149,7 @@ public struct ErrorCompensatedRounding: Sendable {
                         let c = c, s = s
                         DispatchQueue.concurrentPerform(iterations: workers) { worker in
                             var row = [Float](repeating: 0, count: n)
+                            var hw = [Float](repeating: 0, count: passes > 0 ? n : 0)   // H w of the row, for the refit
                             let r0 = worker * rowsPerWorker, r1 = min(outFeatures, r0 + rowsPerWorker)
                             guard r0 < r1 else { return }
                             var scales = [Float](repeating: 0, count: groups)
@@ -161,6 +162,14 @@ public struct ErrorCompensatedRounding: Sendable {
                                         let (half, scale) = QuantizedMatrix.groupScale(extreme: extreme, clipRatio: 1, bits: bits)
                                         s[r * groups + g] = half
                                         scales[g] = scale
+                                    }
+                                    if passes > 0 {   // the same for every pass: the codes change, w does not
+                                        hRefit.withUnsafeBufferPointer { h in
+                                            hw.withUnsafeMutableBufferPointer {
+                                                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(n), 1, h.baseAddress!,
+                                                            Int32(n), wr, 1, 0, $0.baseAddress!, 1)
+                                            }
+                                        }
                                     }
                                     for pass in 0..<max(1, passes) {
                                         if pass > 0 {   // round again with the scales refit last pass
@@ -190,8 +199,11 @@ public struct ErrorCompensatedRounding: Sendable {
                                         }
                                         guard passes > 0 else { break }
                                         hRefit.withUnsafeBufferPointer { h in
-                                            Self.refitScales(codes: c.baseAddress! + r * rowCodes, weights: wr, h: h.baseAddress!,
-                                                             n: n, groupSize: groupSize, halfScales: s.baseAddress! + r * groups)
+                                            hw.withUnsafeBufferPointer { hw in
+                                                Self.refitScales(codes: c.baseAddress! + r * rowCodes, hw: hw.baseAddress!,
+                                                                 h: h.baseAddress!, n: n, groupSize: groupSize,
+                                                                 halfScales: s.baseAddress! + r * groups)
+                                            }
                                         }
                                     }
                                 }
@@ -209,23 +221,22 @@ public struct ErrorCompensatedRounding: Sendable {
     /// `i / groupSize`, the scales s minimising `(w − Q s)ᵀ H (w − Q s)` solve
     /// `(Qᵀ H Q) s = Qᵀ H w`. The codes stay; a group whose codes are all zero keeps its scale.
     /// If the system cannot be solved, or a scale does not fit a half float, the row keeps
-    /// its scales. `h` is `[n, n]`; `halfScales` is the row's `[groups]`.
-    static func refitScales(codes: UnsafePointer<Int8>, weights w: UnsafePointer<Float>, h: UnsafePointer<Float>,
+    /// its scales. `hw` is `H w` for the row's weights w, `h` is `[n, n]`; `halfScales` is the
+    /// row's `[groups]`.
+    static func refitScales(codes: UnsafePointer<Int8>, hw: UnsafePointer<Float>, h: UnsafePointer<Float>,
                             n: Int, groupSize: Int, halfScales: UnsafeMutablePointer<UInt16>) {
         let groups = (n + groupSize - 1) / groupSize
         var m = [Double](repeating: 0, count: groups * groups)   // Qᵀ H Q  [groups, groups]
         var b = [Double](repeating: 0, count: groups)            // Qᵀ H w  [groups]
-        // With OpenBLAS (float sums in Swift do not vectorise): hw = H w; Y[:, g] = H[:, g] q_g,
-        // the product with group g's codes alone; then row g of QᵀHQ is q_gᵀ Y[g rows, :].
-        let scratch = n + n + n * groups + groups
+        // With OpenBLAS (float sums in Swift do not vectorise): Y[:, g] = H[:, g] q_g, the
+        // product with group g's codes alone; then row g of QᵀHQ is q_gᵀ Y[g rows, :].
+        let scratch = n + n * groups + groups
         withUnsafeTemporaryAllocation(of: Float.self, capacity: scratch) { buffer in
             let q = buffer.baseAddress!        // codes as floats [n]
-            let hw = q + n                     // [n]
-            let y = hw + n                     // [n, groups]
+            let y = q + n                      // [n, groups]
             let row = y + n * groups           // [groups]
             for j in 0..<n { q[j] = Float(codes[j]) }
             let size = Int32(n), width = Int32(groups)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, size, size, 1, h, size, w, 1, 0, hw, 1)
             for g in 0..<groups {
                 let c0 = g * groupSize, count = Int32(min(n, c0 + groupSize) - c0)
                 cblas_sgemv(CblasRowMajor, CblasNoTrans, size, count, 1, h + c0, size, q + c0, 1, 0, y + g, width)
