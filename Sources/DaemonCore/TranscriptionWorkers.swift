@@ -190,7 +190,11 @@ public final class TranscriptionWorkers: @unchecked Sendable {
     private func jobDone() {
         condition.lock()
         busyWorkers -= 1
+        let idle = busyWorkers == 0 && live.isEmpty && requests.isEmpty
         condition.unlock()
+        // The engine keeps freed window scratch for the next window; once nothing is waiting,
+        // an idle daemon gives it back.
+        if idle { WhisperModel.releaseFreedMemory() }
     }
 
     /// One worker thread: its own recognizer, rebuilt between jobs when the model changed.

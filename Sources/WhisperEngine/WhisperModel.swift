@@ -40,6 +40,11 @@ public final class WhisperModel: @unchecked Sendable {
         mq_release_free_heap()
     }
 
+    /// Set once per process by the first `SpeechRecognizer`: the C heap keeps the scratch that
+    /// each window frees for the next one instead of faulting it in again (see `mq_keep_freed_heap`;
+    /// `releaseFreedMemory` still returns it).
+    fileprivate static let keepFreedMemory: Void = mq_keep_freed_heap()
+
     /// Loads `tiny.en`, `base` or a model directory with its float16 weight matrices left in the
     /// file's mapping (`HalfMatrix`): the full-precision network for occasional passes beside a
     /// quantized model, without a resident float32 copy.
@@ -85,8 +90,10 @@ public final class SpeechRecognizer {
     private let transcriber: Transcriber
 
     /// Prepares `model` for transcription on `threads` threads; `observer`, when given,
-    /// sees every linear layer's activations (statistics).
+    /// sees every linear layer's activations (statistics). The first recognizer of a process also
+    /// has the C heap keep freed window scratch for reuse (`WhisperModel.releaseFreedMemory` returns it).
     public init(model: WhisperModel, threads: Int = 2, observer: ActivationObserver? = nil) throws {
+        WhisperModel.keepFreedMemory
         self.model = model
         network = WhisperNetwork(weights: model.weights, threads: threads, observer: observer)
         frontEnd = try LogMelFrontEnd(nMels: model.weights.dimensions.nMels)

@@ -32,4 +32,8 @@ void mq_f16_to_f32(const unsigned short *src, float *dst, size_t count);
 /// has just dropped a large model.
 void mq_release_free_heap(void);
 
+/// Has the C heap keep the memory freed between windows for reuse instead of returning it to
+/// the system at once (glibc mallopt: mmap threshold 32 MiB, trim threshold 256 MiB).
+void mq_keep_freed_heap(void);
+
 #endif
