@@ -14,12 +14,11 @@ void mq_keep_freed_heap(void) {
     // Each 30 s window allocates tens of MB of scratch (im2col rows, the encoder's activations,
     // the cross-attention keys and values, per-step logits) and frees it at the end. With glibc's
     // sliding defaults the larger blocks are mmap'd and the top of the heap is returned as soon as
-    // twice that threshold is free, so every window faulted the same pages in again (135,000 to
-    // 169,000 page faults transcribing the 74 s of scripts/fetch-samples; 11,698 in a repeated
-    // jfk.wav window).
-    // Serving blocks up to 32 MiB (the most glibc allows) from the heap and keeping up to 256 MiB of
-    // it free for reuse: 29,500 faults (most of them loading the model), 18 in the repeated window,
-    // the same peak RSS. mq_release_free_heap still returns everything when asked.
+    // twice that threshold is free, so every window faulted the same pages in again: 135,000 to
+    // 169,000 page faults transcribing the 74 s of scripts/fetch-samples, 11,698 in a repeated
+    // jfk.wav window. Serving blocks up to 32 MiB (the most glibc allows) from the heap and
+    // keeping up to 256 MiB of it free for reuse: 29,500 faults (most of them loading the model),
+    // 18 in the repeated window, the same peak RSS. mq_release_free_heap still returns it all.
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
 }
