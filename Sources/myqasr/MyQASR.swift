@@ -10,6 +10,6 @@ struct MyQASR: ParsableCommand {
             Models are fetched once with `scripts/fetch-models tiny.en base` and then used offline.
             Nothing you transcribe leaves this machine or is written anywhere.
             """,
-        subcommands: [Transcribe.self, Stats.self, Quantize.self, Inspect.self, Eval.self]
+        subcommands: [Transcribe.self, Stats.self, Quantize.self, Inspect.self, Eval.self, Compare.self]
     )
 }

@@ -39,6 +39,23 @@ final class ModelLoadingTests: XCTestCase {
         let words = String(out.lowercased().map { $0.isLetter ? $0 : " " }).split(separator: " ").joined(separator: " ")
         XCTAssertTrue(words.contains("ask not what your country can do for you"), out)
 
+        // compare: a model against itself diverges nowhere; the 4-bit model somewhere, yet mostly agrees.
+        (status, out, err) = try run(["compare", "--model", "tiny.en", "--reference", "tiny.en", jfk])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.contains("KL(reference || model) 0.00000 nats per position, top-1 agreement 100.00 %"), out)
+        (status, out, err) = try run(["compare", "--model", myq, "--reference", "tiny.en", jfk])
+        XCTAssertEqual(status, 0, err)
+        let figures = out.split(separator: " ").compactMap { Double($0) }   // [files, positions, KL, agreement]
+        XCTAssertEqual(figures.count, 4, out)
+        if figures.count == 4 {
+            XCTAssertEqual(figures[0], 1, out)
+            XCTAssertGreaterThan(figures[1], 20, out)   // JFK's sentence is over 20 tokens
+            XCTAssertGreaterThan(figures[2], 0, out)
+            XCTAssertGreaterThan(figures[3], 80, out)
+            XCTAssertLessThanOrEqual(figures[3], 100, out)
+        }
+        XCTAssertFalse(out.lowercased().contains("country"), "compare prints no text: \(out)")
+
         (status, out, err) = try run(["stats", "--model", myq, "--out", directory + "/s.myqs", jfk])
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(err.contains("statistics need the full-precision model; \(myq) is a quantized .myq file"), err)

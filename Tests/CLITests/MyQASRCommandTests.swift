@@ -10,7 +10,7 @@ final class MyQASRCommandTests: XCTestCase {
     func testHelpNamesEverySubcommand() throws {
         let (status, out, _) = try run(["--help"])
         XCTAssertEqual(status, 0)
-        for command in ["transcribe", "stats", "quantize", "inspect", "eval"] {
+        for command in ["transcribe", "stats", "quantize", "inspect", "eval", "compare"] {
             XCTAssertTrue(out.contains("  \(command) "), "help lacks \(command):\n\(out)")
         }
         let (transcribeStatus, transcribeHelp, _) = try run(["transcribe", "--help"])

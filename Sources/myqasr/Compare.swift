@@ -1,0 +1,95 @@
+import ArgumentParser
+import Audio
+import Foundation
+import WhisperEngine
+
+/// `myqasr compare`: how closely a model's next-token distributions follow a reference model's.
+struct Compare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure how closely a model's next-token distributions follow a reference model's.",
+        discussion: """
+            Transcribes each file with the reference model (greedy), then gives both models the \
+            reference's tokens over the file's first 30 s window and compares their next-token \
+            distributions at every position after the prompt: the mean KL divergence \
+            KL(reference || model) in nats per position, and how often both rank the same token \
+            first. A continuous measure of what quantization changed, far less noisy than a word \
+            error rate over a few hundred words (docs/myqasr-method.md section 9). Prints no text.
+
+            Example:
+              myqasr compare --model me.myq --reference tiny.en test/*.wav
+            """
+    )
+
+    @Option(name: .shortAndLong, help: "The model to measure: tiny.en, base, a model directory or a .myq file.")
+    var model: String
+
+    @Option(help: "The reference model (usually the full-precision model the .myq was made from).")
+    var reference = "tiny.en"
+
+    @Option(help: "Worker threads for the network.")
+    var threads = 2
+
+    @Argument(help: "WAV files (any sample rate; the first 30 s of each is used).")
+    var files: [String]
+
+    func validate() throws {
+        guard !files.isEmpty else { throw ValidationError("give at least one audio file") }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        let referenceModel = try loadAnyModel(reference)
+        let measured = try loadAnyModel(model)
+        let vocabulary = referenceModel.weights.dimensions.nVocab
+        guard measured.weights.dimensions.nVocab == vocabulary,
+              measured.tokenizer.isMultilingual == referenceModel.tokenizer.isMultilingual else {
+            throw CLIError("\(model) and \(reference) do not share a vocabulary; compare a model with its source")
+        }
+        let referenceRecognizer = try SpeechRecognizer(model: referenceModel, threads: threads)
+        let measuredRecognizer = try SpeechRecognizer(model: measured, threads: threads)
+        let specials = referenceModel.tokenizer.specials
+        var positions = 0, agreeing = 0
+        var divergence = 0.0
+        for file in files {
+            let samples: [Float]
+            do { samples = try loadAudio(path: file) } catch { throw CLIError("\(error)") }
+            var options = TranscriptionOptions()
+            options.decoding.beamSize = 1
+            let transcript = try referenceRecognizer.transcribe(samples: samples, options: options)
+            var tokens = [specials.startOfTranscript]
+            if referenceModel.tokenizer.isMultilingual, let language = referenceModel.tokenizer.languageToken(transcript.language) {
+                tokens += [language, specials.transcribe]
+            }
+            let promptLength = tokens.count
+            for segment in transcript.segments where segment.start < 30 { tokens += segment.tokens }
+            let p = referenceRecognizer.logits(samples: samples, following: tokens)   // [tokens, nVocab]
+            let q = measuredRecognizer.logits(samples: samples, following: tokens)   // [tokens, nVocab]
+            // Positions from the prompt's last token on predict the transcript (and finally its end).
+            for position in (promptLength - 1)..<tokens.count {
+                let row = position * vocabulary
+                let (kl, same) = Self.compare(p[row..<(row + vocabulary)], q[row..<(row + vocabulary)])
+                divergence += kl
+                agreeing += same ? 1 : 0
+                positions += 1
+            }
+        }
+        print(String(format: "%d files, %d positions: KL(reference || model) %.5f nats per position, top-1 agreement %.2f %%",
+                      files.count, positions, divergence / Double(max(positions, 1)),
+                      100 * Double(agreeing) / Double(max(positions, 1))))
+    }
+
+    /// KL(softmax(p) ‖ softmax(q)) of one position's logits, and whether both put the same token first.
+    static func compare(_ p: ArraySlice<Float>, _ q: ArraySlice<Float>) -> (kl: Double, sameFirst: Bool) {
+        func logSumExp(_ x: ArraySlice<Float>) -> Double {
+            let top = Double(x.max()!)
+            return top + log(x.reduce(0.0) { $0 + exp(Double($1) - top) })
+        }
+        let lp = logSumExp(p), lq = logSumExp(q)
+        var kl = 0.0
+        for (a, b) in zip(p, q) {
+            let logP = Double(a) - lp
+            kl += exp(logP) * (logP - (Double(b) - lq))
+        }
+        return (max(kl, 0), p.indices.max { p[$0] < p[$1] } == q.indices.max { q[$0] < q[$1] })
+    }
+}
