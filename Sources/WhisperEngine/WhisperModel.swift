@@ -117,18 +117,22 @@ public final class SpeechRecognizer {
                                           options: options, onSegment: onSegment)
     }
 
-    /// The decoder's logits after each of `tokens`, fed one at a time as decoding feeds them, over
-    /// the first 30 s window of `samples` cut as `transcribe` cuts it (content frames, then zeros):
-    /// `[tokens.count, nVocab]` row-major. Two models given the same tokens can be compared position
-    /// by position (`myqasr compare`).
-    public func logits(samples: [Float], following tokens: [Int]) -> [Float] {
+    /// The decoder's next-token log-probabilities after each of `tokens`, fed one at a time as
+    /// decoding feeds them, over the first 30 s window of `samples` cut as `transcribe` cuts it
+    /// (content frames, then zeros): `[tokens.count, nVocab]` row-major. Two models given the same
+    /// tokens can be compared position by position (`myqasr compare`).
+    public func logProbabilities(samples: [Float], following tokens: [Int]) -> [Float] {
         let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nSamples)
         let content = min(samples.count / WhisperAudio.hopLength, mel.nFrames, WhisperAudio.nFrames)
         let audio = network.encode(mel: mel.window(atFrame: 0, frameCount: content).window(atFrame: 0).values)
         let session = network.makeDecoderSession(audio: audio)
         var out: [Float] = []
         out.reserveCapacity(tokens.count * network.dimensions.nVocab)
-        for token in tokens { out += session.step([[token]]) }
+        for token in tokens {
+            var row = session.step([[token]])
+            row.withUnsafeMutableBufferPointer { _ = LogitMath.logSoftmaxInPlace($0) }
+            out += row
+        }
         return out
     }
 

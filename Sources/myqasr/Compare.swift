@@ -62,8 +62,8 @@ struct Compare: ParsableCommand {
             }
             let promptLength = tokens.count
             for segment in transcript.segments where segment.start < 30 { tokens += segment.tokens }
-            let p = referenceRecognizer.logits(samples: samples, following: tokens)   // [tokens, nVocab]
-            let q = measuredRecognizer.logits(samples: samples, following: tokens)   // [tokens, nVocab]
+            let p = referenceRecognizer.logProbabilities(samples: samples, following: tokens)   // [tokens, nVocab]
+            let q = measuredRecognizer.logProbabilities(samples: samples, following: tokens)   // [tokens, nVocab]
             // Positions from the prompt's last token on predict the transcript (and finally its end).
             for position in (promptLength - 1)..<tokens.count {
                 let row = position * vocabulary
@@ -78,18 +78,10 @@ struct Compare: ParsableCommand {
                       100 * Double(agreeing) / Double(max(positions, 1))))
     }
 
-    /// KL(softmax(p) ‖ softmax(q)) of one position's logits, and whether both put the same token first.
+    /// KL(p ‖ q) of one position's log-probabilities, and whether both put the same token first.
     static func compare(_ p: ArraySlice<Float>, _ q: ArraySlice<Float>) -> (kl: Double, sameFirst: Bool) {
-        func logSumExp(_ x: ArraySlice<Float>) -> Double {
-            let top = Double(x.max()!)
-            return top + log(x.reduce(0.0) { $0 + exp(Double($1) - top) })
-        }
-        let lp = logSumExp(p), lq = logSumExp(q)
         var kl = 0.0
-        for (a, b) in zip(p, q) {
-            let logP = Double(a) - lp
-            kl += exp(logP) * (logP - (Double(b) - lq))
-        }
+        for (logP, logQ) in zip(p, q) { kl += exp(Double(logP)) * Double(logP - logQ) }
         return (max(kl, 0), p.indices.max { p[$0] < p[$1] } == q.indices.max { q[$0] < q[$1] })
     }
 }
