@@ -122,9 +122,7 @@ public final class SpeechRecognizer {
     /// (content frames, then zeros): `[tokens.count, nVocab]` row-major. Two models given the same
     /// tokens can be compared position by position (`myqasr compare`).
     public func logProbabilities(samples: [Float], following tokens: [Int]) -> [Float] {
-        let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nSamples)
-        let content = min(samples.count / WhisperAudio.hopLength, mel.nFrames, WhisperAudio.nFrames)
-        let audio = network.encode(mel: mel.window(atFrame: 0, frameCount: content).window(atFrame: 0).values)
+        let audio = network.encode(mel: firstWindow(samples: samples))
         let session = network.makeDecoderSession(audio: audio)
         var out: [Float] = []
         out.reserveCapacity(tokens.count * network.dimensions.nVocab)
@@ -134,6 +132,32 @@ public final class SpeechRecognizer {
             out += row
         }
         return out
+    }
+
+    /// The log-mel window `transcribe` decodes first for `samples` (their frames, then zeros):
+    /// `[nMels, 2 * nAudioCtx]` row-major, the encoder's input.
+    public func firstWindow(samples: [Float]) -> [Float] {
+        let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nSamples)
+        let content = min(samples.count / WhisperAudio.hopLength, mel.nFrames, WhisperAudio.nFrames)
+        return mel.window(atFrame: 0, frameCount: content).window(atFrame: 0).values
+    }
+
+    /// The tokens greedy decoding gives the first window of `samples`, after the prompt it
+    /// decodes them from (start of transcript, then language and task for a multilingual model):
+    /// what `logProbabilities(samples:following:)` and teacher-forced replays are fed.
+    /// `promptLength` counts the prompt's tokens at the front.
+    public func greedyTokens(samples: [Float]) throws -> (tokens: [Int], promptLength: Int) {
+        var options = TranscriptionOptions()
+        options.decoding.beamSize = 1
+        let transcript = try transcribe(samples: samples, options: options)
+        let tokenizer = model.tokenizer
+        var tokens = [tokenizer.specials.startOfTranscript]
+        if tokenizer.isMultilingual, let language = tokenizer.languageToken(transcript.language) {
+            tokens += [language, tokenizer.specials.transcribe]
+        }
+        let promptLength = tokens.count
+        for segment in transcript.segments where segment.start < Double(WhisperAudio.chunkLength) { tokens += segment.tokens }
+        return (tokens, promptLength)
     }
 
     /// Detects the spoken language of the first 30 s (multilingual models only).

@@ -47,21 +47,12 @@ struct Compare: ParsableCommand {
         }
         let referenceRecognizer = try SpeechRecognizer(model: referenceModel, threads: threads)
         let measuredRecognizer = try SpeechRecognizer(model: measured, threads: threads)
-        let specials = referenceModel.tokenizer.specials
         var positions = 0, agreeing = 0
         var divergence = 0.0
         for file in files {
             let samples: [Float]
             do { samples = try loadAudio(path: file) } catch { throw CLIError("\(error)") }
-            var options = TranscriptionOptions()
-            options.decoding.beamSize = 1
-            let transcript = try referenceRecognizer.transcribe(samples: samples, options: options)
-            var tokens = [specials.startOfTranscript]
-            if referenceModel.tokenizer.isMultilingual, let language = referenceModel.tokenizer.languageToken(transcript.language) {
-                tokens += [language, specials.transcribe]
-            }
-            let promptLength = tokens.count
-            for segment in transcript.segments where segment.start < 30 { tokens += segment.tokens }
+            let (tokens, promptLength) = try referenceRecognizer.greedyTokens(samples: samples)
             let p = referenceRecognizer.logProbabilities(samples: samples, following: tokens)   // [tokens, nVocab]
             let q = measuredRecognizer.logProbabilities(samples: samples, following: tokens)   // [tokens, nVocab]
             // Positions from the prompt's last token on predict the transcript (and finally its end).

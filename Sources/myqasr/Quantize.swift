@@ -93,6 +93,12 @@ struct Quantize: ParsableCommand {
         """)
     var singlePass = false
 
+    @Flag(help: """
+        With --calibration and compensated rounding, round each decoder layer towards the weights that map its \
+        inputs in the partly quantized model back to the float model's outputs (asymmetric targets).
+        """)
+    var asymmetricDecoder = false
+
     @Flag(help: "Store the weights as they are instead of rotated by blocks of 32 input features.")
     var noRotation = false
 
@@ -178,8 +184,11 @@ struct Quantize: ParsableCommand {
                                         beamSize: beamSize, observer: moments, statistics: nil)
                 return moments
             }
+            let replay = asymmetricDecoder && !calibration.isEmpty && effectiveRounding == .compensated
+                ? try DecoderReplay(model: whisper, files: calibration, threads: threads) : nil
             result = try Quantizer.quantize(model: whisper, statistics: statistics, options: options, activations: reservoir,
-                                            decoderSecondMoments: again)
+                                            decoderSecondMoments: again,
+                                            decoderInputs: replay.map { r in { r.inputs(partial: $0, layer: $1) } })
         } catch {
             throw CLIError("\(error)")
         }
