@@ -162,20 +162,14 @@ public enum Quantizer {
     ///     with the weights so far (quantized encoder, float decoder), to gather the decoder's
     ///     second moments from the calibration audio again (GPTQ's sequential mode); without it
     ///     the decoder uses `covariance` from the float model.
-    ///   - decoderInputs: with compensated rounding, called before each decoder layer with the
-    ///     weights so far and the layer's name, for that layer's inputs in the float model and in
-    ///     the partly quantized one (`PairedInputs`); the layer is then rounded towards its
-    ///     asymmetric target (`AsymmetricTarget`). A layer it returns `nil` for is rounded as usual.
     ///   - progress: called with one line per layer as it is done.
     public static func quantize(model: WhisperModel, statistics: ActivationStatistics?, options: QuantizationOptions,
                                 activations: ActivationReservoir? = nil, covariance: InputCovariance? = nil,
                                 decoderSecondMoments: ((WhisperWeights) throws -> InputCovariance)? = nil,
-                                decoderInputs: ((WhisperWeights, String) throws -> PairedInputs?)? = nil,
                                 progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
         var result = try quantize(name: model.name, weights: model.weights, statistics: statistics, options: options,
                                   activations: activations, covariance: covariance,
-                                  decoderSecondMoments: decoderSecondMoments, decoderInputs: decoderInputs,
-                                  progress: progress)
+                                  decoderSecondMoments: decoderSecondMoments, progress: progress)
         result.metadata.sourceVocabularyDigest = ModelIdentity.vocabularyDigest(model)
         return result
     }
@@ -185,7 +179,6 @@ public enum Quantizer {
                                 options: QuantizationOptions, activations: ActivationReservoir? = nil,
                                 covariance: InputCovariance? = nil,
                                 decoderSecondMoments: ((WhisperWeights) throws -> InputCovariance)? = nil,
-                                decoderInputs: ((WhisperWeights, String) throws -> PairedInputs?)? = nil,
                                 progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
         var covariance = covariance ?? statistics?.secondMoments
         if options.rounding == .compensated {
@@ -259,18 +252,7 @@ public enum Quantizer {
             let ratios = calibration?.clipRatios(outFeatures: layer.outFeatures, groupsPerRow: groups)
                 ?? [Float](repeating: 1, count: layer.outFeatures * groups)
             var compensated: QuantizedMatrix?
-            var asymmetric = false
-            if options.rounding == .compensated, let decoderInputs, layer.name.hasPrefix("decoder/"),
-               let paired = try decoderInputs(floatWeights.replacing(replacements), layer.name),
-               paired.width == layer.inFeatures,
-               let target = AsymmetricTarget.solve(values: values, outFeatures: layer.outFeatures, inputs: paired) {
-                compensated = try ErrorCompensatedRounding().quantize(
-                    values: target.values, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
-                    groupSize: options.groupSize, secondMoment: target.secondMoment, rows: paired.rows, rotated: rotated)
-                asymmetric = compensated != nil
-            }
-            if compensated == nil, options.rounding == .compensated, let covariance,
-               let h = covariance.secondMoment(of: layer.name) {
+            if options.rounding == .compensated, let covariance, let h = covariance.secondMoment(of: layer.name) {
                 compensated = try ErrorCompensatedRounding().quantize(
                     values: values, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
                     groupSize: options.groupSize, secondMoment: h, rows: covariance.rows(of: layer.name), rotated: rotated)
@@ -287,7 +269,7 @@ public enum Quantizer {
                 unclippedError: calibration?.unclippedError, calibratedError: calibration?.calibratedError)
             reports.append(report)
             progress?(String(format: "%@: %d bits, clip %.2f%@", layer.name, bits, report.clipRatio,
-                             compensated == nil ? "" : asymmetric ? ", compensated, asymmetric target" : ", compensated"))
+                             compensated == nil ? "" : ", compensated"))
         }
         let weights = floatWeights.replacing(replacements)
         let actual = weights.byteSize

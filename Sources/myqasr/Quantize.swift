@@ -93,12 +93,6 @@ struct Quantize: ParsableCommand {
         """)
     var singlePass = false
 
-    @Flag(help: """
-        With --calibration and compensated rounding, round each decoder layer towards the weights that map its \
-        inputs in the partly quantized model back to the float model's outputs (asymmetric targets).
-        """)
-    var asymmetricDecoder = false
-
     @Flag(help: "Store the weights as they are instead of rotated by blocks of 32 input features.")
     var noRotation = false
 
@@ -184,11 +178,8 @@ struct Quantize: ParsableCommand {
                                         beamSize: beamSize, observer: moments, statistics: nil)
                 return moments
             }
-            let replay = asymmetricDecoder && !calibration.isEmpty && effectiveRounding == .compensated
-                ? try DecoderReplay(model: whisper, files: calibration, threads: threads) : nil
             result = try Quantizer.quantize(model: whisper, statistics: statistics, options: options, activations: reservoir,
-                                            decoderSecondMoments: again,
-                                            decoderInputs: replay.map { r in { r.inputs(partial: $0, layer: $1) } })
+                                            decoderSecondMoments: again)
         } catch {
             throw CLIError("\(error)")
         }
