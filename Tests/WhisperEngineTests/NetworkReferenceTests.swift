@@ -52,10 +52,16 @@ final class NetworkReferenceTests: XCTestCase {
         session.reorder([0, 0, 0])                         // widen to three beams
         _ = session.step([[8], [9], [10]])
         session.reorder([2, 0])                            // keep beams 2 and 0, in that order
-        let logits = session.step([[11], [6]])
+        var logits = session.step([[11], [6]])
         XCTAssertEqual(session.batchSize, 2)
         assertClose(Array(logits[0..<v]), reference.logits(tokens: [2, 4, 10, 11], audio: audio.values), tolerance: 1e-4)
         assertClose(Array(logits[v..<(2 * v)]), reference.logits(tokens: [2, 4, 8, 6], audio: audio.values), tolerance: 1e-4)
+        session.reorder([1, 1, 0])                         // widen again, into the caches reorder set aside
+        logits = session.step([[3], [5], [7]])
+        XCTAssertEqual(session.batchSize, 3)
+        assertClose(Array(logits[0..<v]), reference.logits(tokens: [2, 4, 8, 6, 3], audio: audio.values), tolerance: 1e-4)
+        assertClose(Array(logits[v..<(2 * v)]), reference.logits(tokens: [2, 4, 8, 6, 5], audio: audio.values), tolerance: 1e-4)
+        assertClose(Array(logits[(2 * v)...]), reference.logits(tokens: [2, 4, 10, 11, 7], audio: audio.values), tolerance: 1e-4)
     }
 
     func testObserverSeesEveryLinearLayer() {

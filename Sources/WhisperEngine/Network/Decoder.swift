@@ -1,20 +1,38 @@
 extension WhisperNetwork {
     /// Starts a decoder over `audio`: computes each block's cross-attention keys and
-    /// values once (`[frames, 2d]` per block) and returns a session with one empty sequence.
+    /// values once and returns a session with one empty sequence.
     public func makeDecoderSession(audio: EncodedAudio) -> DecoderSession {
         Kernels.setThreads(threads)
-        let d = weights.dimensions.nState
+        let d = weights.dimensions.nState, heads = weights.dimensions.nHeads, dh = d / heads
+        let frames = audio.frames
         precondition(audio.width == d, "decoder: encoder output width \(audio.width) != \(d)")
-        let crossKV = weights.decoderBlocks.map { block -> [Float] in
-            var kv = [Float](repeating: 0, count: audio.frames * 2 * d)
+        let crossKV = weights.decoderBlocks.map { block -> (keys: [Float], values: [Float]) in
+            var kv = [Float](repeating: 0, count: frames * 2 * d)   // [frames, 2d]: keys, then values
             audio.values.withUnsafeBufferPointer { a in
                 kv.withUnsafeMutableBufferPointer { o in
-                    block.crossKV.forward(a.baseAddress!, rows: audio.frames, into: o.baseAddress!, observer: observer)
+                    block.crossKV.forward(a.baseAddress!, rows: frames, into: o.baseAddress!, observer: observer)
                 }
             }
-            return kv
+            // Each head's keys and values contiguous, [heads, frames, dh]: every decoding step
+            // reads all of them, and a head's 1500 rows of 64 floats strided 2d apart cost a
+            // page (and a TLB entry) every few rows.
+            var keys = [Float](repeating: 0, count: frames * d), values = keys
+            kv.withUnsafeBufferPointer { src in
+                keys.withUnsafeMutableBufferPointer { k in
+                    values.withUnsafeMutableBufferPointer { v in
+                        for h in 0..<heads {
+                            for f in 0..<frames {
+                                let from = src.baseAddress! + f * 2 * d + h * dh, to = (h * frames + f) * dh
+                                (k.baseAddress! + to).update(from: from, count: dh)
+                                (v.baseAddress! + to).update(from: from + d, count: dh)
+                            }
+                        }
+                    }
+                }
+            }
+            return (keys, values)
         }
-        return WhisperDecoderSession(network: self, audioFrames: audio.frames, crossKV: crossKV)
+        return WhisperDecoderSession(network: self, audioFrames: frames, crossKV: crossKV)
     }
 }
 
@@ -23,15 +41,20 @@ extension WhisperNetwork {
 final class WhisperDecoderSession: DecoderSession {
     private let network: WhisperNetwork
     private let audioFrames: Int
-    /// Per block: `[audioFrames, 2d]`, keys in columns 0..<d, values in d..<2d.
-    private let crossKV: [[Float]]
-    /// Per block: `[batch, nTextCtx, d]` keys and values of the positions seen so far.
+    /// Per block: the window's keys and values, each `[heads, audioFrames, dh]`.
+    private let crossKV: [(keys: [Float], values: [Float])]
+    /// Per block: `[batch, nTextCtx, d]` keys and values of the positions seen so far (the
+    /// arrays may hold more sequences than the batch after it shrank).
     private var selfK: [[Float]]
     private var selfV: [[Float]]
+    /// Per block: the arrays `reorder` last replaced, written by the next `reorder` and swapped
+    /// in, so that beam search's reorder after every step allocates nothing (at beam 5 a
+    /// fresh zeroed cache was 27 MB a step).
+    private var spareK: [[Float]], spareV: [[Float]]
     private(set) var batchSize = 1
     private(set) var length = 0
 
-    init(network: WhisperNetwork, audioFrames: Int, crossKV: [[Float]]) {
+    init(network: WhisperNetwork, audioFrames: Int, crossKV: [(keys: [Float], values: [Float])]) {
         self.network = network
         self.audioFrames = audioFrames
         self.crossKV = crossKV
@@ -39,26 +62,31 @@ final class WhisperDecoderSession: DecoderSession {
         let perSequence = dims.nTextCtx * dims.nState
         selfK = Array(repeating: [Float](repeating: 0, count: perSequence), count: dims.nTextLayers)
         selfV = selfK
+        spareK = Array(repeating: [], count: dims.nTextLayers)
+        spareV = spareK
     }
 
     func reorder(_ sources: [Int]) {
         let dims = network.weights.dimensions
         let perSequence = dims.nTextCtx * dims.nState
         let used = length * dims.nState
-        func rebuilt(_ cache: [Float]) -> [Float] {
-            var out = [Float](repeating: 0, count: sources.count * perSequence)
+        for s in sources { precondition(s >= 0 && s < batchSize, "reorder: source \(s) out of range") }
+        // Sequence i of the new cache continues sequence sources[i] of the old one.
+        func rebuild(_ cache: inout [Float], into spare: inout [Float]) {
+            if spare.count < sources.count * perSequence { spare = [Float](repeating: 0, count: sources.count * perSequence) }
             cache.withUnsafeBufferPointer { src in
-                out.withUnsafeMutableBufferPointer { dst in
+                spare.withUnsafeMutableBufferPointer { dst in
                     for (i, s) in sources.enumerated() {
-                        precondition(s >= 0 && s < batchSize, "reorder: source \(s) out of range")
                         (dst.baseAddress! + i * perSequence).update(from: src.baseAddress! + s * perSequence, count: used)
                     }
                 }
             }
-            return out
+            swap(&cache, &spare)
         }
-        selfK = selfK.map(rebuilt)
-        selfV = selfV.map(rebuilt)
+        for l in 0..<dims.nTextLayers {
+            rebuild(&selfK[l], into: &spareK[l])
+            rebuild(&selfV[l], into: &spareV[l])
+        }
         batchSize = sources.count
     }
 
@@ -109,11 +137,12 @@ final class WhisperDecoderSession: DecoderSession {
             scores.withUnsafeMutableBufferPointer { sb in
             selfK[l].withUnsafeMutableBufferPointer { kb in
             selfV[l].withUnsafeMutableBufferPointer { vb in
-            crossKV[l].withUnsafeBufferPointer { cb in
+            crossKV[l].keys.withUnsafeBufferPointer { ckb in
+            crossKV[l].values.withUnsafeBufferPointer { cvb in
                 let x = xb.baseAddress!, normed = nb.baseAddress!, qkv = qb.baseAddress!
                 let attn = ab.baseAddress!, projected = pb.baseAddress!, hidden = hb.baseAddress!
                 let s = sb.baseAddress!, kCache = kb.baseAddress!, vCache = vb.baseAddress!
-                let cross = cb.baseAddress!
+                let crossKeys = ckb.baseAddress!, crossValues = cvb.baseAddress!
 
                 // Causal self-attention with the cache.
                 Kernels.layerNorm(x, rows: rows, cols: d, gamma: block.selfAttentionNorm.gamma,
@@ -148,16 +177,17 @@ final class WhisperDecoderSession: DecoderSession {
                 Kernels.layerNorm(x, rows: rows, cols: d, gamma: block.crossAttentionNorm.gamma,
                                   beta: block.crossAttentionNorm.beta, into: normed)
                 block.crossQuery.forward(normed, rows: rows, into: qkv, observer: observer)  // q: [rows, d]
-                // Heads split across the threads: each reads its [audioFrames, dh] slice of the
-                // window's keys and values and writes its own columns of attn.
+                // Heads split across the threads: each reads its [audioFrames, dh] keys and
+                // values and writes its own columns of attn.
                 Kernels.parallelRows(heads, threads: Kernels.threads) { hr in
                     for h in hr {
                         let sh = s + h * scoreStride   // [rows, audioFrames]
+                        let headKeys = crossKeys + h * audioFrames * dh, headValues = crossValues + h * audioFrames * dh
                         Kernels.gemmFewRowsABt(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
-                                               b: cross + h * dh, ldb: 2 * d, c: sh, ldc: audioFrames)
+                                               b: headKeys, ldb: dh, c: sh, ldc: audioFrames)
                         Kernels.softmaxRows(sh, rows: rows, cols: audioFrames, ld: audioFrames)
                         Kernels.gemmAB(m: rows, n: dh, k: audioFrames, a: sh, lda: audioFrames,
-                                       b: cross + d + h * dh, ldb: 2 * d, c: attn + h * dh, ldc: d)
+                                       b: headValues, ldb: dh, c: attn + h * dh, ldc: d)
                     }
                 }
                 block.crossOut.forward(attn, rows: rows, into: projected, observer: observer)
@@ -170,7 +200,7 @@ final class WhisperDecoderSession: DecoderSession {
                 Kernels.gelu(hidden, count: rows * 4 * d)
                 block.mlpDown.forward(hidden, rows: rows, into: projected, observer: observer)
                 Kernels.add(x, projected, count: rows * d)
-            }}}}}}}}}}
+            }}}}}}}}}}}
         }
         length = total
 
@@ -185,12 +215,12 @@ final class WhisperDecoderSession: DecoderSession {
                 }
             }
         }
-        var logits = [Float](repeating: 0, count: batch * dims.nVocab)   // [batch, nVocab]
-        last.withUnsafeBufferPointer { lb in
-            logits.withUnsafeMutableBufferPointer { o in
+        // [batch, nVocab], written by the projection as it is made (no zero fill of 200 KB a step).
+        return [Float](unsafeUninitializedCapacity: batch * dims.nVocab) { o, count in
+            last.withUnsafeBufferPointer { lb in
                 weights.tokenEmbedding.forward(lb.baseAddress!, rows: batch, into: o.baseAddress!, observer: observer)
             }
+            count = batch * dims.nVocab
         }
-        return logits
     }
 }
