@@ -136,7 +136,7 @@ public final class SpeechRecognizer {
 
     /// The log-mel window `transcribe` decodes first for `samples` (their frames, then zeros):
     /// `[nMels, 2 * nAudioCtx]` row-major, the encoder's input.
-    public func firstWindow(samples: [Float]) -> [Float] {
+    private func firstWindow(samples: [Float]) -> [Float] {
         let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nSamples)
         let content = min(samples.count / WhisperAudio.hopLength, mel.nFrames, WhisperAudio.nFrames)
         return mel.window(atFrame: 0, frameCount: content).window(atFrame: 0).values
@@ -144,8 +144,8 @@ public final class SpeechRecognizer {
 
     /// The tokens greedy decoding gives the first window of `samples`, after the prompt it
     /// decodes them from (start of transcript, then language and task for a multilingual model):
-    /// what `logProbabilities(samples:following:)` and teacher-forced replays are fed.
-    /// `promptLength` counts the prompt's tokens at the front.
+    /// what `logProbabilities(samples:following:)` is fed to compare two models on the same
+    /// tokens. `promptLength` counts the prompt's tokens at the front.
     public func greedyTokens(samples: [Float]) throws -> (tokens: [Int], promptLength: Int) {
         var options = TranscriptionOptions()
         options.decoding.beamSize = 1
