@@ -33,17 +33,29 @@ public struct QuantizationOptions: Sendable {
     /// Store every layer whose inputs are whole 32-blocks rotated (`QuantizedMatrix.rotated`).
     public var rotate: Bool
 
+    /// The group size `target` gets unless told otherwise: `QuantizedMatrix.defaultGroupSize`
+    /// (32) for uniform widths; 64 under a budget, where the scale bytes it saves let the sweep
+    /// keep more layers one width higher (at the byte sizes of uniform 3 and 4 bits, over four
+    /// builds each, fewer word errors than group 32 with every layer at one width:
+    /// docs/myqasr-method.md section 10).
+    public static func defaultGroupSize(for target: Target) -> Int {
+        switch target {
+        case .budget: return 64
+        case .uniform: return QuantizedMatrix.defaultGroupSize
+        }
+    }
+
     /// Options with the defaults: no clip search (cosine objective when searching), descending
-    /// order (measured, see docs/myqasr-method.md), default group size, start at 8 bits,
-    /// rotated layers (measured, same document).
+    /// order (measured, see docs/myqasr-method.md), the target's group size
+    /// (`defaultGroupSize(for:)`), start at 8 bits, rotated layers (measured, same document).
     public init(target: Target, objective: CalibrationObjective = .cosine, order: SensitivityOrder = .descending,
-                groupSize: Int = QuantizedMatrix.defaultGroupSize, startBits: Int = 8, calibrate: Bool = false,
+                groupSize: Int? = nil, startBits: Int = 8, calibrate: Bool = false,
                 perGroupClip: Bool = false, clipGrid: [Float] = Calibrator.defaultGrid,
                 rounding: RoundingMethod = .nearest, rotate: Bool = true) {
         self.target = target
         self.objective = objective
         self.order = order
-        self.groupSize = groupSize
+        self.groupSize = groupSize ?? Self.defaultGroupSize(for: target)
         self.startBits = startBits
         self.calibrate = calibrate
         self.perGroupClip = perGroupClip
