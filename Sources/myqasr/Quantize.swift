@@ -37,8 +37,9 @@ struct Quantize: ParsableCommand {
 
             Under a budget each group of 64 input features shares a scale (32 with \
             --uniform): the bytes saved on scales let the sweep keep more layers one width \
-            higher, which on tiny.en gave fewer word errors at the byte sizes of uniform 3 and \
-            4 bits than group 32 with every layer at one width. --group-size overrides it.
+            higher (on tiny.en: fewer word errors at the byte size of uniform 4 bits, as many \
+            at uniform 3's, than group 32 with every layer at one width; docs/myqasr-method.md \
+            section 10). --group-size overrides it.
 
             Budgets: 24MiB, 24MB, 25165824 (bytes), 0.5GiB.
 
