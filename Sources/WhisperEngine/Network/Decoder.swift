@@ -215,12 +215,12 @@ final class WhisperDecoderSession: DecoderSession {
                 }
             }
         }
-        // [batch, nVocab], written by the projection as it is made (no zero fill of 200 KB a step).
-        return [Float](unsafeUninitializedCapacity: batch * dims.nVocab) { o, count in
-            last.withUnsafeBufferPointer { lb in
+        var logits = [Float](repeating: 0, count: batch * dims.nVocab)   // [batch, nVocab]
+        last.withUnsafeBufferPointer { lb in
+            logits.withUnsafeMutableBufferPointer { o in
                 weights.tokenEmbedding.forward(lb.baseAddress!, rows: batch, into: o.baseAddress!, observer: observer)
             }
-            count = batch * dims.nVocab
         }
+        return logits
     }
 }
