@@ -2,10 +2,11 @@
 //
 // OpenBLAS's sgemm packs all of w before multiplying, which for the 51864 x 384 output
 // projection copies 80 MB per decoding step; sgemv reads w once per row of x. This kernel
-// reads each row of w once and multiplies it with up to eight rows of x held in cache
-// (measured with perf on beam-5 decoding before writing it: sgemm packing was 30% of time).
-// On x86-64 with AVX2+FMA it takes eight rows of w at a time with one 8-lane accumulator
-// each and sums the eight accumulators together (`hsum8x8`), so each x row costs one
+// reads w from memory once, whatever the number of x rows (measured with perf on beam-5
+// decoding before writing it: sgemm packing was 30% of time).
+// On x86-64 with AVX2+FMA it takes eight rows of w at a time, kept in cache while every x
+// row passes them, with one 8-lane accumulator per w row, and sums the eight accumulators
+// together (`hsum8x8`), so each x row costs one
 // horizontal reduction per eight outputs instead of one per output: the decoder's
 // cross-attention scores (24 heads of 1500 keys x 64 features per step, one thread) went
 // from 429 to 150-200 us a step on keys in cache, and from 438 to 382 us on a real step's

@@ -21,7 +21,7 @@ void mq_add(float *a, const float *b, size_t count);
 
 /// y[i, j] = alpha · Σ_t x[i, t] · w[j, t] for i < m, j < n, t < k: x is [m, k] with rows
 /// `ldx` apart, w is [n, k] with rows `ldw` apart, y rows are `ldy` apart. For few rows
-/// (m up to about 8); reads w once per group of eight x rows.
+/// (m up to about 8); reads w from memory once, eight of its rows at a time.
 void mq_gemm_nt_small(const float *x, size_t m, size_t ldx, const float *w, size_t n, size_t ldw,
                       size_t k, float alpha, float *y, size_t ldy);
 
