@@ -142,22 +142,17 @@ public final class SpeechRecognizer {
         return mel.window(atFrame: 0, frameCount: content).window(atFrame: 0).values
     }
 
-    /// The tokens greedy decoding gives the first window of `samples`, after the prompt it
-    /// decodes them from (start of transcript, then language and task for a multilingual model):
-    /// what `logProbabilities(samples:following:)` is fed to compare two models on the same
-    /// tokens. `promptLength` counts the prompt's tokens at the front.
+    /// The tokens one greedy decode of the first window of `samples` gives, after the prompt it
+    /// decodes them from (`WindowDecoder.initialTokens`: start of transcript, then language and
+    /// task for a multilingual model): what `logProbabilities(samples:following:)` is fed to
+    /// compare two models on the same tokens. `promptLength` counts the prompt's tokens.
     public func greedyTokens(samples: [Float]) throws -> (tokens: [Int], promptLength: Int) {
-        var options = TranscriptionOptions()
-        options.decoding.beamSize = 1
-        let transcript = try transcribe(samples: samples, options: options)
-        let tokenizer = model.tokenizer
-        var tokens = [tokenizer.specials.startOfTranscript]
-        if tokenizer.isMultilingual, let language = tokenizer.languageToken(transcript.language) {
-            tokens += [language, tokenizer.specials.transcribe]
-        }
-        let promptLength = tokens.count
-        for segment in transcript.segments where segment.start < Double(WhisperAudio.chunkLength) { tokens += segment.tokens }
-        return (tokens, promptLength)
+        var options = DecodingOptions(beamSize: 1)
+        if !model.tokenizer.isMultilingual { options.language = "en" }
+        let decoder = transcriber.decoder
+        let result = try decoder.decode(audio: network.encode(mel: firstWindow(samples: samples)), options: options)
+        let prompt = try decoder.initialTokens(options: options, languageToken: model.tokenizer.languageToken(result.language))
+        return (prompt.tokens + result.tokens, prompt.tokens.count)
     }
 
     /// Detects the spoken language of the first 30 s (multilingual models only).

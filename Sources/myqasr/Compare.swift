@@ -8,8 +8,8 @@ struct Compare: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure how closely a model's next-token distributions follow a reference model's.",
         discussion: """
-            Transcribes each file with the reference model (greedy), then gives both models the \
-            reference's tokens over the file's first 30 s window and compares their next-token \
+            Decodes each file's first 30 s window with the reference model (greedy), then gives \
+            both models the reference's tokens over that window and compares their next-token \
             distributions at every position after the prompt: the mean KL divergence \
             KL(reference || model) in nats per position, and how often both rank the same token \
             first. A continuous measure of what quantization changed, far less noisy than a word \
