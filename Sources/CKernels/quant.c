@@ -152,15 +152,6 @@ void mq_unpack_codes(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd, 
                          codes + ((r - rowStart) * m->blocks + k) * 32);
 }
 
-// MARK: - Scales
-
-// The scale of row r's group g, in either encoding (quant.h).
-static inline float group_scale(const mq_packed_matrix *m, size_t r, size_t g) {
-    const size_t groups = m->blocks / m->blocksPerGroup;
-    if (m->scaleCodes) return half_to_float(m->scales[r]) * (1.0f / 127.0f) * (float)m->scaleCodes[r * groups + g];
-    return half_to_float(m->scales[r * groups + g]);
-}
-
 static void dequantize_rows_scalar(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd,
                                    size_t cols, float *out, size_t ldo) {
     const size_t bb = block_bytes(m->bits), groups = m->blocks / m->blocksPerGroup;
@@ -169,7 +160,7 @@ static void dequantize_rows_scalar(const mq_packed_matrix *m, size_t rowStart, s
         float *o = out + (r - rowStart) * ldo;
         for (size_t k = 0; k < m->blocks; k++) {
             unpack_block(m->packed + (r * m->blocks + k) * bb, m->bits, q);
-            const float s = group_scale(m, r, k / m->blocksPerGroup);
+            const float s = half_to_float(m->scales[r * groups + k / m->blocksPerGroup]);
             const size_t c0 = k * 32;
             if (c0 >= cols) break;                                       // padding blocks
             const size_t n = cols - c0 < 32 ? cols - c0 : 32;
@@ -216,7 +207,7 @@ static void gemv_q8_scalar(const mq_packed_matrix *m, size_t r0, size_t r1,
         for (size_t i = 0; i < n; i++) y[i * ldy + r] = 0.0f;
         for (size_t k = 0; k < blocks; k++) {
             unpack_block(m->packed + (r * blocks + k) * bb, m->bits, q);
-            const float s = group_scale(m, r, k / m->blocksPerGroup);
+            const float s = half_to_float(m->scales[r * groups + k / m->blocksPerGroup]);
             for (size_t i = 0; i < n; i++) {
                 const int8_t *xv = xq + (i * blocks + k) * 32;
                 int32_t dot = 0;
@@ -240,7 +231,7 @@ static void gemv_f32_scalar(const mq_packed_matrix *m, size_t r0, size_t r1, con
                 unpack_block(m->packed + (r * blocks + k) * bb, m->bits, q);
                 for (int j = 0; j < 32; j++) gacc += (float)q[j] * x[k * 32 + j];
             }
-            acc += gacc * group_scale(m, r, g);
+            acc += gacc * half_to_float(m->scales[r * groups + g]);
         }
         y[r] = acc;
     }
@@ -251,12 +242,6 @@ static void gemv_f32_scalar(const mq_packed_matrix *m, size_t r0, size_t r1, con
 #if defined(__x86_64__)
 
 #define TGT_AVX2 __attribute__((target("avx2,fma,f16c"), always_inline))
-
-// `group_scale` with the F16C conversion.
-static inline TGT_AVX2 float group_scale_f16c(const mq_packed_matrix *m, size_t r, size_t g, size_t groups) {
-    if (m->scaleCodes) return _cvtsh_ss(m->scales[r]) * (1.0f / 127.0f) * (float)m->scaleCodes[r * groups + g];
-    return _cvtsh_ss(m->scales[r * groups + g]);
-}
 
 // 2-bit plane (8 B) -> 32 bytes with values 0..3 (element j + 8t = bits 2t of byte j).
 static inline TGT_AVX2 __m256i unpack2_avx2(const uint8_t *p) {
@@ -315,10 +300,11 @@ static inline TGT_AVX2 float hsum_avx2(__m256 v) {
         const size_t rowBytes = blocks * 4 * (size_t)bits;                                         \
         for (size_t r = r0; r < r1; r++) {                                                         \
             const uint8_t *p = m->packed + r * rowBytes;                                           \
+            const uint16_t *sc = m->scales + r * groups;                                           \
             __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),        \
                              _mm256_setzero_ps()};                                                 \
             for (size_t g = 0; g < groups; g++) {                                                  \
-                const float s = group_scale_f16c(m, r, g, groups);                                 \
+                const float s = _cvtsh_ss(sc[g]);                                                  \
                 for (size_t kb = 0; kb < bpg; kb++) {                                              \
                     const size_t k = g * bpg + kb;                                                 \
                     const __m256i q = unpack_q_avx2(p + k * 4 * (size_t)bits, bits);               \
@@ -391,7 +377,7 @@ static inline TGT_AVX2 void gemv_f32_avx2_bits(const mq_packed_matrix *m, size_t
                 gb = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))),
                                      _mm256_loadu_ps(xv + 24), gb);
             }
-            acc = _mm256_fmadd_ps(_mm256_add_ps(ga, gb), _mm256_set1_ps(group_scale_f16c(m, r, g, groups)), acc);
+            acc = _mm256_fmadd_ps(_mm256_add_ps(ga, gb), _mm256_set1_ps(_cvtsh_ss(m->scales[r * groups + g])), acc);
         }
         y[r] = hsum_avx2(acc);
     }
@@ -418,7 +404,7 @@ static inline TGT_AVX2 void dequantize_rows_avx2_bits(const mq_packed_matrix *m,
         float *o = out + (r - r0) * ldo;
         for (size_t k = 0; k < full; k++) {
             const __m256i q = unpack_q_avx2(p + k * 4 * (size_t)bits, bits);
-            const __m256 s = _mm256_set1_ps(group_scale_f16c(m, r, k / bpg, groups));
+            const __m256 s = _mm256_set1_ps(_cvtsh_ss(m->scales[r * groups + k / bpg]));
             const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
             float *ok = o + k * 32;
             _mm256_storeu_ps(ok, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
@@ -511,7 +497,7 @@ void mq_dequantize_rows(const mq_packed_matrix *m, size_t rowStart, size_t rowEn
         int8_t q[32];
         for (size_t r = rowStart; r < rowEnd; r++) {
             unpack_block(m->packed + (r * m->blocks + c0 / 32) * block_bytes(m->bits), m->bits, q);
-            const float s = group_scale(m, r, (c0 / 32) / m->blocksPerGroup);
+            const float s = half_to_float(m->scales[r * groups + (c0 / 32) / m->blocksPerGroup]);
             for (size_t c = c0; c < cols; c++) out[(r - rowStart) * ldo + c] = s * (float)q[c - c0];
         }
         return;

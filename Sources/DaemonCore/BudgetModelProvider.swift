@@ -180,11 +180,7 @@ public final class BudgetModelProvider: @unchecked Sendable {
         case let .personalised(budget, _):
             let result = try Quantizer.quantize(
                 model: source, statistics: statistics,
-                // Half-float scales, as measured for this path (rounded to nearest, no second
-                // moments: docs/myqasr-method.md section 10); int8 scales were measured only with
-                // compensated rounding.
-                options: QuantizationOptions(target: .budget(budget), groupSize: groupSize, scaleEncoding: .half,
-                                             calibrate: false))
+                options: QuantizationOptions(target: .budget(budget), groupSize: groupSize, calibrate: false))
             let actual = result.weights.byteSize
             guard actual <= budget else { throw ModelProviderError.sizeMismatch(planned: budget, actual: actual) }
             var layerBits: [String: Int] = [:]

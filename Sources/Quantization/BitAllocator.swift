@@ -114,25 +114,23 @@ public struct BitAllocator: Sendable {
         costs = layers.map { l in sorted.map { cost(l, $0) } }
     }
 
-    /// An allocator whose costs are the exact `QuantizedMatrix` sizes (codes plus scales) at
-    /// `groupSize` with scales stored as `scaleEncoding`.
-    public init(layers: [AllocationLayer], fixedBytes: Int, groupSize: Int, scaleEncoding: ScaleEncoding = .half,
-                order: SensitivityOrder = .descending, allowedBits: [Int] = BitAllocator.defaultAllowedBits) throws {
+    /// An allocator whose costs are the exact `QuantizedMatrix` sizes (codes plus half-float
+    /// scales) at `groupSize`.
+    public init(layers: [AllocationLayer], fixedBytes: Int, groupSize: Int, order: SensitivityOrder = .descending,
+                allowedBits: [Int] = BitAllocator.defaultAllowedBits) throws {
         try self.init(layers: layers, fixedBytes: fixedBytes, order: order, allowedBits: allowedBits) { l, bits in
             BitAllocator.quantizedByteSize(outFeatures: l.outFeatures, inFeatures: l.inFeatures,
-                                           bits: bits, groupSize: groupSize, scaleEncoding: scaleEncoding)
+                                           bits: bits, groupSize: groupSize)
         }
     }
 
     /// Bytes of a `QuantizedMatrix` of this shape: packed codes plus scales; 32 bits means
     /// float (4 bytes per weight).
-    public static func quantizedByteSize(outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                                         scaleEncoding: ScaleEncoding = .half) -> Int {
+    public static func quantizedByteSize(outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int) -> Int {
         if bits == 32 { return outFeatures * inFeatures * MemoryLayout<Float>.size }
         return QuantizedMatrix.packedByteCount(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits,
                                                groupSize: groupSize)
-            + QuantizedMatrix.scaleByteCount(outFeatures: outFeatures, inFeatures: inFeatures, groupSize: groupSize,
-                                             encoding: scaleEncoding)
+            + QuantizedMatrix.scaleByteCount(outFeatures: outFeatures, inFeatures: inFeatures, groupSize: groupSize)
     }
 
     /// Layer indices in the order they lose bits: by sensitivity in `order`, ties in network order.

@@ -106,8 +106,7 @@ public struct ErrorCompensatedRounding: Sendable {
     /// With `rotated`, the codes quantize `W·Rᵀ` (see `QuantizedMatrix.rotated`): the weights
     /// and the second moment move to the rotated basis first (`R H Rᵀ`, the moment of `R x`).
     public func quantize(values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                         secondMoment: [Double], rows: Int, rotated: Bool = false,
-                         scaleEncoding: ScaleEncoding = .half) throws -> QuantizedMatrix? {
+                         secondMoment: [Double], rows: Int, rotated: Bool = false) throws -> QuantizedMatrix? {
         guard values.count == outFeatures * inFeatures else {
             throw QuantizedMatrixError.valueCount(expected: outFeatures * inFeatures, actual: values.count)
         }
@@ -141,14 +140,6 @@ public struct ErrorCompensatedRounding: Sendable {
         let limit = Float(QuantizedMatrix.codeLimit(bits: bits))
         var codes = [Int8](repeating: 0, count: outFeatures * rowCodes)
         var halfScales = [UInt16](repeating: 0, count: outFeatures * groups)
-        // With `.int8` scales, each row's scales go onto its int8 grid whenever they are set
-        // (the codes of later passes are rounded against the stored values): row halves and codes.
-        let int8Scales = scaleEncoding == .int8
-        let rh = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: int8Scales ? outFeatures : 0)
-        let sc = UnsafeMutableBufferPointer<Int8>.allocate(capacity: int8Scales ? outFeatures * groups : 0)
-        rh.initialize(repeating: 0)
-        sc.initialize(repeating: 0)
-        defer { rh.deallocate(); sc.deallocate() }
         let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, outFeatures / 64))
         let rowsPerWorker = (outFeatures + workers - 1) / workers
         values.withUnsafeBufferPointer { w in
@@ -162,15 +153,6 @@ public struct ErrorCompensatedRounding: Sendable {
                             let r0 = worker * rowsPerWorker, r1 = min(outFeatures, r0 + rowsPerWorker)
                             guard r0 < r1 else { return }
                             var scales = [Float](repeating: 0, count: groups)
-                            // Row r's scales onto the int8 grid; its halves follow (for the refit).
-                            func snap(_ r: Int) {
-                                guard int8Scales else { return }
-                                scales.withUnsafeMutableBufferPointer { f in
-                                    mq_f16_to_f32(s.baseAddress! + r * groups, f.baseAddress!, groups)
-                                    rh[r] = QuantizedMatrix.encodeRowScales(f, codes: sc.baseAddress! + r * groups)
-                                    mq_f32_to_f16(f.baseAddress!, s.baseAddress! + r * groups, groups)
-                                }
-                            }
                             row.withUnsafeMutableBufferPointer { row in
                                 for r in r0..<r1 {
                                     let wr = w.baseAddress! + r * n
@@ -181,7 +163,6 @@ public struct ErrorCompensatedRounding: Sendable {
                                         s[r * groups + g] = half
                                         scales[g] = scale
                                     }
-                                    if activationOrder { snap(r) }
                                     if passes > 0 {   // the same for every pass: the codes change, w does not
                                         hRefit.withUnsafeBufferPointer { h in
                                             hw.withUnsafeMutableBufferPointer {
@@ -191,11 +172,11 @@ public struct ErrorCompensatedRounding: Sendable {
                                         }
                                     }
                                     for pass in 0..<max(1, passes) {
-                                        if pass > 0 && !int8Scales {   // round again with the scales refit last pass
+                                        if pass > 0 {   // round again with the scales refit last pass
                                             scales.withUnsafeMutableBufferPointer {
                                                 mq_f16_to_f32(s.baseAddress! + r * groups, $0.baseAddress!, groups)
                                             }
-                                        }   // (int8 scales: `scales` already holds them, set by `snap`)
+                                        }
                                         // row[k] is the weight of input feature order[k].
                                         for k in 0..<n { row[k] = wr[order[k]] }
                                         for k in 0..<n {
@@ -216,17 +197,14 @@ public struct ErrorCompensatedRounding: Sendable {
                                             let uk = u.baseAddress! + k * n
                                             for j in (k + 1)..<n { row[j] -= e * uk[j] }
                                         }
-                                        if passes > 0 {
-                                            hRefit.withUnsafeBufferPointer { h in
-                                                hw.withUnsafeBufferPointer { hw in
-                                                    Self.refitScales(codes: c.baseAddress! + r * rowCodes, hw: hw.baseAddress!,
-                                                                     h: h.baseAddress!, n: n, groupSize: groupSize,
-                                                                     halfScales: s.baseAddress! + r * groups)
-                                                }
+                                        guard passes > 0 else { break }
+                                        hRefit.withUnsafeBufferPointer { h in
+                                            hw.withUnsafeBufferPointer { hw in
+                                                Self.refitScales(codes: c.baseAddress! + r * rowCodes, hw: hw.baseAddress!,
+                                                                 h: h.baseAddress!, n: n, groupSize: groupSize,
+                                                                 halfScales: s.baseAddress! + r * groups)
                                             }
                                         }
-                                        snap(r)
-                                        if passes == 0 { break }
                                     }
                                 }
                             }
@@ -235,8 +213,7 @@ public struct ErrorCompensatedRounding: Sendable {
                 }
             }
         }
-        return try QuantizedMatrix(codes: codes, halfScales: int8Scales ? Array(rh) : halfScales,
-                                   scaleCodes: int8Scales ? Array(sc) : nil, outFeatures: outFeatures,
+        return try QuantizedMatrix(codes: codes, halfScales: halfScales, outFeatures: outFeatures,
                                    inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
     }
 

@@ -68,23 +68,12 @@ public enum ActivationPrecision: String, Sendable, Codable {
     case float
 }
 
-/// How a packed matrix stores its group scales (docs/quantized-model-format.md, "Scales").
-public enum ScaleEncoding: String, Sendable, Codable, CaseIterable {
-    /// An IEEE half float per group: 16 bits per group.
-    case half
-    /// An int8 code per group times a step of one half float per row (the row's largest
-    /// |scale|) / 127: 8 bits per group and 16 per row, so group 32 costs what group 64 costs
-    /// in halves.
-    case int8
-}
-
 /// A weight matrix `W[outFeatures, inFeatures]` held at 2, 3, 4, 5, 6 or 8 bits.
 ///
 /// Each row is cut into groups of `groupSize` consecutive input features (the last group
 /// zero padded); a group has one signed scale `s` (IEEE half float) and codes `q` in
 /// `[-2^(bits-1), 2^(bits-1) - 1]` (every one of the `2^bits` codes, zero included), so
-/// `w ≈ s·q` (the scales themselves are half floats or int8 codes of a per-row half, see
-/// `ScaleEncoding`). The scale's sign puts the group's largest-magnitude weight on the longer side
+/// `w ≈ s·q`. The scale's sign puts the group's largest-magnitude weight on the longer side
 /// of the grid: `s = -clip · w_extreme / 2^(bits-1)`, so that weight maps to code
 /// `-2^(bits-1)`. (At 2 bits the levels are {-2, -1, 0, 1}·s.) Codes are bit-packed as in
 /// docs/quantized-model-format.md, and products read them directly.
@@ -115,11 +104,8 @@ public struct QuantizedMatrix: WeightMatrix {
     public let groupSize: Int
     /// Packed codes, `packedByteCount(outFeatures:inFeatures:bits:groupSize:)` bytes.
     public let packed: ByteStorage
-    /// The scales, little-endian: half floats `[outFeatures, groupsPerRow]` (`.half`), or half
-    /// row scales `[outFeatures]` followed by int8 codes `[outFeatures, groupsPerRow]` (`.int8`).
+    /// Half-float scales `[outFeatures, groupsPerRow]`, little-endian.
     public let scales: ByteStorage
-    /// How `scales` encodes the group scales.
-    public let scaleEncoding: ScaleEncoding
     /// Whether the codes quantize `W·Rᵀ` (see above) rather than W.
     public let rotated: Bool
     /// Activation handling of small products; `.int8` by default.
@@ -141,49 +127,8 @@ public struct QuantizedMatrix: WeightMatrix {
     }
 
     /// Bytes of scales for a matrix of this shape.
-    public static func scaleByteCount(outFeatures: Int, inFeatures: Int, groupSize: Int,
-                                      encoding: ScaleEncoding = .half) -> Int {
-        let groups = outFeatures * ((inFeatures + groupSize - 1) / groupSize)
-        switch encoding {
-        case .half: return groups * 2
-        case .int8: return outFeatures * 2 + groups
-        }
-    }
-
-    /// The int8 grid's step for a row whose largest |scale| is stored as `rowScale`:
-    /// `rowScale · (1/127)` (the float nearest 1/127; the kernels compute it the same way).
-    @inline(__always)
-    static func int8ScaleStep(_ rowScale: Float) -> Float { rowScale * (1 / 127 as Float) }
-
-    /// One row's group scales on the int8 grid: the row keeps its largest |scale| `m` as a half
-    /// float (rounded up, so that code ±127 reaches it; stored rather than `m / 127`, which
-    /// would be a subnormal half at 6 and 8 bits), the grid step is `d = int8ScaleStep(m)`, and
-    /// each code is `scale / d` rounded to nearest, or with `roundingUp` away from zero (the
-    /// group's extreme weight then still fits the grid, as without the int8 step), clamped to
-    /// ±127. A nonzero scale keeps at least code ±1 (its group's weights would otherwise all
-    /// become zero). Returns m's half bit pattern; `scales` becomes `d · code`, exactly the
-    /// stored value.
-    static func encodeRowScales(_ scales: UnsafeMutableBufferPointer<Float>, codes: UnsafeMutablePointer<Int8>,
-                                roundingUp: Bool = false) -> UInt16 {
-        var largest: Float = 0
-        for v in scales { largest = Swift.max(largest, abs(v)) }
-        var m = Swift.min(largest, 65504), half: UInt16 = 0
-        mq_f32_to_f16(&m, &half, 1)
-        mq_f16_to_f32(&half, &m, 1)
-        if m < largest, half < 0x7BFF {   // one half step up (positive halves order as integers)
-            half += 1
-            mq_f16_to_f32(&half, &m, 1)
-        }
-        let d = int8ScaleStep(m)
-        for g in scales.indices {
-            guard d > 0, scales[g] != 0 else { codes[g] = 0; scales[g] = 0; continue }
-            let t = abs(scales[g]) / d
-            let magnitude = Swift.max(1, Swift.min(127, roundingUp ? t.rounded(.up) : t.rounded()))
-            let q = scales[g] < 0 ? -magnitude : magnitude
-            codes[g] = Int8(q)
-            scales[g] = d * q
-        }
-        return d > 0 ? half : 0
+    public static func scaleByteCount(outFeatures: Int, inFeatures: Int, groupSize: Int) -> Int {
+        outFeatures * ((inFeatures + groupSize - 1) / groupSize) * 2
     }
 
     /// Whether a matrix with this many input features can be stored rotated (whole 32-blocks).
@@ -228,23 +173,20 @@ public struct QuantizedMatrix: WeightMatrix {
     /// Quantizes row-major `values[outFeatures, inFeatures]`; every group's scale is
     /// `-clipRatio * w_extreme / codeLimit` (`w_extreme` the group's first weight of largest
     /// magnitude), codes are rounded to nearest and clamped to `[-codeLimit, codeLimit - 1]`.
-    /// With `rotated`, `W·Rᵀ` is quantized (groups and their scales are then in that basis);
-    /// `scaleEncoding` as in the per-group form below.
+    /// With `rotated`, `W·Rᵀ` is quantized (groups and their scales are then in that basis).
     public init(quantizing values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                clipRatio: Float = 1, rotated: Bool = false, scaleEncoding: ScaleEncoding = .half) throws {
+                clipRatio: Float = 1, rotated: Bool = false) throws {
         try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
         let groups = (inFeatures + groupSize - 1) / groupSize
         guard clipRatio.isFinite, clipRatio > 0 else { throw QuantizedMatrixError.badClipRatio(index: 0, value: clipRatio) }
         try self.init(quantizing: values, outFeatures: outFeatures, inFeatures: inFeatures, bits: bits,
                       groupSize: groupSize, clipRatios: [Float](repeating: clipRatio, count: outFeatures * groups),
-                      rotated: rotated, scaleEncoding: scaleEncoding)
+                      rotated: rotated)
     }
 
-    /// Quantizes with one clip ratio per group: `clipRatios[row * groupsPerRow + group]`. With
-    /// `.int8` scales each row's scales are put on the int8 grid (`encodeRowScales`, rounded
-    /// away from zero) before its codes are rounded.
+    /// Quantizes with one clip ratio per group: `clipRatios[row * groupsPerRow + group]`.
     public init(quantizing values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                clipRatios: [Float], rotated: Bool = false, scaleEncoding: ScaleEncoding = .half) throws {
+                clipRatios: [Float], rotated: Bool = false) throws {
         try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
         guard values.count == outFeatures * inFeatures else {
             throw QuantizedMatrixError.valueCount(expected: outFeatures * inFeatures, actual: values.count)
@@ -265,34 +207,15 @@ public struct QuantizedMatrix: WeightMatrix {
         let rowCodes = blocks * 32
         let limit = Float(Self.codeLimit(bits: bits))
         var codes = [Int8](repeating: 0, count: outFeatures * rowCodes)
-        var halfScales = [UInt16](repeating: 0, count: scaleEncoding == .half ? outFeatures * groups : outFeatures)
-        var scaleCodes = [Int8](repeating: 0, count: scaleEncoding == .int8 ? outFeatures * groups : 0)
-        var rowScales = [Float](repeating: 0, count: groups)
+        var halfScales = [UInt16](repeating: 0, count: outFeatures * groups)
         values.withUnsafeBufferPointer { w in
             codes.withUnsafeMutableBufferPointer { c in
                 for r in 0..<outFeatures {
                     for g in 0..<groups {
                         let c0 = g * groupSize, c1 = Swift.min(inFeatures, c0 + groupSize)
                         let extreme = Self.extreme(UnsafeBufferPointer(rebasing: w[r * inFeatures + c0 ..< r * inFeatures + c1]))
-                        let clip = clipRatios[r * groups + g]
-                        if scaleEncoding == .half {
-                            let (half, scale) = Self.groupScale(extreme: extreme, clipRatio: clip, bits: bits)
-                            halfScales[r * groups + g] = half
-                            rowScales[g] = scale
-                        } else {
-                            rowScales[g] = -clip * extreme / limit
-                        }
-                    }
-                    if scaleEncoding == .int8 {
-                        halfScales[r] = scaleCodes.withUnsafeMutableBufferPointer { sc in
-                            rowScales.withUnsafeMutableBufferPointer {
-                                Self.encodeRowScales($0, codes: sc.baseAddress! + r * groups, roundingUp: true)
-                            }
-                        }
-                    }
-                    for g in 0..<groups {
-                        let c0 = g * groupSize, c1 = Swift.min(inFeatures, c0 + groupSize)
-                        let scale = rowScales[g]
+                        let (half, scale) = Self.groupScale(extreme: extreme, clipRatio: clipRatios[r * groups + g], bits: bits)
+                        halfScales[r * groups + g] = half
                         guard scale != 0 else { continue }
                         let inv = 1 / scale
                         for col in c0..<c1 {
@@ -303,31 +226,24 @@ public struct QuantizedMatrix: WeightMatrix {
                 }
             }
         }
-        try self.init(codes: codes, halfScales: halfScales, scaleCodes: scaleEncoding == .int8 ? scaleCodes : nil,
-                      outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
+        try self.init(codes: codes, halfScales: halfScales, outFeatures: outFeatures, inFeatures: inFeatures,
+                      bits: bits, groupSize: groupSize, rotated: rotated)
     }
 
     /// Packs codes chosen elsewhere (for example by `ErrorCompensatedRounding`):
     /// `codes[outFeatures, rowCodes]` with `rowCodes` the row padded to whole 32-code blocks
-    /// (padding codes 0), each in `[-codeLimit, codeLimit - 1]`, and the scales: without
-    /// `scaleCodes` one half-float bit pattern per group, `halfScales[outFeatures, groups]`;
-    /// with them (`.int8` scales) one half per row, `halfScales[outFeatures]`, and the group
-    /// codes `scaleCodes[outFeatures, groups]`. `rotated` if the codes quantize `W·Rᵀ`.
-    public init(codes: [Int8], halfScales: [UInt16], scaleCodes: [Int8]? = nil, outFeatures: Int, inFeatures: Int,
-                bits: Int, groupSize: Int, rotated: Bool = false) throws {
+    /// (padding codes 0), each in `[-codeLimit, codeLimit - 1]`, and one half-float scale bit
+    /// pattern per group, `halfScales[outFeatures, groups]`; `rotated` if the codes quantize `W·Rᵀ`.
+    public init(codes: [Int8], halfScales: [UInt16], outFeatures: Int, inFeatures: Int, bits: Int,
+                groupSize: Int, rotated: Bool = false) throws {
         try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
         let groups = (inFeatures + groupSize - 1) / groupSize
         let blocks = groups * groupSize / 32
         guard codes.count == outFeatures * blocks * 32 else {
             throw QuantizedMatrixError.valueCount(expected: outFeatures * blocks * 32, actual: codes.count)
         }
-        let halfCount = scaleCodes == nil ? outFeatures * groups : outFeatures
-        guard halfScales.count == halfCount, (scaleCodes?.count ?? outFeatures * groups) == outFeatures * groups else {
-            let encoding: ScaleEncoding = scaleCodes == nil ? .half : .int8
-            throw QuantizedMatrixError.storageSize(
-                what: "scales", expected: Self.scaleByteCount(outFeatures: outFeatures, inFeatures: inFeatures,
-                                                              groupSize: groupSize, encoding: encoding),
-                actual: halfScales.count * 2 + (scaleCodes?.count ?? 0))
+        guard halfScales.count == outFeatures * groups else {
+            throw QuantizedMatrixError.storageSize(what: "scales", expected: outFeatures * groups * 2, actual: halfScales.count * 2)
         }
         let limit = Self.codeLimit(bits: bits)
         if let bad = codes.firstIndex(where: { Int($0) < -limit || Int($0) >= limit }) {
@@ -339,25 +255,21 @@ public struct QuantizedMatrix: WeightMatrix {
                 mq_pack_codes(c.baseAddress!, outFeatures, blocks, Int32(bits), dst.baseAddress!.assumingMemoryBound(to: UInt8.self))
             }
         }
-        let scales = halfScales.withUnsafeBytes { halves in
-            (scaleCodes ?? []).withUnsafeBytes { ByteStorage(Array(halves) + Array($0)) }
-        }
+        let scales = halfScales.withUnsafeBytes { ByteStorage(copying: $0) }
         try self.init(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize,
-                      packed: packed, scales: scales, rotated: rotated, scaleEncoding: scaleCodes == nil ? .half : .int8)
+                      packed: packed, scales: scales, rotated: rotated)
     }
 
-    /// Wraps packed codes and scales already laid out as documented (for example a slice of a
-    /// mapped model file); nothing is copied.
+    /// Wraps packed codes and half-float scales already laid out as documented (for example
+    /// a slice of a mapped model file); nothing is copied.
     public init(outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                packed: ByteStorage, scales: ByteStorage, rotated: Bool = false,
-                scaleEncoding: ScaleEncoding = .half) throws {
+                packed: ByteStorage, scales: ByteStorage, rotated: Bool = false) throws {
         try Self.validate(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
         let expectedPacked = Self.packedByteCount(outFeatures: outFeatures, inFeatures: inFeatures, bits: bits, groupSize: groupSize)
         guard packed.count == expectedPacked else {
             throw QuantizedMatrixError.storageSize(what: "packed codes", expected: expectedPacked, actual: packed.count)
         }
-        let expectedScales = Self.scaleByteCount(outFeatures: outFeatures, inFeatures: inFeatures, groupSize: groupSize,
-                                                 encoding: scaleEncoding)
+        let expectedScales = Self.scaleByteCount(outFeatures: outFeatures, inFeatures: inFeatures, groupSize: groupSize)
         guard scales.count == expectedScales else {
             throw QuantizedMatrixError.storageSize(what: "scales", expected: expectedScales, actual: scales.count)
         }
@@ -368,7 +280,6 @@ public struct QuantizedMatrix: WeightMatrix {
         self.groupSize = groupSize
         self.packed = packed
         self.scales = scales
-        self.scaleEncoding = scaleEncoding
         self.rotated = rotated
     }
 
@@ -382,31 +293,21 @@ public struct QuantizedMatrix: WeightMatrix {
     /// Calls `body` with the C description of this matrix, valid during the call.
     private func withDescriptor<R>(_ body: (UnsafePointer<mq_packed_matrix>) -> R) -> R {
         withExtendedLifetime((packed, scales)) {
-            let base = scales.baseAddress
             var d = mq_packed_matrix(
                 packed: packed.baseAddress.assumingMemoryBound(to: UInt8.self),
-                scales: base.assumingMemoryBound(to: UInt16.self),
-                scaleCodes: scaleEncoding == .int8 ? (base + outFeatures * 2).assumingMemoryBound(to: Int8.self) : nil,
+                scales: scales.baseAddress.assumingMemoryBound(to: UInt16.self),
                 bits: Int32(bits), rows: outFeatures, blocks: blocksPerRow,
                 blocksPerGroup: groupSize / 32)
             return body(&d)
         }
     }
 
-    /// The group scales as floats, `[outFeatures, groupsPerRow]`.
+    /// The scales as floats, `[outFeatures, groupsPerRow]`.
     public func scaleValues() -> [Float] {
-        let groups = groupsPerRow, halves = scales.baseAddress.assumingMemoryBound(to: UInt16.self)
-        switch scaleEncoding {
-        case .half:
-            return [Float](unsafeUninitializedCapacity: outFeatures * groups) { buf, count in
-                mq_f16_to_f32(halves, buf.baseAddress!, outFeatures * groups)
-                count = outFeatures * groups
-            }
-        case .int8:
-            var rows = [Float](repeating: 0, count: outFeatures)
-            mq_f16_to_f32(halves, &rows, outFeatures)
-            let codes = (scales.baseAddress + outFeatures * 2).assumingMemoryBound(to: Int8.self)
-            return (0..<outFeatures * groups).map { Self.int8ScaleStep(rows[$0 / groups]) * Float(codes[$0]) }
+        let n = outFeatures * groupsPerRow
+        return [Float](unsafeUninitializedCapacity: n) { buf, count in
+            mq_f16_to_f32(scales.baseAddress.assumingMemoryBound(to: UInt16.self), buf.baseAddress!, n)
+            count = n
         }
     }
 

@@ -88,9 +88,8 @@ public enum QuantizedModelFileError: Error, CustomStringConvertible, Equatable {
 public enum QuantizedModelFile {
     /// The 8 magic bytes at offset 0.
     public static let magic: [UInt8] = Array("MYQMODEL".utf8)
-    /// The format version this build writes (it also reads version 2, which had no rotated
-    /// layers, and 3, which had no int8 scales).
-    public static let formatVersion: UInt32 = 4
+    /// The format version this build writes (it also reads version 2, which had no rotated layers).
+    public static let formatVersion: UInt32 = 3
     /// The `rotation` of a rotated layer in the header (the rotation of `mq_rotate_blocks`).
     static let rotationName = "hadamard32"
     /// The usual file name extension.
@@ -122,8 +121,6 @@ public enum QuantizedModelFile {
         var bias: Section?
         /// `rotationName` when the codes quantize `W·Rᵀ`; absent otherwise.
         var rotation: String?
-        /// How `scales` encodes the group scales; absent means `.half`.
-        var scaleEncoding: ScaleEncoding?
     }
 
     struct TensorEntry: Codable {
@@ -209,8 +206,7 @@ public enum QuantizedModelFile {
                 entry = LayerEntry(name: layer.name, bits: q.bits, shape: [q.outFeatures, q.inFeatures],
                                    groupSize: q.groupSize, sensitivity: nil,
                                    values: section(q.packed.bytes), scales: section(q.scales.bytes), bias: nil,
-                                   rotation: q.rotated ? rotationName : nil,
-                                   scaleEncoding: q.scaleEncoding == .half ? nil : q.scaleEncoding)
+                                   rotation: q.rotated ? rotationName : nil)
             } else {
                 let values: [Float]
                 if let f = w as? FloatMatrix {
@@ -222,8 +218,7 @@ public enum QuantizedModelFile {
                     }
                 }
                 entry = LayerEntry(name: layer.name, bits: 0, shape: [w.outFeatures, w.inFeatures], groupSize: nil,
-                                   sensitivity: nil, values: floats(values), scales: nil, bias: nil, rotation: nil,
-                                   scaleEncoding: nil)
+                                   sensitivity: nil, values: floats(values), scales: nil, bias: nil, rotation: nil)
             }
             entry.sensitivity = metadata.sensitivities[layer.name]
             if let b = layer.bias { entry.bias = floats(b) }
@@ -331,7 +326,7 @@ public enum QuantizedModelFile {
             throw QuantizedModelFileError.truncated(path: path, expectedBytes: preambleSize, actualBytes: bytes.count)
         }
         let version = UInt32(getLE(bytes, 8, bytes: 4))
-        guard (2...formatVersion).contains(version) else {
+        guard version == formatVersion || version == 2 else {
             throw QuantizedModelFileError.unsupportedVersion(path: path, found: version, supported: formatVersion)
         }
         let storedCRC = UInt32(getLE(bytes, 12, bytes: 4))
@@ -465,7 +460,7 @@ public enum QuantizedModelFile {
                     weight = try QuantizedMatrix(outFeatures: out, inFeatures: inputs, bits: e.bits, groupSize: g,
                                                  packed: try bytes(e.values, "layer \(name) codes"),
                                                  scales: try bytes(sc, "layer \(name) scales"),
-                                                 rotated: e.rotation != nil, scaleEncoding: e.scaleEncoding ?? .half)
+                                                 rotated: e.rotation != nil)
                 } catch let error as QuantizedMatrixError {
                     throw fail("layer \(name): \(error)")
                 }

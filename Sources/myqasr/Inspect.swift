@@ -9,8 +9,7 @@ struct Inspect: ParsableCommand {
         abstract: "Show a quantized model's per-layer widths, sizes and sensitivities.",
         discussion: """
             For each layer: its width with a bar (one block per bit), its size, and the median \
-            |output| the allocation ranked it by, how its group scales are stored (half floats, or \
-            int8 codes of a half float per row), and whether it is stored rotated (a signed \
+            |output| the allocation ranked it by, and whether it is stored rotated (a signed \
             Hadamard transform per 32 input features); then the totals against the same network in \
             float32, and where the model came from.
 
@@ -34,7 +33,7 @@ struct Inspect: ParsableCommand {
         print("source \(meta.sourceModelName): \(meta.sourceModelDigest), \(meta.sourceVocabularyDigest ?? "no vocabulary digest")")
         print("statistics \(meta.statisticsDigest), group size \(meta.groupSize), rounding \(meta.rounding?.rawValue ?? "not recorded"), "
               + "made \(ISO8601DateFormatter().string(from: meta.createdAt))")
-        print(pad("layer", 40) + lpad("shape", 12) + "  " + pad("bits", 13) + lpad("KiB", 9) + lpad("median|y|", 11) + lpad("scales", 8) + lpad("rotated", 9))
+        print(pad("layer", 40) + lpad("shape", 12) + "  " + pad("bits", 13) + lpad("KiB", 9) + lpad("median|y|", 11) + lpad("rotated", 9))
         for l in layers {
             let q = l.weight as? QuantizedMatrix
             let bits = q?.bits ?? 32
@@ -43,7 +42,6 @@ struct Inspect: ParsableCommand {
             print(pad(l.name, 40) + lpad("\(l.outFeatures)x\(l.inFeatures)", 12) + "  "
                   + pad("\(lpad("\(bits)", 2)) \(bar)", 13)
                   + lpad(String(format: "%.1f", Double(l.weight.byteSize) / 1024), 9) + lpad(sens, 11)
-                  + lpad(q?.scaleEncoding.rawValue ?? "-", 8)
                   + lpad(q?.rotated == true ? "yes" : "-", 9))
         }
         let weightCount = layers.reduce(0) { $0 + $1.outFeatures * $1.inFeatures }

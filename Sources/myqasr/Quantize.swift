@@ -6,7 +6,6 @@ import WhisperEngine
 extension CalibrationObjective: ExpressibleByArgument {}
 extension SensitivityOrder: ExpressibleByArgument {}
 extension RoundingMethod: ExpressibleByArgument {}
-extension ScaleEncoding: ExpressibleByArgument {}
 
 /// `myqasr quantize`: a per-user quantized model under a memory budget.
 struct Quantize: ParsableCommand {
@@ -36,10 +35,11 @@ struct Quantize: ParsableCommand {
             (the product rotates its input to match). Measured better at 3 and 4 bits; \
             --no-rotation stores the weights as they are.
 
-            Each group of 32 input features shares a scale. Under a budget the scales are \
-            stored as int8 codes times a half float per row (half floats with --uniform): \
-            the bytes saved let the sweep keep more layers one width higher \
-            (docs/myqasr-method.md section 12). --group-size and --scales override it.
+            Under a budget each group of 64 input features shares a scale (32 with \
+            --uniform): the bytes saved on scales let the sweep keep more layers one width \
+            higher (on tiny.en: fewer word errors at the byte size of uniform 4 bits, as many \
+            at uniform 3's, than group 32 with every layer at one width; docs/myqasr-method.md \
+            section 10). --group-size overrides it.
 
             Budgets: 24MiB, 24MB, 25165824 (bytes), 0.5GiB.
 
@@ -71,14 +71,8 @@ struct Quantize: ParsableCommand {
     @Option(help: "Which layers lose bits first: descending (largest median |output| first; measured better on tiny.en) or ascending.")
     var order: SensitivityOrder = .descending
 
-    @Option(help: "Input features per scale: 32, 64 or 128.")
-    var groupSize: Int = QuantizedMatrix.defaultGroupSize
-
-    @Option(help: """
-        How group scales are stored: half (16 bits each) or int8 (8 bits each, times a half float per \
-        row; default: int8 with --budget, half with --uniform).
-        """)
-    var scales: ScaleEncoding?
+    @Option(help: "Input features per scale: 32, 64 or 128 (default: 64 with --budget, 32 with --uniform).")
+    var groupSize: Int?
 
     @Option(help: "The width every layer starts the sweep at.")
     var startBits = 8
@@ -141,7 +135,7 @@ struct Quantize: ParsableCommand {
         if let uniform, !BitAllocator.defaultAllowedBits.contains(uniform) {
             throw ValidationError("--uniform must be one of 2, 3, 4, 5, 6, 8")
         }
-        if !QuantizedMatrix.supportedGroupSizes.contains(groupSize) {
+        if let groupSize, !QuantizedMatrix.supportedGroupSizes.contains(groupSize) {
             throw ValidationError("--group-size must be one of \(QuantizedMatrix.supportedGroupSizes.map(String.init).joined(separator: ", "))")
         }
         guard calibrationRows >= 1, beamSize >= 1, threads >= 1 else {
@@ -179,7 +173,7 @@ struct Quantize: ParsableCommand {
         let effectiveRounding = rounding ?? (statistics?.secondMoments != nil && !useCalibration ? .compensated : .nearest)
         let target: QuantizationOptions.Target = try budget.map { .budget(try parsedBudget($0)) } ?? .uniform(bits: uniform!)
         let options = QuantizationOptions(target: target, objective: objective, order: order, groupSize: groupSize,
-                                          scaleEncoding: scales, startBits: startBits, calibrate: useCalibration, perGroupClip: perGroupClip,
+                                          startBits: startBits, calibrate: useCalibration, perGroupClip: perGroupClip,
                                           rounding: effectiveRounding, rotate: !noRotation)
         let result: QuantizationResult
         do {

@@ -24,7 +24,7 @@ final class QuantizedModelFileTests: XCTestCase {
         groupSize: 32, sensitivities: ["encoder/conv1": 0.25, "decoder/embeddings": 1.5e-3],
         sourceVocabularyDigest: "vocab-0badc0de-0123456789abcdef", rounding: .compensated)
 
-    /// A random network with every bit width, some float layers, some rotated ones and some with int8 scales.
+    /// A random network with every bit width, some float layers and some rotated ones.
     private func mixedNetwork() throws -> WhisperWeights {
         var rng = SeededGenerator(seed: 21)
         let weights = RandomWhisper.make(rng: &rng)
@@ -34,8 +34,7 @@ final class QuantizedModelFileTests: XCTestCase {
             replacements[layer.name] = try QuantizedMatrix(
                 quantizing: f.values, outFeatures: f.outFeatures, inFeatures: f.inFeatures,
                 bits: QuantizedMatrix.supportedBits[i % 6], groupSize: QuantizedMatrix.supportedGroupSizes[i % 3],
-                rotated: i % 2 == 0 && QuantizedMatrix.canRotate(inFeatures: f.inFeatures),
-                scaleEncoding: i % 5 == 1 ? .int8 : .half)
+                rotated: i % 2 == 0 && QuantizedMatrix.canRotate(inFeatures: f.inFeatures))
         }
         return weights.replacing(replacements)
     }
@@ -74,8 +73,6 @@ final class QuantizedModelFileTests: XCTestCase {
                 let qb = try XCTUnwrap(b.weight as? QuantizedMatrix, a.name)
                 XCTAssertEqual([qa.bits, qa.groupSize], [qb.bits, qb.groupSize])
                 XCTAssertEqual(qa.rotated, qb.rotated, a.name)
-                XCTAssertEqual(qa.scaleEncoding, qb.scaleEncoding, a.name)
-                XCTAssertEqual(qa.scaleValues(), qb.scaleValues(), a.name)
                 XCTAssertTrue(qb.packed.isMemoryMapped, "\(a.name) codes point into the mapping")
                 XCTAssertTrue(qb.scales.isMemoryMapped)
                 XCTAssertEqual(Int(bitPattern: qb.packed.baseAddress) % QuantizedModelFile.alignment, 0, "64-byte aligned section")
@@ -89,12 +86,10 @@ final class QuantizedModelFileTests: XCTestCase {
         XCTAssertEqual(RandomWhisper.run(loaded), RandomWhisper.run(weights), "bit-identical network outputs")
         let rotated = loaded.linearLayers.filter { ($0.weight as? QuantizedMatrix)?.rotated == true }.count
         XCTAssertGreaterThan(rotated, 5, "the sample has rotated layers")
-        let int8Scales = loaded.linearLayers.filter { ($0.weight as? QuantizedMatrix)?.scaleEncoding == .int8 }.count
-        XCTAssertGreaterThan(int8Scales, 3, "the sample has layers with int8 scales")
         // The file is laid out as documented: magic, version, 64-byte aligned data section.
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: p)))
         XCTAssertEqual(Array(bytes[0..<8]), Array("MYQMODEL".utf8))
-        XCTAssertEqual(bytes[8], 4, "format version 4: signed scales, rotated layers and int8 scales marked")
+        XCTAssertEqual(bytes[8], 3, "format version 3: signed scales, rotated layers marked")
         let dataOffset = bytes[24..<32].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
         XCTAssertEqual(dataOffset % 64, 0)
         XCTAssertTrue(String(decoding: bytes[64..<dataOffset], as: UTF8.self).contains("\"statisticsDigest\":\"stats:v1:1234\""))
@@ -147,15 +142,12 @@ final class QuantizedModelFileTests: XCTestCase {
 
         let (v, _) = try writeSample("version.myq")
         try patch(v) { $0[8] = 1 }   // version 1 codes meant another grid: refused, not misread
-        expectLoadError(v) { $0 == .unsupportedVersion(path: v, found: 1, supported: 4) }
-        try patch(v) { $0[8] = 5 }
-        expectLoadError(v) { $0 == .unsupportedVersion(path: v, found: 5, supported: 4) }
-        // Versions 2 (no rotated layers) and 3 (no int8 scales) are read as before (the version
-        // is outside the CRC; their headers simply lack the newer keys).
-        for old: UInt8 in [2, 3] {
-            try patch(v) { $0[8] = old }
-            XCTAssertNoThrow(try QuantizedModelFile.load(path: v), "version \(old)")
-        }
+        expectLoadError(v) { $0 == .unsupportedVersion(path: v, found: 1, supported: 3) }
+        try patch(v) { $0[8] = 4 }
+        expectLoadError(v) { $0 == .unsupportedVersion(path: v, found: 4, supported: 3) }
+        // Version 2 had no rotated layers and is read as before (the version is outside the CRC).
+        try patch(v) { $0[8] = 2 }
+        XCTAssertNoThrow(try QuantizedModelFile.load(path: v))
 
         // A rotation this build does not know is refused, even with a valid checksum.
         let (r, _) = try writeSample("rotation.myq")

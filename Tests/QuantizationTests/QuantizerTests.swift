@@ -76,25 +76,21 @@ final class QuantizerTests: XCTestCase {
         XCTAssertEqual(stats.layer("decoder/embeddings")!.inputRowCount, 3 * 2, "logits of the last position per step")
     }
 
-    func testABudgetDefaultsToInt8ScalesAndSpendsTheSavedScaleBytesOnWidths() throws {
+    func testABudgetDefaultsToGroup64AndSpendsTheSavedScaleBytesOnWidths() throws {
         XCTAssertEqual(QuantizationOptions(target: .uniform(bits: 4)).groupSize, 32)
-        XCTAssertEqual(QuantizationOptions(target: .uniform(bits: 4)).scaleEncoding, .half)
-        XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20)).groupSize, 32)
-        XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20)).scaleEncoding, .int8)
-        XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20), scaleEncoding: .half).scaleEncoding, .half)
+        XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20)).groupSize, 64)
+        XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20), groupSize: 32).groupSize, 32)
         let weights = Self.randomWeights()
         let stats = Self.statistics(for: weights)
         let uniformFour = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats,
                                                  options: QuantizationOptions(target: .uniform(bits: 4)))
-        // At the bytes of uniform 4 bits (half scales), a budget's int8 scales leave room for wider layers.
+        // At the bytes of uniform 4 bits (group 32), a budget's groups of 64 leave room for wider layers.
         let budget = uniformFour.report.totalBytes
         let result = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats,
                                             options: QuantizationOptions(target: .budget(budget)))
-        XCTAssertEqual(result.metadata.groupSize, 32)
+        XCTAssertEqual(result.metadata.groupSize, 64)
         XCTAssertLessThanOrEqual(result.report.totalBytes, budget)
         XCTAssertEqual(Set(result.report.layers.map(\.bits)), [4, 5])
-        XCTAssertTrue(result.weights.linearLayers.allSatisfy { ($0.weight as? QuantizedMatrix)?.scaleEncoding == .int8 })
-        XCTAssertEqual(result.report.totalBytes, result.weights.byteSize, "the accounting is the bytes held")
     }
 
     func testBudgetAccountingEqualsTheQuantizedWeightsAndTheFileRoundTrips() throws {

@@ -18,14 +18,9 @@
 //   2-bit plane (8 B):  element j + 8t (j < 8, t < 4) is bits 2t..2t+1 of byte j.
 //   1-bit plane (4 B):  element i is bit (i & 7) of byte (i >> 3).
 //
-//   Row r starts at packed + r * blocks * 4 * bits. Scales are signed (the sign puts a
-//   group's extreme weight on the code -2^(bits-1)), one per group of `blocksPerGroup`
-//   blocks (groupSize / 32), in one of two encodings:
-//     half:  scales[r * groups + g], an IEEE half float per group (scaleCodes == NULL);
-//     int8:  scales[r], one IEEE half float per row (its largest |scale|), and
-//            scaleCodes[r * groups + g], an int8 code per group:
-//            scale[r, g] = (scales[r] * (1/127)) * scaleCodes[r * groups + g], with 1/127 the
-//            nearest float and the products in that order (Swift computes the same value).
+//   Row r starts at packed + r * blocks * 4 * bits. Scales: IEEE half floats,
+//   scales[r * groups + g], one per group of `blockPerGroup` blocks (groupSize / 32),
+//   signed (the sign puts a group's extreme weight on the code -2^(bits-1));
 //   w[r, c] = scale[r, c / groupSize] * q[r, c].
 #ifndef MYQASR_QUANT_H
 #define MYQASR_QUANT_H
@@ -37,11 +32,8 @@
 typedef struct {
     /// Packed codes, rows * blocks * 4 * bits bytes, layout above.
     const uint8_t *packed;
-    /// Half-float scales: rows * groups entries (groups = blocks / blocksPerGroup), or
-    /// `rows` row scales when `scaleCodes` is set.
+    /// Half-float scales, rows * groups entries (groups = blocks / blocksPerGroup).
     const uint16_t *scales;
-    /// Int8 group scale codes, rows * groups entries, or NULL for half-float group scales.
-    const int8_t *scaleCodes;
     /// 2, 3, 4, 5, 6 or 8.
     int bits;
     /// Rows of W (output features).
