@@ -42,7 +42,8 @@ final class CalibratorTests: XCTestCase {
             var y = [Float](repeating: 0, count: s.rows * w.outFeatures)
             s.inputs.withUnsafeBufferPointer { x in
                 y.withUnsafeMutableBufferPointer {
-                    s.layer.replacingWeight(m).forward(x.baseAddress!, rows: s.rows, into: $0.baseAddress!, observer: nil)
+                    s.layer.replacingWeight(m).forward(x.baseAddress!, rows: s.rows, into: $0.baseAddress!, threads: 1,
+                                                      observer: nil)
                 }
             }
             return y

@@ -2,7 +2,6 @@ extension WhisperNetwork {
     /// Starts a decoder over `audio`: computes each block's cross-attention keys and
     /// values once and returns a session with one empty sequence.
     public func makeDecoderSession(audio: EncodedAudio) -> DecoderSession {
-        Kernels.setThreads(threads)
         let d = weights.dimensions.nState, heads = weights.dimensions.nHeads, dh = d / heads
         let frames = audio.frames
         precondition(audio.width == d, "decoder: encoder output width \(audio.width) != \(d)")
@@ -10,7 +9,8 @@ extension WhisperNetwork {
             var kv = [Float](repeating: 0, count: frames * 2 * d)   // [frames, 2d]: keys, then values
             audio.values.withUnsafeBufferPointer { a in
                 kv.withUnsafeMutableBufferPointer { o in
-                    block.crossKV.forward(a.baseAddress!, rows: frames, into: o.baseAddress!, observer: observer)
+                    block.crossKV.forward(a.baseAddress!, rows: frames, into: o.baseAddress!, threads: threads,
+                                          observer: observer)
                 }
             }
             // Each head's keys and values contiguous, [heads, frames, dh]: every decoding step
@@ -92,7 +92,7 @@ final class WhisperDecoderSession: DecoderSession {
 
     func step(_ tokens: [[Int]]) -> [Float] {
         let weights = network.weights
-        let observer = network.observer
+        let observer = network.observer, threads = network.threads
         let dims = weights.dimensions
         let d = dims.nState, heads = dims.nHeads, dh = d / heads, ctx = dims.nTextCtx
         let batch = tokens.count
@@ -147,7 +147,7 @@ final class WhisperDecoderSession: DecoderSession {
                 // Causal self-attention with the cache.
                 Kernels.layerNorm(x, rows: rows, cols: d, gamma: block.selfAttentionNorm.gamma,
                                   beta: block.selfAttentionNorm.beta, into: normed)
-                block.selfQKV.forward(normed, rows: rows, into: qkv, observer: observer)
+                block.selfQKV.forward(normed, rows: rows, into: qkv, threads: threads, observer: observer)
                 for b in 0..<batch {
                     for j in 0..<n {
                         let src = qkv + (b * n + j) * 3 * d
@@ -161,7 +161,7 @@ final class WhisperDecoderSession: DecoderSession {
                     for h in 0..<heads {
                         // s[n, total] = q_h · K_hᵀ * scale, then mask the future.
                         Kernels.gemmABt(m: n, n: total, k: dh, alpha: scale, a: qkv + b * n * 3 * d + h * dh,
-                                        lda: 3 * d, b: keys + h * dh, ldb: d, c: s, ldc: total)
+                                        lda: 3 * d, b: keys + h * dh, ldb: d, c: s, ldc: total, threads: threads)
                         for i in 0..<n where length + i + 1 < total {
                             for t in (length + i + 1)..<total { s[i * total + t] = -.infinity }
                         }
@@ -170,16 +170,17 @@ final class WhisperDecoderSession: DecoderSession {
                                        c: attn + b * n * d + h * dh, ldc: d)
                     }
                 }
-                block.selfOut.forward(attn, rows: rows, into: projected, observer: observer)
+                block.selfOut.forward(attn, rows: rows, into: projected, threads: threads, observer: observer)
                 Kernels.add(x, projected, count: rows * d)
 
                 // Cross-attention over the window (same keys for every sequence).
                 Kernels.layerNorm(x, rows: rows, cols: d, gamma: block.crossAttentionNorm.gamma,
                                   beta: block.crossAttentionNorm.beta, into: normed)
-                block.crossQuery.forward(normed, rows: rows, into: qkv, observer: observer)  // q: [rows, d]
+                // q: [rows, d]
+                block.crossQuery.forward(normed, rows: rows, into: qkv, threads: threads, observer: observer)
                 // Heads split across the threads: each reads its [audioFrames, dh] keys and
                 // values and writes its own columns of attn.
-                Kernels.parallelRows(heads, threads: Kernels.threads) { hr in
+                Kernels.parallelRows(heads, threads: threads) { hr in
                     for h in hr {
                         let sh = s + h * scoreStride   // [rows, audioFrames]
                         let headKeys = crossKeys + h * audioFrames * dh, headValues = crossValues + h * audioFrames * dh
@@ -190,15 +191,15 @@ final class WhisperDecoderSession: DecoderSession {
                                        b: headValues, ldb: dh, c: attn + h * dh, ldc: d)
                     }
                 }
-                block.crossOut.forward(attn, rows: rows, into: projected, observer: observer)
+                block.crossOut.forward(attn, rows: rows, into: projected, threads: threads, observer: observer)
                 Kernels.add(x, projected, count: rows * d)
 
                 // MLP.
                 Kernels.layerNorm(x, rows: rows, cols: d, gamma: block.mlpNorm.gamma,
                                   beta: block.mlpNorm.beta, into: normed)
-                block.mlpUp.forward(normed, rows: rows, into: hidden, observer: observer)
+                block.mlpUp.forward(normed, rows: rows, into: hidden, threads: threads, observer: observer)
                 Kernels.gelu(hidden, count: rows * 4 * d)
-                block.mlpDown.forward(hidden, rows: rows, into: projected, observer: observer)
+                block.mlpDown.forward(hidden, rows: rows, into: projected, threads: threads, observer: observer)
                 Kernels.add(x, projected, count: rows * d)
             }}}}}}}}}}}
         }
@@ -218,7 +219,8 @@ final class WhisperDecoderSession: DecoderSession {
         var logits = [Float](repeating: 0, count: batch * dims.nVocab)   // [batch, nVocab]
         last.withUnsafeBufferPointer { lb in
             logits.withUnsafeMutableBufferPointer { o in
-                weights.tokenEmbedding.forward(lb.baseAddress!, rows: batch, into: o.baseAddress!, observer: observer)
+                weights.tokenEmbedding.forward(lb.baseAddress!, rows: batch, into: o.baseAddress!, threads: threads,
+                                               observer: observer)
             }
         }
         return logits

@@ -1,10 +1,11 @@
 /// The network bound to one caller: shared immutable weights plus this caller's
 /// settings (threads, the optional activation observer). Cheap to create per request;
-/// the daemon swaps `weights` for a requantized set by making a new one.
+/// the daemon swaps `weights` for a requantized set by making a new one. Each pass gives this
+/// network's `threads` to every product and split it runs: callers never share a thread count.
 public final class WhisperNetwork: SpeechModel {
     /// The weights (shared, immutable).
     public let weights: WhisperWeights
-    /// Threads for products and the encoder's per-head work.
+    /// Threads this caller's passes use: products, row splits and attention heads.
     public let threads: Int
     /// Sees every linear layer's input and output, when set.
     public let observer: ActivationObserver?
@@ -13,6 +14,7 @@ public final class WhisperNetwork: SpeechModel {
     public init(weights: WhisperWeights, threads: Int = 2, observer: ActivationObserver? = nil) {
         self.weights = weights
         self.threads = max(1, threads)
+        Kernels.blasOnCallingThread
         self.observer = observer
     }
 
@@ -22,7 +24,6 @@ public final class WhisperNetwork: SpeechModel {
     /// Encoder: conv1 + GELU, conv2 (stride 2) + GELU, + positions, pre-LN blocks, final LN.
     /// `mel` is `[nMels, 2 * nAudioCtx]` row-major; the result is `[nAudioCtx, d]`.
     public func encode(mel: [Float]) -> EncodedAudio {
-        Kernels.setThreads(threads)
         let dims = weights.dimensions
         let d = dims.nState, nMels = dims.nMels
         let inFrames = 2 * dims.nAudioCtx          // 3000
@@ -48,7 +49,8 @@ public final class WhisperNetwork: SpeechModel {
         var h1 = [Float](repeating: 0, count: inFrames * d)        // [inFrames, d]
         cols1.withUnsafeBufferPointer { c in
             h1.withUnsafeMutableBufferPointer { h in
-                weights.conv1.forward(c.baseAddress!, rows: inFrames, into: h.baseAddress!, observer: observer)
+                weights.conv1.forward(c.baseAddress!, rows: inFrames, into: h.baseAddress!, threads: threads,
+                                      observer: observer)
                 gelu(h.baseAddress!, rows: inFrames, width: d)
             }
         }
@@ -73,7 +75,8 @@ public final class WhisperNetwork: SpeechModel {
         var x = [Float](repeating: 0, count: frames * d)             // [frames, d]
         cols2.withUnsafeBufferPointer { c in
             x.withUnsafeMutableBufferPointer { xb in
-                weights.conv2.forward(c.baseAddress!, rows: frames, into: xb.baseAddress!, observer: observer)
+                weights.conv2.forward(c.baseAddress!, rows: frames, into: xb.baseAddress!, threads: threads,
+                                      observer: observer)
                 gelu(xb.baseAddress!, rows: frames, width: d)
                 weights.encoderPositions.withUnsafeBufferPointer { p in
                     Kernels.add(xb.baseAddress!, p.baseAddress!, count: frames * d)
@@ -127,7 +130,8 @@ public final class WhisperNetwork: SpeechModel {
                 let normed = nb.baseAddress!, qkv = qb.baseAddress!, attn = ab.baseAddress!
                 let projected = pb.baseAddress!, hidden = hb.baseAddress!
                 layerNorm(x, rows: frames, width: d, block.attentionNorm, into: normed)
-                block.qkv.forward(normed, rows: frames, into: qkv, observer: observer)   // [frames, 3d]
+                // [frames, 3d]
+                block.qkv.forward(normed, rows: frames, into: qkv, threads: threads, observer: observer)
                 // Per head: S = Q_h K_hᵀ * scale  [frames, frames]; softmax; O_h = S V_h,
                 // each thread on its own rows of S (queries) from start to end.
                 let scores = scratch.scores
@@ -142,13 +146,14 @@ public final class WhisperNetwork: SpeechModel {
                                        b: v, ldb: 3 * d, c: attn + r.lowerBound * d + h * dh, ldc: d)
                     }
                 }
-                block.attentionOut.forward(attn, rows: frames, into: projected, observer: observer)
+                block.attentionOut.forward(attn, rows: frames, into: projected, threads: threads, observer: observer)
                 Kernels.add(x, projected, count: frames * d)
 
                 layerNorm(x, rows: frames, width: d, block.mlpNorm, into: normed)
-                block.mlpUp.forward(normed, rows: frames, into: hidden, observer: observer)   // [frames, 4d]
+                // [frames, 4d]
+                block.mlpUp.forward(normed, rows: frames, into: hidden, threads: threads, observer: observer)
                 gelu(hidden, rows: frames, width: 4 * d)
-                block.mlpDown.forward(hidden, rows: frames, into: projected, observer: observer)
+                block.mlpDown.forward(hidden, rows: frames, into: projected, threads: threads, observer: observer)
                 Kernels.add(x, projected, count: frames * d)
             }}}}}
         }

@@ -8,18 +8,13 @@ import Foundation
 /// Every buffer is row-major; `ld*` are row strides in elements.
 ///
 /// Threads: OpenBLAS runs single-threaded and the network splits its products itself
-/// (rows of x across `threads`, Dispatch's pool). OpenBLAS's own workers spin on
+/// (rows of x across the `threads` each call is given, Dispatch's pool). OpenBLAS's own workers spin on
 /// `sched_yield` between calls, which on two cores took time from the decoder's threads
 /// (12 % of `perf` samples in a whole-file transcription).
 enum Kernels {
-    /// Threads the products may use, set by the network before each pass (process-wide).
-    nonisolated(unsafe) private(set) static var threads = 1
-
-    /// Sets the threads the products may use; OpenBLAS itself stays on the calling thread.
-    static func setThreads(_ n: Int) {
-        threads = max(1, n)
-        openblas_set_num_threads(1)
-    }
+    /// Keeps OpenBLAS on the calling thread, once per process (`WhisperNetwork.init` touches it):
+    /// each product's threads come from its caller's `threads` argument, never from a global.
+    static let blasOnCallingThread: Void = openblas_set_num_threads(1)
 
     /// Rows of x each part of a split product gets at least: below this, one sgemm call.
     static let minRowsPerPart = 32
@@ -38,7 +33,7 @@ enum Kernels {
     static func gemmABt(m: Int, n: Int, k: Int, alpha: Float = 1,
                         a: UnsafePointer<Float>, lda: Int,
                         b: UnsafePointer<Float>, ldb: Int,
-                        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int = threads) {
+                        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int) {
         parallelRows(m, threads: Swift.min(threads, m / minRowsPerPart)) { r in
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(r.count), Int32(n), Int32(k),
                         alpha, a + r.lowerBound * lda, Int32(lda), b, Int32(ldb), beta, c + r.lowerBound * ldc, Int32(ldc))

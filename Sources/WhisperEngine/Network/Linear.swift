@@ -91,10 +91,11 @@ public final class Linear: @unchecked Sendable {
         return Linear(name: name, weight: newWeight, bias: bias)
     }
 
-    /// `y[rows, outFeatures] = x[rows, inFeatures] · Wᵀ + b`, reported to `observer`.
+    /// `y[rows, outFeatures] = x[rows, inFeatures] · Wᵀ + b` on up to `threads` threads (the
+    /// calling pass's own), reported to `observer`.
     public func forward(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>,
-                        observer: ActivationObserver?) {
-        weight.multiply(x, rows: rows, threads: Kernels.threads, into: y)
+                        threads: Int, observer: ActivationObserver?) {
+        weight.multiply(x, rows: rows, threads: threads, into: y)
         if let bias {
             bias.withUnsafeBufferPointer { b in
                 for r in 0..<rows { Kernels.add(y + r * outFeatures, b.baseAddress!, count: outFeatures) }
