@@ -81,7 +81,8 @@ let package = Package(
             swiftSettings: v5
         ),
         // Kernel benchmark for the packed low-bit products (not a test): reports GFLOP/s.
-        .executableTarget(name: "quant-bench", dependencies: ["Quantization", "WhisperEngine", "CKernels", "COpenBLAS"], swiftSettings: v5),
+        .executableTarget(name: "quant-bench", dependencies: ["Quantization", "WhisperEngine", "CKernels", "COpenBLAS", "Audio", "Evaluation"],
+                         swiftSettings: v5),
         .executableTarget(
             name: "myqasrd",
             dependencies: [

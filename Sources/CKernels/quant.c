@@ -13,7 +13,7 @@
 // (vpabsb of -128 is 0x80 = 128), and the 16-bit pair sums of vpmaddubsw cannot
 // saturate (2·128·127 = 32512 < 32767). Each block's int32 dot is scaled by
 // scale[group] · xscale[block] and accumulated in float.
-#include "quant.h"
+#include "quant_blocks.h"
 
 #include <math.h>
 #include <string.h>
@@ -26,29 +26,6 @@
 #endif
 
 // MARK: - Half floats
-
-static inline float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1F;
-    uint32_t man = h & 0x3FF;
-    uint32_t bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else {                                   // subnormal: renormalise
-            int e = -1;
-            do { man <<= 1; e++; } while ((man & 0x400) == 0);
-            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3FF) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7F800000u | (man << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
 
 static inline uint16_t float_to_half(float f) {
     uint32_t x;
@@ -74,8 +51,6 @@ void mq_f32_to_f16(const float *src, uint16_t *dst, size_t count) {
 }
 
 // MARK: - Packing (scalar, any CPU)
-
-static inline size_t block_bytes(int bits) { return (size_t)(4 * bits); }
 
 // u[32] (unsigned codes) -> planes at out.
 static void pack_block(const uint8_t *u, int bits, uint8_t *out) {
@@ -104,31 +79,6 @@ static void pack_block(const uint8_t *u, int bits, uint8_t *out) {
     default:
         memcpy(out, u, 32);
     }
-}
-
-// planes at p -> signed codes q[32].
-static inline void unpack_block(const uint8_t *p, int bits, int8_t *q) {
-    uint8_t u[32];
-    switch (bits) {
-    case 2: case 3:
-        for (int j = 0; j < 8; j++)
-            for (int t = 0; t < 4; t++) u[j + 8 * t] = (p[j] >> (2 * t)) & 3;
-        if (bits == 3)
-            for (int i = 0; i < 32; i++) u[i] |= (uint8_t)(((p[8 + (i >> 3)] >> (i & 7)) & 1) << 2);
-        break;
-    case 4: case 5: case 6:
-        for (int j = 0; j < 16; j++) { u[j] = p[j] & 15; u[j + 16] = p[j] >> 4; }
-        if (bits == 5)
-            for (int i = 0; i < 32; i++) u[i] |= (uint8_t)(((p[16 + (i >> 3)] >> (i & 7)) & 1) << 4);
-        else if (bits == 6)
-            for (int j = 0; j < 8; j++)
-                for (int t = 0; t < 4; t++) u[j + 8 * t] |= (uint8_t)(((p[16 + j] >> (2 * t)) & 3) << 4);
-        break;
-    default:
-        memcpy(u, p, 32);
-    }
-    const int off = 1 << (bits - 1);
-    for (int i = 0; i < 32; i++) q[i] = (int8_t)((int)u[i] - off);
 }
 
 void mq_pack_codes(const int8_t *codes, size_t rows, size_t blocks, int bits, uint8_t *out) {
@@ -173,28 +123,46 @@ static void dequantize_rows_scalar(const mq_packed_matrix *m, size_t rowStart, s
     }
 }
 
+// Block `k` of a row -> 32 int8 codes o with |o| <= 127; returns the step d = max|v| / 127
+// (v ≈ d·o, rounded half away from zero) and sets *sum = Σ o.
+static inline float quantize_block(const float *row, size_t cols, size_t k, int rotate, int8_t o[32],
+                                   int32_t *sum) {
+    float v[32];
+    const size_t c0 = k * 32;
+    const size_t cnt = c0 >= cols ? 0 : (cols - c0 < 32 ? cols - c0 : 32);
+    if (rotate && cnt == 32) {
+        mq_rotate_blocks(row + c0, v, 32, 0);
+    } else {
+        for (size_t j = 0; j < 32; j++) v[j] = j < cnt ? row[c0 + j] : 0.0f;
+    }
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++) { float a = fabsf(v[j]); amax = a > amax ? a : amax; }
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int32_t s = 0;
+    for (int j = 0; j < 32; j++) {
+        float t = v[j] * inv;
+        o[j] = (int8_t)(int)(t + (t >= 0.0f ? 0.5f : -0.5f));
+        s += o[j];
+    }
+    *sum = s;
+    return amax / 127.0f;
+}
+
 MQ_CLONES
-void mq_quantize_activations(const float *x, size_t n, size_t cols, size_t ldx, size_t blocks,
-                             int8_t *xq, float *xscale) {
+void mq_quantize_activations_sums(const float *x, size_t n, size_t cols, size_t ldx, size_t blocks, int rotate,
+                                  int8_t *xq, float *xscale, int32_t *xsum) {
     for (size_t i = 0; i < n; i++) {
-        const float *row = x + i * ldx;
         for (size_t k = 0; k < blocks; k++) {
-            float v[32];
-            const size_t c0 = k * 32;
-            const size_t cnt = c0 >= cols ? 0 : (cols - c0 < 32 ? cols - c0 : 32);
-            for (size_t j = 0; j < 32; j++) v[j] = j < cnt ? row[c0 + j] : 0.0f;
-            float amax = 0.0f;
-            for (int j = 0; j < 32; j++) { float a = fabsf(v[j]); amax = a > amax ? a : amax; }
-            const float d = amax / 127.0f;
-            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            int8_t *o = xq + (i * blocks + k) * 32;
-            for (int j = 0; j < 32; j++) {
-                float t = v[j] * inv;
-                o[j] = (int8_t)(int)(t + (t >= 0.0f ? 0.5f : -0.5f));
-            }
-            xscale[i * blocks + k] = d;
+            int32_t s;
+            xscale[i * blocks + k] = quantize_block(x + i * ldx, cols, k, rotate, xq + (i * blocks + k) * 32, &s);
+            if (xsum) xsum[i * blocks + k] = s;
         }
     }
+}
+
+void mq_quantize_activations(const float *x, size_t n, size_t cols, size_t ldx, size_t blocks,
+                             int8_t *xq, float *xscale) {
+    mq_quantize_activations_sums(x, n, cols, ldx, blocks, 0, xq, xscale, NULL);
 }
 
 // MARK: - Scalar products
@@ -240,48 +208,6 @@ static void gemv_f32_scalar(const mq_packed_matrix *m, size_t r0, size_t r1, con
 // MARK: - x86 products
 
 #if defined(__x86_64__)
-
-#define TGT_AVX2 __attribute__((target("avx2,fma,f16c"), always_inline))
-
-// 2-bit plane (8 B) -> 32 bytes with values 0..3 (element j + 8t = bits 2t of byte j).
-static inline TGT_AVX2 __m256i unpack2_avx2(const uint8_t *p) {
-    __m128i v = _mm_loadl_epi64((const __m128i *)p);
-    __m128i t01 = _mm_unpacklo_epi64(v, _mm_srli_epi16(v, 2));
-    __m128i t23 = _mm_unpacklo_epi64(_mm_srli_epi16(v, 4), _mm_srli_epi16(v, 6));
-    return _mm256_and_si256(_mm256_set_m128i(t23, t01), _mm256_set1_epi8(3));
-}
-
-// 4-bit plane (16 B) -> 32 bytes 0..15 (element j low nibble, j + 16 high nibble of byte j).
-static inline TGT_AVX2 __m256i unpack4_avx2(const uint8_t *p) {
-    __m128i v = _mm_loadu_si128((const __m128i *)p);
-    __m128i mask = _mm_set1_epi8(0x0F);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
-}
-
-// 1-bit plane (4 B) -> 32 bytes 0/1 (element i = bit i & 7 of byte i >> 3).
-static inline TGT_AVX2 __m256i unpack1_avx2(const uint8_t *p) {
-    uint32_t h;
-    memcpy(&h, p, 4);
-    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)h), spread), bit);
-    return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(1));
-}
-
-// One block -> 32 signed codes q = u - 2^(bits-1).
-static inline TGT_AVX2 __m256i unpack_q_avx2(const uint8_t *p, const int bits) {
-    __m256i u;
-    switch (bits) {
-    case 2: u = unpack2_avx2(p); break;
-    case 3: u = _mm256_or_si256(unpack2_avx2(p), _mm256_slli_epi16(unpack1_avx2(p + 8), 2)); break;
-    case 4: u = unpack4_avx2(p); break;
-    case 5: u = _mm256_or_si256(unpack4_avx2(p), _mm256_slli_epi16(unpack1_avx2(p + 16), 4)); break;
-    case 6: u = _mm256_or_si256(unpack4_avx2(p), _mm256_slli_epi16(unpack2_avx2(p + 16), 4)); break;
-    default: u = _mm256_loadu_si256((const __m256i *)p); break;
-    }
-    return _mm256_sub_epi8(u, _mm256_set1_epi8((char)(1 << (bits - 1))));
-}
 
 static inline TGT_AVX2 float hsum_avx2(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

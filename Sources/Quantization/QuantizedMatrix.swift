@@ -57,14 +57,14 @@ public enum QuantizedMatrixError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// How a small product (the decoder's GEMV, up to `QuantizedMatrix.gemvRowLimit` rows)
-/// treats the activations.
+/// How a product treats the activations, in both the few-row GEMV (the decoder) and the
+/// many-row GEMM (the encoder).
 public enum ActivationPrecision: String, Sendable, Codable {
     /// Activations quantized to int8 per block of 32 with a float scale, integer dot
-    /// products (VNNI when available). The fast path.
+    /// products with the packed codes (VNNI when available). The fast path.
     case int8
     /// Float activations against the dequantized codes: the exact product of
-    /// `dequantized()` up to float summation order.
+    /// `dequantized()` up to float summation order (the GEMM through OpenBLAS).
     case float
 }
 
@@ -91,7 +91,8 @@ public struct QuantizedMatrix: WeightMatrix {
     /// The group size chosen by measuring error against bytes on tiny.en (see the docs).
     public static let defaultGroupSize = 32
     /// Products with at most this many rows run as GEMV over the packed codes; larger ones
-    /// dequantize tiles of W and use OpenBLAS's sgemm.
+    /// as a GEMM that unpacks W once per call (`mq_gemm_q8`; with `.float` activations,
+    /// dequantized tiles of W through OpenBLAS's sgemm).
     public static let gemvRowLimit = 16
 
     /// Output features (rows of W).
@@ -108,7 +109,7 @@ public struct QuantizedMatrix: WeightMatrix {
     public let scales: ByteStorage
     /// Whether the codes quantize `W·Rᵀ` (see above) rather than W.
     public let rotated: Bool
-    /// Activation handling of small products; `.int8` by default.
+    /// Activation handling of products; `.int8` by default.
     public var activationPrecision: ActivationPrecision = .int8
 
     /// Scale groups per row, `ceil(inFeatures / groupSize)`.
@@ -339,14 +340,20 @@ public struct QuantizedMatrix: WeightMatrix {
     }
 
     /// `y[m, outFeatures] = x[m, inFeatures] · Wᵀ`. Up to `gemvRowLimit` rows: GEMV over the
-    /// packed codes (int8 or float activations, see `activationPrecision`); more rows:
-    /// tiles of W dequantized into cache and multiplied by OpenBLAS. A rotated matrix
-    /// rotates the few rows of x before a GEMV (`x[m, inFeatures]`, scratch for the call),
-    /// and each dequantized tile of W back before a GEMM (fewer values than x there: the
-    /// encoder's 1500 rows, measured with quant-bench).
+    /// packed codes (int8 or float activations, see `activationPrecision`); more rows: with
+    /// int8 activations the integer GEMM of `mq_gemm_q8`, with float activations tiles of W
+    /// dequantized into cache and multiplied by OpenBLAS. A rotated matrix rotates the rows
+    /// of x before a GEMV or the int8 GEMM (as they are quantized), and each dequantized
+    /// tile of W back before the float GEMM (fewer values than x there: the encoder's 1500
+    /// rows, measured with quant-bench).
     public func multiply(_ x: UnsafePointer<Float>, rows m: Int, threads: Int, into y: UnsafeMutablePointer<Float>) {
         guard m > 0 else { return }
-        guard m <= Self.gemvRowLimit else { return gemmTiled(x, rows: m, threads: threads, into: y) }
+        guard m <= Self.gemvRowLimit else {
+            switch activationPrecision {
+            case .int8: return gemmInt8(x, rows: m, threads: threads, into: y)
+            case .float: return gemmTiled(x, rows: m, threads: threads, into: y)
+            }
+        }
         guard rotated else { return gemv(x, rows: m, threads: threads, into: y) }
         withUnsafeTemporaryAllocation(of: Float.self, capacity: m * inFeatures) { xr in
             mq_rotate_blocks(x, xr.baseAddress!, m * inFeatures, 0)
@@ -409,7 +416,36 @@ public struct QuantizedMatrix: WeightMatrix {
         }
     }
 
-    /// Most rows of W dequantized per tile in the GEMM (the tile is also kept within 1 MiB, in L2).
+    /// The int8 GEMM: x quantized per block of 32 (rows split across the threads), then W's
+    /// rows split across the threads, each unpacking its rows once into its own scratch
+    /// (`mq_gemm_q8`). Buffers, for the call: xq `[m, blocksPerRow * 32]` int8 codes, xs and
+    /// xsum `[m, blocksPerRow]` (block scales, code sums); the encoder's fc2 input (1500 x
+    /// 1536) makes 2.3 MB of codes.
+    private func gemmInt8(_ x: UnsafePointer<Float>, rows m: Int, threads: Int, into y: UnsafeMutablePointer<Float>) {
+        let blocks = blocksPerRow, k = inFeatures, rotate: Int32 = rotated ? 1 : 0
+        let xq = UnsafeMutablePointer<Int8>.allocate(capacity: m * blocks * 32)
+        let xs = UnsafeMutablePointer<Float>.allocate(capacity: m * blocks)
+        let xsum = UnsafeMutablePointer<Int32>.allocate(capacity: m * blocks)
+        defer { xq.deallocate(); xs.deallocate(); xsum.deallocate() }
+        let parts = Swift.max(1, Swift.min(threads, m / 64))
+        let quantize = { (p: Int) in
+            let r0 = m * p / parts, r1 = m * (p + 1) / parts
+            mq_quantize_activations_sums(x + r0 * k, r1 - r0, k, k, blocks, rotate, xq + r0 * blocks * 32,
+                                         xs + r0 * blocks, xsum + r0 * blocks)
+        }
+        if parts == 1 { quantize(0) } else { DispatchQueue.concurrentPerform(iterations: parts, execute: quantize) }
+        let outF = outFeatures
+        withDescriptor { d in
+            let scratchBytes = mq_gemm_q8_scratch_size(d)
+            splitRows(parts: threads) { r0, r1 in
+                let scratch = UnsafeMutableRawPointer.allocate(byteCount: scratchBytes, alignment: 64)
+                defer { scratch.deallocate() }
+                mq_gemm_q8(d, r0, r1, xq, xs, xsum, m, y, outF, scratch)
+            }
+        }
+    }
+
+    /// Most rows of W dequantized per tile in the float GEMM (the tile is also kept within 1 MiB, in L2).
     /// Few large tiles beat many small ones: sgemm repacks x on every call (measured).
     static let gemmTileRows = 512
 

@@ -1,9 +1,11 @@
 // quant-bench: measures packed low-bit weights on the real tiny.en network.
-//   quant-bench [path/to/model.bin] [--groups]
+//   quant-bench [path/to/model.bin] [--groups] [--all-shapes] [--threads2] [--file]
+//   quant-bench --encoder MODEL.myq [--runs N]           (EncoderBench.swift)
+//   quant-bench --transcripts MODEL.myq [--manifest M.tsv --voice V]
 // Prints (1) error against bytes for every bit width and group size over all layers, as
-// stored and rotated (with --groups), (2) GEMV of the 51864x384 embedding projection and
-// the encoder-size GEMM 1500x384 · (1536x384)ᵀ, quantized at 4 bits against FloatMatrix,
-// plain and rotated.
+// stored and rotated (with --groups), (2) GEMV of the 51864x384 embedding projection,
+// quantized against FloatMatrix, (3) the encoder's GEMMs (fc1 and fc2, or every shape with
+// --all-shapes) per width and int8 kernel against sgemm on the dequantized matrix.
 import CKernels
 import COpenBLAS
 import Foundation
@@ -25,6 +27,14 @@ func bestTime(_ runs: Int, _ body: () -> Void) -> Double {
 openblas_set_num_threads(1)
 
 let args = CommandLine.arguments.dropFirst()
+if let myq = option("--encoder", in: args) {
+    try runEncoderBench(myq: myq, args: args)
+    exit(0)
+}
+if let myq = option("--transcripts", in: args) {
+    try runTranscriptBench(myq: myq, args: args)
+    exit(0)
+}
 let home = ProcessInfo.processInfo.environment["HOME"] ?? "/root"
 let modelPath = args.first { !$0.hasPrefix("--") } ?? "\(home)/.local/share/myqasr/models/tiny.en/model.bin"
 let weights = try WhisperWeights(file: ModelFile(path: modelPath))
@@ -101,32 +111,77 @@ do {
     print(String(format: "5 rows (beam): float %.3f ms, 4-bit %.3f ms, x%.2f", tf * 1e3, tq * 1e3, tf / tq))
 }
 
-let up = weights.encoderBlocks[0].mlpUp.weight as! FloatMatrix
-let m = 1500
-print("\nGEMM \(m)x\(up.inFeatures) · (\(up.outFeatures)x\(up.inFeatures))ᵀ, best of 10")
-let xm = (0..<(m * up.inFeatures)).map { Float(sin(Double($0) * 0.37)) }
-var ym = [Float](repeating: 0, count: m * up.outFeatures)
-let flops = 2.0 * Double(m * up.outFeatures * up.inFeatures)
-let tgf = bestTime(30) { up.multiply(xm, rows: m, threads: 2, into: &ym) }
-print(String(format: "float32 OpenBLAS  %7.3f ms  %6.1f GFLOP/s", tgf * 1e3, flops / tgf / 1e9))
-for bits in [4, 8] {
-    let q = try QuantizedMatrix(quantizing: up.values, outFeatures: up.outFeatures, inFeatures: up.inFeatures, bits: bits, groupSize: group)
-    let t = bestTime(30) { q.multiply(xm, rows: m, threads: 2, into: &ym) }
-    let td = bestTime(30) { _ = q.dequantized() }
-    print(String(format: "%d-bit tiled      %7.3f ms  %6.1f GFLOP/s  x%.2f vs float (dequantizing all of W alone: %.3f ms)",
-                 bits, t * 1e3, flops / t / 1e9, tgf / t, td * 1e3))
+// The encoder's products (rows of x from the encoder's 1500 frames, 3000 for conv1): sgemm on
+// the dequantized matrix (FloatMatrix, OpenBLAS) against the int8 GEMM (mq_gemm_q8) per width
+// and kernel, and the float-activation path (dequantized tiles + sgemm). Medians of runs taken
+// in turn, so that a busy machine slows every variant alike.
+func medians(_ runs: Int, _ variants: [(String, () -> Void)]) -> [String: Double] {
+    var times: [String: [Double]] = [:]
+    for (_, body) in variants { body() }
+    for _ in 0..<runs {
+        for (name, body) in variants {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            body()
+            times[name, default: []].append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        }
+    }
+    return times.mapValues { $0.sorted()[$0.count / 2] }
 }
+
+let kernelNames = ["scalar", "AVX2", "AVX-VNNI", "AVX512-VNNI"]
+let gemmThreads = args.contains("--threads2") ? 2 : 1
+let block0 = weights.encoderBlocks[0]
+let encoderShapes: [(String, Linear, Int)] = [
+    ("conv1", weights.conv1, 3000), ("conv2", weights.conv2, 1500), ("qkv", block0.qkv, 1500),
+    ("attn out", block0.attentionOut, 1500), ("fc1", block0.mlpUp, 1500), ("fc2", block0.mlpDown, 1500),
+]
+let shapesToRun = args.contains("--all-shapes") ? encoderShapes : encoderShapes.filter { ["fc1", "fc2"].contains($0.0) }
+print("\nGEMM x[m, k] · Wᵀ[k, n], \(gemmThreads) thread(s), group \(group), median of 9 (GOP/s; ratio = sgemm time / this time)")
+for (name, layer, m) in shapesToRun {
+    let f = layer.weight as! FloatMatrix
+    let k = f.inFeatures, n = f.outFeatures
+    let ops = 2.0 * Double(m * n * k)
+    let xm = (0..<(m * k)).map { Float(sin(Double($0) * 0.37)) }
+    var ym = [Float](repeating: 0, count: m * n)
+    for bits in QuantizedMatrix.supportedBits {
+        let q = try QuantizedMatrix(quantizing: f.values, outFeatures: n, inFeatures: k, bits: bits, groupSize: group)
+        let deq = FloatMatrix(outFeatures: n, inFeatures: k, values: q.dequantized())
+        let qf = q.withActivationPrecision(.float)
+        var variants: [(String, () -> Void)] = [("sgemm", { deq.multiply(xm, rows: m, threads: gemmThreads, into: &ym) })]
+        let kernels: [Int32] = bits == 4 ? [0, 1, 2, 3] : [mq_q8_kernel()]
+        for kern in kernels {
+            mq_set_q8_kernel(kern)
+            guard mq_q8_kernel() == kern else { continue }
+            variants.append((kernelNames[Int(kern)], {
+                mq_set_q8_kernel(kern)
+                q.multiply(xm, rows: m, threads: gemmThreads, into: &ym)
+            }))
+        }
+        mq_set_q8_kernel(-1)
+        if bits == 4 { variants.append(("float-act", { qf.multiply(xm, rows: m, threads: gemmThreads, into: &ym) })) }
+        let t = medians(bits == 4 ? 5 : 9, variants)
+        mq_set_q8_kernel(-1)
+        let tf = t["sgemm"]!
+        var line = String(format: "%-8s [%4d,%4d]x[%4d,%4d] %d-bit  sgemm %6.2f ms %5.1f", name, m, k, k, n, bits, tf * 1e3, ops / tf / 1e9)
+        for (v, _) in variants.dropFirst() {
+            line += String(format: " | %@ %6.2f ms %5.1f x%.2f", v, t[v]! * 1e3, ops / t[v]! / 1e9, tf / t[v]!)
+        }
+        print(line)
+    }
+}
+
+// Rotated layers rotate x's blocks as they quantize them.
 do {
-    let q = try QuantizedMatrix(quantizing: up.values, outFeatures: up.outFeatures, inFeatures: up.inFeatures, bits: 4,
-                                groupSize: group, rotated: true)
-    let t = bestTime(30) { q.multiply(xm, rows: m, threads: 2, into: &ym) }
-    print(String(format: "4-bit rotated    %7.3f ms  %6.1f GFLOP/s  x%.2f vs float", t * 1e3, flops / t / 1e9, tgf / t))
-}
-for rows in [8, 16, 17, 32] {
-    let q = try QuantizedMatrix(quantizing: up.values, outFeatures: up.outFeatures, inFeatures: up.inFeatures, bits: 4, groupSize: group)
-    let tq = bestTime(20) { q.multiply(xm, rows: rows, threads: 2, into: &ym) }
-    let tf = bestTime(20) { up.multiply(xm, rows: rows, threads: 2, into: &ym) }
-    print(String(format: "rows %2d: 4-bit %.3f ms, float %.3f ms", rows, tq * 1e3, tf * 1e3))
+    let f = block0.mlpUp.weight as! FloatMatrix
+    let m = 1500, k = f.inFeatures, n = f.outFeatures
+    let xm = (0..<(m * k)).map { Float(sin(Double($0) * 0.37)) }
+    var ym = [Float](repeating: 0, count: m * n)
+    let plain = try QuantizedMatrix(quantizing: f.values, outFeatures: n, inFeatures: k, bits: 4, groupSize: group)
+    let rotated = try QuantizedMatrix(quantizing: f.values, outFeatures: n, inFeatures: k, bits: 4, groupSize: group, rotated: true)
+    let t = medians(9, [("plain", { plain.multiply(xm, rows: m, threads: gemmThreads, into: &ym) }),
+                        ("rotated", { rotated.multiply(xm, rows: m, threads: gemmThreads, into: &ym) })])
+    print(String(format: "fc1 4-bit int8: plain %.2f ms, rotated %.2f ms (x%.2f)", t["plain"]! * 1e3, t["rotated"]! * 1e3,
+                 t["plain"]! / t["rotated"]!))
 }
 
 if args.contains("--file") {

@@ -222,14 +222,14 @@ final class QuantizedMatrixTests: XCTestCase {
     }
 
     func testTiledProductSplitAcrossThreadsMatchesSingleThread() throws {
-        // 1100 rows of W: two threads take 560 and 540 rows, in tiles of 512 and the rest,
+        // The float GEMM (dequantized tiles through sgemm). 1100 rows of W: two threads take 560 and 540 rows, in tiles of 512 and the rest,
         // while one thread takes tiles of 512, 512 and 76.
         let out = 1100, inp = 384, m = QuantizedMatrix.gemvRowLimit + 24
         var rng = SeededGenerator(seed: 71)
         let x = rng.floats(m * inp, scale: 1)
         for rotated in [false, true] {
             let q = try QuantizedMatrix(quantizing: randomMatrix(out, inp, seed: 9), outFeatures: out, inFeatures: inp,
-                                        bits: 3, groupSize: 32, rotated: rotated)
+                                        bits: 3, groupSize: 32, rotated: rotated).withActivationPrecision(.float)
             var two = [Float](repeating: .nan, count: m * out), one = two
             q.multiply(x, rows: m, threads: 2, into: &two)
             q.multiply(x, rows: m, threads: 1, into: &one)

@@ -75,7 +75,7 @@ final class RotationTests: XCTestCase {
                         qp.multiply(x, rows: m, threads: 2, into: &y)
                         let ref = referenceProduct(x: x, rows: m, w: deq, out: outF, in: inF)
                         let scale = ref.map(abs).max()!
-                        let tolerance: Float = precision == .float || m > QuantizedMatrix.gemvRowLimit ? 1e-4 : 0.02
+                        let tolerance: Float = precision == .float ? 1e-4 : 0.02
                         XCTAssertLessThan(maxAbsDifference(y, ref), tolerance * scale,
                                           "bits \(bits) group \(group) \(precision) rows \(m)")
                     }

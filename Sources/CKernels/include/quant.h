@@ -67,13 +67,32 @@ void mq_quantize_activations(const float *x, size_t n, size_t cols, size_t ldx, 
 void mq_gemv_q8(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd,
                 const int8_t *xq, const float *xscale, size_t n, float *y, size_t ldy);
 
+/// The activations of `mq_gemm_q8`: as `mq_quantize_activations` (xq[n][blocks*32],
+/// xscale[n][blocks]), plus each block's code sum xsum[n][blocks] = Σ_j xq[i][32k + j] (NULL to
+/// skip). With `rotate` (cols a multiple of 32), each block of 32 inputs is first rotated as by
+/// `mq_rotate_blocks` (the input of a rotated matrix).
+void mq_quantize_activations_sums(const float *x, size_t n, size_t cols, size_t ldx, size_t blocks, int rotate,
+                                  int8_t *xq, float *xscale, int32_t *xsum);
+
+/// Bytes of scratch one `mq_gemm_q8` call on `m` needs (each concurrent call its own).
+size_t mq_gemm_q8_scratch_size(const mq_packed_matrix *m);
+
+/// The many-row product (the encoder): y[i * ldy + r] = Σ_c x[i, c] · W[r, c] for r in
+/// [rowStart, rowEnd), i < n, with int8 activations from `mq_quantize_activations_sums`
+/// (xq[n][blocks*32], xscale[n][blocks], xsum[n][blocks]), in integer arithmetic per block:
+/// the same per-block integer dots as `mq_gemv_q8`, so the two agree up to float rounding.
+/// W's rows are unpacked once per call into `scratch` (`mq_gemm_q8_scratch_size` bytes) and
+/// reused across all n rows of x. Kernel (quant_gemm.c): the one `mq_q8_kernel` names.
+void mq_gemm_q8(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd, const int8_t *xq,
+                const float *xscale, const int32_t *xsum, size_t n, float *y, size_t ldy, void *scratch);
+
 /// y[r] = Σ_c x[c] · W[r, c] for r in [rowStart, rowEnd) with float activations
 /// x[blocks*32] (zero padded): exact up to float summation order.
 void mq_gemv_f32(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd,
                  const float *x, float *y);
 
-/// Which GEMV kernel `mq_gemv_q8` runs on this CPU: 0 scalar, 1 AVX2, 2 AVX-VNNI,
-/// 3 AVX512-VNNI (256-bit). `mq_set_q8_kernel(k)` forces k (clamped to what the CPU
+/// Which int8 kernel `mq_gemv_q8` and `mq_gemm_q8` run on this CPU: 0 scalar, 1 AVX2,
+/// 2 AVX-VNNI, 3 AVX512-VNNI (256-bit). `mq_set_q8_kernel(k)` forces k (clamped to what the CPU
 /// supports); -1 restores the automatic choice. Forcing 0 also makes `mq_gemv_f32` and
 /// `mq_dequantize_rows` use their scalar forms. For tests and measurements.
 int mq_q8_kernel(void);
