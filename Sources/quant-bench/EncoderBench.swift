@@ -102,8 +102,10 @@ func runEncoderBench(myq: String, args: ArraySlice<String>) throws {
     for (name, net) in nets { outputs[name] = net.encode(mel: mel).values }
     let t = medians(runs, nets.map { (name, net) in (name, { _ = net.encode(mel: mel) }) })
     let base = t["float model"]!
+    print("median CPU time of \(runs) encodes each, taken in turn")
     for (name, _) in nets {
-        print(String(format: "%-30@ median %7.1f ms  (float model / this: x%.2f)", name, t[name]! * 1e3, base / t[name]!))
+        print(name.padding(toLength: 30, withPad: " ", startingAt: 0)
+            + String(format: "%7.1f ms  (float model / this: x%.2f)", t[name]! * 1e3, base / t[name]!))
     }
     print(String(format: "int8 against float activations: x%.2f faster", t["quantized, float activations"]! / t["quantized, int8 activations"]!))
     func rel(_ a: String, _ b: String) -> Double {
@@ -120,7 +122,8 @@ func runEncoderBench(myq: String, args: ArraySlice<String>) throws {
     print("layer                                       bits  rotated  per block of 32  per row")
     for r in probe.rows {
         let q = probe.layers[r.name]!
-        print(String(format: "%-44@ %4d  %7@  %15.5f  %7.5f", r.name, q.bits, q.rotated ? "yes" : "no", r.perBlock, r.perRow))
+        print(r.name.padding(toLength: 44, withPad: " ", startingAt: 0)
+            + String(format: "%4d  %7@  %15.5f  %7.5f", q.bits, q.rotated ? "yes" : "no", r.perBlock, r.perRow))
     }
 }
 
@@ -161,7 +164,7 @@ func runTranscriptBench(myq: String, args: ArraySlice<String>) throws {
         + "\(identical) transcripts identical")
     for (name, _) in paths {
         let c = totals[name]!
-        print(String(format: "%-5@ activations: WER %.2f%% (%d errors / %d words)", name, c.wordErrorRate * 100, c.errors,
+        print(String(format: "%@ activations: WER %.2f%% (%d errors / %d words)", name, c.wordErrorRate * 100, c.errors,
                      c.referenceWords))
     }
 }

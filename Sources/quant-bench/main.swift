@@ -113,16 +113,26 @@ do {
 
 // The encoder's products (rows of x from the encoder's 1500 frames, 3000 for conv1): sgemm on
 // the dequantized matrix (FloatMatrix, OpenBLAS) against the int8 GEMM (mq_gemm_q8) per width
-// and kernel, and the float-activation path (dequantized tiles + sgemm). Medians of runs taken
-// in turn, so that a busy machine slows every variant alike.
+// and kernel, and the float-activation path (dequantized tiles + sgemm).
+
+/// Seconds of CPU time the process has used (all threads): on a machine busy with other
+/// work this follows the work done far more closely than the wall clock.
+func processCPUTime() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+}
+
+/// Median CPU time of each variant over `runs` runs taken in turn (so that a busy machine
+/// slows every variant alike), after one warm-up run each.
 func medians(_ runs: Int, _ variants: [(String, () -> Void)]) -> [String: Double] {
     var times: [String: [Double]] = [:]
     for (_, body) in variants { body() }
     for _ in 0..<runs {
         for (name, body) in variants {
-            let t0 = DispatchTime.now().uptimeNanoseconds
+            let t0 = processCPUTime()
             body()
-            times[name, default: []].append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            times[name, default: []].append(processCPUTime() - t0)
         }
     }
     return times.mapValues { $0.sorted()[$0.count / 2] }
@@ -136,7 +146,7 @@ let encoderShapes: [(String, Linear, Int)] = [
     ("attn out", block0.attentionOut, 1500), ("fc1", block0.mlpUp, 1500), ("fc2", block0.mlpDown, 1500),
 ]
 let shapesToRun = args.contains("--all-shapes") ? encoderShapes : encoderShapes.filter { ["fc1", "fc2"].contains($0.0) }
-print("\nGEMM x[m, k] · Wᵀ[k, n], \(gemmThreads) thread(s), group \(group), median of 9 (GOP/s; ratio = sgemm time / this time)")
+print("\nGEMM x[m, k] · Wᵀ[k, n], \(gemmThreads) thread(s), group \(group), median CPU time of 9 runs (5 at 4 bits); GOP/s; xR = sgemm time / this time")
 for (name, layer, m) in shapesToRun {
     let f = layer.weight as! FloatMatrix
     let k = f.inFeatures, n = f.outFeatures
@@ -162,7 +172,8 @@ for (name, layer, m) in shapesToRun {
         let t = medians(bits == 4 ? 5 : 9, variants)
         mq_set_q8_kernel(-1)
         let tf = t["sgemm"]!
-        var line = String(format: "%-8s [%4d,%4d]x[%4d,%4d] %d-bit  sgemm %6.2f ms %5.1f", name, m, k, k, n, bits, tf * 1e3, ops / tf / 1e9)
+        var line = name.padding(toLength: 9, withPad: " ", startingAt: 0)
+            + String(format: "[%4d,%4d]x[%4d,%4d] %d-bit  sgemm %6.2f ms %5.1f", m, k, k, n, bits, tf * 1e3, ops / tf / 1e9)
         for (v, _) in variants.dropFirst() {
             line += String(format: " | %@ %6.2f ms %5.1f x%.2f", v, t[v]! * 1e3, ops / t[v]! / 1e9, tf / t[v]!)
         }
