@@ -148,9 +148,70 @@ static inline float quantize_block(const float *row, size_t cols, size_t k, int 
     return amax / 127.0f;
 }
 
-MQ_CLONES
+#if defined(__x86_64__)
+// quantize_block for a whole block of 32 floats v with AVX2: the same operations in the same
+// order per element (so the same codes, step and sum).
+__attribute__((target("avx2,fma,f16c"))) static float quantize_block_avx2(const float *v, int8_t o[32], int32_t *sum) {
+    const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 a[4], m = _mm256_setzero_ps();
+    for (int q = 0; q < 4; q++) {
+        a[q] = _mm256_loadu_ps(v + 8 * q);
+        m = _mm256_max_ps(m, _mm256_and_ps(a[q], absMask));
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    const __m256 half = _mm256_set1_ps(0.5f), sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+    __m256i c[4], total = _mm256_setzero_si256();
+    for (int q = 0; q < 4; q++) {
+        const __m256 t = _mm256_mul_ps(a[q], inv);
+        // t + (t >= 0 ? 0.5 : -0.5), truncated: half away from zero (-0.0 gets +0.5, as in C).
+        const __m256 ge = _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_GE_OQ);
+        const __m256 h5 = _mm256_blendv_ps(_mm256_or_ps(half, sign), half, ge);
+        c[q] = _mm256_cvttps_epi32(_mm256_add_ps(t, h5));
+        total = _mm256_add_epi32(total, c[q]);
+    }
+    // int32 x 32 -> int8 x 32 in element order (the packs work per 128-bit lane; fix the order).
+    const __m256i w01 = _mm256_packs_epi32(c[0], c[1]), w23 = _mm256_packs_epi32(c[2], c[3]);
+    const __m256i b = _mm256_packs_epi16(w01, w23);
+    _mm256_storeu_si256((__m256i *)o, _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    *sum = _mm_cvtsi128_si32(s4);
+    return amax / 127.0f;
+}
+
+// Rows of x with AVX2: whole blocks (rotated first if asked) by quantize_block_avx2, a partial
+// last block by quantize_block.
+__attribute__((target("avx2,fma,f16c"))) static void quantize_rows_avx2(const float *x, size_t n, size_t cols, size_t ldx,
+                                                                        size_t blocks, int rotate, int8_t *xq,
+                                                                        float *xscale, int32_t *xsum) {
+    for (size_t i = 0; i < n; i++) {
+        const float *row = x + i * ldx;
+        for (size_t k = 0; k < blocks; k++) {
+            int32_t s;
+            int8_t *o = xq + (i * blocks + k) * 32;
+            if ((k + 1) * 32 <= cols) {
+                float r[32];
+                if (rotate) mq_rotate_blocks(row + k * 32, r, 32, 0);
+                xscale[i * blocks + k] = quantize_block_avx2(rotate ? r : row + k * 32, o, &s);
+            } else {
+                xscale[i * blocks + k] = quantize_block(row, cols, k, rotate, o, &s);
+            }
+            if (xsum) xsum[i * blocks + k] = s;
+        }
+    }
+}
+#endif
+
 void mq_quantize_activations_sums(const float *x, size_t n, size_t cols, size_t ldx, size_t blocks, int rotate,
                                   int8_t *xq, float *xscale, int32_t *xsum) {
+#if defined(__x86_64__)
+    if (mq_q8_kernel() >= 1) { quantize_rows_avx2(x, n, cols, ldx, blocks, rotate, xq, xscale, xsum); return; }
+#endif
     for (size_t i = 0; i < n; i++) {
         for (size_t k = 0; k < blocks; k++) {
             int32_t s;
