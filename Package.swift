@@ -2,6 +2,7 @@
 import PackageDescription
 
 // The architecture, one target per concern (README "Architecture"):
+//   Units           byte sizes as people read and write them, one rule for every program
 //   Audio           WAV decoding, resampling, Whisper's log-mel front end
 //   Tokenizer       Whisper's byte-level BPE vocabulary
 //   CKernels        C hot loops (element-wise passes, packed low-bit products)
@@ -37,12 +38,16 @@ let package = Package(
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
+        // A leaf below every program: `myqasr` (through Quantization), `myqasrctl` (which otherwise needs
+        // only Serving) and DaemonCore share no lower target, and a size parser belongs in none of theirs.
+        .target(name: "Units"),
         .target(name: "Audio", dependencies: ["COpenBLAS"], swiftSettings: v5),
         .target(name: "Tokenizer", swiftSettings: v5),
         // -O3 in every configuration: these loops are the network's element-wise hot path.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "WhisperEngine", dependencies: ["Audio", "Tokenizer", "CKernels", "COpenBLAS", "CZlib"], swiftSettings: v5),
-        .target(name: "Quantization", dependencies: ["WhisperEngine", "CKernels", "COpenBLAS", "CZlib"], swiftSettings: v5),
+        .target(name: "Quantization", dependencies: ["WhisperEngine", "Units", "CKernels", "COpenBLAS", "CZlib"],
+                swiftSettings: v5),
         .target(name: "Evaluation", swiftSettings: v5),
         .target(
             name: "Capture",
@@ -63,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "myqasr",
             dependencies: [
-                "WhisperEngine", "Quantization", "Audio", "Evaluation",
+                "WhisperEngine", "Quantization", "Audio", "Evaluation", "Units",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: v5
@@ -72,7 +77,7 @@ let package = Package(
         .target(
             name: "DaemonCore",
             dependencies: [
-                "WhisperEngine", "Quantization", "Audio", "Capture", "Serving", "SystemdSupport",
+                "WhisperEngine", "Quantization", "Audio", "Capture", "Serving", "SystemdSupport", "Units",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -86,7 +91,7 @@ let package = Package(
         .executableTarget(
             name: "myqasrd",
             dependencies: [
-                "DaemonCore", "Serving", "SystemdSupport",
+                "DaemonCore", "Serving", "SystemdSupport", "Units",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -94,10 +99,11 @@ let package = Package(
         ),
         .executableTarget(
             name: "myqasrctl",
-            dependencies: ["Serving", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Serving", "Units", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: v5
         ),
 
+        .testTarget(name: "UnitsTests", dependencies: ["Units"]),
         .testTarget(name: "AudioTests", dependencies: ["Audio"], swiftSettings: v5),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], swiftSettings: v5),
         // Blocking socket clients shared by the serving and daemon tests (tests only).
@@ -105,7 +111,8 @@ let package = Package(
         // Random-weight networks shared by the engine and quantization tests (tests only).
         .target(name: "WhisperTestSupport", dependencies: ["WhisperEngine"], swiftSettings: v5),
         .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine", "WhisperTestSupport"], swiftSettings: v5),
-        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "WhisperTestSupport", "Audio"], swiftSettings: v5),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "WhisperTestSupport", "Audio", "Units"],
+                    swiftSettings: v5),
         .testTarget(name: "CLITests", dependencies: ["myqasr"], swiftSettings: v5),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
         .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),

@@ -1,5 +1,6 @@
 import Foundation
 import Quantization
+import Units
 import WhisperEngine
 
 /// Why the provider cannot serve a model for a request.
@@ -15,13 +16,13 @@ public enum ModelProviderError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .impossibleBudget(model, budget, smallest, lowestBits):
-            return "a budget of \(ByteSize.format(budget)) (\(budget) bytes) cannot be met: the smallest reachable size of "
-                + "\(model), with every layer at \(lowestBits) bits, is \(ByteSize.format(smallest)) (\(smallest) bytes)"
+            return "a budget of \(ByteSize.formatExact(budget)) cannot be met: the smallest reachable size of "
+                + "\(model), with every layer at \(lowestBits) bits, is \(ByteSize.formatExact(smallest))"
         case let .sizeMismatch(planned, actual):
             return "internal error: the quantized weights take \(actual) bytes, not the \(planned) planned"
         case let .fileAboveBudget(model, bytes, budget):
-            return "\(model) is served as quantized in the file and takes \(ByteSize.format(bytes)) (\(bytes) bytes), above the "
-                + "budget of \(ByteSize.format(budget)) (\(budget) bytes); raise the budget or make the file again with "
+            return "\(model) is served as quantized in the file and takes \(ByteSize.formatExact(bytes)), above the "
+                + "budget of \(ByteSize.formatExact(budget)); raise the budget or make the file again with "
                 + "`myqasr quantize --budget`"
         }
     }

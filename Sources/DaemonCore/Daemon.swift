@@ -9,6 +9,7 @@ import NIOCore
 import NIOPosix
 import Serving
 import SystemdSupport
+import Units
 import WhisperEngine
 
 /// Why the daemon could not start.

@@ -5,6 +5,7 @@ import Glibc
 #endif
 import Logging
 import TOMLKit
+import Units
 
 /// Why a configuration could not be used: the file, the key and the reason.
 public struct ConfigurationError: Error, Equatable, CustomStringConvertible {
@@ -407,7 +408,7 @@ public struct ConfigurationOverrides: Sendable, Equatable {
             c.threads = threads
         }
         if let memoryBudget {
-            do { c.memoryBudget = try ByteSize.parse(memoryBudget) } catch { throw fail("--budget", "\(error)") }
+            do { c.memoryBudget = try ByteSize.parseLimit(memoryBudget) } catch { throw fail("--budget", "\(error)") }
         }
         if let captureDevice { c.captureDevice = captureDevice }
         if let captureEnabled { c.captureEnabled = captureEnabled }
@@ -508,7 +509,7 @@ struct TableReader {
         }
         guard let s = v.string else { throw typeError(key, expected: "a size such as \"24MiB\" or \"none\"", got: v) }
         do {
-            return ParsedSize(bytes: try ByteSize.parse(s))
+            return ParsedSize(bytes: try ByteSize.parseLimit(s))
         } catch {
             throw self.error(key, "\(error)")
         }

@@ -1,4 +1,5 @@
 import Foundation
+import Units
 
 /// Which end of the sensitivity ranking loses bits first.
 ///
@@ -67,8 +68,8 @@ public enum BitAllocationError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .budgetTooSmall(budget, smallest, lowestBits):
-            return "budget \(ByteCount.describe(budget)) cannot be met: the smallest reachable size, with every layer at "
-                + "\(lowestBits) bits, is \(ByteCount.describe(smallest))"
+            return "budget \(ByteSize.formatExact(budget)) cannot be met: the smallest reachable size, with every layer at "
+                + "\(lowestBits) bits, is \(ByteSize.formatExact(smallest))"
         case let .unsupportedBits(bits, allowed):
             return "\(bits) bits is not a supported width; use one of \(allowed.map(String.init).joined(separator: ", "))"
         case let .badAllowedBits(list):
@@ -189,56 +190,5 @@ public struct BitAllocator: Sendable {
         BitAllocation(names: layers.map(\.name), bits: levels.map { allowedBits[$0] },
                       layerBytes: levels.indices.map { costs[$0][levels[$0]] },
                       fixedBytes: fixedBytes, steps: steps)
-    }
-}
-
-/// Byte counts as the command line reads and prints them.
-public enum ByteCount {
-    /// Errors parsing a size.
-    public enum ParseError: Error, Equatable, CustomStringConvertible {
-        /// The text is not a size.
-        case invalid(String)
-
-        /// A one-line explanation with examples.
-        public var description: String {
-            switch self {
-            case let .invalid(text):
-                return "'\(text)' is not a size; write bytes (25165824) or a number with a unit: "
-                    + "24MiB, 24MB, 0.5GiB, 512KiB (KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000)"
-            }
-        }
-    }
-
-    /// Parses `25165824`, `24MiB`, `24MB`, `0.5GiB`, `512KiB`, `100kB`, `1.5 GB` (case-insensitive
-    /// units; B, KiB, MiB, GiB are binary, KB, MB, GB decimal).
-    public static func parse(_ text: String) throws -> Int {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
-        var number = "", unit = ""
-        for ch in trimmed {
-            if unit.isEmpty && (ch.isNumber || ch == ".") { number.append(ch) } else if ch != " " || !unit.isEmpty {
-                unit.append(ch)
-            }
-        }
-        let multipliers: [String: Double] = [
-            "": 1, "b": 1, "kib": 1024, "mib": 1024 * 1024, "gib": 1024 * 1024 * 1024,
-            "kb": 1000, "mb": 1_000_000, "gb": 1_000_000_000,
-        ]
-        guard let value = Double(number), value.isFinite, value > 0,
-              let multiplier = multipliers[unit.lowercased()] else {
-            throw ParseError.invalid(text)
-        }
-        let bytes = (value * multiplier).rounded(.down)
-        guard bytes >= 1, bytes < Double(Int.max / 2) else { throw ParseError.invalid(text) }
-        return Int(bytes)
-    }
-
-    /// `24.00 MiB (25165824 bytes)`.
-    public static func describe(_ bytes: Int) -> String {
-        String(format: "%.2f MiB", Double(bytes) / 1_048_576) + " (\(bytes) bytes)"
-    }
-
-    /// `24.00 MiB`.
-    public static func mebibytes(_ bytes: Int) -> String {
-        String(format: "%.2f MiB", Double(bytes) / 1_048_576)
     }
 }

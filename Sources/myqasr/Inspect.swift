@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Quantization
+import Units
 import WhisperEngine
 
 /// `myqasr inspect`: what a quantized model holds, layer by layer.
@@ -46,10 +47,10 @@ struct Inspect: ParsableCommand {
         }
         let weightCount = layers.reduce(0) { $0 + $1.outFeatures * $1.inFeatures }
         print(String(format: "layers: %@ (%.2f bits per weight, scales included) vs %@ in float32",
-                     ByteCount.mebibytes(layerBytes), Double(layerBytes * 8) / Double(weightCount),
-                     ByteCount.mebibytes(floatLayerBytes)))
-        print("float rest (norms, biases, positions): \(ByteCount.mebibytes(rest))")
-        print("total \(ByteCount.describe(weights.byteSize)) vs \(ByteCount.describe(floatLayerBytes + rest)) in float32 "
+                     ByteSize.format(layerBytes), Double(layerBytes * 8) / Double(weightCount),
+                     ByteSize.format(floatLayerBytes)))
+        print("float rest (norms, biases, positions): \(ByteSize.format(rest))")
+        print("total \(ByteSize.formatExact(weights.byteSize)) vs \(ByteSize.formatExact(floatLayerBytes + rest)) in float32 "
               + String(format: "(%.2fx smaller)", Double(floatLayerBytes + rest) / Double(weights.byteSize)))
     }
 }

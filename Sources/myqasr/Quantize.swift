@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Quantization
+import Units
 import WhisperEngine
 
 extension CalibrationObjective: ExpressibleByArgument {}
@@ -41,7 +42,7 @@ struct Quantize: ParsableCommand {
             at uniform 3's, than group 32 with every layer at one width; docs/myqasr-method.md \
             section 10). --group-size overrides it.
 
-            Budgets: 24MiB, 24MB, 25165824 (bytes), 0.5GiB.
+            Budgets: 24MiB (or 24M), 24MB, 25165824 (bytes), 0.5GiB.
 
             Examples:
               myqasr quantize --model tiny.en --budget 24MiB --stats me.myqs --out me.myq
@@ -144,7 +145,7 @@ struct Quantize: ParsableCommand {
     }
 
     func parsedBudget(_ text: String) throws -> Int {
-        do { return try ByteCount.parse(text) } catch { throw ValidationError("--budget: \(error)") }
+        do { return try ByteSize.parse(text) } catch { throw ValidationError("--budget: \(error)") }
     }
 
     func run() throws {
@@ -213,9 +214,9 @@ struct Quantize: ParsableCommand {
         var histogram: [Int: Int] = [:]
         for l in r.layers { histogram[l.bits, default: 0] += 1 }
         print("widths: " + histogram.keys.sorted().map { "\($0) bits x\(histogram[$0]!)" }.joined(separator: ", "))
-        print("total \(ByteCount.describe(r.totalBytes)) = layers \(ByteCount.mebibytes(r.totalBytes - r.fixedBytes)) + "
-              + "float rest \(ByteCount.mebibytes(r.fixedBytes)); float32 model \(ByteCount.describe(r.floatBytes)), "
+        print("total \(ByteSize.formatExact(r.totalBytes)) = layers \(ByteSize.format(r.totalBytes - r.fixedBytes)) + "
+              + "float rest \(ByteSize.format(r.fixedBytes)); float32 model \(ByteSize.formatExact(r.floatBytes)), "
               + String(format: "%.2fx smaller", Double(r.floatBytes) / Double(r.totalBytes)))
-        if let budget = r.budget { print("budget \(ByteCount.describe(budget)), \(budget - r.totalBytes) bytes to spare") }
+        if let budget = r.budget { print("budget \(ByteSize.formatExact(budget)), \(budget - r.totalBytes) bytes to spare") }
     }
 }

@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 #endif
 import Serving
+import Units
 
 /// `myqasrctl`: talks to a running `myqasrd` over its control socket.
 @main
@@ -109,24 +110,22 @@ extension MyQASRControl {
 
         @OptionGroup var connection: ConnectionOptionsGroup
 
-        @Argument(help: "Size with a unit: B, KB, MB, GB, KiB, MiB, GiB.")
+        @Argument(help: "Size with a unit: B, K/KiB, M/MiB, G/GiB (powers of 1024), KB, MB, GB (powers of 1000).")
         var size: String
 
         func validate() throws {
-            guard SizeParser.parse(size) != nil else {
-                throw ValidationError("\"\(size)\" is not a size such as 24MiB or 150MB")
-            }
+            do { _ = try ByteSize.parse(size) } catch { throw ValidationError("\(error)") }
         }
 
         func run() throws {
             try reporting {
                 let client = try connection.connect()
-                try client.setBudget(bytes: SizeParser.parse(size)!)
+                try client.setBudget(bytes: try ByteSize.parse(size))
                 let status = try client.status()
-                print("budget set to \(StatusFormatter.bytes(status.budgetBytes ?? 0)): \(status.modelName) now takes "
-                    + "\(StatusFormatter.bytes(status.memoryBytes)) at \(StatusFormatter.precision(status.layerBits ?? [:]))")
+                print("budget set to \(ByteSize.format(status.budgetBytes ?? 0)): \(status.modelName) now takes "
+                    + "\(ByteSize.format(status.memoryBytes)) at \(StatusFormatter.precision(status.layerBits ?? [:]))")
                 if let budget = status.budgetBytes, status.memoryBytes > budget {
-                    print("note: the model in service takes \(StatusFormatter.bytes(status.memoryBytes)); the budget is not met")
+                    print("note: the model in service takes \(ByteSize.format(status.memoryBytes)); the budget is not met")
                 }
             }
         }
@@ -227,33 +226,8 @@ extension MyQASRControl {
     }
 }
 
-/// Parses "24MiB", "150MB", "1048576".
-enum SizeParser {
-    static func parse(_ text: String) -> Int? {
-        let lower = text.trimmingCharacters(in: .whitespaces).lowercased()
-        let end = lower.firstIndex(where: { !($0.isNumber || $0 == ".") }) ?? lower.endIndex
-        guard let number = Double(lower[..<end]), number > 0 else { return nil }
-        let units: [String: Double] = [
-            "": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1_048_576, "mb": 1e6, "mib": 1_048_576,
-            "g": 1_073_741_824, "gb": 1e9, "gib": 1_073_741_824,
-        ]
-        guard let scale = units[lower[end...].trimmingCharacters(in: .whitespaces)] else { return nil }
-        let bytes = (number * scale).rounded()
-        guard bytes >= 1, bytes < 1e15 else { return nil }
-        return Int(bytes)
-    }
-}
-
 /// Human-readable status.
 enum StatusFormatter {
-    static func bytes(_ value: Int) -> String {
-        let v = Double(value)
-        if v >= 1_073_741_824 { return String(format: "%.2f GiB", v / 1_073_741_824) }
-        if v >= 1_048_576 { return String(format: "%.1f MiB", v / 1_048_576) }
-        if v >= 1024 { return String(format: "%.0f KiB", v / 1024) }
-        return "\(value) B"
-    }
-
     static func duration(_ seconds: Double) -> String {
         let s = Int(seconds)
         if s >= 86400 { return "\(s / 86400)d \((s % 86400) / 3600)h" }
@@ -311,9 +285,9 @@ enum StatusFormatter {
     static func format(_ status: DaemonStatus) -> String {
         var lines: [String] = []
         lines.append("model:       \(status.modelName)")
-        var memory = "memory:      \(bytes(status.memoryBytes))"
+        var memory = "memory:      \(ByteSize.format(status.memoryBytes))"
         if let budget = status.budgetBytes {
-            memory += " of \(bytes(budget)) budget"
+            memory += " of \(ByteSize.format(budget)) budget"
             memory += status.memoryBytes > budget ? " (NOT MET)" : " (met)"
         } else {
             memory += " (no budget)"

@@ -5,6 +5,7 @@ import Foundation
 import Glibc
 #endif
 import Logging
+import Units
 
 /// `myqasrd`: the on-device speech-recognition daemon (microphone -> Whisper -> Unix sockets).
 @main

@@ -31,6 +31,22 @@ final class MyQASRCommandTests: XCTestCase {
         XCTAssertFalse(err.contains("Fatal error"), err)
     }
 
+    /// `--budget` reads sizes by the rule every program shares: `24M` is 24 MiB here as in `myqasrctl budget`.
+    func testBudgetTakesTheSharedSizeSpellings() throws {
+        let model = NSTemporaryDirectory() + "myqasr-no-model-\(UUID().uuidString)"
+        for budget in ["24M", "24MiB", "24 MB", "25165824"] {
+            let (status, _, err) = try run(["quantize", "--model", model, "--budget", budget, "--stats", model + ".myqs",
+                                            "--out", model + ".myq"])
+            XCTAssertNotEqual(status, 0)
+            XCTAssertFalse(err.contains("is not a size"), "\(budget): \(err)")
+            XCTAssertTrue(err.contains(model), "past the budget, the missing model is the error: \(err)")
+        }
+        let (status, _, err) = try run(["quantize", "--model", model, "--budget", "24Q", "--stats", model + ".myqs",
+                                        "--out", model + ".myq"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("--budget: \"24Q\" is not a size"), err)
+    }
+
     func testMissingModelSaysHowToFetchIt() throws {
         let path = NSTemporaryDirectory() + "myqasr-no-models-\(UUID().uuidString)"
         let (status, _, err) = try MyQASRTool.run(["transcribe", "--model", "base", "/dev/null"],
