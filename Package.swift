@@ -2,7 +2,7 @@
 import PackageDescription
 
 // The architecture, one target per concern (README "Architecture"):
-//   Units           byte sizes as people read and write them, one rule for every program
+//   Units           byte sizes and precisions as people read and write them, one rule for every program
 //   Audio           WAV decoding, resampling, Whisper's log-mel front end
 //   Tokenizer       Whisper's byte-level BPE vocabulary
 //   CKernels        C hot loops (element-wise passes, packed low-bit products)
@@ -39,7 +39,7 @@ let package = Package(
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // A leaf below every program: `myqasr` (through Quantization), `myqasrctl` (which otherwise needs
-        // only Serving) and DaemonCore share no lower target, and a size parser belongs in none of theirs.
+        // only Serving) and DaemonCore share no lower target, and sizes and precision names belong in none of theirs.
         .target(name: "Units"),
         .target(name: "Audio", dependencies: ["COpenBLAS"], swiftSettings: v5),
         .target(name: "Tokenizer", swiftSettings: v5),

@@ -164,7 +164,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         }
         logger.info("model loaded", metadata: [
             "model": "\(provided.model.name)", "weights": "\(ByteSize.format(provided.weightBytes))",
-            "precision": "\(Self.precision(provided.layerBits))",
+            "precision": "\(Precision.describe(provided.layerBits))",
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: loadStart)))",
         ])
         reportBudget(provided, budget: config.memoryBudget)
@@ -482,7 +482,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     private func statusLine() -> String {
         let (entry, count, budget) = locked { (store?.current, utterancesSeen, budgetBytes) }
         guard let entry else { return "starting" }
-        var line = "model \(entry.provided.model.name), \(Self.precision(entry.provided.layerBits)), "
+        var line = "model \(entry.provided.model.name), \(Precision.describe(entry.provided.layerBits)), "
             + "weights \(ByteSize.format(entry.provided.weightBytes))"
         if let budget {
             line += entry.provided.budgetMet ? " (budget \(ByteSize.format(budget)))" : " (over budget \(ByteSize.format(budget)))"
@@ -494,22 +494,13 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         guard let budget else { return }
         let metadata: Logger.Metadata = [
             "weights": "\(ByteSize.format(provided.weightBytes))", "budget": "\(ByteSize.format(budget))",
-            "precision": "\(Self.precision(provided.layerBits))",
+            "precision": "\(Precision.describe(provided.layerBits))",
         ]
         if provided.budgetMet {
             logger.info("memory budget met", metadata: metadata)
         } else {
             logger.warning("memory budget not met by the model the provider chose", metadata: metadata)
         }
-    }
-
-    /// "float", "4-bit", or "mixed 3-4-bit": the widths of the linear layers in a few characters.
-    static func precision(_ layerBits: [String: Int]) -> String {
-        let widths = Set(layerBits.values)
-        guard let low = widths.min(), let high = widths.max() else { return "no layers" }
-        func name(_ bits: Int) -> String { bits == 32 ? "float" : "\(bits)-bit" }
-        if low == high { return name(low) }
-        return "mixed \(low)-\(high)-bit"
     }
 
     // MARK: - TranscriptionBackend
@@ -657,7 +648,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         }
         logger.info("model in service", metadata: [
             "reason": "\(reason)", "model": "\(provided.model.name)", "generation": "\(generation)",
-            "weights": "\(ByteSize.format(provided.weightBytes))", "precision": "\(Self.precision(provided.layerBits))",
+            "weights": "\(ByteSize.format(provided.weightBytes))", "precision": "\(Precision.describe(provided.layerBits))",
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
         ])
         reportBudget(provided, budget: budget)

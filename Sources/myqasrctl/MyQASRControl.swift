@@ -123,7 +123,7 @@ extension MyQASRControl {
                 try client.setBudget(bytes: try ByteSize.parse(size))
                 let status = try client.status()
                 print("budget set to \(ByteSize.format(status.budgetBytes ?? 0)): \(status.modelName) now takes "
-                    + "\(ByteSize.format(status.memoryBytes)) at \(StatusFormatter.precision(status.layerBits ?? [:]))")
+                    + "\(ByteSize.format(status.memoryBytes)) at \(Precision.describe(status.layerBits ?? [:]))")
                 if let budget = status.budgetBytes, status.memoryBytes > budget {
                     print("note: the model in service takes \(ByteSize.format(status.memoryBytes)); the budget is not met")
                 }
@@ -269,14 +269,6 @@ enum StatusFormatter {
         }
     }
 
-    /// "float", "4-bit" or "mixed 3-4-bit": the widths of the layers in a few characters.
-    static func precision(_ bits: [String: Int]) -> String {
-        let widths = Set(bits.values)
-        guard let low = widths.min(), let high = widths.max() else { return "unknown precision" }
-        func name(_ b: Int) -> String { b == 32 ? "float" : "\(b)-bit" }
-        return low == high ? name(low) : "mixed \(low)-\(high)-bit"
-    }
-
     /// "layer_10" after "layer_9".
     static func naturalLess(_ a: String, _ b: String) -> Bool {
         a.compare(b, options: .numeric) == .orderedAscending
@@ -304,7 +296,7 @@ enum StatusFormatter {
             let distinct = Set(bits.values)
             let summary = distinct.count == 1 && distinct.first == 32
                 ? "all \(bits.count) layers float" : "\(bits.count) layers, " + distinct.sorted().map { b in
-                    "\(bits.values.filter { $0 == b }.count) at \(b == 32 ? "float" : "\(b)-bit")" }.joined(separator: ", ")
+                    "\(bits.values.filter { $0 == b }.count) at \(Precision.name(bits: b))" }.joined(separator: ", ")
             lines.append("precision:   \(summary)  (f = float, h = 16-bit, digits = bits)")
             lines += chart(bits)
         }
