@@ -84,8 +84,9 @@ public struct ModelFootprint: Sendable, Equatable {
 /// full-precision model from live utterances), myQASR's per-layer widths from the sensitivity sweep down to the budget;
 /// without, every layer at the highest uniform width whose total bytes fit. Either way round-to-nearest with
 /// clip ratio 1 (compensated rounding needs input second moments, too large to keep in the daemon). A budget
-/// below the all-2-bit size is refused with `ModelProviderError.impossibleBudget`. A model named by a `.myq`
-/// path (a personalised model made by `myqasr quantize`) is served as stored, when it fits the budget
+/// below the all-2-bit size is refused with `ModelProviderError.impossibleBudget`. A model named by the path of a
+/// quantized model file (a personalised model made by `myqasr quantize`, told by content, `ModelSource`) is
+/// served as stored, when it fits the budget
 /// (`ModelProviderError.fileAboveBudget`).
 ///
 /// Memory: the float weights are kept only while they are served. When a quantized model is in service the
@@ -128,7 +129,7 @@ public final class BudgetModelProvider: @unchecked Sendable {
     /// quantizes only when the width changes. An impossible budget is refused before any work is done.
     public func provide(_ request: ModelRequest) throws -> ProvidedModel {
         let name = request.name
-        if name.hasSuffix("." + QuantizedModelFile.fileExtension) { return try provideFile(request) }
+        if try ModelLocator().source(for: name).isQuantized { return try provideFile(request) }
         let fresh = request.reloadFromDisk
         var (floatModel, knownFootprint, current) = locked { (self.float, self.footprint, self.served) }
         if floatModel?.name != name || fresh { floatModel = nil }

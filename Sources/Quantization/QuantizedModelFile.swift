@@ -86,14 +86,10 @@ public enum QuantizedModelFileError: Error, CustomStringConvertible, Equatable {
 /// JSON header, then 64-byte aligned sections of packed codes, scales and float tensors.
 /// Loading maps the file; packed layers point into the mapping without a copy.
 public enum QuantizedModelFile {
-    /// The 8 magic bytes at offset 0.
-    public static let magic: [UInt8] = Array("MYQMODEL".utf8)
     /// The format version this build writes (it also reads version 2, which had no rotated layers).
     public static let formatVersion: UInt32 = 3
     /// The `rotation` of a rotated layer in the header (the rotation of `mq_rotate_blocks`).
     static let rotationName = "hadamard32"
-    /// The usual file name extension.
-    public static let fileExtension = "myq"
     /// Alignment of the data section and of every section in it.
     public static let alignment = 64
     static let preambleSize = 64
@@ -245,7 +241,7 @@ public enum QuantizedModelFile {
         let dataOffset = (preambleSize + json.count + alignment - 1) / alignment * alignment
 
         var head = [UInt8](repeating: 0, count: dataOffset)
-        head.replaceSubrange(0..<8, with: magic)
+        head.replaceSubrange(0..<8, with: ModelSource.quantizedMagic)
         putLE(&head, 8, UInt64(formatVersion), bytes: 4)
         putLE(&head, 16, UInt64(json.count), bytes: 8)
         putLE(&head, 24, UInt64(dataOffset), bytes: 8)
@@ -319,7 +315,7 @@ public enum QuantizedModelFile {
             throw QuantizedModelFileError.cannotRead(path: path, reason: e.description)
         }
         let bytes = storage.bytes
-        if bytes.count >= 8, !zip(bytes[0..<8], magic).allSatisfy({ $0 == $1 }) {
+        if bytes.count >= 8, !zip(bytes[0..<8], ModelSource.quantizedMagic).allSatisfy({ $0 == $1 }) {
             throw QuantizedModelFileError.badMagic(path: path)
         }
         guard bytes.count >= preambleSize else {

@@ -191,8 +191,9 @@ final class BudgetModelProviderTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: statisticsFile + ".corrupt"), "forget deletes it too")
     }
 
-    /// A personalised `.myq` file (as `myqasr quantize` writes) is served as stored: its widths, its bytes, the
-    /// same model while the budget allows it, and a refusal naming both sizes when the budget is below it.
+    /// A personalised quantized model file (as `myqasr quantize` writes) is served as stored: its widths, its
+    /// bytes, the same model while the budget allows it, and a refusal naming both sizes when the budget is below
+    /// it. It is told by content: named `me.q`, not `.myq`, it is still the quantized model.
     func testQuantizedModelFileIsServedAsStored() throws {
         let source = try WhisperModel.load(try Fixtures.tinyModel())
         let result = try Quantizer.quantize(model: source, statistics: nil,
@@ -200,7 +201,7 @@ final class BudgetModelProviderTests: XCTestCase {
         let directory = NSTemporaryDirectory() + "myqasr-provider-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let file = directory + "/me.myq"
+        let file = directory + "/me.q"
         try QuantizedModelFile.write(weights: result.weights, metadata: result.metadata, to: file)
 
         let provider = BudgetModelProvider()
@@ -208,7 +209,7 @@ final class BudgetModelProviderTests: XCTestCase {
             try provider.provide(ModelRequest(name: file, budgetBytes: budget, reloadFromDisk: reload))
         }
         let served = try provide(nil)
-        XCTAssertEqual(served.model.name, "me.myq")
+        XCTAssertEqual(served.model.name, "me.q")
         XCTAssertEqual(Set(served.layerBits.values), [4])
         XCTAssertEqual(served.layerBits.count, 47)
         XCTAssertEqual(served.weightBytes, result.weights.byteSize)
@@ -217,7 +218,7 @@ final class BudgetModelProviderTests: XCTestCase {
         XCTAssertFalse(try provide(24 * mib, reload: true).model === served.model, "a reload reads the file again")
         XCTAssertThrowsError(try provide(20 * mib)) { error in
             XCTAssertEqual(error as? ModelProviderError,
-                           .fileAboveBudget(model: "me.myq", bytes: served.weightBytes, budget: 20 * mib))
+                           .fileAboveBudget(model: "me.q", bytes: served.weightBytes, budget: 20 * mib))
             XCTAssertTrue("\(error)".contains("\(served.weightBytes) bytes"), "\(error)")
         }
         let jfk = try loadAudio(path: try Fixtures.sample("jfk.wav"))

@@ -94,4 +94,35 @@ final class ModelLocatorTests: XCTestCase {
             XCTAssertEqual(error as? ModelLocatorError, .unknownModel(name: root + "/absent", root: root))
         }
     }
+
+    /// A model's kind is told by content: a file that starts with the quantized model magic is a quantized
+    /// model whatever it is called, and a file that does not is no model even when it is called `.myq`.
+    func testTellsAModelsKindByContentNotByName() throws {
+        let locator = ModelLocator(root: root)
+        let quantized = root + "/u4.q"
+        XCTAssertTrue(FileManager.default.createFile(atPath: quantized,
+                                                     contents: Data(ModelSource.quantizedMagic + [3, 0, 0, 0])))
+        XCTAssertEqual(try locator.source(for: quantized), .quantized(path: quantized))
+        XCTAssertTrue(try locator.source(for: quantized).isQuantized)
+        XCTAssertThrowsError(try locator.resolve(quantized)) { error in
+            XCTAssertEqual(error as? ModelLocatorError, .quantizedModelFile(path: quantized))
+            XCTAssertTrue("\(error)".contains("is a quantized model file"), "\(error)")
+        }
+
+        for (name, contents) in [("fake.myq", Data("MYQSTATS and more".utf8)), ("short.myq", Data("MYQ".utf8)),
+                                 ("empty.myq", Data())] {
+            let path = root + "/" + name
+            XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: contents))
+            XCTAssertThrowsError(try locator.source(for: path), name) { error in
+                XCTAssertEqual(error as? ModelLocatorError, .notAModel(path: path))
+                XCTAssertTrue("\(error)".contains("\(path) is not a model"), "\(error)")
+            }
+        }
+
+        let directory = try makeModel(root + "/float-model")
+        XCTAssertEqual(try locator.source(for: directory), .float(ModelDirectory(path: directory)))
+        XCTAssertFalse(try locator.source(for: directory).isQuantized)
+        try makeModel(root + "/tiny.en")
+        XCTAssertEqual(try locator.source(for: "tiny.en"), .float(try locator.resolve("tiny.en")))
+    }
 }

@@ -43,8 +43,12 @@ public enum ModelLocatorError: Error, CustomStringConvertible, Equatable {
     case notInstalled(name: String, directory: String, missing: [String], fetchCommand: String)
     /// A directory given by path lacks required files.
     case incompleteDirectory(path: String, missing: [String])
-    /// Neither a known model name, an installed model, nor an existing directory.
+    /// Neither a known model name, an installed model, nor an existing directory or file.
     case unknownModel(name: String, root: String)
+    /// A file that is not a quantized model file (it does not start with `ModelSource.quantizedMagic`).
+    case notAModel(path: String)
+    /// A quantized model file where a model directory (float weights) is needed.
+    case quantizedModelFile(path: String)
 
     /// A one-line explanation that says how to fix it.
     public var description: String {
@@ -56,13 +60,20 @@ public enum ModelLocatorError: Error, CustomStringConvertible, Equatable {
             return "\(path) is not a CTranslate2 Whisper model directory: it lacks \(missing.joined(separator: ", "))"
         case let .unknownModel(name, root):
             return "unknown model '\(name)': not one of \(ModelLocator.knownModels.joined(separator: ", ")), "
-                + "not installed under \(root), and not a directory"
+                + "not installed under \(root), and not a directory or file"
+        case let .notAModel(path):
+            return "\(path) is not a model: neither a CTranslate2 Whisper model directory nor a quantized model file "
+                + "(made by `myqasr quantize`)"
+        case let .quantizedModelFile(path):
+            return "\(path) is a quantized model file; this needs a model directory with float weights "
+                + "(\(ModelLocator.knownModels.joined(separator: ", ")) or a CTranslate2 directory)"
         }
     }
 }
 
-/// Finds model directories: `tiny.en` and `base` live at `<root>/<name>/`, anything else
-/// containing a `/` (or naming an existing directory) is a path to a model directory.
+/// Finds models: `tiny.en` and `base` live at `<root>/<name>/`, anything else containing a `/`
+/// (or naming an existing directory or file) is a path to a model directory or to a quantized
+/// model file, told apart by content (`ModelSource`).
 ///
 /// The root is `$MYQASR_MODELS_DIR`, else `$XDG_DATA_HOME/myqasr/models`, else
 /// `~/.local/share/myqasr/models`, the same rule `scripts/fetch-models` uses.
@@ -103,8 +114,19 @@ public struct ModelLocator: Sendable {
     }
 
     /// Resolves `tiny.en`, `base`, another installed name, or a directory path to its files,
-    /// checking that the required files exist.
+    /// checking that the required files exist; a quantized model file is refused
+    /// (`quantizedModelFile`): use `source(for:)` where one is welcome.
     public func resolve(_ nameOrPath: String) throws -> ModelDirectory {
+        switch try source(for: nameOrPath) {
+        case let .float(directory): return directory
+        case let .quantized(path): throw ModelLocatorError.quantizedModelFile(path: path)
+        }
+    }
+
+    /// What `nameOrPath` names: `tiny.en`, `base`, another installed name or a directory path
+    /// (`.float`, its required files checked), or a file that starts with the quantized model
+    /// magic (`.quantized`), whatever the file is called. Any other file is `notAModel`.
+    public func source(for nameOrPath: String) throws -> ModelSource {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         let looksLikePath = nameOrPath.contains("/") || nameOrPath == "." || nameOrPath == ".." || nameOrPath.hasPrefix("~")
@@ -121,17 +143,21 @@ public struct ModelLocator: Sendable {
                     }
                     throw ModelLocatorError.incompleteDirectory(path: installed, missing: missing)
                 }
-                return dir
+                return .float(dir)
             }
         }
         let path = ModelLocator.expandTilde(nameOrPath, environment: ProcessInfo.processInfo.environment)
-        guard !path.isEmpty, fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
+        guard !path.isEmpty, fm.fileExists(atPath: path, isDirectory: &isDir) else {
             throw ModelLocatorError.unknownModel(name: nameOrPath, root: root)
+        }
+        guard isDir.boolValue else {
+            guard ModelSource.isQuantizedModelFile(atPath: path) else { throw ModelLocatorError.notAModel(path: path) }
+            return .quantized(path: path)
         }
         let dir = ModelDirectory(path: URL(fileURLWithPath: path).standardizedFileURL.path)
         let missing = dir.missingFiles()
         guard missing.isEmpty else { throw ModelLocatorError.incompleteDirectory(path: dir.path, missing: missing) }
-        return dir
+        return .float(dir)
     }
 
     private static func expandTilde(_ path: String, environment: [String: String]) -> String {
