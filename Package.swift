@@ -105,22 +105,25 @@ let package = Package(
 
         .testTarget(name: "UnitsTests", dependencies: ["Units"]),
         .testTarget(name: "AudioTests", dependencies: ["Audio"], swiftSettings: v5),
-        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"], swiftSettings: v5),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "TestSupport"], swiftSettings: v5),
         // Blocking socket clients shared by the serving and daemon tests (tests only).
         .target(name: "SocketTestSupport", swiftSettings: v5),
-        // Random-weight networks shared by the engine and quantization tests (tests only).
-        .target(name: "WhisperTestSupport", dependencies: ["WhisperEngine"], swiftSettings: v5),
-        .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine", "WhisperTestSupport"], swiftSettings: v5),
-        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "WhisperTestSupport", "Audio", "Units"],
+        // Tests only: the fixtures of integration tests (real models, samples, tools, built products) under
+        // one policy (skip when missing, fail under MYQASR_REQUIRE_FIXTURES=1), and random-weight networks.
+        .target(name: "TestSupport", dependencies: ["WhisperEngine"], swiftSettings: v5),
+        .testTarget(name: "TestSupportTests", dependencies: ["TestSupport"], swiftSettings: v5),
+        .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine", "TestSupport"], swiftSettings: v5),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "TestSupport", "Audio", "Units"],
                     swiftSettings: v5),
-        .testTarget(name: "CLITests", dependencies: ["myqasr"], swiftSettings: v5),
+        .testTarget(name: "CLITests", dependencies: ["myqasr", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
         .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),
-        .testTarget(name: "ServingTests", dependencies: ["Serving", "SystemdSupport", "SocketTestSupport"], swiftSettings: v5),
+        .testTarget(name: "ServingTests", dependencies: ["Serving", "SystemdSupport", "SocketTestSupport", "TestSupport"],
+                    swiftSettings: v5),
         .testTarget(
             name: "DaemonTests",
-            dependencies: ["DaemonCore", "Quantization", "Serving", "SystemdSupport", "Audio", "SocketTestSupport", "myqasrd",
-                           "myqasrctl"],
+            dependencies: ["DaemonCore", "Quantization", "Serving", "SystemdSupport", "Audio", "SocketTestSupport", "TestSupport",
+                           "myqasrd", "myqasrctl"],
             swiftSettings: v5
         ),
     ]

@@ -1,18 +1,18 @@
 import Foundation
+import TestSupport
 import XCTest
 
 /// Every `myqasr` subcommand resolves `--model` the same way: `transcribe` and `eval` take a quantized model file,
 /// `stats` and `quantize` refuse one with a message naming what they need.
 final class ModelLoadingTests: XCTestCase {
-    private func sample(_ name: String) throws -> String { try MyQASRTool.sample(name) }
-
     private func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
         try MyQASRTool.run(arguments)
     }
 
     func testTranscribeTakesAMyqFileAndFloatOnlyCommandsRefuseIt() throws {
-        let jfk = try sample("jfk.wav")
-        let calibration = try sample("goforward.wav")
+        _ = try Fixtures.modelDirectory("tiny.en")
+        let jfk = try Fixtures.sample("jfk.wav")
+        let calibration = try Fixtures.sample("goforward.wav")
         let directory = NSTemporaryDirectory() + "myqasr-myq-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -20,7 +20,6 @@ final class ModelLoadingTests: XCTestCase {
 
         var (status, out, err) = try run(["quantize", "--model", "tiny.en", "--uniform", "4",
                                           "--calibration", calibration, "--out", myq])
-        if err.contains("scripts/fetch-models") { throw XCTSkip("tiny.en is not installed: \(err)") }
         XCTAssertEqual(status, 0, err)
 
         // Calibration audio means compensated rounding; the file records it and its source's vocabulary.
@@ -73,14 +72,14 @@ final class ModelLoadingTests: XCTestCase {
     }
 
     func testStatisticsWithSecondMomentsGiveCompensatedRounding() throws {
-        let calibration = try sample("goforward.wav")
+        _ = try Fixtures.modelDirectory("tiny.en")
+        let calibration = try Fixtures.sample("goforward.wav")
         let directory = NSTemporaryDirectory() + "myqasr-stats-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         for (flags, rounding) in [(["--second-moments"], "compensated"), ([], "nearest")] {
             let stats = directory + "/s\(flags.count).myqs", myq = directory + "/u4-\(rounding).myq"
             var (status, _, err) = try run(["stats", "--model", "tiny.en"] + flags + ["--out", stats, calibration])
-            if err.contains("scripts/fetch-models") { throw XCTSkip("tiny.en is not installed: \(err)") }
             XCTAssertEqual(status, 0, err)
             // Nearest rounding here also keeps the weights unrotated.
             let rotation = rounding == "nearest" ? ["--no-rotation"] : []

@@ -64,7 +64,7 @@ final class CommandLineTests: XCTestCase {
     /// A user without access to the socket gets "permission denied" (run as nobody with setpriv when root).
     func testPermissionDeniedIsExplained() throws {
         guard getuid() == 0 else { throw XCTSkip("needs root to run the client as another user") }
-        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else { throw XCTSkip("setpriv missing") }
+        let setpriv = try Fixtures.tool("setpriv")
         let dir = try ScratchDirectory()
         chmod(dir.path, 0o755)
         let path = dir.sub("control.sock")
@@ -82,7 +82,7 @@ final class CommandLineTests: XCTestCase {
         let binary = dir.sub("myqasrctl")
         try FileManager.default.copyItem(atPath: try Fixtures.binary("myqasrctl"), toPath: binary)
         chmod(binary, 0o755)
-        let (status, _, err) = try runTool("/usr/bin/setpriv", [
+        let (status, _, err) = try runTool(setpriv, [
             "--reuid=65534", "--regid=65534", "--clear-groups", binary, "status", "--socket", path,
         ])
         XCTAssertEqual(status, 77, err)

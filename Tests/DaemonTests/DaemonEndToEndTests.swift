@@ -236,8 +236,10 @@ final class DaemonEndToEndTests: XCTestCase {
     /// MemoryDenyWriteExecute=yes enforces through seccomp): started through a launcher that sets
     /// PR_SET_MDWE (Linux 6.3+, inherited across execve), the daemon loads, captures and transcribes.
     func testRunsUnderMemoryDenyWriteExecute() throws {
-        let python = "/usr/bin/python3"
-        guard FileManager.default.isExecutableFile(atPath: python) else { throw XCTSkip("no \(python) for the launcher") }
+        let python = "/usr/bin/python3"   // Debian's (scripts/setup), not whichever python3 PATH finds first
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            throw Fixtures.missing("no \(python) for the launcher: run scripts/setup")
+        }
         let speech = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
         let launcher = [python, "-c", """
             import ctypes, os, sys

@@ -4,6 +4,7 @@ import Glibc
 #endif
 import Serving
 import SocketTestSupport
+@_exported import TestSupport  // `Fixtures` in every file of these tests
 import XCTest
 
 /// Failure of a test helper, with what was waited for.
@@ -33,60 +34,11 @@ final class ScratchDirectory {
     deinit { try? FileManager.default.removeItem(atPath: path) }
 }
 
-/// Locations of the built binaries, the model and the speech samples; tests skip with a message when the
-/// model or samples are missing.
-enum Fixtures {
-    /// The directory holding the built products (next to the test bundle).
-    static var productsDirectory: URL {
-        for bundle in Bundle.allBundles where bundle.bundlePath.hasSuffix(".xctest") {
-            return bundle.bundleURL.deletingLastPathComponent()
-        }
-        return Bundle.main.bundleURL
-    }
-
-    static func binary(_ name: String) throws -> String {
-        let path = productsDirectory.appendingPathComponent(name).path
-        guard FileManager.default.isExecutableFile(atPath: path) else {
-            throw HarnessError("\(name) is not built at \(path)")
-        }
-        return path
-    }
-
-    static var modelsRoot: String {
-        let environment = ProcessInfo.processInfo.environment
-        if let dir = environment["MYQASR_MODELS_DIR"], !dir.isEmpty { return dir }
-        if let data = environment["XDG_DATA_HOME"], !data.isEmpty { return data + "/myqasr/models" }
-        return NSHomeDirectory() + "/.local/share/myqasr/models"
-    }
-
-    static var samplesDirectory: String {
-        let environment = ProcessInfo.processInfo.environment
-        if let cache = environment["XDG_CACHE_HOME"], !cache.isEmpty { return cache + "/myqasr/samples" }
-        return NSHomeDirectory() + "/.cache/myqasr/samples"
-    }
-
-    /// A skip, or a failure under MYQASR_REQUIRE_FIXTURES=1 (as `scripts/test` sets), for a missing fixture.
-    static func missing(_ message: String) -> Error {
-        ProcessInfo.processInfo.environment["MYQASR_REQUIRE_FIXTURES"] == "1" ? HarnessError(message) : XCTSkip(message)
-    }
-
-    /// The tiny.en model directory, or a skip.
-    static func tinyModel() throws -> String {
-        let dir = modelsRoot + "/tiny.en"
-        guard FileManager.default.fileExists(atPath: dir + "/model.bin") else {
-            throw missing("tiny.en model missing at \(dir): run scripts/fetch-models tiny.en")
-        }
-        return dir
-    }
-
-    /// A speech sample WAV, or a skip.
-    static func sample(_ name: String) throws -> String {
-        let path = samplesDirectory + "/" + name
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw missing("speech sample missing at \(path): run scripts/fetch-samples")
-        }
-        return path
-    }
+/// The daemon tests' helpers beside the shared fixtures (`TestSupport`'s `Fixtures`: models, samples, tools and
+/// built products, skipped when missing and failed under MYQASR_REQUIRE_FIXTURES=1).
+extension Fixtures {
+    /// The tiny.en model directory.
+    static func tinyModel() throws -> String { try modelDirectory("tiny.en").path }
 
     /// The 16-bit PCM data of a 16 kHz mono WAV (the `data` chunk).
     static func pcm16(ofWAV path: String) throws -> Data {

@@ -13,10 +13,7 @@ final class SystemdUnitTests: XCTestCase {
     /// `systemd-analyze verify` accepts both units (ExecStart pointed at the built binary, which verify
     /// requires to exist), and the security report is produced.
     func testUnitsVerify() throws {
-        let analyze = "/usr/bin/systemd-analyze"
-        guard FileManager.default.isExecutableFile(atPath: analyze) else {
-            throw XCTSkip("systemd-analyze is not installed: cannot verify the units")
-        }
+        let analyze = try Fixtures.tool("systemd-analyze")
         let dir = try ScratchDirectory()
         let service = try String(contentsOfFile: repositoryRoot + "/systemd/myqasrd.service", encoding: .utf8)
         XCTAssertTrue(service.contains("ExecStart=/usr/local/bin/myqasrd"))
@@ -40,8 +37,7 @@ final class SystemdUnitTests: XCTestCase {
     /// one FileDescriptorName= a single .socket unit gives all its sockets), and a client that connected before
     /// the model was loaded is answered.
     func testSocketActivation() throws {
-        let activate = "/usr/bin/systemd-socket-activate"
-        guard FileManager.default.isExecutableFile(atPath: activate) else { throw XCTSkip("systemd-socket-activate missing") }
+        let activate = try Fixtures.tool("systemd-socket-activate")
         let model = try Fixtures.tinyModel()
         let wav = try Fixtures.sample("goforward.wav")
         let dir = try ScratchDirectory()

@@ -1,7 +1,7 @@
 import Audio
 import Foundation
 import WhisperEngine
-import WhisperTestSupport
+import TestSupport
 import XCTest
 
 @testable import Quantization

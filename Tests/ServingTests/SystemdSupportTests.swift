@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import TestSupport
 import XCTest
 @testable import Serving
 import SystemdSupport
@@ -99,7 +100,7 @@ final class SystemdSupportTests: XCTestCase {
     func testSocketActivationHandsAListenerToTheServer() async throws {
         guard let activator = ["/usr/bin/systemd-socket-activate", "/bin/systemd-socket-activate", "/lib/systemd/systemd-socket-activate"]
             .first(where: { FileManager.default.isExecutableFile(atPath: $0) })
-        else { throw XCTSkip("systemd-socket-activate is not installed") }
+        else { throw Fixtures.missing("systemd-socket-activate is not installed: run scripts/setup") }
         let bundle = ProcessInfo.processInfo.arguments[0]
         let path = directory + "/wyoming.sock"
         let process = Process()

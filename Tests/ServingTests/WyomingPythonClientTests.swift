@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import XCTest
 @testable import Serving
 
@@ -21,16 +22,16 @@ final class WyomingPythonClientTests: XCTestCase {
 
     func testReferenceClientTranscribes() async throws {
         guard let python = Self.python, FileManager.default.isExecutableFile(atPath: python) else {
-            let message = "no Python venv with the wyoming package at \(Self.python ?? "?"); scripts/setup creates it"
-            if ProcessInfo.processInfo.environment["MYQASR_REQUIRE_FIXTURES"] == "1" { XCTFail(message); return }
-            throw XCTSkip(message)
+            throw Fixtures.missing("no Python venv with the wyoming package at \(Self.python ?? "?"); scripts/setup creates it")
         }
         let check = Process()
         check.executableURL = URL(fileURLWithPath: python)
         check.arguments = ["-c", "import wyoming.client"]
         try check.run()
         check.waitUntilExit()
-        guard check.terminationStatus == 0 else { throw XCTSkip("the venv at \(python) has no wyoming package") }
+        guard check.terminationStatus == 0 else {
+            throw Fixtures.missing("the venv at \(python) has no wyoming package; scripts/setup installs it")
+        }
 
         let directory = try makeTemporaryDirectory()
         defer { removeDirectory(directory) }

@@ -1,9 +1,9 @@
 import Foundation
-import XCTest
+import TestSupport
 import Tokenizer
+import XCTest
 
-/// Checks against the real Whisper vocabularies; skipped when the models are not installed
-/// (`scripts/fetch-models tiny.en base`).
+/// Checks against the real Whisper vocabularies (`scripts/fetch-models tiny.en base`; `Fixtures`).
 final class RealVocabularyTests: XCTestCase {
     static let samples = [
         "Hello world",
@@ -24,8 +24,11 @@ final class RealVocabularyTests: XCTestCase {
 
     func load(_ name: String) throws -> WhisperTokenizer {
         if let t = Self.cache[name] { return t }
-        let dir = try TestModels.directory(name)
-        let t = try WhisperTokenizer(vocabularyFile: dir + "/vocabulary.txt", tokenizerJSON: dir + "/tokenizer.json")
+        let dir = try Fixtures.modelDirectory(name)
+        guard let tokenizerJSON = dir.tokenizerJSON else {
+            throw Fixtures.missing("\(dir.path) has no tokenizer.json: run scripts/fetch-models \(name)")
+        }
+        let t = try WhisperTokenizer(vocabularyFile: dir.vocabulary, tokenizerJSON: tokenizerJSON)
         Self.cache[name] = t
         return t
     }
@@ -103,9 +106,8 @@ final class RealVocabularyTests: XCTestCase {
     }
 
     func testBaseMergesFromVocabularyMatchTokenizerJSON() throws {
-        let dir = try TestModels.directory("base")
         let fromJSON = try load("base")
-        let fromVocabulary = try WhisperTokenizer(vocabularyFile: dir + "/vocabulary.txt")
+        let fromVocabulary = try WhisperTokenizer(vocabularyFile: try Fixtures.modelDirectory("base").vocabulary)
         for text in Self.samples {
             XCTAssertEqual(fromVocabulary.encode(text), fromJSON.encode(text), text)
         }

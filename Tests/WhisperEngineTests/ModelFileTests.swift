@@ -283,19 +283,11 @@ final class ModelFileTests: XCTestCase {
         }
     }
 
-    // MARK: - Real models (skipped when not installed)
-
-    private func installed(_ name: String) throws -> ModelDirectory {
-        do {
-            return try ModelLocator().resolve(name)
-        } catch let error as ModelLocatorError {
-            throw XCTSkip("\(error)")
-        }
-    }
+    // MARK: - Real models (`Fixtures`)
 
     func testRealModelsHaveTheDocumentedLayout() throws {
         for (name, d, layers, heads, vocab) in [("tiny.en", 384, 4, 6, 51864), ("base", 512, 6, 8, 51865)] {
-            let dir = try installed(name)
+            let dir = try Fixtures.modelDirectory(name)
             let model = try ModelFile(path: dir.modelBin)
             XCTAssertEqual(model.binaryVersion, 6)
             XCTAssertEqual(model.specName, "WhisperSpec")

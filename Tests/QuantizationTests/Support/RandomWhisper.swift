@@ -1,6 +1,6 @@
-@_exported import WhisperTestSupport
+@_exported import TestSupport
 
-// RandomWhisper and SeededGenerator.floats come from the WhisperTestSupport target.
+// RandomWhisper and SeededGenerator.floats come from the TestSupport target.
 
 /// Largest |a[i] - b[i]| (arrays of equal length).
 func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Float {

@@ -1,3 +1,3 @@
-@_exported import WhisperTestSupport
+@_exported import TestSupport
 
-// RandomWhisper comes from the WhisperTestSupport target; SeededGenerator from WhisperEngine.
+// RandomWhisper comes from the TestSupport target; SeededGenerator from WhisperEngine.
