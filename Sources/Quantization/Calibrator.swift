@@ -142,33 +142,20 @@ public struct Calibrator: Sendable {
                 return denominator > 0 ? 1 - s[0] / denominator : (s[1] == s[2] ? 0 : 1)
             }
         }
-        var bestRatio: Float = 1, bestScore = Double.infinity, unclipped = Double.nan
         var bestGroup = [Float](repeating: 1, count: outFeatures * groups)
         var bestGroupScore = [Double](repeating: .infinity, count: outFeatures * groups)
-        var tried = Set<Float>()
-        func tryRatio(_ ratio: Float) throws {
-            guard ratio > 0, ratio <= 1, tried.insert(ratio).inserted else { return }
+        let best = try searchRatios { ratio in
             let sums = try groupSums([Float](repeating: ratio, count: outFeatures * groups))
-            let total = sums.reduce(SIMD4<Double>.zero, +)
-            let layerScore = score(total) / (objective == .mse ? Double(outFeatures) : 1)
-            if ratio == 1 { unclipped = layerScore }
-            if layerScore < bestScore { bestScore = layerScore; bestRatio = ratio }
             if perGroup {
                 for i in sums.indices {
                     let s = score(sums[i])
                     if s < bestGroupScore[i] { bestGroupScore[i] = s; bestGroup[i] = ratio }
                 }
             }
+            return score(sums.reduce(SIMD4<Double>.zero, +)) / (objective == .mse ? Double(outFeatures) : 1)
         }
-        try tryRatio(1)
-        for r in grid { try tryRatio(r) }
-        if refine, let step = Self.gridStep(grid) {
-            let center = bestRatio
-            try tryRatio(center - step / 2)
-            try tryRatio(center + step / 2)
-        }
-        var result = LayerCalibration(name: name, bits: bits, clipRatio: bestRatio, groupClipRatios: nil,
-                                      unclippedError: unclipped, calibratedError: bestScore, exact: false)
+        var result = LayerCalibration(name: name, bits: bits, clipRatio: best.ratio, groupClipRatios: nil,
+                                      unclippedError: best.unclipped, calibratedError: best.score, exact: false)
         if perGroup {
             result.groupClipRatios = bestGroup
             let sums = try groupSums(bestGroup)
@@ -208,9 +195,17 @@ public struct Calibrator: Sendable {
             let y = outputs(FloatMatrix(outFeatures: out, inFeatures: inF, values: q))
             return Self.distance(reference, y, rows: rows, width: out, objective: objective)
         }
-        var bestRatio: Float = 1, bestScore = Double.infinity
+        let best = try searchRatios(score)
+        return LayerCalibration(name: layer.name, bits: bits, clipRatio: best.ratio, groupClipRatios: nil,
+                                unclippedError: best.unclipped, calibratedError: best.score, exact: true)
+    }
+
+    /// The clip-ratio search both forms share: ratio 1 (unclipped), each grid ratio, then with `refine`
+    /// half a grid step either side of the best so far, each ratio in (0, 1] scored once by `score`.
+    private func searchRatios(_ score: (Float) throws -> Double) throws
+        -> (ratio: Float, score: Double, unclipped: Double) {
+        var bestRatio: Float = 1, bestScore = Double.infinity, unclipped = Double.nan
         var tried = Set<Float>()
-        var unclipped = Double.nan
         func tryRatio(_ ratio: Float) throws {
             guard ratio > 0, ratio <= 1, tried.insert(ratio).inserted else { return }
             let s = try score(ratio)
@@ -224,8 +219,7 @@ public struct Calibrator: Sendable {
             try tryRatio(center - step / 2)
             try tryRatio(center + step / 2)
         }
-        return LayerCalibration(name: layer.name, bits: bits, clipRatio: bestRatio, groupClipRatios: nil,
-                                unclippedError: unclipped, calibratedError: bestScore, exact: true)
+        return (bestRatio, bestScore, unclipped)
     }
 
     /// The distance between float outputs `a` and quantized outputs `b`, both `[rows, width]`:
