@@ -145,9 +145,10 @@ public final class SpeechRecognizer {
     /// The tokens one greedy decode of the first window of `samples` gives, after the prompt it
     /// decodes them from (`WindowDecoder.initialTokens`: start of transcript, then language and
     /// task for a multilingual model): what `logProbabilities(samples:following:)` is fed to
-    /// compare two models on the same tokens. `promptLength` counts the prompt's tokens.
-    public func greedyTokens(samples: [Float]) throws -> (tokens: [Int], promptLength: Int) {
-        var options = DecodingOptions(beamSize: 1)
+    /// compare two models on the same tokens. `promptLength` counts the prompt's tokens; `maxTokens` caps the
+    /// tokens sampled (nil: half the decoder context, as `transcribe`).
+    public func greedyTokens(samples: [Float], maxTokens: Int? = nil) throws -> (tokens: [Int], promptLength: Int) {
+        var options = DecodingOptions(beamSize: 1, sampleLength: maxTokens)
         if !model.tokenizer.isMultilingual { options.language = "en" }
         let decoder = transcriber.decoder
         let result = try decoder.decode(audio: network.encode(mel: firstWindow(samples: samples)), options: options)

@@ -47,32 +47,15 @@ struct Compare: ParsableCommand {
         }
         let referenceRecognizer = try SpeechRecognizer(model: referenceModel, threads: threads)
         let measuredRecognizer = try SpeechRecognizer(model: measured, threads: threads)
-        var positions = 0, agreeing = 0
-        var divergence = 0.0
+        var total = NextTokenDivergence()
         for file in files {
             let samples: [Float]
             do { samples = try loadAudio(path: file) } catch { throw CLIError("\(error)") }
-            let (tokens, promptLength) = try referenceRecognizer.greedyTokens(samples: samples)
-            let p = referenceRecognizer.logProbabilities(samples: samples, following: tokens)   // [tokens, nVocab]
-            let q = measuredRecognizer.logProbabilities(samples: samples, following: tokens)   // [tokens, nVocab]
             // Positions from the prompt's last token on predict the transcript (and finally its end).
-            for position in (promptLength - 1)..<tokens.count {
-                let row = position * vocabulary
-                let (kl, same) = Self.compare(p[row..<(row + vocabulary)], q[row..<(row + vocabulary)])
-                divergence += kl
-                agreeing += same ? 1 : 0
-                positions += 1
-            }
+            let reference = try referenceRecognizer.referenceDistributions(samples: samples)
+            total.merge(measuredRecognizer.divergence(from: reference, samples: samples))
         }
         print(String(format: "%d files, %d positions: KL(reference || model) %.5f nats per position, top-1 agreement %.2f %%",
-                      files.count, positions, divergence / Double(max(positions, 1)),
-                      100 * Double(agreeing) / Double(max(positions, 1))))
-    }
-
-    /// KL(p ‖ q) of one position's log-probabilities, and whether both put the same token first.
-    static func compare(_ p: ArraySlice<Float>, _ q: ArraySlice<Float>) -> (kl: Double, sameFirst: Bool) {
-        var kl = 0.0
-        for (logP, logQ) in zip(p, q) { kl += exp(Double(logP)) * Double(logP - logQ) }
-        return (max(kl, 0), p.indices.max { p[$0] < p[$1] } == q.indices.max { q[$0] < q[$1] })
+                      files.count, total.positions, total.meanKL, 100 * total.topOneAgreement))
     }
 }

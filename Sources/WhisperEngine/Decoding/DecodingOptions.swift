@@ -50,6 +50,9 @@ public struct DecodingOptions: Sendable, Equatable {
     public var prefix: [Int] = []
     /// Seed of the random generator used when sampling, for reproducible output.
     public var seed: UInt64 = 0
+    /// Set from another thread to stop decoding: checked before every window and every decoding step,
+    /// which then throw `DecodingError.cancelled` (nil: never stopped).
+    public var cancellation: Cancellation? = nil
 
     /// Creates options with Whisper's defaults; every property can be changed afterwards.
     public init(task: DecodingTask = .transcribe, language: String? = nil, temperature: Double = 0,
@@ -114,6 +117,8 @@ public enum DecodingError: Error, CustomStringConvertible, Equatable {
     case melShapeMismatch(String)
     /// The tokenizer's control tokens do not fit the network's vocabulary.
     case vocabularyMismatch(String)
+    /// `DecodingOptions.cancellation` was set: the caller no longer wants the result.
+    case cancelled
 
     /// A human-readable explanation.
     public var description: String {
@@ -136,6 +141,39 @@ public enum DecodingError: Error, CustomStringConvertible, Equatable {
             return "log-mel input has the wrong shape: \(reason)"
         case let .vocabularyMismatch(reason):
             return "tokenizer does not match the model: \(reason)"
+        case .cancelled:
+            return "decoding was cancelled"
         }
     }
+}
+
+/// A flag another thread sets to stop a running transcription at its next window or decoding step
+/// (`DecodingOptions.cancellation`). Equal only to itself.
+public final class Cancellation: @unchecked Sendable, Equatable {  // @unchecked: the flag is guarded by `lock`
+    private let lock = NSLock()
+    private var cancelled = false
+
+    /// A flag that is not set.
+    public init() {}
+
+    /// Sets the flag; decoding stops at its next check.
+    public func cancel() {
+        lock.lock()
+        cancelled = true
+        lock.unlock()
+    }
+
+    /// Whether the flag is set.
+    public var isCancelled: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return cancelled
+    }
+
+    /// Throws `DecodingError.cancelled` once the flag is set.
+    public func check() throws {
+        if isCancelled { throw DecodingError.cancelled }
+    }
+
+    public static func == (a: Cancellation, b: Cancellation) -> Bool { a === b }
 }

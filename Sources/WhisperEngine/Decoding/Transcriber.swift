@@ -184,6 +184,7 @@ public final class Transcriber {
         var windowIndex: UInt64 = 0
 
         while seek < contentFrames {
+            try decoding.cancellation?.check()
             let timeOffset = Double(seek) * Transcriber.secondsPerFrame
             let segmentSize = min(window, contentFrames - seek)
             let segmentDuration = Double(segmentSize) * Transcriber.secondsPerFrame

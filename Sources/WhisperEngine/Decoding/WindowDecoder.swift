@@ -339,11 +339,12 @@ public final class WindowDecoder {
         if options.temperature == 0 && options.beamSize > 1 {
             candidates = try beamSearch(session: session, firstLogits: logits, filters: filters,
                                         beamSize: options.beamSize, maxCandidates: options.maxCandidates,
-                                        maxSampled: maxSampled)
+                                        maxSampled: maxSampled, cancellation: options.cancellation)
         } else {
             let count = options.temperature > 0 ? options.bestOf : 1
             candidates = try sample(session: session, firstLogits: logits, filters: filters, count: count,
-                                    temperature: options.temperature, seed: options.seed, maxSampled: maxSampled)
+                                    temperature: options.temperature, seed: options.seed, maxSampled: maxSampled,
+                                    cancellation: options.cancellation)
         }
         let best = candidates[WindowDecoder.rank(candidates, lengthPenalty: options.lengthPenalty)]
         let text = tokenizer.decode(best.tokens).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -378,7 +379,8 @@ public final class WindowDecoder {
     /// `softmax(logits / temperature)`. Log-probabilities are those of the filtered logits at
     /// temperature 1, as in Whisper. Finished samples leave the decoder batch.
     private func sample(session: DecoderSession, firstLogits: [Float], filters: [LogitFilter], count: Int,
-                        temperature: Double, seed: UInt64, maxSampled: Int) throws -> [Candidate] {
+                        temperature: Double, seed: UInt64, maxSampled: Int,
+                        cancellation: Cancellation?) throws -> [Candidate] {
         let eot = tokenizer.specials.endOfText
         let v = vocabularySize
         var generator = SeededGenerator(seed: seed)
@@ -416,6 +418,7 @@ public final class WindowDecoder {
             if sources != Array(0..<rowsNow) { session.reorder(sources) }
             active = still
             shared = false
+            try cancellation?.check()
             logits = session.step(active.map { [candidates[$0].tokens[candidates[$0].tokens.count - 1]] })
         }
         return candidates
@@ -426,7 +429,7 @@ public final class WindowDecoder {
     /// `<|endoftext|>` are collected until `maxCandidates` have finished. If fewer than
     /// `beamSize` finished, the best live beams are added.
     private func beamSearch(session: DecoderSession, firstLogits: [Float], filters: [LogitFilter], beamSize: Int,
-                            maxCandidates: Int, maxSampled: Int) throws -> [Candidate] {
+                            maxCandidates: Int, maxSampled: Int, cancellation: Cancellation?) throws -> [Candidate] {
         let eot = tokenizer.specials.endOfText
         let v = vocabularySize
         var beams = [Candidate(tokens: [], sumLogProb: 0)]   // identical beams collapse into one at the start
@@ -474,6 +477,7 @@ public final class WindowDecoder {
             beams = next
             if finished.count >= maxCandidates || beams.isEmpty || step == maxSampled - 1 { break }
             if sources != Array(0..<previousRows) { session.reorder(sources) }
+            try cancellation?.check()
             logits = session.step(beams.map { [$0.tokens[$0.tokens.count - 1]] })
         }
         if finished.count < beamSize {

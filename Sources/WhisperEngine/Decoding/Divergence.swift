@@ -1,0 +1,102 @@
+import Foundation
+
+/// A reference model's next-token distributions over one input: the tokens one greedy decode of its
+/// first 30 s window gives (after the prompt they were decoded from) and the log-probabilities the
+/// reference assigns after each of them. Other models given the same tokens are measured against it
+/// (`SpeechRecognizer.divergence(from:samples:)`): what `myqasr compare` reports and what the daemon's
+/// self-check bounds.
+public struct ReferenceDistributions: Sendable {
+    /// Prompt tokens, then the reference's greedy tokens.
+    public let tokens: [Int]
+    /// How many of `tokens` are the prompt.
+    public let promptLength: Int
+    /// Log-probabilities after each token from `promptLength - 1` on: `[tokens.count - promptLength + 1, nVocab]`
+    /// row-major (the prompt's earlier positions predict nothing of the transcript).
+    public let logProbabilities: [Float]
+    /// Entries per row.
+    public let vocabularySize: Int
+
+    /// Creates reference distributions from their parts.
+    public init(tokens: [Int], promptLength: Int, logProbabilities: [Float], vocabularySize: Int) {
+        self.tokens = tokens
+        self.promptLength = promptLength
+        self.logProbabilities = logProbabilities
+        self.vocabularySize = vocabularySize
+    }
+}
+
+/// How far a model's next-token distributions are from a reference's on the same tokens.
+public struct NextTokenDivergence: Sendable, Equatable {
+    /// Positions compared.
+    public var positions: Int
+    /// Sum over positions of KL(reference || model), in nats.
+    public var klSum: Double
+    /// Largest single position's KL.
+    public var klMax: Double
+    /// Positions where both put the same token first.
+    public var agreeing: Int
+
+    /// Nothing compared yet.
+    public init() {
+        positions = 0
+        klSum = 0
+        klMax = 0
+        agreeing = 0
+    }
+
+    /// Mean KL(reference || model) per position, in nats.
+    public var meanKL: Double { klSum / Double(max(positions, 1)) }
+    /// Share of positions where both rank the same token first.
+    public var topOneAgreement: Double { Double(agreeing) / Double(max(positions, 1)) }
+
+    /// Adds one position: `p` the reference's log-probabilities, `q` the model's.
+    public mutating func add(reference p: ArraySlice<Float>, model q: ArraySlice<Float>) {
+        var kl = 0.0
+        for (logP, logQ) in zip(p, q) { kl += Foundation.exp(Double(logP)) * Double(logP - logQ) }
+        kl = Swift.max(kl, 0)
+        klSum += kl
+        klMax = Swift.max(klMax, kl)
+        positions += 1
+        if p.indices.max(by: { p[$0] < p[$1] }).map({ $0 - p.startIndex })
+            == q.indices.max(by: { q[$0] < q[$1] }).map({ $0 - q.startIndex }) {
+            agreeing += 1
+        }
+    }
+
+    /// Merges the positions of another measurement.
+    public mutating func merge(_ other: NextTokenDivergence) {
+        positions += other.positions
+        klSum += other.klSum
+        klMax = Swift.max(klMax, other.klMax)
+        agreeing += other.agreeing
+    }
+}
+
+extension SpeechRecognizer {
+    /// This model's greedy tokens (at most `maxTokens`) on the first window of `samples` and its distributions
+    /// after each (the reference others are measured against).
+    public func referenceDistributions(samples: [Float], maxTokens: Int? = nil) throws -> ReferenceDistributions {
+        let (tokens, promptLength) = try greedyTokens(samples: samples, maxTokens: maxTokens)
+        let vocabulary = network.dimensions.nVocab
+        let all = logProbabilities(samples: samples, following: tokens)   // [tokens, nVocab]
+        return ReferenceDistributions(tokens: tokens, promptLength: promptLength,
+                                      logProbabilities: Array(all[((promptLength - 1) * vocabulary)...]),
+                                      vocabularySize: vocabulary)
+    }
+
+    /// KL(reference || this model) at every position of `reference`, this model fed the reference's
+    /// tokens over the same window of the same `samples`.
+    public func divergence(from reference: ReferenceDistributions, samples: [Float]) -> NextTokenDivergence {
+        let vocabulary = reference.vocabularySize
+        precondition(vocabulary == network.dimensions.nVocab, "divergence: the vocabularies differ")
+        let q = logProbabilities(samples: samples, following: reference.tokens)   // [tokens, nVocab]
+        var result = NextTokenDivergence()
+        let first = reference.promptLength - 1
+        for position in first..<reference.tokens.count {
+            let p = (position - first) * vocabulary
+            let row = position * vocabulary
+            result.add(reference: reference.logProbabilities[p..<(p + vocabulary)], model: q[row..<(row + vocabulary)])
+        }
+        return result
+    }
+}
