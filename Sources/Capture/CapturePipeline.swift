@@ -9,21 +9,16 @@ public struct CapturePipelineConfiguration: Sendable, Equatable {
     public var segmenter: SegmenterConfiguration
     /// Length of the privacy ring buffer between capture and the detector, in seconds.
     public var ringBufferSeconds: Double
-    /// Finished utterances kept for a slow reader of `utterances`; beyond this the oldest
-    /// waiting one is wiped and counted as discarded.
-    public var maximumPendingUtterances: Int
 
     /// Creates a configuration.
     public init(
         capture: AlsaCaptureConfiguration = AlsaCaptureConfiguration(),
         segmenter: SegmenterConfiguration = SegmenterConfiguration(),
-        ringBufferSeconds: Double = 10,
-        maximumPendingUtterances: Int = 8
+        ringBufferSeconds: Double = 10
     ) {
         self.capture = capture
         self.segmenter = segmenter
         self.ringBufferSeconds = ringBufferSeconds
-        self.maximumPendingUtterances = maximumPendingUtterances
     }
 }
 
@@ -35,10 +30,8 @@ public struct CapturePipelineStatistics: Sendable, Equatable {
     public var overruns: Int
     /// Samples lost in the ring buffer because the detector fell behind.
     public var droppedSamples: Int64
-    /// Utterances handed to the `utterances` sequence (including any later discarded unread).
+    /// Utterances handed to `onUtterance`.
     public var utterances: Int
-    /// Utterances wiped unread because too many were pending.
-    public var discardedUtterances: Int
     /// Times the device was opened (more than one means it was lost and reopened).
     public var deviceOpens: Int
     /// Whether the ring buffer is locked in RAM.
@@ -46,27 +39,23 @@ public struct CapturePipelineStatistics: Sendable, Equatable {
 }
 
 /// Microphone to utterances: ALSA capture -> privacy ring buffer -> voice-activity
-/// segmenter -> `utterances`.
+/// segmenter -> `onUtterance`.
 ///
 /// Capture runs on its own thread (see `AlsaCapture`) and only copies periods into the
 /// ring buffer; a second dedicated thread reads the ring buffer, runs the detector and
-/// publishes utterances. A pipeline runs once: `start()`, then `stop()`, which ends both
-/// async sequences. Audio still in the ring buffer or in an unfinished utterance at
-/// `stop()` is discarded and zeroed, not published. Both threads hold the pipeline while
-/// it runs: keep a reference and call `stop()` (deinit cannot run before that).
-public final class CapturePipeline: @unchecked Sendable {
+/// hands each finished utterance to `onUtterance` (which owns it from then on and must
+/// not block: the daemon puts it in the transcription workers' bounded queue). There is
+/// no queue here. A pipeline runs once: `start()`, then `stop()`. Audio still in the ring
+/// buffer or in an unfinished utterance at `stop()` is discarded and zeroed, not handed
+/// on. Both threads hold the pipeline while it runs: keep a reference and call `stop()`
+/// (deinit cannot run before that).
+public final class CapturePipeline: @unchecked Sendable {  // @unchecked: `phase`, `stopping` and the counters are guarded by `lock`
     /// The configuration in use.
     public let configuration: CapturePipelineConfiguration
-    /// Finished utterances, in order. Each is owned by the reader, who should `wipe()` it
-    /// when done (deinit wipes it too). Ends after `stop()`.
-    public let utterances: AsyncStream<Utterance>
-    /// Device events (opened, overrun, lost, retrying, stopped). Ends after `stop()`.
-    public let events: AsyncStream<CaptureEvent>
     /// The ring buffer between capture and the detector.
     public let ringBuffer: PrivacyRingBuffer
 
-    private let utteranceContinuation: AsyncStream<Utterance>.Continuation
-    private let eventContinuation: AsyncStream<CaptureEvent>.Continuation
+    private let onUtterance: @Sendable (Utterance) -> Void
     private let logger: Logger
     private var capture: AlsaCapture!
     private let segmenter: UtteranceSegmenter
@@ -76,41 +65,32 @@ public final class CapturePipeline: @unchecked Sendable {
     private var stopping = false
     private var consumerDone: DispatchSemaphore?
     private var utteranceCount = 0
-    private var discardedCount = 0
 
     private enum Phase { case created, running, stopped }
 
     /// Builds the pipeline: validates the settings and allocates the ring buffer and the
-    /// segmenter's working memory. Nothing is opened until `start()`.
+    /// segmenter's working memory. Nothing is opened until `start()`. `onEvent` gets the
+    /// capture device's events (opened, overrun, lost, retrying, stopped: `AlsaCapture`
+    /// logs them) and `onUtterance` each finished utterance, both on the pipeline's threads.
     /// - Throws: `CaptureError.invalidParameter` for inconsistent settings.
     public init(configuration: CapturePipelineConfiguration = CapturePipelineConfiguration(),
-                logger: Logger = Logger(label: "myqasr.capture")) throws {
+                logger: Logger = Logger(label: "myqasr.capture"),
+                onEvent: @escaping @Sendable (CaptureEvent) -> Void = { _ in },
+                onUtterance: @escaping @Sendable (Utterance) -> Void) throws {
         try configuration.capture.validate()
-        guard configuration.maximumPendingUtterances > 0 else {
-            throw CaptureError.invalidParameter("maximumPendingUtterances must be positive")
-        }
         guard configuration.ringBufferSeconds >= 0.1 else {
             throw CaptureError.invalidParameter("the ring buffer must hold at least 0.1 s, got \(configuration.ringBufferSeconds)")
         }
         self.configuration = configuration
         self.logger = logger
+        self.onUtterance = onUtterance
         ringBuffer = try PrivacyRingBuffer(seconds: configuration.ringBufferSeconds, logger: logger)
         segmenter = try UtteranceSegmenter(configuration: configuration.segmenter)
-        var utteranceContinuation: AsyncStream<Utterance>.Continuation!
-        utterances = AsyncStream(bufferingPolicy: .bufferingNewest(configuration.maximumPendingUtterances)) {
-            utteranceContinuation = $0
-        }
-        self.utteranceContinuation = utteranceContinuation
-        var eventContinuation: AsyncStream<CaptureEvent>.Continuation!
-        events = AsyncStream(bufferingPolicy: .bufferingNewest(256)) { eventContinuation = $0 }
-        self.eventContinuation = eventContinuation
-
         let ring = ringBuffer
-        let events = eventContinuation!
         capture = AlsaCapture(
             configuration: configuration.capture,
             logger: logger,
-            eventHandler: { event in events.yield(event) },
+            eventHandler: onEvent,
             sink: { samples in ring.write(samples) }
         )
     }
@@ -120,7 +100,7 @@ public final class CapturePipeline: @unchecked Sendable {
     }
 
     /// Starts capture and detection; returns at once. A missing device is reported through
-    /// `events` and retried, not thrown.
+    /// `onEvent` and retried, not thrown.
     /// - Throws: `CaptureError.alreadyRunning` when started twice (a pipeline runs once),
     ///   `.systemResource` when a thread or pipe cannot be created.
     public func start() throws {
@@ -140,16 +120,12 @@ public final class CapturePipeline: @unchecked Sendable {
         thread.start()
     }
 
-    /// Stops capture and detection, discards (zeroing) unprocessed audio, and ends the
-    /// `utterances` and `events` sequences. Waits for both threads; safe to call twice.
+    /// Stops capture and detection and discards (zeroing) unprocessed audio; no utterance
+    /// is handed on after it returns. Waits for both threads; safe to call twice.
     public func stop() {
         lock.lock()
         guard phase == .running else {
-            if phase == .created {
-                phase = .stopped
-                utteranceContinuation.finish()
-                eventContinuation.finish()
-            }
+            if phase == .created { phase = .stopped }
             lock.unlock()
             return
         }
@@ -162,8 +138,6 @@ public final class CapturePipeline: @unchecked Sendable {
         ringBuffer.close()
         done?.wait()
         ringBuffer.clear()
-        utteranceContinuation.finish()
-        eventContinuation.finish()
     }
 
     /// A snapshot of the counters.
@@ -177,7 +151,6 @@ public final class CapturePipeline: @unchecked Sendable {
             overruns: captureStats.overruns,
             droppedSamples: ringStats.dropped,
             utterances: utteranceCount,
-            discardedUtterances: discardedCount,
             deviceOpens: captureStats.opens,
             ringBufferLockedInMemory: ringStats.lockedInMemory
         )
@@ -213,12 +186,6 @@ public final class CapturePipeline: @unchecked Sendable {
         lock.lock()
         utteranceCount += 1
         lock.unlock()
-        if case let .dropped(old) = utteranceContinuation.yield(utterance) {
-            old.wipe()
-            lock.lock()
-            discardedCount += 1
-            lock.unlock()
-            logger.warning("capture: utterance discarded unread (reader too slow)")
-        }
+        onUtterance(utterance)
     }
 }

@@ -3,6 +3,76 @@ import Quantization
 import Units
 import WhisperEngine
 
+/// A model chosen for a memory budget, with what the daemon reports about it.
+public struct ProvidedModel: Sendable {
+    /// The model to transcribe with.
+    public var model: WhisperModel
+    /// Bits per weight of every linear layer, by layer name (32 = float).
+    public var layerBits: [String: Int]
+    /// Bytes the weights occupy (`weights.byteSize`).
+    public var weightBytes: Int
+    /// Whether `weightBytes` fits the budget asked for (always true without a budget).
+    public var budgetMet: Bool
+    /// The precision it was made at.
+    public var plan: PrecisionPlan
+    /// Personal statistics samples its widths were chosen from (0: none).
+    public var statisticsSamples: Int
+
+    /// Creates a description of a provided model.
+    public init(model: WhisperModel, layerBits: [String: Int], weightBytes: Int, budgetMet: Bool,
+                plan: PrecisionPlan, statisticsSamples: Int = 0) {
+        self.model = model
+        self.layerBits = layerBits
+        self.weightBytes = weightBytes
+        self.budgetMet = budgetMet
+        self.plan = plan
+        self.statisticsSamples = statisticsSamples
+    }
+
+    /// "float", "4-bit", or "mixed 3-4-bit" (`Precision.describe`).
+    public var precision: String { Precision.describe(layerBits) }
+}
+
+/// What the model service asks `BudgetModelProvider` for.
+public struct ModelRequest: Sendable {
+    /// Model name or directory, or a `.myq` file.
+    public var name: String
+    /// Memory budget for the weights in bytes; nil means unlimited.
+    public var budgetBytes: Int?
+    /// Read the model files again (a reload), rather than reuse the model in service.
+    public var reloadFromDisk: Bool
+    /// The model in service, made from `servingName`: reused when the plan does not change, and its float
+    /// network when it is the float model.
+    public var serving: ProvidedModel?
+    /// The `name` `serving` was made from.
+    public var servingName: String?
+
+    /// Creates a request.
+    public init(name: String, budgetBytes: Int?, reloadFromDisk: Bool, serving: ProvidedModel? = nil,
+                servingName: String? = nil) {
+        self.name = name
+        self.budgetBytes = budgetBytes
+        self.reloadFromDisk = reloadFromDisk
+        self.serving = serving
+        self.servingName = servingName
+    }
+}
+
+/// A model the provider made (or the one in service, reused), not yet checked.
+public struct Candidate: Sendable {
+    /// The model and its description.
+    public var provided: ProvidedModel
+    /// The full-precision network it was quantized from (nil for the float model itself, a reused model or a
+    /// `.myq` file): what the self-check measures it against. Held only until the check.
+    public var fullPrecision: WhisperModel?
+
+    /// Creates a candidate.
+    public init(provided: ProvidedModel, fullPrecision: WhisperModel?) {
+        self.provided = provided
+        self.fullPrecision = fullPrecision
+    }
+}
+
 /// Why the provider cannot serve a model for a request.
 public enum ModelProviderError: Error, Equatable, CustomStringConvertible {
     /// Even with every layer at the lowest width the model is larger than the budget.
@@ -39,6 +109,9 @@ public enum PrecisionPlan: Sendable, Equatable, CustomStringConvertible {
     /// Widths per layer by myQASR's sensitivity sweep down to `budget` bytes, from the personal statistics of
     /// `samples` utterances (`PersonalStatistics`).
     case personalised(budget: Int, samples: Int)
+
+    /// Whether the weights are quantized (any plan but `float`).
+    public var isQuantized: Bool { self != .float }
 
     /// "float", "4-bit", "as in the file" or "personalised from 12 utterances".
     public var description: String {
@@ -79,7 +152,7 @@ public struct ModelFootprint: Sendable, Equatable {
     }
 }
 
-/// The daemon's `ModelProvider`: serves the float model when it fits the budget (or there is none), else a
+/// The model service's builder: makes the float model when it fits the budget (or there is none), else a
 /// quantized model that fits: with personal statistics of this model (`PersonalStatistics`, gathered on the
 /// full-precision model from live utterances), myQASR's per-layer widths from the sensitivity sweep down to the budget;
 /// without, every layer at the highest uniform width whose total bytes fit. Either way round-to-nearest with
@@ -89,22 +162,21 @@ public struct ModelFootprint: Sendable, Equatable {
 /// served as stored, when it fits the budget
 /// (`ModelProviderError.fileAboveBudget`).
 ///
-/// Memory: the float weights are kept only while they are served. When a quantized model is in service the
-/// float network is released, so the budget bounds the weights the process holds; the next change of width
-/// reads the model files again. Thread-safe; meant to be called off the serving path, one call at a time.
-public final class BudgetModelProvider: @unchecked Sendable {
+/// It keeps no model: the model in service comes with each request (`ModelRequest.serving`) and is reused when the
+/// plan does not change. Memory: the float weights stay only while they are served; a quantized build reads the
+/// model files, and the float network it read goes with the candidate to the self-check and is then released, so
+/// the budget bounds the weights the process holds. Thread-safe; meant to be called off the serving path.
+public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: the caches are guarded by `lock`
     /// The widths tried, highest first (`QuantizedMatrix` has no 7-bit format).
     public static let uniformWidths = [8, 6, 5, 4, 3, 2]
 
     private let groupSize: Int
     private let lock = NSLock()
-    // Guarded by `lock`.
-    private var float: (name: String, model: WhisperModel)?
+    // Guarded by `lock`: the footprint of the last model loaded (by name), worked out once per load.
     private var footprint: (name: String, modelName: String, identity: String, value: ModelFootprint)?
-    private var served: (name: String, plan: PrecisionPlan, provided: ProvidedModel)?
     private let personalStatistics: (@Sendable (String) -> ActivationStatistics?)?
 
-    /// Creates a provider with empty caches; quantized layers get one scale per `groupSize` input features.
+    /// Creates a provider; quantized layers get one scale per `groupSize` input features.
     /// `personalStatistics` returns the statistics gathered on the model with the given `ModelIdentity`, if any.
     public init(groupSize: Int = QuantizedMatrix.defaultGroupSize,
                 personalStatistics: (@Sendable (String) -> ActivationStatistics?)? = nil) {
@@ -125,40 +197,45 @@ public final class BudgetModelProvider: @unchecked Sendable {
                                                   lowestBits: lowest)
     }
 
-    /// Returns the model for `request`: reuses what is loaded unless `reloadFromDisk` or the name changed, and
-    /// quantizes only when the width changes. An impossible budget is refused before any work is done.
+    /// Returns the model for `request`: the model in service (`request.serving`) when the plan does not change
+    /// and the files need not be read again, else a new one. An impossible budget is refused before any work.
     public func provide(_ request: ModelRequest) throws -> ProvidedModel {
+        try candidate(for: request).provided
+    }
+
+    /// The model for `request` with the full-precision network it came from (for the self-check).
+    public func candidate(for request: ModelRequest) throws -> Candidate {
         let name = request.name
         if try ModelLocator().source(for: name).isQuantized { return try provideFile(request) }
         let fresh = request.reloadFromDisk
-        var (floatModel, knownFootprint, current) = locked { (self.float, self.footprint, self.served) }
-        if floatModel?.name != name || fresh { floatModel = nil }
+        let serving = request.servingName == name && !fresh ? request.serving : nil
+        // The float network in service is the source; otherwise the files are read (once per build).
+        var floatModel = serving?.plan == .float ? serving?.model : nil
+        var knownFootprint = locked { self.footprint }
         if knownFootprint?.name != name || fresh { knownFootprint = nil }
-        if current?.name != name || fresh { current = nil }
 
         // The footprint (and so the plan) needs the float network once per load.
         if knownFootprint == nil {
-            let model = try floatModel?.model ?? WhisperModel.load(name)
-            floatModel = (name, model)
+            let model = try floatModel ?? WhisperModel.load(name)
+            floatModel = model
             // The identity (a pass over every weight) only matters when there may be statistics for it.
             knownFootprint = (name, model.name, personalStatistics == nil ? "" : ModelIdentity.of(model),
                               try ModelFootprint(floatWeights: model.weights, widths: Self.uniformWidths, groupSize: groupSize))
+            locked { self.footprint = knownFootprint }
         }
         let sizes = knownFootprint!.value
         var plan = try Self.plan(model: knownFootprint!.modelName, budget: request.budgetBytes, footprint: sizes)
-        let statistics = personalStatistics?(knownFootprint!.identity)
+        let statistics = plan == .float ? nil : personalStatistics?(knownFootprint!.identity)
         if case .uniform = plan, let statistics, let budget = request.budgetBytes {
             plan = .personalised(budget: budget, samples: statistics.sampleCount)
         }
 
-        if let current, current.plan == plan {
-            var provided = current.provided
+        if var provided = serving, provided.plan == plan {
             provided.budgetMet = request.budgetBytes.map { provided.weightBytes <= $0 } ?? true
-            locked { self.footprint = knownFootprint }
-            return provided
+            return Candidate(provided: provided, fullPrecision: nil)
         }
 
-        let source = try floatModel?.model ?? WhisperModel.load(name)
+        let source = try floatModel ?? WhisperModel.load(name)
         let provided: ProvidedModel
         switch plan {
         case .file:   // `plan` never returns it: files take `provideFile`.
@@ -167,7 +244,8 @@ public final class BudgetModelProvider: @unchecked Sendable {
             var bits: [String: Int] = [:]
             for layer in source.weights.linearLayers { bits[layer.name] = 32 }
             provided = ProvidedModel(model: source, layerBits: bits, weightBytes: source.weights.byteSize,
-                                     budgetMet: request.budgetBytes.map { sizes.floatBytes <= $0 } ?? true)
+                                     budgetMet: request.budgetBytes.map { sizes.floatBytes <= $0 } ?? true, plan: plan)
+            return Candidate(provided: provided, fullPrecision: nil)
         case let .uniform(bits):
             let result = try Quantizer.quantize(
                 model: source, statistics: nil,
@@ -178,8 +256,8 @@ public final class BudgetModelProvider: @unchecked Sendable {
             var layerBits: [String: Int] = [:]
             for layer in result.report.layers { layerBits[layer.name] = layer.bits }
             provided = ProvidedModel(model: source.withWeights(result.weights), layerBits: layerBits, weightBytes: actual,
-                                     budgetMet: request.budgetBytes.map { actual <= $0 } ?? true)
-        case let .personalised(budget, _):
+                                     budgetMet: request.budgetBytes.map { actual <= $0 } ?? true, plan: plan)
+        case let .personalised(budget, samples):
             let result = try Quantizer.quantize(
                 model: source, statistics: statistics,
                 options: QuantizationOptions(target: .budget(budget), groupSize: groupSize, calibrate: false))
@@ -188,43 +266,34 @@ public final class BudgetModelProvider: @unchecked Sendable {
             var layerBits: [String: Int] = [:]
             for layer in result.report.layers { layerBits[layer.name] = layer.bits }
             provided = ProvidedModel(model: source.withWeights(result.weights), layerBits: layerBits, weightBytes: actual,
-                                     budgetMet: true)
+                                     budgetMet: true, plan: plan, statisticsSamples: samples)
         }
-        locked {
-            // Keep the float network only while it is the one served.
-            float = plan == .float ? (name, source) : nil
-            self.footprint = knownFootprint
-            served = (name, plan, provided)
-        }
-        return provided
+        // The float network is kept only as long as the check needs it (the budget bounds what stays).
+        return Candidate(provided: provided, fullPrecision: source)
     }
 
-    /// A `.myq` file, loaded once (again on `reloadFromDisk`) and served as stored when it fits the budget.
-    private func provideFile(_ request: ModelRequest) throws -> ProvidedModel {
-        let current = locked { served }
-        var provided: ProvidedModel
-        if let current, current.name == request.name, current.plan == .file, !request.reloadFromDisk {
-            provided = current.provided
-        } else {
-            let model = try QuantizedModelFile.loadModel(path: request.name)
-            var bits: [String: Int] = [:]
-            for layer in model.weights.linearLayers { bits[layer.name] = (layer.weight as? QuantizedMatrix)?.bits ?? 32 }
-            provided = ProvidedModel(model: model, layerBits: bits, weightBytes: model.weights.byteSize, budgetMet: true)
+    /// A `.myq` file (read again on `reloadFromDisk`), served as stored when it fits the budget.
+    private func provideFile(_ request: ModelRequest) throws -> Candidate {
+        if var serving = request.serving, request.servingName == request.name, serving.plan == .file, !request.reloadFromDisk {
+            if let budget = request.budgetBytes, serving.weightBytes > budget {
+                throw ModelProviderError.fileAboveBudget(model: serving.model.name, bytes: serving.weightBytes, budget: budget)
+            }
+            serving.budgetMet = true
+            return Candidate(provided: serving, fullPrecision: nil)
         }
+        let model = try QuantizedModelFile.loadModel(path: request.name)
+        var bits: [String: Int] = [:]
+        for layer in model.weights.linearLayers { bits[layer.name] = (layer.weight as? QuantizedMatrix)?.bits ?? 32 }
+        let provided = ProvidedModel(model: model, layerBits: bits, weightBytes: model.weights.byteSize, budgetMet: true,
+                                     plan: .file)
         if let budget = request.budgetBytes, provided.weightBytes > budget {
             throw ModelProviderError.fileAboveBudget(model: provided.model.name, bytes: provided.weightBytes, budget: budget)
         }
-        locked {
-            float = nil
-            footprint = nil
-            served = (request.name, .file, provided)
-        }
-        return provided
-    }
-
-    /// This provider as the daemon's `ModelProvider`.
-    public var asModelProvider: ModelProvider {
-        { [self] request in try self.provide(request) }
+        locked { footprint = nil }
+        // The check measures the file against its source, mapped (page cache, not a float32 copy); a file whose
+        // source is not installed cannot be served at all (its vocabulary comes from there).
+        let source = try QuantizedModelFile.load(path: request.name).metadata.sourceModelName
+        return Candidate(provided: provided, fullPrecision: try WhisperModel.loadMapped(source))
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {

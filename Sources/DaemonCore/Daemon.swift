@@ -18,7 +18,7 @@ public enum DaemonError: Error, CustomStringConvertible {
     case directory(path: String, purpose: String, reason: String)
     /// The model could not be loaded.
     case model(name: String, reason: String)
-    /// The configured memory budget cannot be met by any precision (a configuration error).
+    /// The configured memory budget cannot be met by a model that passes its check (a configuration error).
     case budget(reason: String)
     /// A socket could not be set up.
     case sockets(reason: String)
@@ -37,13 +37,19 @@ public enum DaemonError: Error, CustomStringConvertible {
     }
 }
 
-/// The speech-recognition daemon: model, transcription workers, microphone capture and the control and
-/// Wyoming servers, with reload, budget changes and systemd notification.
+/// The speech-recognition daemon, wired: the model service (which model serves and why), the transcription
+/// workers and their one queue, microphone capture feeding that queue, the personal statistics, and the control
+/// and Wyoming servers, with systemd notification.
 ///
-/// Life cycle: `start()` (model loaded, sockets listening, capture started, `READY=1`), then any number of
-/// `reload()` / `setBudget(bytes:)` / `forget()`, then `shutdown()`. Nothing the user says is logged: only
-/// durations, counts and sizes.
-public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Sendable {
+/// Data path: microphone -> `LiveCapture` -> `TranscriptionWorkers` (one bounded queue, shared with socket
+/// requests) -> transcript -> `listen` clients; beside it each live utterance -> `PersonalStatistics` -> "samples
+/// grew" -> `ModelService` -> build, check, swap in `ModelStore` -> the workers' next job (idle workers let go
+/// of the old model at once).
+///
+/// Life cycle: `start()` (model loaded and checked, sockets listening, capture started, `READY=1`), then any
+/// number of `reload()` / `setBudget(bytes:)` / `forget()`, then `shutdown()`. Nothing the user says is logged:
+/// only durations, counts and sizes.
+public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Sendable {  // @unchecked: mutable state guarded by `lock`
     /// Where the configuration came from and what the command line overrides.
     public struct ConfigurationSource: Sendable {
         /// `--config`, if given (otherwise the search path is used at every (re)load).
@@ -68,61 +74,94 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
 
     private let source: ConfigurationSource
     private let logger: Logger
-    private let modelProvider: ModelProvider
-    private let personal: PersonalStatistics?
     private let environment: [String: String]
-    private let controlQueue = DispatchQueue(label: "myqasr.control")
-    private let lock = NSLock()
     private let started = Date()
     private let broadcaster = LiveBroadcaster()
+    private let counters = LiveCounters()
+    private let personal: PersonalStatistics?
+    /// The one owner of model decisions.
+    let service: ModelService
+    private let workers: TranscriptionWorkers
+    private let capture: LiveCapture
+    private let lock = NSLock()
 
     // Guarded by `lock`.
     private var configuration: DaemonConfiguration
-    private var budgetBytes: Int?
-    private var store: ModelStore?
-    private var workers: TranscriptionWorkers?
-    private var pipeline: CapturePipeline?
-    private var captureTasks: [Task<Void, Never>] = []
-    private var captureState: CaptureState = .disabled
-    private var utterancesSeen = 0
-    private var audioSecondsSeen = 0.0
-    private var lastModelChange: Date?
-    private var observer: UtteranceObserver?
     private var controlServer: ControlServer?
     private var wyomingServer: WyomingServer?
     private var watchdog: WatchdogPinger?
+    private var serviceTask: Task<Void, Never>?
     private var ownSocketPaths: [String] = []
     private var isShutDown = false
 
     /// Creates a daemon with a loaded configuration; nothing runs until `start()`.
     /// - Parameters:
-    ///   - modelProvider: budget -> model; defaults to `BudgetModelProvider` (float, else myQASR widths from the
-    ///     personal statistics, else uniform bits that fit).
-    ///   - utteranceObserver: sees each live utterance before it is wiped; defaults (when neither this nor
-    ///     `modelProvider` is given) to `PersonalStatistics` in the state directory, feeding the default provider.
+    ///   - pipeline: how candidate models are built and checked; defaults to `BudgetModelProvider` fed by the
+    ///     personal statistics (float, else myQASR's widths from them, else uniform bits that fit) and `ModelCheck`.
+    ///   - utteranceObserver: sees each live utterance before it is wiped; defaults (when `pipeline` is nil too)
+    ///     to `PersonalStatistics` in the state directory, which feeds the default pipeline.
     public init(
         configuration: DaemonConfiguration, source: ConfigurationSource, logger: Logger,
-        modelProvider: ModelProvider? = nil, utteranceObserver: UtteranceObserver? = nil,
+        pipeline: ModelPipeline? = nil, utteranceObserver: UtteranceObserver? = nil,
         environment: [String: String] = ProcessInfo.processInfo.environment
     ) {
         self.configuration = configuration
         self.source = source
         self.logger = logger
-        if modelProvider == nil && utteranceObserver == nil {
-            // The default loop: statistics of the float model on live utterances, kept in the state directory,
-            // choose the widths whenever a budget calls for a quantized model.
-            let personal = PersonalStatistics(directory: configuration.resolvedStateDirectory(environment: environment),
-                                              requantizeAfter: configuration.requantizeAfter, logger: logger)
-            self.modelProvider = BudgetModelProvider(personalStatistics: { personal.statistics(for: $0) }).asModelProvider
-            self.observer = personal
-            self.personal = personal
-        } else {
-            self.modelProvider = modelProvider ?? BudgetModelProvider().asModelProvider
-            self.observer = utteranceObserver
-            self.personal = nil
-        }
         self.environment = environment
-        budgetBytes = configuration.memoryBudget
+        let observer: UtteranceObserver?
+        let personal: PersonalStatistics?
+        let modelPipeline: ModelPipeline
+        if let pipeline {
+            personal = utteranceObserver as? PersonalStatistics
+            observer = utteranceObserver
+            modelPipeline = pipeline
+        } else {
+            // The default loop: statistics of the full-precision model on live utterances, kept in the state
+            // directory, choose the widths whenever a budget calls for a quantized model.
+            let statistics = utteranceObserver as? PersonalStatistics ?? PersonalStatistics(
+                directory: configuration.resolvedStateDirectory(environment: environment), logger: logger)
+            personal = statistics
+            observer = utteranceObserver ?? statistics
+            modelPipeline = Self.defaultPipeline(statistics: statistics)
+        }
+        self.personal = personal
+        service = ModelService(
+            source: configuration.model, budget: Budget(bytes: configuration.memoryBudget, origin: .configuration),
+            requantizeAfter: configuration.requantizeAfter, pipeline: modelPipeline, logger: logger,
+            forgetStatistics: { personal?.forget() })
+        let (broadcaster, counters, store) = (self.broadcaster, self.counters, service.store)
+        let workers = TranscriptionWorkers(
+            store: store, count: configuration.workers, threads: configuration.threads,
+            queueDepth: configuration.queueDepth, logger: logger, observer: observer,
+            onLiveResult: { result in
+                let (count, total) = counters.add(result.audioSeconds)
+                logger.info("utterance transcribed", metadata: [
+                    "audio_s": "\(String(format: "%.2f", result.audioSeconds))",
+                    "took_s": "\(String(format: "%.2f", result.processingSeconds))",
+                    "characters": "\(result.transcript.text.count)", "utterances": "\(count)",
+                    "audio_total_s": "\(String(format: "%.1f", total))",
+                ])
+                broadcaster.publish(result.transcript)
+                _ = try? SystemdNotifier.status(Self.statusLine(store.current, utterances: count))
+            })
+        self.workers = workers
+        capture = LiveCapture(logger: logger, deliver: { workers.submit(live: $0) })
+    }
+
+    /// `BudgetModelProvider` reading `statistics`, then `ModelCheck` against the full-precision network the
+    /// candidate came from.
+    static func defaultPipeline(statistics: PersonalStatistics?) -> ModelPipeline {
+        let provider = BudgetModelProvider(personalStatistics: statistics.map { s in { s.statistics(for: $0) } })
+        let check = ModelCheck()
+        return ModelPipeline(
+            build: { target, serving in
+                try provider.candidate(for: ModelRequest(
+                    name: target.source, budgetBytes: target.budget.bytes,
+                    reloadFromDisk: serving.map { $0.target.reloadEpoch != target.reloadEpoch } ?? true,
+                    serving: serving?.provided, servingName: serving?.target.source))
+            },
+            check: { candidate in check.check(candidate) })
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {
@@ -131,57 +170,35 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         return try body()
     }
 
-    /// Runs blocking work on the control queue: model loads, capture restarts. One at a time.
-    private func serially<T>(_ body: @escaping () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            controlQueue.async { continuation.resume(with: Result { try body() }) }
-        }
-    }
-
     // MARK: - Start and stop
 
-    /// Loads the model, starts the workers, the sockets and capture, then tells systemd `READY=1`.
+    /// Loads and checks the model, starts the workers, the sockets and capture, then tells systemd `READY=1`.
     public func start() async throws {
         let config = locked { configuration }
-        let runtimeDirectory = config.resolvedRuntimeDirectory(environment: environment)
         let stateDirectory = config.resolvedStateDirectory(environment: environment)
         try Self.ensureDirectory(stateDirectory, mode: 0o700, purpose: "state directory")
 
+        // Wiring: statistics arrivals go to the service; every swap is reported and names the source mapped for
+        // the statistics passes.
+        let service = self.service
         personal?.setSourceModel(config.model)
-        personal?.whenNewSamples { [weak self] in
-            Task { await self?.requantizeFromStatistics() }
+        personal?.whenSamplesGrow { count in Task { await service.statisticsGrew(to: count) } }
+        service.store.onSwap { [weak self] entry in
+            self?.personal?.setSourceModel(entry.target.source)
+            self?.notifyStatus()
         }
-        let loadStart = DispatchTime.now()
-        let provided: ProvidedModel
         do {
-            provided = try await serially { [modelProvider] in
-                try modelProvider(ModelRequest(name: config.model, budgetBytes: config.memoryBudget, reloadFromDisk: false))
+            try await service.start()
+        } catch let error as ModelServiceError {
+            switch error {
+            case .build(.impossibleBudget), .build(.fileAboveBudget), .checkFailed: throw DaemonError.budget(reason: "\(error)")
+            default: throw DaemonError.model(name: config.model, reason: "\(error)")
             }
-        } catch let error as ModelProviderError {
-            throw DaemonError.budget(reason: "\(error)")
-        } catch {
-            throw DaemonError.model(name: config.model, reason: "\(error)")
         }
-        logger.info("model loaded", metadata: [
-            "model": "\(provided.model.name)", "weights": "\(ByteSize.format(provided.weightBytes))",
-            "precision": "\(Precision.describe(provided.layerBits))",
-            "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: loadStart)))",
-        ])
-        reportBudget(provided, budget: config.memoryBudget)
-        let store = ModelStore(provided, budgetBytes: config.memoryBudget)
-        let workers = TranscriptionWorkers(
-            store: store, count: config.workers, threads: config.threads, queueDepth: config.queueDepth,
-            logger: logger, onLiveResult: { [weak self] in self?.liveResult($0) })
-        workers.utteranceObserver = locked { observer }
-        locked {
-            self.store = store
-            self.workers = workers
-        }
+        locked { serviceTask = Task { await service.run() } }
 
-        try await startServers(config, runtimeDirectory: runtimeDirectory)
-        if config.captureEnabled {
-            try await serially { try self.startCapture(config) }
-        }
+        try await startServers(config)
+        if config.captureEnabled { try capture.start(config.capturePipeline) }
 
         _ = try? SystemdNotifier.ready(status: statusLine())
         if let interval = try? SystemdNotifier.watchdogInterval() {
@@ -215,7 +232,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         return group.wait(timeout: .now() + timeout) == .success
     }
 
-    /// Stops capture, ends `listen` streams, lets requests in progress finish, stops the workers.
+    /// Ordered shutdown: capture stops (its audio zeroed), `listen` streams end, the servers let requests in
+    /// progress finish, the model service stops, then the workers.
     public func shutdown() async {
         let alreadyDown = locked { () -> Bool in
             defer { isShutDown = true }
@@ -224,17 +242,29 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         if alreadyDown { return }
         _ = try? SystemdNotifier.stopping(status: "stopping")
         logger.info("stopping")
-        let (pinger, control, wyoming) = locked { (watchdog, controlServer, wyomingServer) }
+        let (pinger, control, wyoming, task) = locked { (watchdog, controlServer, wyomingServer, serviceTask) }
         pinger?.stop()
-        _ = try? await serially { self.stopCapture() }
+        await Self.offThePool { self.capture.stop() }
         broadcaster.finish()
         await control?.shutdown()
         await wyoming?.shutdown()
-        locked { workers }?.shutdown()
+        await service.shutdown()
+        await task?.value
+        await Self.offThePool { self.workers.shutdown() }
         logger.info("stopped", metadata: ["uptime_s": "\(Int(Date().timeIntervalSince(started)))"])
     }
 
-    private static func ensureDirectory(_ path: String, mode: mode_t, purpose: String) throws {
+    /// Runs blocking work (waiting for threads) on a Dispatch thread, not on Swift's cooperative pool.
+    private static func offThePool(_ body: @escaping @Sendable () -> Void) async {
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                body()
+                done.resume()
+            }
+        }
+    }
+
+    static func ensureDirectory(_ path: String, mode: mode_t, purpose: String) throws {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
             guard isDirectory.boolValue else {
@@ -252,46 +282,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
 
     // MARK: - Sockets
 
-    private func startServers(_ config: DaemonConfiguration, runtimeDirectory: String) async throws {
-        let activated: [ActivatedSocket]
-        do {
-            activated = try SocketActivation.sockets()
-        } catch {
-            throw DaemonError.sockets(reason: "\(error)")
-        }
-        var controlEndpoints: [ListenerEndpoint] = []
-        var wyomingEndpoints: [ListenerEndpoint] = []
-        var ownPaths: [String] = []
-        if activated.isEmpty {
-            try Self.ensureDirectory(runtimeDirectory, mode: 0o755, purpose: "runtime directory")
-            let controlPath = config.controlSocketPath(environment: environment)
-            controlEndpoints.append(.unix(path: controlPath))
-            ownPaths.append(controlPath)
-            if let wyomingPath = config.wyomingSocketPath(environment: environment) {
-                wyomingEndpoints.append(.unix(path: wyomingPath))
-                ownPaths.append(wyomingPath)
-            }
-            if config.wyomingTCPEnabled {
-                wyomingEndpoints.append(.tcp(host: config.wyomingTCPAddress, port: config.wyomingTCPPort))
-            }
-        } else {
-            for socket in activated {
-                guard socket.isStreamListener else {
-                    throw DaemonError.sockets(reason: "activated socket \"\(socket.name)\" (fd \(socket.fileDescriptor)) is not a listening stream socket")
-                }
-                switch Self.role(of: socket, configuration: config) {
-                case .control: controlEndpoints.append(.fileDescriptor(socket.fileDescriptor))
-                case .wyoming: wyomingEndpoints.append(.fileDescriptor(socket.fileDescriptor))
-                case nil:
-                    throw DaemonError.sockets(reason: "activated socket \"\(socket.name)\" (fd \(socket.fileDescriptor)) is neither \(config.controlSocketName) nor \(config.wyomingSocketName) nor TCP, and its FileDescriptorName= is not control, wyoming or wyoming-tcp")
-                }
-            }
-            guard !controlEndpoints.isEmpty else {
-                throw DaemonError.sockets(reason: "socket activation passed no socket named \"control\" (have: \(activated.map(\.name).joined(separator: ", ")))")
-            }
-            logger.info("using \(activated.count) socket(s) from systemd")
-        }
-
+    private func startServers(_ config: DaemonConfiguration) async throws {
+        let endpoints = try DaemonEndpoints(configuration: config, environment: environment, logger: logger)
         let groupID: UInt32?
         do { groupID = try config.socketGroupID() } catch { throw DaemonError.sockets(reason: "\(error)") }
         let connection = ConnectionOptions(
@@ -301,14 +293,14 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             (try? Audio.Resampler.resample(samples, from: rate, to: 16000)) ?? AudioConversion.resampleTo16k(samples, rate: rate)
         }
         let control = ControlServer(
-            endpoints: controlEndpoints, control: self, transcription: self,
+            endpoints: endpoints.control, control: self, transcription: self,
             configuration: ControlServerConfiguration(
                 connection: connection, maxRequestBytes: config.maxRequestBytes, maxAudioSeconds: config.maxAudioSeconds,
                 resampler: resampler,
                 wavDecoder: { data in try decodeAudio(data: data, targetRate: 16000, name: "request") }),
             logger: logger)
-        let wyoming = wyomingEndpoints.isEmpty ? nil : WyomingServer(
-            endpoints: wyomingEndpoints, backend: self,
+        let wyoming = endpoints.wyoming.isEmpty ? nil : WyomingServer(
+            endpoints: endpoints.wyoming, backend: self,
             configuration: WyomingServerConfiguration(
                 connection: connection, maxAudioSeconds: config.maxAudioSeconds, resampler: resampler,
                 serviceInfo: { [weak self] in self?.serviceInfo() ?? WyomingServiceInfo(modelName: "whisper", languages: ["en"]) }),
@@ -327,49 +319,12 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         locked {
             controlServer = control
             wyomingServer = wyoming
-            ownSocketPaths = ownPaths
-        }
-    }
-
-    private enum SocketRole { case control, wyoming }
-
-    /// Which server an activated socket belongs to. systemd gives every socket of one .socket unit the same
-    /// FileDescriptorName=, so a Unix socket is recognised by its file name (sockets.control / sockets.wyoming)
-    /// and a TCP socket serves Wyoming; names control, wyoming and wyoming-tcp (separate units) also work.
-    private static func role(of socket: ActivatedSocket, configuration: DaemonConfiguration) -> SocketRole? {
-        switch socket.name {
-        case "control": return .control
-        case "wyoming", "wyoming-tcp": return .wyoming
-        default: break
-        }
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let ok = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket.fileDescriptor, $0, &length) == 0 }
-        }
-        guard ok else { return nil }
-        switch Int32(storage.ss_family) {
-        case AF_INET, AF_INET6:
-            return .wyoming
-        case AF_UNIX:
-            let path = withUnsafePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_un.self, capacity: 1) { address in
-                    withUnsafeBytes(of: address.pointee.sun_path) { raw in
-                        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-                    }
-                }
-            }
-            let name = (path as NSString).lastPathComponent
-            if name == configuration.controlSocketName { return .control }
-            if !configuration.wyomingSocketName.isEmpty && name == configuration.wyomingSocketName { return .wyoming }
-            return nil
-        default:
-            return nil
+            ownSocketPaths = endpoints.ownPaths
         }
     }
 
     private func serviceInfo() -> WyomingServiceInfo {
-        guard let model = locked({ store })?.current.provided.model else {
+        guard let model = service.store.current?.provided.model else {
             return WyomingServiceInfo(modelName: "whisper", languages: ["en"])
         }
         let tokenizer = model.tokenizer
@@ -378,145 +333,36 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         return WyomingServiceInfo(modelName: model.name, modelDescription: "Whisper \(model.name)", languages: languages)
     }
 
-    // MARK: - Capture
-
-    /// Starts a capture pipeline (on the control queue).
-    private func startCapture(_ config: DaemonConfiguration) throws {
-        let pipeline: CapturePipeline
-        do {
-            pipeline = try CapturePipeline(configuration: config.capturePipeline, logger: logger)
-            try pipeline.start()
-        } catch {
-            throw DaemonError.capture(reason: "\(error)")
-        }
-        let workers = locked { self.workers }
-        let utteranceTask = Task.detached { [logger] in
-            for await utterance in pipeline.utterances {
-                if let workers {
-                    workers.submit(live: utterance)
-                } else {
-                    utterance.wipe()
-                    logger.warning("utterance wiped: no transcription workers")
-                }
-            }
-        }
-        let eventTask = Task.detached { [weak self, logger] in
-            var failuresInARow = 0  // only the first failure of a streak is a warning; retries are debug
-            for await event in pipeline.events {
-                let state: CaptureState?
-                switch event {
-                case .opened:
-                    state = .capturing
-                    failuresInARow = 0
-                    logger.debug("capture \(event)")
-                case .unavailable, .lost:
-                    state = .failed
-                    failuresInARow += 1
-                    if failuresInARow == 1 {
-                        logger.warning("capture \(event); retrying while the sockets keep serving")
-                    } else {
-                        logger.debug("capture \(event)")
-                    }
-                case .retrying: state = nil; logger.debug("capture \(event)")
-                case .overrun: state = nil; logger.notice("capture \(event)")
-                case .stopped: state = nil
-                }
-                if let state, let self { self.locked { self.captureState = state } }
-            }
-        }
-        locked {
-            self.pipeline = pipeline
-            captureTasks = [utteranceTask, eventTask]
-            captureState = .paused  // until the device opens
-        }
-    }
-
-    /// Stops capture; audio not yet cut into utterances is zeroed and dropped (on the control queue).
-    private func stopCapture() {
-        let (pipeline, tasks) = locked { () -> (CapturePipeline?, [Task<Void, Never>]) in
-            defer {
-                self.pipeline = nil
-                captureTasks = []
-                captureState = .disabled
-            }
-            return (self.pipeline, captureTasks)
-        }
-        guard let pipeline else { return }
-        let statistics = pipeline.statistics
-        // stop() waits for the capture thread, which a driver can hold inside a blocking read (ALSA's file
-        // plugin on a FIFO without data). Do not let that wedge shutdown, reload or forget: wait a bounded time;
-        // the pipeline still stops (and zeroes its buffers) as soon as the read returns.
-        let stopped = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            pipeline.stop()
-            stopped.signal()
-        }
-        if stopped.wait(timeout: .now() + 3) == .timedOut {
-            logger.warning("capture did not stop within 3 s (the device is blocked in a read); continuing without it")
-        }
-        _ = tasks  // both end when the pipeline's streams finish
-        logger.info("capture stopped", metadata: [
-            "utterances": "\(statistics.utterances)", "overruns": "\(statistics.overruns)",
-            "dropped_samples": "\(statistics.droppedSamples)",
-        ])
-    }
-
-    // MARK: - Live results
-
-    private func liveResult(_ result: LiveResult) {
-        let (count, total) = locked { () -> (Int, Double) in
-            utterancesSeen += 1
-            audioSecondsSeen += result.audioSeconds
-            return (utterancesSeen, audioSecondsSeen)
-        }
-        logger.info("utterance transcribed", metadata: [
-            "audio_s": "\(String(format: "%.2f", result.audioSeconds))",
-            "took_s": "\(String(format: "%.2f", result.processingSeconds))",
-            "characters": "\(result.transcript.text.count)", "utterances": "\(count)",
-            "audio_total_s": "\(String(format: "%.1f", total))",
-        ])
-        broadcaster.publish(result.transcript)
+    private func notifyStatus() {
         _ = try? SystemdNotifier.status(statusLine())
     }
 
-    private func statusLine() -> String {
-        let (entry, count, budget) = locked { (store?.current, utterancesSeen, budgetBytes) }
+    private func statusLine() -> String { Self.statusLine(service.store.current, utterances: counters.utterances) }
+
+    /// "model tiny.en, mixed 4-5-bit, weights 23.9 MiB (budget 24.0 MiB), 1 utterance": the sd_notify STATUS= line.
+    private static func statusLine(_ entry: ModelStore.Entry?, utterances count: Int) -> String {
         guard let entry else { return "starting" }
-        var line = "model \(entry.provided.model.name), \(Precision.describe(entry.provided.layerBits)), "
+        var line = "model \(entry.provided.model.name), \(entry.provided.precision), "
             + "weights \(ByteSize.format(entry.provided.weightBytes))"
-        if let budget {
+        if let budget = entry.target.budget.bytes {
             line += entry.provided.budgetMet ? " (budget \(ByteSize.format(budget)))" : " (over budget \(ByteSize.format(budget)))"
         }
         return line + ", \(count) utterance\(count == 1 ? "" : "s")"
     }
 
-    private func reportBudget(_ provided: ProvidedModel, budget: Int?) {
-        guard let budget else { return }
-        let metadata: Logger.Metadata = [
-            "weights": "\(ByteSize.format(provided.weightBytes))", "budget": "\(ByteSize.format(budget))",
-            "precision": "\(Precision.describe(provided.layerBits))",
-        ]
-        if provided.budgetMet {
-            logger.info("memory budget met", metadata: metadata)
-        } else {
-            logger.warning("memory budget not met by the model the provider chose", metadata: metadata)
-        }
-    }
-
     // MARK: - TranscriptionBackend
 
-    /// Transcribes a socket request on a worker (queued behind live utterances; refused when the queue is full).
-    public func transcribe(samples: [Float], language: String?) async throws -> TranscriptResult {
-        guard let workers = locked({ workers }) else {
-            throw ControlError(code: "not_ready", message: "the daemon is still starting")
-        }
+    /// Transcribes a socket request on a worker, in turn with the other clients' requests (refused as `busy`
+    /// when the queue is full); stops when the calling task is cancelled (the client went away).
+    public func transcribe(samples: [Float], language: String?, origin: RequestOrigin) async throws -> TranscriptResult {
         let transcript: Transcript
         do {
-            transcript = try await workers.transcribe(samples: samples, language: language)
+            transcript = try await workers.transcribe(samples: samples, language: language, client: origin.fairnessKey)
         } catch let error as TranscriptionQueueError {
             switch error {
             case .busy: throw ControlError(code: "busy", message: error.description)
             case .shuttingDown: throw ControlError(code: "shutting_down", message: error.description)
+            case .notReady: throw ControlError(code: "not_ready", message: error.description)
             }
         }
         return TranscriptResult(
@@ -526,42 +372,47 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
 
     // MARK: - ControlBackend
 
-    /// A snapshot: model, per-layer bits, weights vs budget, uptime, utterances, capture state.
+    /// A snapshot: the model in service and why, weights against the budget, the job queue, uptime, utterances,
+    /// statistics, capture state.
     public func status() async -> DaemonStatus {
-        let (entry, budget, seen, state, changed, observer) = locked {
-            (store?.current, budgetBytes, utterancesSeen, captureState, lastModelChange, self.observer)
-        }
-        return DaemonStatus(
+        let seen = counters.utterances
+        let entry = service.store.current
+        let queue = workers.statistics
+        var status = DaemonStatus(
             modelName: entry?.provided.model.name ?? "(loading)", layerBits: entry?.provided.layerBits,
-            memoryBytes: entry?.provided.weightBytes ?? 0, budgetBytes: budget,
+            memoryBytes: entry?.provided.weightBytes ?? 0, budgetBytes: entry?.target.budget.bytes,
             uptimeSeconds: Date().timeIntervalSince(started), utterancesSeen: seen,
-            statisticsSamples: observer?.statisticsSamples ?? 0, lastRequantization: changed, captureState: state)
+            statisticsSamples: personal?.statisticsSamples ?? 0,
+            lastRequantization: entry.flatMap { $0.generation > 1 ? $0.since : nil }, captureState: capture.state)
+        if let entry {
+            status.model = ModelStatus(
+                generation: entry.generation, reason: entry.reason.rawValue, plan: "\(entry.provided.plan)",
+                budgetOrigin: entry.target.budget.bytes == nil ? nil : entry.target.budget.origin.rawValue,
+                statisticsSamples: entry.provided.statisticsSamples, since: entry.since,
+                checkDivergence: entry.check?.divergence)
+        }
+        status.queue = QueueStatus(waiting: queue.waiting, running: queue.running, depth: queue.depth,
+                                   droppedUtterances: queue.droppedUtterances, refusedRequests: queue.refusedRequests,
+                                   cancelledRequests: queue.cancelledRequests)
+        return status
     }
 
-    /// Applies a new memory budget: the provider chooses the model that fits (float, else myQASR's widths from the
-    /// personal statistics, else the highest uniform width that fits), prepared off the serving path and swapped in
-    /// when ready. A budget no precision can meet is
-    /// refused as `impossible_budget` with the smallest reachable size; the model in service stays. Lasts until the
-    /// next reload or restart.
-    public func setBudget(bytes: Int) async throws {
-        guard bytes >= 1024 * 1024 else {
+    /// Applies a new memory budget (nil: unlimited) and returns once the model for it serves; a budget no model
+    /// meets, or whose model fails its self-check, is refused with the reason and the model in service stays.
+    /// Lasts until the next reload or restart.
+    public func setBudget(bytes: Int?) async throws {
+        if let bytes, bytes < 1024 * 1024 {
             throw ControlError(code: "impossible_budget", message: "a budget below 1 MiB cannot hold any model")
         }
-        try await applyModel(budget: bytes, reloadFromDisk: false, reason: "budget")
-    }
-
-    /// Quantizes the model in service again from the grown personal statistics, at the budget in force.
-    func requantizeFromStatistics() async {
-        let budget = locked { budgetBytes }
         do {
-            try await applyModel(budget: budget, reloadFromDisk: false, reason: "statistics")
-        } catch {
-            logger.error("re-quantization from the statistics failed; the model in service stays: \(error)")
+            try await service.setBudget(Budget(bytes: bytes, origin: .command))
+        } catch let error as ModelServiceError {
+            throw ControlError(code: error.code, message: error.description)
         }
     }
 
-    /// Re-reads the configuration and the model (also what SIGHUP does). An invalid file is refused with the
-    /// key and reason; the configuration in force stays and serving continues.
+    /// Re-reads the configuration and the model (also what SIGHUP does). An invalid file, or a model or budget
+    /// the service refuses, is refused with the reason; the configuration in force stays and serving continues.
     public func reload() async throws {
         _ = try? SystemdNotifier.reloading(status: "reloading configuration")
         defer { _ = try? SystemdNotifier.ready(status: statusLine()) }
@@ -573,14 +424,20 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             logger.error("configuration rejected; keeping the one in force: \(error)")
             throw ControlError(code: "bad_config", message: "\(error)")
         }
-        let old = locked { configuration }
-        try await applyModel(name: new.model, budget: new.memoryBudget, reloadFromDisk: true, reason: "reload")
-        let captureChanged = old.capturePipeline != new.capturePipeline || old.captureEnabled != new.captureEnabled
-        locked { configuration = new }
-        if captureChanged {
-            try await serially {
-                self.stopCapture()
-                if new.captureEnabled { try self.startCapture(new) }
+        do {
+            try await service.reload(source: new.model, budget: Budget(bytes: new.memoryBudget, origin: .configuration))
+        } catch let error as ModelServiceError {
+            logger.error("configuration rejected; keeping the one in force: model: \(error)")
+            throw ControlError(code: error.code, message: error.description)
+        }
+        let old = locked { () -> DaemonConfiguration in
+            defer { configuration = new }
+            return configuration
+        }
+        if old.capturePipeline != new.capturePipeline || old.captureEnabled != new.captureEnabled {
+            try await Self.offThrowing {
+                self.capture.stop()
+                if new.captureEnabled { try self.capture.start(new.capturePipeline) }
             }
             logger.info("capture restarted with the new settings")
         }
@@ -589,6 +446,12 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             logger.notice("these settings take effect at the next restart: \(restartOnly.joined(separator: ", "))")
         }
         logger.info("configuration reloaded", metadata: ["file": "\(path ?? "(defaults)")"])
+    }
+
+    private static func offThrowing(_ body: @escaping @Sendable () throws -> Void) async throws {
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, Error>) in
+            DispatchQueue.global().async { done.resume(with: Result { try body() }) }
+        }
     }
 
     private static func restartOnlyChanges(_ a: DaemonConfiguration, _ b: DaemonConfiguration) -> [String] {
@@ -610,67 +473,22 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         return keys
     }
 
-    /// Asks the provider for the model that fits and swaps it in (running transcriptions finish on the old one).
-    private func applyModel(name: String? = nil, budget: Int?, reloadFromDisk: Bool, reason: String) async throws {
-        guard let store = locked({ store }) else {
-            throw ControlError(code: "not_ready", message: "the daemon is still starting")
-        }
-        let modelName = name ?? locked { configuration.model }
-        let started = DispatchTime.now()
-        let provided: ProvidedModel
-        do {
-            provided = try await serially { [modelProvider] in
-                try modelProvider(ModelRequest(name: modelName, budgetBytes: budget, reloadFromDisk: reloadFromDisk))
-            }
-        } catch let error as ModelProviderError {
-            if reason == "reload" {
-                logger.error("configuration rejected; keeping the one in force: model.memory_budget: \(error)")
-            } else {
-                logger.error("budget refused; keeping the model in service: \(error)")
-            }
-            let code: String
-            switch error {
-            case .impossibleBudget, .fileAboveBudget: code = "impossible_budget"
-            case .sizeMismatch: code = "model_unavailable"
-            }
-            throw ControlError(code: code, message: "\(error)")
-        } catch {
-            logger.error("model change refused; keeping the model in service: \(error)")
-            throw ControlError(code: "model_unavailable", message: "cannot load model \"\(modelName)\": \(error)")
-        }
-        let generation = store.swap(to: provided, budgetBytes: budget)
-        personal?.setSourceModel(modelName)
-        // The float network the quantization read is freed by now; its pages go back to the system.
-        WhisperModel.releaseFreedMemory()
-        locked {
-            budgetBytes = budget
-            lastModelChange = Date()
-        }
-        logger.info("model in service", metadata: [
-            "reason": "\(reason)", "model": "\(provided.model.name)", "generation": "\(generation)",
-            "weights": "\(ByteSize.format(provided.weightBytes))", "precision": "\(Precision.describe(provided.layerBits))",
-            "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
-        ])
-        reportBudget(provided, budget: budget)
-        _ = try? SystemdNotifier.status(statusLine())
-    }
-
-    /// Deletes personal data: the observer's statistics, the counters, and all buffered audio (capture is
-    /// restarted, which zeroes the ring buffer and any unfinished utterance).
+    /// Deletes personal data and returns once none is left: the counters, the live utterances waiting and all
+    /// buffered audio (capture restarts, zeroing its ring buffer), the statistics in memory and on disk, and the
+    /// personalised weights (the model service serves the source model at the budget without statistics).
     public func forget() async throws {
-        let (observer, config) = locked { () -> (UtteranceObserver?, DaemonConfiguration) in
-            utterancesSeen = 0
-            audioSecondsSeen = 0
-            return (self.observer, configuration)
-        }
-        observer?.forget()
+        let config = locked { configuration }
+        counters.reset()
+        workers.forgetLive()
         if config.captureEnabled {
-            try await serially {
-                self.stopCapture()
-                try self.startCapture(config)
-            }
+            try await Self.offThrowing { try self.capture.start(config.capturePipeline) }
         }
-        logger.info("personal data forgotten (statistics, counters, buffered audio)")
+        do {
+            try await service.forget()
+        } catch let error as ModelServiceError {
+            throw ControlError(code: error.code, message: error.description)
+        }
+        logger.info("personal data forgotten (statistics, counters, buffered audio, personalised weights)")
     }
 
     /// A fresh bounded stream of live transcripts for one `listen` client.
@@ -680,4 +498,33 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
 
     /// Paths of the Unix sockets this daemon created itself (empty under socket activation).
     public var socketPaths: [String] { locked { ownSocketPaths } }
+}
+
+/// Live utterances transcribed since start (or the last `forget`) and their seconds of audio.
+private final class LiveCounters: @unchecked Sendable {  // @unchecked: guarded by `lock`
+    private let lock = NSLock()
+    private var count = 0
+    private var seconds = 0.0
+
+    var utterances: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return count
+    }
+
+    /// Counts one utterance of `audioSeconds`; returns the new totals.
+    func add(_ audioSeconds: Double) -> (Int, Double) {
+        lock.lock()
+        defer { lock.unlock() }
+        count += 1
+        seconds += audioSeconds
+        return (count, seconds)
+    }
+
+    func reset() {
+        lock.lock()
+        count = 0
+        seconds = 0
+        lock.unlock()
+    }
 }

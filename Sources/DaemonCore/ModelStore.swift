@@ -1,85 +1,130 @@
 import Foundation
+import Units
 import WhisperEngine
 
-/// A model chosen for a memory budget, with what the daemon reports about it.
-public struct ProvidedModel: @unchecked Sendable {
-    /// The model to transcribe with.
-    public var model: WhisperModel
-    /// Bits per weight of every linear layer, by layer name (32 = float).
-    public var layerBits: [String: Int]
-    /// Bytes the weights occupy.
-    public var weightBytes: Int
-    /// Whether `weightBytes` fits the budget asked for (always true without a budget).
-    public var budgetMet: Bool
+/// Where a memory budget came from.
+public enum BudgetOrigin: String, Sendable, Equatable {
+    /// `model.memory_budget` in the configuration file, or `myqasrd --budget`.
+    case configuration
+    /// A `budget` command on the control socket (lasts until the next reload or restart).
+    case command
+}
 
-    /// Creates a description of a provided model.
-    public init(model: WhisperModel, layerBits: [String: Int], weightBytes: Int, budgetMet: Bool) {
-        self.model = model
-        self.layerBits = layerBits
-        self.weightBytes = weightBytes
-        self.budgetMet = budgetMet
+/// A memory budget for the model's weights and where it came from.
+public struct Budget: Sendable, Equatable, CustomStringConvertible {
+    /// Bytes the weights may take; nil means unlimited.
+    public var bytes: Int?
+    /// Where it came from.
+    public var origin: BudgetOrigin
+
+    /// Creates a budget.
+    public init(bytes: Int?, origin: BudgetOrigin) {
+        self.bytes = bytes
+        self.origin = origin
+    }
+
+    /// "24.0 MiB (command)" or "unlimited (configuration)".
+    public var description: String { "\(bytes.map(ByteSize.format) ?? "unlimited") (\(origin.rawValue))" }
+}
+
+/// The inputs of a model build: what the model service wants served. Two equal targets make the same model
+/// (given the same personal statistics), so the service builds only when the target it wants differs from the
+/// one the served model was built for.
+public struct ModelTarget: Sendable, Equatable {
+    /// The configured model: `tiny.en`, `base`, a model directory or a `.myq` file.
+    public var source: String
+    /// The memory budget.
+    public var budget: Budget
+    /// Re-quantizations asked for by the personal statistics (one more every `model.requantize_after` samples
+    /// gathered behind a quantized model). A build reads the statistics as they are when it runs.
+    public var statisticsRound: Int
+    /// One more at every `forget`: a build for an earlier value may have read the forgotten statistics.
+    public var forgetEpoch: Int
+    /// One more at every reload: the model files are read again.
+    public var reloadEpoch: Int
+
+    /// A target with no statistics round, forget or reload yet.
+    public init(source: String, budget: Budget, statisticsRound: Int = 0, forgetEpoch: Int = 0, reloadEpoch: Int = 0) {
+        self.source = source
+        self.budget = budget
+        self.statisticsRound = statisticsRound
+        self.forgetEpoch = forgetEpoch
+        self.reloadEpoch = reloadEpoch
+    }
+
+    /// Whether a model built for `self` may serve when `other` is wanted: everything equal but possibly the
+    /// statistics round (a build from older statistics is still the best model at hand; the next round follows).
+    func servesInPlace(of other: ModelTarget) -> Bool {
+        source == other.source && budget == other.budget && forgetEpoch == other.forgetEpoch
+            && reloadEpoch == other.reloadEpoch
     }
 }
 
-/// What the daemon asks its `ModelProvider` for.
-public struct ModelRequest: Sendable, Equatable {
-    /// Model name or directory.
-    public var name: String
-    /// Memory budget for the weights in bytes; nil means unlimited.
-    public var budgetBytes: Int?
-    /// Read the model files again (a `reload`), rather than reuse a model already loaded.
-    public var reloadFromDisk: Bool
-
-    /// Creates a request.
-    public init(name: String, budgetBytes: Int?, reloadFromDisk: Bool) {
-        self.name = name
-        self.budgetBytes = budgetBytes
-        self.reloadFromDisk = reloadFromDisk
-    }
+/// Why a model went into service.
+public enum ModelChangeReason: String, Sendable, Equatable {
+    /// The first model, at start-up.
+    case start
+    /// A `budget` command.
+    case budget
+    /// Enough new personal statistics behind a quantized model.
+    case statistics
+    /// `forget`: the model built without the user's statistics.
+    case forget
+    /// A reload (SIGHUP or `reload`).
+    case reload
 }
 
-/// The one seam between the daemon and model precision: given a model name and a memory budget, returns the
-/// model to serve, or throws (`ModelProviderError.impossibleBudget` when no precision fits). The daemon's
-/// default is `BudgetModelProvider` (float, else myQASR's widths from the personal statistics, else the highest
-/// uniform width that fits). Called off the event loops and the workers, one call at a time.
-public typealias ModelProvider = @Sendable (ModelRequest) throws -> ProvidedModel
-
-/// The model in service, swapped atomically. Workers read it at the start of each job, so a swap never
-/// interrupts a transcription: the running one finishes on the old model and the next uses the new one.
-public final class ModelStore: @unchecked Sendable {
+/// The model in service, swapped atomically: the single record of what serves and why. Workers read it at the
+/// start of each job (a running transcription finishes on the model it started with) and are told of every swap,
+/// so idle ones let go of the old model at once. Only the `ModelService` swaps.
+public final class ModelStore: @unchecked Sendable {  // @unchecked: `entry` and `observers` are guarded by `lock`
     /// One version of the served model.
-    public struct Entry: @unchecked Sendable {
-        /// Increases by one at every swap.
+    public struct Entry: Sendable {
+        /// Increases by one at every swap (1 for the first model).
         public var generation: Int
-        /// The model and its description.
+        /// The model and its description (plan, widths, bytes, statistics it was built from).
         public var provided: ProvidedModel
-        /// The budget it was chosen for.
-        public var budgetBytes: Int?
+        /// What it was built for: source, budget and its origin, statistics round, forget and reload epochs.
+        public var target: ModelTarget
+        /// Why it went into service.
+        public var reason: ModelChangeReason
+        /// The self-check it passed (nil when the candidate is the full-precision model itself).
+        public var check: CheckReport?
         /// When it went into service.
         public var since: Date
     }
 
     private let lock = NSLock()
-    private var entry: Entry
+    private var entry: Entry?
+    private var observers: [@Sendable (Entry) -> Void] = []
 
-    /// Starts with `provided` as generation 1.
-    public init(_ provided: ProvidedModel, budgetBytes: Int?) {
-        entry = Entry(generation: 1, provided: provided, budgetBytes: budgetBytes, since: Date())
-    }
+    /// An empty store: nothing serves until the first `swap`.
+    public init() {}
 
-    /// The model in service now.
-    public var current: Entry {
+    /// The model in service now (nil before the first model).
+    public var current: Entry? {
         lock.lock()
         defer { lock.unlock() }
         return entry
     }
 
-    /// Puts `provided` into service; returns the new generation.
-    @discardableResult
-    public func swap(to provided: ProvidedModel, budgetBytes: Int?) -> Int {
+    /// Calls `observer` after every swap (on the swapping thread; it must return quickly).
+    public func onSwap(_ observer: @escaping @Sendable (Entry) -> Void) {
         lock.lock()
-        defer { lock.unlock() }
-        entry = Entry(generation: entry.generation + 1, provided: provided, budgetBytes: budgetBytes, since: Date())
-        return entry.generation
+        observers.append(observer)
+        lock.unlock()
+    }
+
+    /// Puts `provided` into service and tells the observers; returns the new entry.
+    @discardableResult
+    public func swap(to provided: ProvidedModel, target: ModelTarget, reason: ModelChangeReason, check: CheckReport?) -> Entry {
+        lock.lock()
+        let new = Entry(generation: (entry?.generation ?? 0) + 1, provided: provided, target: target, reason: reason,
+                        check: check, since: Date())
+        entry = new
+        let observers = self.observers
+        lock.unlock()
+        for observer in observers { observer(new) }
+        return new
     }
 }

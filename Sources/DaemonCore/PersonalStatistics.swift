@@ -8,8 +8,9 @@ import Quantization
 import WhisperEngine
 
 /// The daemon's personalisation statistics: activation statistics of the full-precision model on the user's
-/// own live utterances (per-layer aggregates only, `ActivationStatistics`), kept in the state directory and
-/// handed to `BudgetModelProvider`, which allocates the widths of the next quantization from them.
+/// own live utterances (per-layer aggregates only, `ActivationStatistics`), kept in the state directory. It only
+/// gathers: each time the statistics grow it publishes the sample count (`whenSamplesGrow`), and the
+/// `ModelService` decides whether to quantize again; `BudgetModelProvider` reads them when it builds.
 ///
 /// Each live utterance is offered by the transcription worker before its audio is wiped. Its samples are
 /// copied into a private buffer and run through the full-precision model again on a background queue with the
@@ -18,36 +19,39 @@ import WhisperEngine
 /// model; while a quantized model serves, it is the source model with its float16 weights left in the file's
 /// mapping (`WhisperModel.loadMapped`: page cache, not a float32 copy the budget would have to hold). At most
 /// one pass runs at a time: an utterance that arrives meanwhile is not gathered (statistics need a sample, not
-/// every sample). After `requantizeAfter` samples gathered while a quantized model serves, `onNewSamples` is
-/// called (the daemon quantizes again from the grown statistics).
+/// every sample).
 ///
-/// The statistics file (`statistics.myqs`) is rewritten atomically after each pass; a file that cannot be read
-/// at start is set aside as `statistics.myqs.corrupt` and gathering starts afresh. Thread-safe.
-public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
+/// The statistics file (`statistics.myqs`, mode 0600) is rewritten atomically after each pass; a file that cannot
+/// be read at start is set aside as `statistics.myqs.corrupt` and gathering starts afresh. Temporary files an
+/// interrupted write left (`statistics.myqs.tmp`, and Foundation's `.dat.nosync*` from older versions) are
+/// removed at start and at `forget`. Thread-safe.
+public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {  // @unchecked: state guarded by `lock`
     /// File name of the statistics in the state directory.
     public static let fileName = "statistics.myqs"
 
+    private let directory: String?
     private let path: String?
     private let logger: Logger
     private let queue = DispatchQueue(label: "myqasrd.statistics", qos: .utility)
     private let lock = NSLock()
     private let passDone = DispatchGroup()
-    private let requantizeAfter: Int
     // Guarded by `lock`.
     private var statistics: ActivationStatistics?
     private var passRunning = false
+    /// One more at every `forget`: a pass that began before it is not merged.
+    private var epoch = 0
     private var sourceModel: String?
     private var mapped: (name: String, model: WhisperModel?, identity: String?)?
-    private var newWhileQuantized = 0
-    private var onNewSamples: (@Sendable () -> Void)?
+    private var onSamplesGrew: (@Sendable (Int) -> Void)?
 
-    /// Statistics kept in `directory` (nil: in memory only), loading what an earlier run left there;
-    /// `requantizeAfter` samples gathered behind a quantized model call `onNewSamples` (0: never).
-    public init(directory: String?, requantizeAfter: Int = 0, logger: Logger) {
+    /// Statistics kept in `directory` (nil: in memory only), loading what an earlier run left there.
+    public init(directory: String?, logger: Logger) {
         self.logger = logger
-        self.requantizeAfter = requantizeAfter
+        self.directory = directory
         path = directory.map { ($0 as NSString).appendingPathComponent(Self.fileName) }
+        removeLeftovers()
         guard let path, FileManager.default.fileExists(atPath: path) else { return }
+        chmod(path, 0o600)  // a file an older version wrote with the umask's mode
         do {
             let loaded = try StatisticsFile.load(path: path)
             // The daemon keeps no second moments (too large); a file made with them keeps the rest.
@@ -80,17 +84,17 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
         locked { sourceModel = nameOrPath }
     }
 
-    /// Sets what is called when enough samples were gathered while a quantized model serves.
-    public func whenNewSamples(_ body: @escaping @Sendable () -> Void) {
-        locked { onNewSamples = body }
+    /// Sets what is told the sample count each time a pass has been merged.
+    public func whenSamplesGrow(_ body: @escaping @Sendable (Int) -> Void) {
+        locked { onSamplesGrew = body }
     }
 
     /// Starts a statistics pass over `utterance` unless one is running.
     public func observe(utterance: Utterance, transcript: Transcript, model: WhisperModel) {
-        guard locked({ () -> Bool in
-            if passRunning { return false }
+        guard let startEpoch = locked({ () -> Int? in
+            if passRunning { return nil }
             passRunning = true
-            return true
+            return epoch
         }) else { return }
         let copy = SampleCopy(utterance.withUnsafeSamples { Array($0) })
         passDone.enter()
@@ -100,7 +104,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
                 locked { passRunning = false }
                 passDone.leave()
             }
-            gather(samples: copy.values, served: model)
+            gather(samples: copy.values, served: model, epoch: startEpoch)
             WhisperModel.releaseFreedMemory()   // the pass's activations and caches
         }
     }
@@ -108,15 +112,35 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
     /// Waits until the running pass (if any) has finished.
     public func waitForPass() { passDone.wait() }
 
-    /// Forgets the statistics and deletes their file (and one set aside as corrupt).
+    /// Forgets the statistics (a pass still running is not merged) and deletes their file, one set aside as
+    /// corrupt and any temporary file.
     public func forget() {
-        waitForPass()
         locked {
+            epoch += 1
             statistics = nil
-            newWhileQuantized = 0
         }
+        waitForPass()
         guard let path else { return }
         for file in [path, path + ".corrupt"] { _ = try? FileManager.default.removeItem(atPath: file) }
+        removeLeftovers()
+    }
+
+    /// Removes the temporary files of an interrupted write: `statistics.myqs.tmp` (the statistics writer's fixed
+    /// name) and Foundation's `.dat.nosync*` (what atomic writes of earlier versions left).
+    private func removeLeftovers() {
+        guard let directory, let path else { return }
+        var leftovers = [path + ".tmp"]
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(".dat.nosync") {
+            leftovers.append((directory as NSString).appendingPathComponent(name))
+        }
+        for file in leftovers where FileManager.default.fileExists(atPath: file) {
+            do {
+                try FileManager.default.removeItem(atPath: file)
+                logger.notice("removed a temporary statistics file an interrupted write left", metadata: ["file": "\(file)"])
+            } catch {
+                logger.error("cannot remove a temporary statistics file: \(error)", metadata: ["file": "\(file)"])
+            }
+        }
     }
 
     /// The full-precision model behind `served` and its identity: `served` itself when it is float, else
@@ -143,7 +167,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
         }
     }
 
-    private func gather(samples: [Float], served: WhisperModel) {
+    private func gather(samples: [Float], served: WhisperModel, epoch startEpoch: Int) {
         let started = DispatchTime.now()
         guard let (model, identity, quantized) = fullPrecision(behind: served) else { return }
         let pass = ActivationStatistics(modelIdentity: identity)
@@ -156,19 +180,21 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
             logger.error("statistics pass failed: \(error)")
             return
         }
-        let (merged, notify) = locked { () -> (ActivationStatistics, (@Sendable () -> Void)?) in
+        let merged = locked { () -> (ActivationStatistics, (@Sendable (Int) -> Void)?)? in
+            guard epoch == startEpoch else { return nil }   // forgotten meanwhile
             // Statistics of another model (the configured one changed) are replaced, not mixed.
             let mergedIntoKept = statistics.map { $0.modelIdentity == identity && (try? $0.merge(pass)) != nil } ?? false
             if !mergedIntoKept { statistics = pass }
-            guard quantized, requantizeAfter > 0 else { return (statistics!, nil) }
-            newWhileQuantized += 1
-            guard newWhileQuantized >= requantizeAfter else { return (statistics!, nil) }
-            newWhileQuantized = 0
-            return (statistics!, onNewSamples)
+            return (statistics!, onSamplesGrew)
+        }
+        guard let (merged, notify) = merged else {
+            logger.info("statistics pass dropped: the statistics were forgotten while it ran")
+            return
         }
         if let path {
             do {
                 try StatisticsFile.write(merged, to: path)
+                chmod(path, 0o600)
             } catch {
                 logger.error("personal statistics not saved: \(error)")
             }
@@ -177,7 +203,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
             "samples": "\(merged.sampleCount)", "model": quantized ? "mapped float16" : "served float",
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
         ])
-        notify?()
+        notify?(merged.sampleCount)
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {
@@ -189,7 +215,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable {
 
 /// The one copy of an utterance's samples a statistics pass holds; `wipe` zeroes it in place (the pass has
 /// returned by then, so the array is not shared and is not copied on write).
-private final class SampleCopy: @unchecked Sendable {
+private final class SampleCopy: @unchecked Sendable {  // @unchecked: written by the pass, then wiped after it ends
     var values: [Float]
 
     init(_ values: [Float]) { self.values = values }

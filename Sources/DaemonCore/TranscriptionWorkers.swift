@@ -12,24 +12,23 @@ import WhisperEngine
 public protocol UtteranceObserver: AnyObject, Sendable {
     /// One utterance, still holding its audio; do not keep `utterance` or copies of its samples.
     func observe(utterance: Utterance, transcript: Transcript, model: WhisperModel)
-    /// Activation-statistics samples gathered so far (reported by `status`).
-    var statisticsSamples: Int { get }
-    /// Deletes everything gathered (the control `forget` command).
-    func forget()
 }
 
 /// Why a transcription request was not carried out.
 public enum TranscriptionQueueError: Error, Equatable, CustomStringConvertible {
-    /// Every worker is busy and the queue is full.
+    /// The queue is full (and this client does not have fewer requests waiting than the one with the most).
     case busy(queueDepth: Int)
     /// The daemon is shutting down.
     case shuttingDown
+    /// No model serves yet.
+    case notReady
 
     /// Human-readable explanation.
     public var description: String {
         switch self {
-        case .busy(let depth): return "the daemon is busy (\(depth) requests already waiting); try again shortly"
+        case .busy(let depth): return "the daemon is busy (\(depth) jobs already waiting); try again shortly"
         case .shuttingDown: return "the daemon is shutting down"
+        case .notReady: return "the daemon is still starting"
         }
     }
 }
@@ -44,65 +43,114 @@ public struct LiveResult: Sendable {
     public var processingSeconds: Double
 }
 
-/// Dedicated transcription threads sharing one bounded queue of socket requests and live utterances.
+/// Counters of the job queue, for `status`.
+public struct QueueStatistics: Sendable, Equatable {
+    /// Jobs waiting (live utterances and requests).
+    public var waiting: Int
+    /// Jobs being transcribed.
+    public var running: Int
+    /// Most jobs that may wait (`limits.queue_depth`).
+    public var depth: Int
+    /// Live utterances wiped unheard because the queue was full.
+    public var droppedUtterances: Int
+    /// Requests refused (or pushed out) as busy.
+    public var refusedRequests: Int
+    /// Requests whose client went away: dropped from the queue, or stopped while running.
+    public var cancelledRequests: Int
+}
+
+/// Dedicated transcription threads and the one bounded queue that feeds them: live utterances straight from
+/// capture and socket requests, at most `queueDepth` jobs waiting in all.
 ///
-/// Each worker owns one `SpeechRecognizer`, rebuilt when the `ModelStore` generation changes (between jobs,
-/// never during one). Live utterances have their own lane and are taken first; when their lane is full the
-/// oldest waiting one is wiped and dropped, so the microphone never waits for anybody. Requests beyond the
-/// queue depth are refused with `TranscriptionQueueError.busy`.
-public final class TranscriptionWorkers: @unchecked Sendable {
+/// - Order: live utterances first (oldest first); then requests, one per client in turn (round-robin over the
+///   clients that have requests waiting, a client being a user id or a connection), so one client's backlog
+///   cannot starve another's.
+/// - When the queue is full: a live utterance pushes out the oldest waiting utterance (wiped, counted as dropped),
+///   or, if none waits, the newest request of the client with the most waiting; a request pushes out the newest
+///   request of the client with the most waiting if that client has at least two more than this one, else it is
+///   refused. Either way a pushed-out or refused request gets `busy`.
+/// - A request whose caller's task is cancelled (the server cancels it when the client disconnects) is removed
+///   from the queue, or, if running, stops at its next window or decoding step (`Cancellation`).
+///
+/// Each worker owns one `SpeechRecognizer`, rebuilt when the served model changes (between jobs, never during
+/// one). The `ModelStore` tells the workers of each swap: an idle worker lets go of its recognizer (and so of the
+/// old model) at once.
+public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: mutable state is guarded by `condition`
+    private struct Request {
+        let id: UInt64
+        let client: String
+        let samples: [Float]
+        let language: String?
+        let cancellation: Cancellation
+        let reply: @Sendable (Result<Transcript, Error>) -> Void
+    }
+
+    private struct Live {
+        let utterance: Utterance
+        /// The `forgetLive` epoch it arrived in; an utterance from before a forget is not observed.
+        let epoch: Int
+    }
+
     private enum Job {
-        case request(samples: [Float], language: String?, reply: @Sendable (Result<Transcript, Error>) -> Void)
-        case live(Utterance)
+        case request(Request)
+        case live(Live)
+    }
+
+    private enum Next {
+        case job(Job)
+        case release
+        case stop
     }
 
     private let store: ModelStore
     private let threads: Int
     private let queueDepth: Int
-    private let liveDepth: Int
     private let logger: Logger
-    private let condition = NSCondition()
-    private var requests: [Job] = []
-    private var live: [Utterance] = []
-    private var stopping = false
-    private var running = 0
-    private let finished = DispatchGroup()
-    private let observerBox = ObserverBox()
+    private let observer: UtteranceObserver?
     private let onLiveResult: @Sendable (LiveResult) -> Void
-    private var droppedLive = 0
+    private let condition = NSCondition()
+    private let finished = DispatchGroup()
+    // Guarded by `condition`.
+    private var live: [Live] = []
+    private var requests: [String: [Request]] = [:]
+    private var turn: [String] = []   // clients with requests waiting, next first
     private var busyWorkers = 0
+    private var stopping = false
+    private var nextID: UInt64 = 0
+    private var liveEpoch = 0
+    private var dropped = 0
+    private var refused = 0
+    private var cancelled = 0
 
-    /// Creates `count` workers (not yet started) transcribing with `threads` threads each.
-    public init(store: ModelStore, count: Int, threads: Int, queueDepth: Int, liveDepth: Int = 8,
-                logger: Logger, onLiveResult: @escaping @Sendable (LiveResult) -> Void) {
+    /// Starts `count` workers transcribing with `threads` threads each, at most `queueDepth` jobs waiting.
+    /// `observer` sees each live utterance before it is wiped; `onLiveResult` gets each live transcript.
+    public init(store: ModelStore, count: Int, threads: Int, queueDepth: Int, logger: Logger,
+                observer: UtteranceObserver? = nil, onLiveResult: @escaping @Sendable (LiveResult) -> Void) {
         self.store = store
         self.threads = threads
         self.queueDepth = queueDepth
-        self.liveDepth = liveDepth
         self.logger = logger
+        self.observer = observer
         self.onLiveResult = onLiveResult
+        store.onSwap { [weak self] _ in self?.wakeIdleWorkers() }
         for index in 0..<count { startThread(index: index) }
     }
 
-    /// The utterance observer (nil: none).
-    public var utteranceObserver: UtteranceObserver? {
-        get { observerBox.value }
-        set { observerBox.value = newValue }
-    }
-
-    /// Live utterances dropped because transcription fell behind.
-    public var droppedLiveUtterances: Int {
+    /// The queue's counters.
+    public var statistics: QueueStatistics {
         condition.lock()
         defer { condition.unlock() }
-        return droppedLive
+        return QueueStatistics(waiting: waitingCount, running: busyWorkers, depth: queueDepth, droppedUtterances: dropped,
+                               refusedRequests: refused, cancelledRequests: cancelled)
     }
 
-    /// Jobs waiting plus jobs running.
+    /// Jobs waiting and jobs running.
     public var load: (waiting: Int, running: Int) {
-        condition.lock()
-        defer { condition.unlock() }
-        return (requests.count + live.count, busyWorkers)
+        let s = statistics
+        return (s.waiting, s.running)
     }
+
+    private var waitingCount: Int { live.count + requests.values.reduce(0) { $0 + $1.count } }
 
     private func startThread(index: Int) {
         finished.enter()
@@ -115,29 +163,61 @@ public final class TranscriptionWorkers: @unchecked Sendable {
         thread.start()
     }
 
-    /// Queues a request and waits for its transcript.
-    public func transcribe(samples: [Float], language: String?) async throws -> Transcript {
-        try await withCheckedThrowingContinuation { continuation in
-            let job = Job.request(samples: samples, language: language) { continuation.resume(with: $0) }
+    // MARK: - Submitting
+
+    /// Queues a request from `client` (a user id or a connection) and waits for its transcript. Cancelling the
+    /// calling task drops the request from the queue, or stops it at its next window or decoding step; it then
+    /// throws `CancellationError`.
+    public func transcribe(samples: [Float], language: String?, client: String) async throws -> Transcript {
+        let cancellation = Cancellation()
+        let id: UInt64 = {
             condition.lock()
-            if stopping {
-                condition.unlock()
-                continuation.resume(throwing: TranscriptionQueueError.shuttingDown)
-                return
+            defer { condition.unlock() }
+            nextID += 1
+            return nextID
+        }()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                enqueue(Request(id: id, client: client, samples: samples, language: language, cancellation: cancellation,
+                                reply: { continuation.resume(with: $0) }))
             }
-            if requests.count >= queueDepth {
-                condition.unlock()
-                continuation.resume(throwing: TranscriptionQueueError.busy(queueDepth: queueDepth))
-                return
-            }
-            requests.append(job)
-            condition.signal()
-            condition.unlock()
+        } onCancel: {
+            cancellation.cancel()
+            self.cancelWaiting(id)
         }
     }
 
-    /// Queues a live utterance; never blocks. When the live lane is full the oldest waiting utterance is
-    /// wiped and dropped.
+    private func enqueue(_ request: Request) {
+        condition.lock()
+        var pushedOut: Request?
+        let refusal: Error?
+        if stopping {
+            refusal = TranscriptionQueueError.shuttingDown
+        } else if request.cancellation.isCancelled {
+            cancelled += 1
+            refusal = CancellationError()
+        } else if waitingCount < queueDepth {
+            refusal = nil
+        } else if let (client, count) = largestBacklog(), count >= (requests[request.client]?.count ?? 0) + 2 {
+            pushedOut = removeNewestRequest(of: client)
+            refused += 1
+            refusal = nil
+        } else {
+            refused += 1
+            refusal = TranscriptionQueueError.busy(queueDepth: queueDepth)
+        }
+        if refusal == nil {
+            if requests[request.client, default: []].isEmpty { turn.append(request.client) }
+            requests[request.client, default: []].append(request)
+            condition.signal()
+        }
+        condition.unlock()
+        if let refusal { request.reply(.failure(refusal)) }
+        pushedOut?.reply(.failure(TranscriptionQueueError.busy(queueDepth: queueDepth)))
+    }
+
+    /// Queues a live utterance; never blocks. A full queue pushes out the oldest waiting utterance (or, if none
+    /// waits, the newest request of the client with the most waiting).
     public func submit(live utterance: Utterance) {
         condition.lock()
         if stopping {
@@ -145,18 +225,35 @@ public final class TranscriptionWorkers: @unchecked Sendable {
             utterance.wipe()
             return
         }
-        var dropped: Utterance?
-        if live.count >= liveDepth {
-            dropped = live.removeFirst()
-            droppedLive += 1
+        var droppedUtterance: Utterance?
+        var pushedOut: Request?
+        if waitingCount >= queueDepth {
+            if !live.isEmpty {
+                droppedUtterance = live.removeFirst().utterance
+                dropped += 1
+            } else if let (client, _) = largestBacklog() {
+                pushedOut = removeNewestRequest(of: client)
+                refused += 1
+            }
         }
-        live.append(utterance)
+        live.append(Live(utterance: utterance, epoch: liveEpoch))
         condition.signal()
         condition.unlock()
-        if let dropped {
-            dropped.wipe()
-            logger.warning("live utterance dropped: transcription is behind", metadata: ["waiting": "\(liveDepth)"])
+        if let droppedUtterance {
+            droppedUtterance.wipe()
+            logger.warning("live utterance dropped: transcription is behind", metadata: ["queue_depth": "\(queueDepth)"])
         }
+        pushedOut?.reply(.failure(TranscriptionQueueError.busy(queueDepth: queueDepth)))
+    }
+
+    /// Wipes the live utterances waiting and keeps the one being transcribed from the observer (`forget`).
+    public func forgetLive() {
+        condition.lock()
+        liveEpoch += 1
+        let waiting = live
+        live.removeAll()
+        condition.unlock()
+        for item in waiting { item.utterance.wipe() }
     }
 
     /// Stops the workers: waiting requests fail with `shuttingDown`, waiting utterances are wiped, running jobs
@@ -164,83 +261,167 @@ public final class TranscriptionWorkers: @unchecked Sendable {
     public func shutdown() {
         condition.lock()
         stopping = true
-        let pending = requests
+        let pending = requests.values.flatMap { $0 }
         let pendingLive = live
         requests.removeAll()
+        turn.removeAll()
         live.removeAll()
         condition.broadcast()
         condition.unlock()
-        for job in pending {
-            if case .request(_, _, let reply) = job { reply(.failure(TranscriptionQueueError.shuttingDown)) }
-        }
-        for utterance in pendingLive { utterance.wipe() }
+        for request in pending { request.reply(.failure(TranscriptionQueueError.shuttingDown)) }
+        for item in pendingLive { item.utterance.wipe() }
         finished.wait()
     }
 
-    private func nextJob() -> Job? {
+    // Called with `condition` held.
+    private func largestBacklog() -> (String, Int)? {
+        requests.max { $0.value.count < $1.value.count }.map { ($0.key, $0.value.count) }
+    }
+
+    // Called with `condition` held.
+    private func removeNewestRequest(of client: String) -> Request? {
+        guard let request = requests[client]?.popLast() else { return nil }
+        if requests[client]!.isEmpty {
+            requests[client] = nil
+            turn.removeAll { $0 == client }
+        }
+        return request
+    }
+
+    private func cancelWaiting(_ id: UInt64) {
+        condition.lock()
+        var removed: Request?
+        for (client, queue) in requests {
+            guard let index = queue.firstIndex(where: { $0.id == id }) else { continue }
+            removed = requests[client]!.remove(at: index)
+            if requests[client]!.isEmpty {
+                requests[client] = nil
+                turn.removeAll { $0 == client }
+            }
+            cancelled += 1
+            break
+        }
+        condition.unlock()
+        removed?.reply(.failure(CancellationError()))
+    }
+
+    // MARK: - Working
+
+    /// The next job, or `.release` when this idle worker holds a recognizer for a model no longer served.
+    private func nextJob(holding generation: Int?) -> Next {
         condition.lock()
         defer { condition.unlock() }
-        while !stopping && live.isEmpty && requests.isEmpty { condition.wait() }
-        if stopping { return nil }
-        busyWorkers += 1
-        if !live.isEmpty { return .live(live.removeFirst()) }
-        return requests.removeFirst()
+        while true {
+            if stopping { return .stop }
+            if !live.isEmpty {
+                busyWorkers += 1
+                return .job(.live(live.removeFirst()))
+            }
+            if let client = turn.first, var queue = requests[client] {
+                let request = queue.removeFirst()
+                turn.removeFirst()
+                if queue.isEmpty {
+                    requests[client] = nil
+                } else {
+                    requests[client] = queue
+                    turn.append(client)
+                }
+                busyWorkers += 1
+                return .job(.request(request))
+            }
+            if let generation, store.current?.generation != generation { return .release }
+            condition.wait()
+        }
     }
 
     private func jobDone() {
         condition.lock()
         busyWorkers -= 1
-        let idle = busyWorkers == 0 && live.isEmpty && requests.isEmpty
+        let idle = busyWorkers == 0 && waitingCount == 0
         condition.unlock()
-        // The engine keeps freed window scratch for the next window; once nothing is waiting,
-        // an idle daemon gives it back.
+        // The engine keeps freed window scratch for the next window; once nothing is waiting, an idle daemon
+        // gives it back.
         if idle { WhisperModel.releaseFreedMemory() }
     }
 
-    /// One worker thread: its own recognizer, rebuilt between jobs when the model changed.
+    private func wakeIdleWorkers() {
+        condition.lock()
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// One worker thread: its own recognizer, rebuilt between jobs when the model changed, dropped when the model
+    /// changes while it is idle.
     private func work() {
         var recognizer: SpeechRecognizer?
-        var generation = 0
-        while let job = nextJob() {
-            defer { jobDone() }
-            let entry = store.current
-            if recognizer == nil || entry.generation != generation {
-                do {
-                    recognizer = try SpeechRecognizer(model: entry.provided.model, threads: threads)
-                    generation = entry.generation
-                } catch {
-                    logger.error("cannot prepare the model for transcription: \(error)")
-                    recognizer = nil
-                    fail(job, error)
+        var generation: Int?
+        while true {
+            switch nextJob(holding: generation) {
+            case .stop:
+                return
+            case .release:
+                recognizer = nil
+                generation = nil
+                WhisperModel.releaseFreedMemory()
+            case .job(let job):
+                defer { jobDone() }
+                guard let entry = store.current else {
+                    fail(job, TranscriptionQueueError.notReady)
                     continue
                 }
-            }
-            guard let recognizer else { continue }
-            switch job {
-            case .request(let samples, let language, let reply):
-                var options = TranscriptionOptions()
-                options.decoding.language = language
-                let started = DispatchTime.now()
-                let result = Result { try recognizer.transcribe(samples: samples, options: options) }
-                logger.debug("request transcribed", metadata: [
-                    "audio_s": "\(String(format: "%.2f", Double(samples.count) / 16000))",
-                    "took_s": "\(String(format: "%.2f", Self.seconds(since: started)))",
-                ])
-                reply(result)
-            case .live(let utterance):
-                runLive(utterance, recognizer: recognizer)
+                if recognizer == nil || entry.generation != generation {
+                    recognizer = nil
+                    do {
+                        recognizer = try SpeechRecognizer(model: entry.provided.model, threads: threads)
+                        generation = entry.generation
+                    } catch {
+                        logger.error("cannot prepare the model for transcription: \(error)")
+                        generation = nil
+                        fail(job, error)
+                        continue
+                    }
+                }
+                guard let recognizer else { continue }
+                switch job {
+                case .request(let request): run(request, recognizer: recognizer)
+                case .live(let item): runLive(item, recognizer: recognizer)
+                }
             }
         }
     }
 
     private func fail(_ job: Job, _ error: Error) {
         switch job {
-        case .request(_, _, let reply): reply(.failure(error))
-        case .live(let utterance): utterance.wipe()
+        case .request(let request): request.reply(.failure(error))
+        case .live(let item): item.utterance.wipe()
         }
     }
 
-    private func runLive(_ utterance: Utterance, recognizer: SpeechRecognizer) {
+    private func run(_ request: Request, recognizer: SpeechRecognizer) {
+        var options = TranscriptionOptions()
+        options.decoding.language = request.language
+        options.decoding.cancellation = request.cancellation
+        let started = DispatchTime.now()
+        let result = Result { try recognizer.transcribe(samples: request.samples, options: options) }
+        if case .failure(DecodingError.cancelled) = result {
+            condition.lock()
+            cancelled += 1
+            condition.unlock()
+            logger.debug("request stopped: its client went away", metadata: [
+                "after_s": "\(String(format: "%.2f", Self.seconds(since: started)))",
+            ])
+            request.reply(.failure(CancellationError()))
+            return
+        }
+        logger.debug("request transcribed", metadata: [
+            "audio_s": "\(String(format: "%.2f", Double(request.samples.count) / 16000))",
+            "took_s": "\(String(format: "%.2f", Self.seconds(since: started)))",
+        ])
+        request.reply(result)
+    }
+
+    private func runLive(_ item: Live, recognizer: SpeechRecognizer) {
+        let utterance = item.utterance
         defer { utterance.wipe() }
         let started = DispatchTime.now()
         var samples = utterance.withUnsafeSamples { Array($0) }
@@ -256,7 +437,10 @@ public final class TranscriptionWorkers: @unchecked Sendable {
             logger.error("live utterance failed to transcribe: \(error)")
             return
         }
-        observerBox.value?.observe(utterance: utterance, transcript: transcript, model: recognizer.model)
+        condition.lock()
+        let current = item.epoch == liveEpoch
+        condition.unlock()
+        if current { observer?.observe(utterance: utterance, transcript: transcript, model: recognizer.model) }
         // Hook, then wipe, then publish: listeners never see a transcript whose audio still exists.
         let start = utterance.startTime, end = utterance.endTime, duration = utterance.duration
         utterance.wipe()
@@ -269,24 +453,5 @@ public final class TranscriptionWorkers: @unchecked Sendable {
 
     static func seconds(since start: DispatchTime) -> Double {
         Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-    }
-}
-
-/// A lock-protected optional observer.
-final class ObserverBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: UtteranceObserver?
-
-    var value: UtteranceObserver? {
-        get {
-            lock.lock()
-            defer { lock.unlock() }
-            return stored
-        }
-        set {
-            lock.lock()
-            stored = newValue
-            lock.unlock()
-        }
     }
 }

@@ -34,10 +34,29 @@ public struct TranscriptResult: Sendable, Codable, Equatable {
     }
 }
 
+/// Who sent a request: the peer's user id on a Unix socket (nil over TCP) and the connection, unique in the
+/// process. The daemon queues requests fairly across `fairnessKey`s.
+public struct RequestOrigin: Sendable, Hashable {
+    /// Effective user id of the peer (`SO_PEERCRED`), nil when the transport has none (TCP).
+    public var uid: UInt32?
+    /// The connection the request came on.
+    public var connection: UInt64
+
+    /// Creates an origin.
+    public init(uid: UInt32?, connection: UInt64) {
+        self.uid = uid
+        self.connection = connection
+    }
+
+    /// "uid 1000" for a local user (all their connections share one turn), else "connection 7".
+    public var fairnessKey: String { uid.map { "uid \($0)" } ?? "connection \(connection)" }
+}
+
 /// What the servers need from the daemon to transcribe audio.
 public protocol TranscriptionBackend: Sendable {
     /// Transcribes 16 kHz mono float samples in [-1, 1]; `language` nil means the model default or auto-detection.
-    func transcribe(samples: [Float], language: String?) async throws -> TranscriptResult
+    /// The server cancels the calling task when the client disconnects: stop work then (throw `CancellationError`).
+    func transcribe(samples: [Float], language: String?, origin: RequestOrigin) async throws -> TranscriptResult
 }
 
 /// State of the microphone capture, as reported by `status`.
@@ -72,6 +91,10 @@ public struct DaemonStatus: Sendable, Codable, Equatable {
     public var lastRequantization: Date?
     /// State of the microphone capture.
     public var captureState: CaptureState
+    /// The model in service and why (nil before it is known).
+    public var model: ModelStatus?
+    /// The transcription queue (nil when the daemon does not report it).
+    public var queue: QueueStatus?
 
     /// Creates a status snapshot.
     public init(
@@ -94,7 +117,76 @@ public struct DaemonStatus: Sendable, Codable, Equatable {
         case modelName = "model_name", layerBits = "layer_bits", memoryBytes = "memory_bytes"
         case budgetBytes = "budget_bytes", uptimeSeconds = "uptime_seconds", utterancesSeen = "utterances_seen"
         case statisticsSamples = "statistics_samples", lastRequantization = "last_requantization"
-        case captureState = "capture_state"
+        case captureState = "capture_state", model = "served_model", queue
+    }
+}
+
+/// What the daemon says about the model in service: why it serves and what it was built from.
+public struct ModelStatus: Sendable, Codable, Equatable {
+    /// Increases by one at every swap (1: the model loaded at start).
+    public var generation: Int
+    /// Why it went into service: `start`, `budget`, `statistics`, `forget` or `reload`.
+    public var reason: String
+    /// Its precision plan: "float", "4-bit", "as in the file" or "personalised from N utterances".
+    public var plan: String
+    /// Where the budget came from (`configuration` or `command`); nil without a budget.
+    public var budgetOrigin: String?
+    /// Personal statistics samples its widths were chosen from (0: none).
+    public var statisticsSamples: Int
+    /// When it went into service.
+    public var since: Date
+    /// Its mean next-token divergence from the full-precision model on the self-check's probe, in nats (nil: it
+    /// is the full-precision model).
+    public var checkDivergence: Double?
+
+    /// Creates a model status.
+    public init(generation: Int, reason: String, plan: String, budgetOrigin: String?, statisticsSamples: Int,
+                since: Date, checkDivergence: Double?) {
+        self.generation = generation
+        self.reason = reason
+        self.plan = plan
+        self.budgetOrigin = budgetOrigin
+        self.statisticsSamples = statisticsSamples
+        self.since = since
+        self.checkDivergence = checkDivergence
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case generation, reason, plan, since
+        case budgetOrigin = "budget_origin", statisticsSamples = "statistics_samples", checkDivergence = "check_divergence"
+    }
+}
+
+/// The transcription queue: one bounded queue for live utterances and socket requests.
+public struct QueueStatus: Sendable, Codable, Equatable {
+    /// Jobs waiting.
+    public var waiting: Int
+    /// Jobs being transcribed.
+    public var running: Int
+    /// Most jobs that may wait (`limits.queue_depth`).
+    public var depth: Int
+    /// Live utterances wiped unheard because the queue was full.
+    public var droppedUtterances: Int
+    /// Requests refused as busy.
+    public var refusedRequests: Int
+    /// Requests dropped or stopped because their client went away.
+    public var cancelledRequests: Int
+
+    /// Creates a queue status.
+    public init(waiting: Int, running: Int, depth: Int, droppedUtterances: Int, refusedRequests: Int,
+                cancelledRequests: Int) {
+        self.waiting = waiting
+        self.running = running
+        self.depth = depth
+        self.droppedUtterances = droppedUtterances
+        self.refusedRequests = refusedRequests
+        self.cancelledRequests = cancelledRequests
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case waiting, running, depth
+        case droppedUtterances = "dropped_utterances", refusedRequests = "refused_requests"
+        case cancelledRequests = "cancelled_requests"
     }
 }
 
@@ -141,8 +233,9 @@ public struct ControlError: Error, Sendable, Codable, Equatable, CustomStringCon
 public protocol ControlBackend: Sendable {
     /// Returns a snapshot of the daemon's state.
     func status() async -> DaemonStatus
-    /// Sets the model memory budget; throws `ControlError` (e.g. code `impossible_budget`) if it cannot be met.
-    func setBudget(bytes: Int) async throws
+    /// Sets the model memory budget (nil: unlimited) and returns once the model for it serves; throws
+    /// `ControlError` (e.g. code `impossible_budget` or `check_failed`) if it cannot be met.
+    func setBudget(bytes: Int?) async throws
     /// Reloads configuration and model.
     func reload() async throws
     /// Deletes personal data: gathered statistics, buffered audio and personalised weights.

@@ -110,9 +110,10 @@ public final class ControlClient {
         try decode(request(.status), as: DaemonStatus.self)
     }
 
-    /// Sets the memory budget; the daemon refuses impossible budgets with a `daemon` error.
-    public func setBudget(bytes: Int) throws {
-        _ = try request(.budget, arguments: ["bytes": .number(Double(bytes))])
+    /// Sets the memory budget (nil: unlimited) and returns once the model for it serves; the daemon refuses
+    /// impossible budgets, and budgets whose model fails its self-check, with a `daemon` error.
+    public func setBudget(bytes: Int?) throws {
+        _ = try request(.budget, arguments: bytes.map { ["bytes": .number(Double($0))] } ?? ["unlimited": true])
     }
 
     /// Reloads the daemon's configuration and model.

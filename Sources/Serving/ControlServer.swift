@@ -51,11 +51,12 @@ public final class ControlServer: Sendable {
                 ControlWire.failure(id: .null, code: code.replacingOccurrences(of: "-", with: "_"), message: message)
                     + [UInt8(ascii: "\n")]
             },
-            makeHandlers: { _ in
+            makeHandlers: { _, origin in
                 [
                     ByteToMessageHandler(LineFrameDecoder(maxLength: configuration.maxRequestBytes)),
                     ControlSessionHandler(
-                        control: control, transcription: transcription, configuration: configuration, logger: logger),
+                        control: control, transcription: transcription, configuration: configuration, origin: origin,
+                        logger: logger),
                 ]
             })
     }
@@ -83,9 +84,12 @@ final class ControlSessionHandler: ChannelDuplexHandler {
     private let control: ControlBackend
     private let transcription: TranscriptionBackend
     private let configuration: ControlServerConfiguration
+    private let origin: RequestOrigin
     private let logger: Logger
 
     private var busy = false
+    /// The request being worked on; cancelled when the client goes away.
+    private var requestTask: Task<Void, Never>?
     private var queue: [ByteBuffer] = []
     private var readPending = false
     private var closeWhenIdle = false
@@ -94,11 +98,12 @@ final class ControlSessionHandler: ChannelDuplexHandler {
 
     init(
         control: ControlBackend, transcription: TranscriptionBackend, configuration: ControlServerConfiguration,
-        logger: Logger
+        origin: RequestOrigin, logger: Logger
     ) {
         self.control = control
         self.transcription = transcription
         self.configuration = configuration
+        self.origin = origin
         self.logger = logger
     }
 
@@ -116,11 +121,13 @@ final class ControlSessionHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         listenTask?.cancel()
+        requestTask?.cancel()
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         listenTask?.cancel()
+        requestTask?.cancel()
         resolveWaiters(false)
     }
 
@@ -214,14 +221,15 @@ final class ControlSessionHandler: ChannelDuplexHandler {
         let control = self.control
         let transcription = self.transcription
         let configuration = self.configuration
+        let origin = self.origin
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
-        Task {
+        requestTask = Task {
             let response: [UInt8]
             do {
                 let result = try await Self.execute(
                     command, request: request, control: control, transcription: transcription,
-                    configuration: configuration)
+                    configuration: configuration, origin: origin)
                 response = ControlWire.success(id: id, result: result)
             } catch let error as ControlError {
                 response = ControlWire.failure(id: id, code: error.code, message: error.message)
@@ -238,6 +246,7 @@ final class ControlSessionHandler: ChannelDuplexHandler {
     private func finished(_ response: [UInt8], context: ChannelHandlerContext) {
         write(response, context: context)
         busy = false
+        requestTask = nil
         if closeWhenIdle {
             context.close(promise: nil)
             return
@@ -286,14 +295,18 @@ final class ControlSessionHandler: ChannelDuplexHandler {
 
     private static func execute(
         _ command: ControlCommand, request: [String: JSONValue], control: ControlBackend,
-        transcription: TranscriptionBackend, configuration: ControlServerConfiguration
+        transcription: TranscriptionBackend, configuration: ControlServerConfiguration, origin: RequestOrigin
     ) async throws -> JSONValue {
         switch command {
         case .status:
             return try JSONValue(encoding: await control.status())
         case .budget:
+            if request["unlimited"]?.boolValue == true {
+                try await control.setBudget(bytes: nil)
+                return ["unlimited": true]
+            }
             guard let bytes = request["bytes"]?.intValue, bytes > 0 else {
-                throw ControlError(code: "bad_request", message: "budget needs a positive integer \"bytes\"")
+                throw ControlError(code: "bad_request", message: "budget needs a positive integer \"bytes\" or \"unlimited\": true")
             }
             try await control.setBudget(bytes: bytes)
             return ["budget_bytes": .number(Double(bytes))]
@@ -306,7 +319,8 @@ final class ControlSessionHandler: ChannelDuplexHandler {
         case .transcribe:
             let samples = try decodeAudio(request, configuration: configuration)
             let language = request["language"]?.stringValue
-            return try JSONValue(encoding: try await transcription.transcribe(samples: samples, language: language))
+            return try JSONValue(encoding: try await transcription.transcribe(samples: samples, language: language,
+                                                                              origin: origin))
         case .listen:
             return [:]  // handled on the event loop
         }

@@ -102,8 +102,8 @@ final class SocketServerCore: @unchecked Sendable {
     let options: ConnectionOptions
     let group: EventLoopGroup
     let logger: Logger
-    /// Builds the protocol handlers for an accepted connection; called on its event loop.
-    let makeHandlers: (Channel) -> [ChannelHandler]
+    /// Builds the protocol handlers for an accepted connection (with who it is); called on its event loop.
+    let makeHandlers: (Channel, RequestOrigin) -> [ChannelHandler]
     /// Encodes a refusal (code, message) in the protocol's own error format.
     let rejection: @Sendable (String, String) -> [UInt8]
     private let state = Locked(State())
@@ -111,7 +111,7 @@ final class SocketServerCore: @unchecked Sendable {
     init(
         name: String, endpoints: [ListenerEndpoint], options: ConnectionOptions, group: EventLoopGroup,
         logger: Logger, rejection: @escaping @Sendable (String, String) -> [UInt8],
-        makeHandlers: @escaping (Channel) -> [ChannelHandler]
+        makeHandlers: @escaping (Channel, RequestOrigin) -> [ChannelHandler]
     ) {
         self.name = name
         self.endpoints = endpoints
@@ -127,6 +127,10 @@ final class SocketServerCore: @unchecked Sendable {
     }
 
     var connectionCount: Int { state.withLockedValue { $0.connections.count } }
+
+    /// A number for a new connection, unique in the process.
+    static func nextConnectionID() -> UInt64 { connectionIDs.withLockedValue { $0 += 1; return $0 } }
+    private static let connectionIDs = Locked<UInt64>(0)
 
     func start() async throws {
         try state.withLockedValue { s in
@@ -292,7 +296,7 @@ final class ConnectionGate: ChannelDuplexHandler, RemovableChannelHandler {
         }
         admitted = true
         guard channel.localAddress?.protocol == .unix else {
-            accept(context: context)
+            accept(context: context, uid: nil)
             return
         }
         let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
@@ -300,7 +304,7 @@ final class ConnectionGate: ChannelDuplexHandler, RemovableChannelHandler {
             let context = loopBoundContext.value
             switch result {
             case .success(let peer) where core.options.peerPolicy.permits(peer):
-                accept(context: context)
+                accept(context: context, uid: peer.uid)
             case .success(let peer):
                 core.logger.notice("\(core.name): refused peer", metadata: ["uid": "\(peer.uid)", "pid": "\(peer.pid)"])
                 reject(context: context, code: "permission-denied",
@@ -316,11 +320,12 @@ final class ConnectionGate: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
-    private func accept(context: ChannelHandlerContext) {
+    private func accept(context: ChannelHandlerContext, uid: UInt32?) {
         do {
             var handlers: [ChannelHandler] = []
             if let idle = core.options.idleTimeout { handlers.append(IdleStateHandler(readTimeout: idle)) }
-            handlers += core.makeHandlers(context.channel)
+            handlers += core.makeHandlers(context.channel,
+                                          RequestOrigin(uid: uid, connection: SocketServerCore.nextConnectionID()))
             try context.pipeline.syncOperations.addHandlers(handlers)
         } catch {
             core.logger.error("\(core.name): cannot set up connection: \(error)")

@@ -108,10 +108,10 @@ public final class WyomingServer: Sendable {
         core = SocketServerCore(
             name: "wyoming", endpoints: endpoints, options: configuration.connection, group: group, logger: logger,
             rejection: { code, message in WyomingEvent.error(message, code: code).encoded() },
-            makeHandlers: { _ in
+            makeHandlers: { _, origin in
                 [
                     ByteToMessageHandler(WyomingFrameDecoder(limits: configuration.framing)),
-                    WyomingSessionHandler(backend: backend, configuration: configuration, logger: logger),
+                    WyomingSessionHandler(backend: backend, configuration: configuration, origin: origin, logger: logger),
                 ]
             })
     }
@@ -144,7 +144,10 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
 
     private let backend: TranscriptionBackend
     private let configuration: WyomingServerConfiguration
+    private let origin: RequestOrigin
     private let logger: Logger
+    /// The transcription being worked on; cancelled when the client goes away.
+    private var requestTask: Task<Void, Never>?
 
     private var language: String?
     private var audio: Audio?
@@ -155,10 +158,20 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
     private var readPending = false
     private var closeWhenIdle = false
 
-    init(backend: TranscriptionBackend, configuration: WyomingServerConfiguration, logger: Logger) {
+    init(backend: TranscriptionBackend, configuration: WyomingServerConfiguration, origin: RequestOrigin, logger: Logger) {
         self.backend = backend
         self.configuration = configuration
+        self.origin = origin
         self.logger = logger
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        requestTask?.cancel()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        requestTask?.cancel()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -317,14 +330,16 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
         busy = true
         let backend = self.backend
         let resampler = configuration.resampler
+        let origin = self.origin
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
-        Task {
+        requestTask = Task {
             let result: Result<TranscriptResult, Error>
             do {
                 let samples = collected.rate == AudioConversion.targetRate
                     ? collected.samples : resampler(collected.samples, collected.rate)
-                result = .success(try await backend.transcribe(samples: samples, language: requestedLanguage))
+                result = .success(try await backend.transcribe(samples: samples, language: requestedLanguage,
+                                                               origin: origin))
             } catch {
                 result = .failure(error)
             }
@@ -338,6 +353,7 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
     private func transcriptionFinished(
         _ result: Result<TranscriptResult, Error>, language: String?, context: ChannelHandlerContext
     ) {
+        requestTask = nil
         switch result {
         case .success(let transcript):
             let lang = transcript.language ?? language
@@ -357,6 +373,8 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
             }
             send(WyomingEvent(type: "transcript", data: stopData), context: context, flush: false)
             send(WyomingEvent(type: "transcript-stop"), context: context)
+        case .failure(let error) where error is CancellationError:
+            logger.debug("transcription dropped: the client went away")
         case .failure(let error):
             logger.warning("transcription failed: \(error)")
             send(.error("transcription failed: \(error)", code: "transcription-failed"), context: context)

@@ -103,26 +103,32 @@ extension MyQASRControl {
         }
     }
 
-    /// `budget SIZE`.
+    /// `budget SIZE` or `budget none`.
     struct Budget: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Set the model memory budget (e.g. 24MiB, 150MB); lasts until the next reload or restart.")
+            abstract: "Set the model memory budget (e.g. 24MiB, 150MB, or none for no limit); lasts until the next reload or restart.",
+            discussion: """
+                Returns once the model for the budget serves. A budget no model can meet, or whose model fails the \
+                daemon's self-check (for example 2 bits that decode nothing), is refused with the reason; the model \
+                in service stays.
+                """)
 
         @OptionGroup var connection: ConnectionOptionsGroup
 
-        @Argument(help: "Size with a unit: B, K/KiB, M/MiB, G/GiB (powers of 1024), KB, MB, GB (powers of 1000).")
+        @Argument(help: "Size with a unit: B, K/KiB, M/MiB, G/GiB (powers of 1024), KB, MB, GB (powers of 1000); or none (also unlimited, 0) for no limit.")
         var size: String
 
         func validate() throws {
-            do { _ = try ByteSize.parse(size) } catch { throw ValidationError("\(error)") }
+            do { _ = try ByteSize.parseLimit(size) } catch { throw ValidationError("\(error)") }
         }
 
         func run() throws {
             try reporting {
                 let client = try connection.connect()
-                try client.setBudget(bytes: try ByteSize.parse(size))
+                try client.setBudget(bytes: try ByteSize.parseLimit(size))
                 let status = try client.status()
-                print("budget set to \(ByteSize.format(status.budgetBytes ?? 0)): \(status.modelName) now takes "
+                let budget = status.budgetBytes.map { "budget set to \(ByteSize.format($0))" } ?? "no budget"
+                print("\(budget): \(status.modelName) now takes "
                     + "\(ByteSize.format(status.memoryBytes)) at \(Precision.describe(status.layerBits ?? [:]))")
                 if let budget = status.budgetBytes, status.memoryBytes > budget {
                     print("note: the model in service takes \(ByteSize.format(status.memoryBytes)); the budget is not met")
@@ -289,6 +295,17 @@ enum StatusFormatter {
         lines.append("utterances:  \(status.utterancesSeen)")
         lines.append("statistics:  \(status.statisticsSamples) utterance\(status.statisticsSamples == 1 ? "" : "s") gathered")
         lines.append("capture:     \(status.captureState.rawValue)")
+        if let queue = status.queue {
+            lines.append("queue:       \(queue.waiting) waiting of \(queue.depth), \(queue.running) running; "
+                + "\(queue.droppedUtterances) utterances dropped, \(queue.refusedRequests) requests refused as busy, "
+                + "\(queue.cancelledRequests) cancelled (client gone)")
+        }
+        if let model = status.model {
+            var why = "served:      generation \(model.generation), \(model.plan), because of \(model.reason)"
+            if let origin = model.budgetOrigin { why += ", budget from the \(origin)" }
+            if let drift = model.checkDivergence { why += String(format: ", self-check drift %.3f nats", drift) }
+            lines.append(why)
+        }
         if let changed = status.lastRequantization {
             lines.append("model since: \(ISO8601DateFormatter().string(from: changed))")
         }

@@ -52,6 +52,9 @@ struct MyQASRDaemon: AsyncParsableCommand {
     func run() async throws {
         // First of all, so that a SIGHUP or SIGTERM during model loading does not kill the process.
         let signals = SignalWatcher()
+        // Every file the daemon creates is its user's alone (the statistics are personal); the sockets get their
+        // mode explicitly (sockets.mode). The unit sets UMask=0077 too; this covers other ways of running it.
+        umask(0o077)
 
         let source = Daemon.ConfigurationSource(
             explicitPath: config,

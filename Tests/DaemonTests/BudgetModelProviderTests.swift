@@ -2,6 +2,9 @@ import Capture
 import Audio
 import DaemonCore
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Quantization
 import WhisperEngine
 import XCTest
@@ -39,8 +42,10 @@ final class BudgetModelProviderTests: XCTestCase {
     func testTinyModelAtBudgets() async throws {
         let path = try Fixtures.tinyModel()
         let provider = BudgetModelProvider()
-        func provide(_ budget: Int?, reload: Bool = false) throws -> ProvidedModel {
-            try provider.provide(ModelRequest(name: path, budgetBytes: budget, reloadFromDisk: reload))
+        // The model in service comes with each request: the provider keeps none, and reuses it when the plan stays.
+        func provide(_ budget: Int?, reload: Bool = false, serving: ProvidedModel? = nil) throws -> ProvidedModel {
+            try provider.provide(ModelRequest(name: path, budgetBytes: budget, reloadFromDisk: reload, serving: serving,
+                                              servingName: path))
         }
 
         let float = try provide(nil)
@@ -51,10 +56,11 @@ final class BudgetModelProviderTests: XCTestCase {
         let footprint = try ModelFootprint(floatWeights: float.model.weights, widths: BudgetModelProvider.uniformWidths,
                                            groupSize: 32)
         XCTAssertEqual(footprint.floatBytes, float.weightBytes)
-        XCTAssertTrue(try provide(float.weightBytes).model === float.model, "float fits: the same model, no copy")
+        XCTAssertTrue(try provide(float.weightBytes, serving: float).model === float.model, "float fits: the same model, no copy")
+        XCTAssertEqual(float.plan, .float)
 
         let started = Date()
-        let four = try provide(24 * mib)
+        let four = try provide(24 * mib, serving: float)
         let took = Date().timeIntervalSince(started)
         XCTAssertTrue(four.budgetMet)
         XCTAssertEqual(four.layerBits.count, 47)
@@ -66,7 +72,8 @@ final class BudgetModelProviderTests: XCTestCase {
         let sizes = footprint.uniformBytes.sorted { $0.key > $1.key }.map { "\($0.key) bits \($0.value) B" }
         print("tiny.en float \(float.weightBytes) B, \(sizes.joined(separator: ", ")); 4-bit quantized in \(String(format: "%.2f", took)) s")
 
-        XCTAssertTrue(try provide(23 * mib).model === four.model, "the same width: no requantization")
+        XCTAssertTrue(try provide(23 * mib, serving: four).model === four.model, "the same width: no requantization")
+        XCTAssertFalse(try provide(23 * mib, reload: true, serving: four).model === four.model, "a reload builds again")
 
         let five = try provide(footprint.uniformBytes[5]!)
         XCTAssertEqual(Set(five.layerBits.values), [5])
@@ -84,12 +91,15 @@ final class BudgetModelProviderTests: XCTestCase {
         }
 
         // The 4-bit model transcribes.
-        let workers = TranscriptionWorkers(store: ModelStore(four, budgetBytes: 24 * mib), count: 1, threads: 2,
-                                           queueDepth: 2, logger: .init(label: "test"), onLiveResult: { _ in })
+        let store = ModelStore()
+        store.swap(to: four, target: ModelTarget(source: path, budget: Budget(bytes: 24 * mib, origin: .command)),
+                   reason: .budget, check: nil)
+        let workers = TranscriptionWorkers(store: store, count: 1, threads: 2, queueDepth: 2, logger: .init(label: "test"),
+                                           onLiveResult: { _ in })
         defer { workers.shutdown() }
         let pcm = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
         let samples = pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
-        let text = try await workers.transcribe(samples: samples, language: "en").text
+        let text = try await workers.transcribe(samples: samples, language: "en", client: "test").text
         XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
     }
 
@@ -97,28 +107,29 @@ final class BudgetModelProviderTests: XCTestCase {
     /// statistics observing (aggregates written to the state directory, the audio copy wiped); a budget then gets
     /// myQASR's widths from them (4 and 5 bits under 24 MiB, more of the budget used than uniform 4-bit) and the
     /// model still recognises JFK; behind the quantized model the statistics keep growing and ask for a
-    /// re-quantization; the file survives a restart; a corrupt file is set aside; `forget` deletes both.
+    /// publish that they grew; the file (0600) survives a restart; a corrupt file is set aside; `forget` deletes both.
     func testPersonalStatisticsChooseTheWidths() throws {
         let path = try Fixtures.tinyModel()
         let directory = NSTemporaryDirectory() + "myqasr-personal-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let statisticsFile = directory + "/" + PersonalStatistics.fileName
-        let personal = PersonalStatistics(directory: directory, requantizeAfter: 2, logger: .init(label: "test"))
+        let personal = PersonalStatistics(directory: directory, logger: .init(label: "test"))
         personal.setSourceModel(path)
-        let notices = Waiter<Int>()
-        personal.whenNewSamples { notices.append(1) }
+        let published = Waiter<Int>()
+        personal.whenSamplesGrow { published.append($0) }
         let provider = BudgetModelProvider(personalStatistics: { personal.statistics(for: $0) })
         func provide(_ budget: Int?) throws -> ProvidedModel {
             try provider.provide(ModelRequest(name: path, budgetBytes: budget, reloadFromDisk: false))
         }
+        let target = ModelTarget(source: path, budget: Budget(bytes: nil, origin: .configuration))
 
         let float = try provide(nil)
-        let store = ModelStore(float, budgetBytes: nil)
+        let store = ModelStore()
+        store.swap(to: float, target: target, reason: .start, check: nil)
         let workers = TranscriptionWorkers(store: store, count: 1, threads: 2, queueDepth: 2, logger: .init(label: "test"),
-                                           onLiveResult: { _ in })
+                                           observer: personal, onLiveResult: { _ in })
         defer { workers.shutdown() }
-        workers.utteranceObserver = personal
         let pcm = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
         let samples = pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
         XCTAssertEqual(personal.statisticsSamples, 0)
@@ -128,12 +139,18 @@ final class BudgetModelProviderTests: XCTestCase {
         }
         personal.waitForPass()
         XCTAssertTrue(FileManager.default.fileExists(atPath: statisticsFile))
+        var info = stat()
+        XCTAssertEqual(stat(statisticsFile, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o600, "personal: the file is the daemon user's alone")
+        XCTAssertEqual(published.all, [1])
         let identity = ModelIdentity.of(float.model)
         XCTAssertEqual(try StatisticsFile.load(path: statisticsFile).sampleCount, 1)
         XCTAssertNil(personal.statistics(for: "another model"))
 
         let personalised = try provide(24 * mib)
         XCTAssertEqual(Set(personalised.layerBits.values), [4, 5])
+        XCTAssertEqual(personalised.plan, .personalised(budget: 24 * mib, samples: 1))
+        XCTAssertEqual(personalised.statisticsSamples, 1)
         XCTAssertLessThanOrEqual(personalised.weightBytes, 24 * mib)
         XCTAssertEqual(personalised.weightBytes, personalised.model.weights.byteSize)
         let uniform4 = try BudgetModelProvider().provide(ModelRequest(name: path, budgetBytes: 24 * mib, reloadFromDisk: false))
@@ -147,16 +164,16 @@ final class BudgetModelProviderTests: XCTestCase {
         XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
 
         // Behind the quantized model the passes go on through the mapped float16 source (same identity, so
-        // the same statistics grow); the second such sample asks for a re-quantization, which then differs.
-        XCTAssertEqual(store.swap(to: personalised, budgetBytes: 24 * mib), 2)
+        // the same statistics grow, and each growth is published); more statistics make another model.
+        XCTAssertEqual(store.swap(to: personalised, target: target, reason: .budget, check: nil).generation, 2)
         for expected in [2, 3] {
             workers.submit(live: Utterance(samples: samples))
             _ = try Waiter<Int>.poll(timeout: 120, what: "\(expected) statistics samples") {
                 personal.statisticsSamples == expected ? expected : nil
             }
             personal.waitForPass()
-            XCTAssertEqual(notices.all.count, expected == 3 ? 1 : 0, "after 2 samples behind the quantized model")
         }
+        XCTAssertEqual(published.all, [1, 2, 3], "every growth published")
         let again = try provide(24 * mib)
         XCTAssertFalse(again.model === personalised.model, "more statistics: quantized again")
         XCTAssertLessThanOrEqual(again.weightBytes, 24 * mib)
@@ -205,8 +222,9 @@ final class BudgetModelProviderTests: XCTestCase {
         try QuantizedModelFile.write(weights: result.weights, metadata: result.metadata, to: file)
 
         let provider = BudgetModelProvider()
-        func provide(_ budget: Int?, reload: Bool = false) throws -> ProvidedModel {
-            try provider.provide(ModelRequest(name: file, budgetBytes: budget, reloadFromDisk: reload))
+        func provide(_ budget: Int?, reload: Bool = false, serving: ProvidedModel? = nil) throws -> ProvidedModel {
+            try provider.provide(ModelRequest(name: file, budgetBytes: budget, reloadFromDisk: reload, serving: serving,
+                                              servingName: file))
         }
         let served = try provide(nil)
         XCTAssertEqual(served.model.name, "me.q")
@@ -214,8 +232,11 @@ final class BudgetModelProviderTests: XCTestCase {
         XCTAssertEqual(served.layerBits.count, 47)
         XCTAssertEqual(served.weightBytes, result.weights.byteSize)
         XCTAssertTrue(served.budgetMet)
-        XCTAssertTrue(try provide(24 * mib).model === served.model, "loaded once")
-        XCTAssertFalse(try provide(24 * mib, reload: true).model === served.model, "a reload reads the file again")
+        XCTAssertEqual(served.plan, .file)
+        XCTAssertTrue(try provide(24 * mib, serving: served).model === served.model, "loaded once")
+        XCTAssertFalse(try provide(24 * mib, reload: true, serving: served).model === served.model, "a reload reads the file again")
+        let candidate = try provider.candidate(for: ModelRequest(name: file, budgetBytes: nil, reloadFromDisk: true))
+        XCTAssertEqual(candidate.fullPrecision?.name, "tiny.en", "checked against its source")
         XCTAssertThrowsError(try provide(20 * mib)) { error in
             XCTAssertEqual(error as? ModelProviderError,
                            .fileAboveBudget(model: "me.q", bytes: served.weightBytes, budget: 20 * mib))

@@ -40,6 +40,8 @@ final class ControlCommandTests: XCTestCase {
         XCTAssertTrue(out.contains("encoder 0  ffff"), out)
         XCTAssertTrue(out.contains("capture:     disabled"), out)
         XCTAssertTrue(out.contains("statistics:  0 utterances gathered"), out)
+        XCTAssertTrue(out.contains("queue:       0 waiting of 32, 0 running; 0 utterances dropped, 0 requests refused as busy, 0 cancelled"), out)
+        XCTAssertTrue(out.contains("served:      generation 1, float, because of start"), out)
 
         (status, out, err) = try runTool(ctl, ["budget", "24MiB"] + socketArgs)
         XCTAssertEqual(status, 0, err)
@@ -47,6 +49,7 @@ final class ControlCommandTests: XCTestCase {
         XCTAssertFalse(out.contains("not met"), out)
         (status, out, _) = try runTool(ctl, ["status"] + socketArgs)
         XCTAssertTrue(out.contains("22.9 MiB of 24.0 MiB budget (met)"), out)
+        XCTAssertTrue(out.contains("served:      generation 2, 4-bit, because of budget, budget from the command, self-check drift"), out)
         XCTAssertTrue(out.contains("47 layers, 47 at 4-bit"), out)
         XCTAssertTrue(out.contains("encoder 0  4444"), out)
 
@@ -60,6 +63,8 @@ final class ControlCommandTests: XCTestCase {
         let json = try JSONDecoder().decode([String: JSONValue].self, from: Data(out.utf8))
         XCTAssertEqual(json["budget_bytes"]?.intValue, 24 * 1024 * 1024)
         XCTAssertEqual(json["model_name"]?.stringValue, "tiny.en")
+        XCTAssertEqual(json["queue"]?["depth"]?.intValue, 32)
+        XCTAssertEqual(json["served_model"]?["budget_origin"]?.stringValue, "command")
 
         (status, out, err) = try runTool(ctl, ["transcribe", wav] + socketArgs)
         XCTAssertEqual(status, 0, err)
@@ -68,6 +73,12 @@ final class ControlCommandTests: XCTestCase {
         (status, _, err) = try runTool(ctl, ["budget", "lots"] + socketArgs)
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(err.contains("is not a size"), err)
+
+        (status, out, err) = try runTool(ctl, ["budget", "none"] + socketArgs)
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.contains("no budget: tiny.en now takes 144.1 MiB at float"), out)
+        (status, out, err) = try runTool(ctl, ["budget", "24MiB"] + socketArgs)
+        XCTAssertEqual(status, 0, err)
 
         (status, out, err) = try runTool(ctl, ["reload"] + socketArgs)
         XCTAssertEqual(status, 0, err)

@@ -73,9 +73,10 @@ final class DaemonHarness {
 
     /// Starts the daemon and waits for READY=1. `microphone` is 16 kHz s16le PCM played through the FIFO
     /// (nil: capture disabled).
+    /// `stateFiles` are written into the state directory before the daemon starts.
     init(microphone: Data?, speed: Double = 2, budget: String = "none", modelSettings: String = "", limits: String = "",
          logLevel: String = "info", extraEnvironment: [String: String] = [:], launcher: [String] = [],
-         captureSection: String? = nil) throws {
+         captureSection: String? = nil, stateFiles: [String: Data] = [:]) throws {
         signal(SIGPIPE, SIG_IGN)  // the FIFO writer must see EPIPE, not die, if capture closes the FIFO
         modelDirectory = try Fixtures.tinyModel()
         scratch = try ScratchDirectory()
@@ -84,6 +85,10 @@ final class DaemonHarness {
         sandbox = try scratch.makeDirectory("home")
         _ = try scratch.makeDirectory("home/tmp")
         configPath = scratch.sub("myqasrd.toml")
+        if !stateFiles.isEmpty {
+            _ = try scratch.makeDirectory("state")
+            for (name, data) in stateFiles { try data.write(to: URL(fileURLWithPath: scratch.sub("state/" + name))) }
+        }
         if let microphone {
             feeder = try PacedFIFOFeeder(path: scratch.sub("mic.fifo"), audio: microphone, speed: speed)
         } else {
@@ -102,6 +107,8 @@ final class DaemonHarness {
             "NOTIFY_SOCKET": notify.path,
         ]
         if let lang = ProcessInfo.processInfo.environment["LANG"] { environment["LANG"] = lang }
+        // Under `scripts/test --tsan` the daemon is built with ThreadSanitizer too: same options.
+        if let tsan = ProcessInfo.processInfo.environment["TSAN_OPTIONS"] { environment["TSAN_OPTIONS"] = tsan }
         environment.merge(extraEnvironment) { _, new in new }
         feeder?.startWriter()
         let command = launcher + [try Fixtures.binary("myqasrd"), "--config", configPath]

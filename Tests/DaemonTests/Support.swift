@@ -394,6 +394,18 @@ final class WyomingTestClient {
 
     /// Sends `transcribe`, the audio in 100 ms chunks, `audio-stop`; returns the transcript text.
     func transcribe(pcm16 audio: Data, rate: Int = 16000) throws -> String {
+        try sendAudio(pcm16: audio, rate: rate)
+        while true {
+            let event = try receive()
+            if event.type == "transcript" { return event.data["text"]?.stringValue ?? "" }
+            if event.type == "error" {
+                throw HarnessError("Wyoming error: \(event.data["text"]?.stringValue ?? "?") (\(event.data["code"]?.stringValue ?? "?"))")
+            }
+        }
+    }
+
+    /// Sends `transcribe`, the audio in 100 ms chunks and `audio-stop`, without waiting for the answer.
+    func sendAudio(pcm16 audio: Data, rate: Int = 16000) throws {
         let format: [String: JSONValue] = ["rate": .number(Double(rate)), "width": 2, "channels": 1]
         try send(WyomingEvent(type: "transcribe", data: ["language": "en"]))
         try send(WyomingEvent(type: "audio-start", data: format))
@@ -405,12 +417,5 @@ final class WyomingTestClient {
             offset = end
         }
         try send(WyomingEvent(type: "audio-stop"))
-        while true {
-            let event = try receive()
-            if event.type == "transcript" { return event.data["text"]?.stringValue ?? "" }
-            if event.type == "error" {
-                throw HarnessError("Wyoming error: \(event.data["text"]?.stringValue ?? "?") (\(event.data["code"]?.stringValue ?? "?"))")
-            }
-        }
     }
 }

@@ -16,21 +16,11 @@ final class RecordingObserver: UtteranceObserver, @unchecked Sendable {
     }
 
     let seen = Waiter<Seen>()
-    private let lock = NSLock()
-    private var forgotten = 0
 
     func observe(utterance: Utterance, transcript: Transcript, model: WhisperModel) {
         let peak = utterance.withUnsafeSamples { $0.reduce(Float(0)) { max($0, abs($1)) } }
         seen.append(Seen(utterance: ObjectIdentifier(utterance), model: ObjectIdentifier(model),
                          wipedWhenSeen: utterance.isWiped, peak: peak, text: transcript.text))
-    }
-
-    var statisticsSamples: Int { seen.all.count }
-
-    func forget() {
-        lock.lock()
-        forgotten += 1
-        lock.unlock()
     }
 }
 
@@ -48,13 +38,14 @@ final class TranscriptionWorkersTests: XCTestCase {
         let samples = try speech()
         let provider = BudgetModelProvider()
         let first = try provider.provide(ModelRequest(name: try Fixtures.tinyModel(), budgetBytes: nil, reloadFromDisk: false))
-        let store = ModelStore(first, budgetBytes: nil)
+        let store = ModelStore()
+        let target = ModelTarget(source: "tiny.en", budget: Budget(bytes: nil, origin: .configuration))
+        store.swap(to: first, target: target, reason: .start, check: nil)
         let results = Waiter<LiveResult>()
-        let workers = TranscriptionWorkers(store: store, count: 1, threads: 2, queueDepth: 4, logger: .init(label: "test"),
-                                           onLiveResult: { results.append($0) })
-        defer { workers.shutdown() }
         let observer = RecordingObserver()
-        workers.utteranceObserver = observer
+        let workers = TranscriptionWorkers(store: store, count: 1, threads: 2, queueDepth: 4, logger: .init(label: "test"),
+                                           observer: observer, onLiveResult: { results.append($0) })
+        defer { workers.shutdown() }
 
         let one = Utterance(samples: samples, streamPosition: 16000)
         workers.submit(live: one)
@@ -64,7 +55,7 @@ final class TranscriptionWorkersTests: XCTestCase {
         // Swap while the first transcription is running.
         var second = first
         second.model = first.model.withWeights(first.model.weights)
-        XCTAssertEqual(store.swap(to: second, budgetBytes: nil), 2)
+        XCTAssertEqual(store.swap(to: second, target: target, reason: .reload, check: nil).generation, 2)
         let two = Utterance(samples: samples, streamPosition: 400_000)
         workers.submit(live: two)
 
@@ -84,32 +75,112 @@ final class TranscriptionWorkersTests: XCTestCase {
         XCTAssertEqual(one.withUnsafeSamples { $0.contains { $0 != 0 } }, false)
     }
 
+    private func tinyStore() throws -> ModelStore {
+        let provided = try BudgetModelProvider().provide(
+            ModelRequest(name: try Fixtures.tinyModel(), budgetBytes: nil, reloadFromDisk: false))
+        let store = ModelStore()
+        store.swap(to: provided, target: ModelTarget(source: "tiny.en", budget: Budget(bytes: nil, origin: .configuration)),
+                   reason: .start, check: nil)
+        return store
+    }
+
     /// Requests beyond the queue depth are refused as busy instead of waiting without bound.
     func testQueueDepthIsEnforced() async throws {
         let samples = try speech()
-        let provided = try BudgetModelProvider().provide(
-            ModelRequest(name: try Fixtures.tinyModel(), budgetBytes: nil, reloadFromDisk: false))
-        let workers = TranscriptionWorkers(store: ModelStore(provided, budgetBytes: nil), count: 1, threads: 2,
-                                           queueDepth: 1, logger: .init(label: "test"), onLiveResult: { _ in })
+        let workers = TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 1,
+                                           logger: .init(label: "test"), onLiveResult: { _ in })
         workers.submit(live: Utterance(samples: samples))
         _ = try Waiter<Int>.poll(timeout: 30, what: "the worker to be busy") { workers.load.running == 1 ? 1 : nil }
-        let queued = Task { try await workers.transcribe(samples: Array(samples.prefix(32000)), language: "en") }
+        let queued = Task { try await workers.transcribe(samples: Array(samples.prefix(32000)), language: "en", client: "a") }
         _ = try Waiter<Int>.poll(timeout: 30, what: "one queued request") { workers.load.waiting == 1 ? 1 : nil }
         do {
-            _ = try await workers.transcribe(samples: samples, language: nil)
+            _ = try await workers.transcribe(samples: samples, language: nil, client: "a")
             XCTFail("a request beyond the queue depth must be refused")
         } catch let error as TranscriptionQueueError {
             XCTAssertEqual(error, .busy(queueDepth: 1))
         }
         let text = try await queued.value.text
         XCTAssertTrue(Fixtures.normalise(text).contains("fellow"), text)
+        XCTAssertEqual(workers.statistics.refusedRequests, 1)
         workers.shutdown()
         do {
-            _ = try await workers.transcribe(samples: samples, language: nil)
+            _ = try await workers.transcribe(samples: samples, language: nil, client: "a")
             XCTFail("no requests after shutdown")
         } catch let error as TranscriptionQueueError {
             XCTAssertEqual(error, .shuttingDown)
         }
+    }
+
+    /// One queue, one policy, one counter for live utterances (issue 18 item 6): with the worker busy and the
+    /// queue full, each new utterance pushes out the oldest waiting one, which is wiped and counted; the counter
+    /// is what `status` reports.
+    func testLiveUtterancesShareTheBoundedQueueAndDropsAreCounted() throws {
+        let samples = try speech()
+        let workers = TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 2,
+                                           logger: .init(label: "test"), onLiveResult: { _ in })
+        defer { workers.shutdown() }
+        workers.submit(live: Utterance(samples: samples))
+        _ = try Waiter<Int>.poll(timeout: 30, what: "the worker to be busy") { workers.load.running == 1 ? 1 : nil }
+        let waiting = (0..<5).map { _ in Utterance(samples: Array(samples.prefix(8000))) }
+        for utterance in waiting { workers.submit(live: utterance) }
+        let queue = workers.statistics
+        XCTAssertEqual(queue.waiting, 2)
+        XCTAssertEqual(queue.depth, 2)
+        XCTAssertEqual(queue.droppedUtterances, 3)
+        XCTAssertEqual(waiting.prefix(3).map(\.isWiped), [true, true, true], "the oldest were dropped and wiped")
+        XCTAssertEqual(waiting.suffix(2).map(\.isWiped), [false, false])
+    }
+
+    /// Fair queueing: with one worker busy, client a queues four requests and then client b one; b's is served
+    /// second, not last. A live utterance goes before both.
+    func testClientsTakeTurns() async throws {
+        let samples = try speech()
+        let short = Array(samples.prefix(8000))
+        let order = Waiter<String>()
+        let workers = TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 8,
+                                           logger: .init(label: "test"), onLiveResult: { _ in order.append("live") })
+        defer { workers.shutdown() }
+        workers.submit(live: Utterance(samples: samples))
+        _ = try Waiter<Int>.poll(timeout: 30, what: "the worker to be busy") { workers.load.running == 1 ? 1 : nil }
+        var tasks: [Task<Void, Error>] = []
+        for (index, client) in ["a", "a", "a", "a", "b"].enumerated() {
+            tasks.append(Task {
+                _ = try await workers.transcribe(samples: short, language: "en", client: client)
+                order.append(client)
+            })
+            _ = try Waiter<Int>.poll(timeout: 30, what: "request \(index) queued") { workers.load.waiting == index + 1 ? 1 : nil }
+        }
+        workers.submit(live: Utterance(samples: short))
+        for task in tasks { try await task.value }
+        XCTAssertEqual(order.all, ["live", "live", "a", "b", "a", "a", "a"])
+    }
+
+    /// A request whose task is cancelled leaves the queue at once (and reports `CancellationError`); one that is
+    /// running stops at its next window or decoding step.
+    func testCancelledRequestsLeaveTheQueueAndStopRunning() async throws {
+        let samples = try speech()
+        var long: [Float] = []
+        for _ in 0..<8 { long += samples }   // 88 s: three windows
+        let workers = TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 4,
+                                           logger: .init(label: "test"), onLiveResult: { _ in })
+        defer { workers.shutdown() }
+        let running = Task { try await workers.transcribe(samples: long, language: "en", client: "a") }
+        _ = try Waiter<Int>.poll(timeout: 30, what: "the request running") { workers.load.running == 1 ? 1 : nil }
+        let waiting = Task { try await workers.transcribe(samples: long, language: "en", client: "b") }
+        _ = try Waiter<Int>.poll(timeout: 30, what: "the request waiting") { workers.load.waiting == 1 ? 1 : nil }
+        waiting.cancel()
+        do {
+            _ = try await waiting.value
+            XCTFail("a cancelled request has no transcript")
+        } catch is CancellationError {}
+        XCTAssertEqual(workers.load.waiting, 0)
+        running.cancel()
+        do {
+            _ = try await running.value
+            XCTFail("a cancelled request has no transcript")
+        } catch is CancellationError {}
+        XCTAssertEqual(workers.statistics.cancelledRequests, 2)
+        _ = try Waiter<Int>.poll(timeout: 30, what: "the worker to be free") { workers.load.running == 0 ? 1 : nil }
     }
 }
 

@@ -116,7 +116,7 @@ final class RawClient {
 
 /// A transcription backend test double: records what it receives and returns a canned transcript.
 final class CannedTranscriber: TranscriptionBackend, @unchecked Sendable {
-    struct Call { var sampleCount: Int; var language: String?; var samples: [Float] }
+    struct Call { var sampleCount: Int; var language: String?; var samples: [Float]; var origin: RequestOrigin }
     private let lock = NSLock()
     private var _calls: [Call] = []
     var calls: [Call] { lock.lock(); defer { lock.unlock() }; return _calls }
@@ -124,8 +124,8 @@ final class CannedTranscriber: TranscriptionBackend, @unchecked Sendable {
 
     init(failWith: Error? = nil) { self.failWith = failWith }
 
-    func transcribe(samples: [Float], language: String?) async throws -> TranscriptResult {
-        lock.withLock { _calls.append(Call(sampleCount: samples.count, language: language, samples: samples)) }
+    func transcribe(samples: [Float], language: String?, origin: RequestOrigin) async throws -> TranscriptResult {
+        lock.withLock { _calls.append(Call(sampleCount: samples.count, language: language, samples: samples, origin: origin)) }
         if let failWith { throw failWith }
         return TranscriptResult(
             text: "hello world \(samples.count)", language: language ?? "en",
@@ -162,7 +162,11 @@ final class TestControlBackend: ControlBackend, @unchecked Sendable {
             lastRequantization: Date(timeIntervalSince1970: 1_700_000_000), captureState: .capturing)
     }
 
-    func setBudget(bytes: Int) async throws {
+    func setBudget(bytes: Int?) async throws {
+        guard let bytes else {
+            lock.withLock { budget = nil }
+            return
+        }
         guard bytes >= 1_000_000 else {
             throw ControlError(code: "impossible_budget", message: "budget \(bytes) B is below the 1 MB minimum")
         }
@@ -232,7 +236,7 @@ final class GatedTranscriber: TranscriptionBackend, @unchecked Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    func transcribe(samples: [Float], language: String?) async throws -> TranscriptResult {
+    func transcribe(samples: [Float], language: String?, origin: RequestOrigin) async throws -> TranscriptResult {
         startedContinuation.yield(samples.count)
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let resumeNow = lock.withLock { () -> Bool in

@@ -1,0 +1,45 @@
+import Audio
+@testable import DaemonCore
+import Foundation
+import Quantization
+import WhisperEngine
+import XCTest
+
+/// The self-check's probe and bound on tiny.en (the figures in `ModelCheck`'s comment): it passes uniform 4 and
+/// 3 bits and myQASR's widths down to 16 MiB, which all still transcribe jfk.wav, and refuses myQASR at 15 MiB and
+/// uniform 2 bits, which do not (2 bits decode nothing at all).
+final class ModelCheckTests: XCTestCase {
+    func testProbeSeparatesWorkingFromBrokenBuilds() throws {
+        let float = try WhisperModel.load(try Fixtures.tinyModel())
+        let check = ModelCheck(threads: 2)
+        let reference = try check.reference(fullPrecision: float)
+        XCTAssertEqual(reference.tokens.count - reference.promptLength, ModelCheck.positions,
+                       "the full-precision model decodes text from the probe")
+        // Personal statistics as the daemon gathers them, from two clips.
+        let statistics = ActivationStatistics(modelIdentity: ModelIdentity.of(float))
+        let observed = try SpeechRecognizer(model: float, threads: 2, observer: statistics)
+        for clip in ["jfk.wav", "librivox-0870.wav"] {
+            _ = try observed.transcribe(samples: try loadAudio(path: try Fixtures.sample(clip)))
+            statistics.finishSample()
+        }
+        var rows: [String] = []
+        func report(_ name: String, _ target: QuantizationOptions.Target, _ stats: ActivationStatistics?) throws -> CheckReport {
+            let result = try Quantizer.quantize(model: float, statistics: stats,
+                                                options: QuantizationOptions(target: target, groupSize: 32, calibrate: false))
+            let report = try check.check(float.withWeights(result.weights), against: reference)
+            rows.append("\(name) (\(result.weights.byteSize) B): \(report)")
+            return report
+        }
+        let mib = 1 << 20
+        let passing = [try report("uniform 4", .uniform(bits: 4), nil), try report("uniform 3", .uniform(bits: 3), nil),
+                       try report("myQASR 16 MiB", .budget(16 * mib), statistics)]
+        let twoBits = try report("uniform 2", .uniform(bits: 2), nil)
+        let mostlyTwo = try report("myQASR 15 MiB", .budget(15 * mib), statistics)
+        print(rows.joined(separator: "\n"))
+        for report in passing { XCTAssertTrue(report.passed, "\(report)") }
+        XCTAssertFalse(mostlyTwo.passed, "\(mostlyTwo)")
+        XCTAssertFalse(twoBits.passed, "\(twoBits)")
+        XCTAssertEqual(twoBits.producedTokens, 0)
+        XCTAssertTrue(twoBits.failure?.contains("decodes nothing") == true, "\(twoBits)")
+    }
+}

@@ -1,0 +1,301 @@
+import Capture
+@testable import DaemonCore
+import Foundation
+import Logging
+import Serving
+import WhisperEngine
+import TestSupport
+import XCTest
+
+/// Small random-weight models with tiny.en's vocabulary and configuration: quick to make and to run, and
+/// distinct objects, so a test can watch one be released. The decoder's final norm is a constant vector that the
+/// end-of-text row of the (tied) embedding points along, so every window decodes a timestamp and ends.
+enum SmallModels {
+    static let dimensions = ModelDimensions(nMels: 80, nAudioCtx: 1500, nState: 32, nHeads: 2, nAudioLayers: 1,
+                                            nTextLayers: 1, nTextCtx: 448, nVocab: 51864)
+    private static let tiny = Result { try WhisperModel.load(try Fixtures.tinyModel()) }
+
+    /// A new model; `seed` varies its weights.
+    static func make(seed: UInt64 = 1, name: String? = nil) throws -> WhisperModel {
+        let tiny = try self.tiny.get()
+        let d = dimensions.nState
+        var rng = SeededGenerator(seed: seed)
+        let random = RandomWhisper.make(dimensions, rng: &rng)
+        let direction = (0..<d).map { Float($0 % 2 == 0 ? 1 : -1) }
+        var embedding = rng.floats(dimensions.nVocab * d, scale: 0.01)
+        let eot = tiny.tokenizer.specials.endOfText
+        for i in 0..<d { embedding[eot * d + i] = direction[i] * 4 }
+        let weights = WhisperWeights(
+            dimensions: dimensions, conv1: random.conv1, conv2: random.conv2, encoderPositions: random.encoderPositions,
+            encoderBlocks: random.encoderBlocks, encoderNorm: random.encoderNorm,
+            tokenEmbedding: Linear(name: random.tokenEmbedding.name,
+                                   weight: FloatMatrix(outFeatures: dimensions.nVocab, inFeatures: d, values: embedding),
+                                   bias: nil),
+            decoderPositions: random.decoderPositions, decoderBlocks: random.decoderBlocks,
+            decoderNorm: LayerNormWeights(gamma: [Float](repeating: 0, count: d), beta: direction))
+        return WhisperModel(name: name ?? "small-\(seed)", weights: weights, config: tiny.config, tokenizer: tiny.tokenizer)
+    }
+
+    /// `model` described as the provider would describe it at `plan`.
+    static func provided(_ model: WhisperModel, plan: PrecisionPlan, samples: Int = 0) -> ProvidedModel {
+        var bits: [String: Int] = [:]
+        let width: Int
+        switch plan {
+        case .float, .file: width = 32
+        case let .uniform(b): width = b
+        case .personalised: width = 5
+        }
+        for layer in model.weights.linearLayers { bits[layer.name] = width }
+        return ProvidedModel(model: model, layerBits: bits, weightBytes: model.weights.byteSize, budgetMet: true,
+                             plan: plan, statisticsSamples: samples)
+    }
+}
+
+/// A pipeline whose builds a test can hold, fail and count. A budget below `floatBytes` gets a quantized model
+/// (`uniform(4)`, or personalised from `statistics` samples when there are some), else float; each new model is
+/// named after its budget, and the check refuses the budgets in `refused`.
+final class ScriptedPipeline: @unchecked Sendable {  // @unchecked: state guarded by `condition`
+    let condition = NSCondition()
+    var builds: [ModelTarget] = []
+    var held: Set<Int> = []
+    var refused: Set<Int> = []
+    var statistics = 0
+    var seed: UInt64 = 10
+    let floatBytes = 100 << 20
+
+    func hold(_ budget: Int) { locked { held.insert(budget) } }
+    func release(_ budget: Int) { locked { held.remove(budget) } }
+    func locked<T>(_ body: () -> T) -> T {
+        condition.lock()
+        defer {
+            condition.broadcast()
+            condition.unlock()
+        }
+        return body()
+    }
+
+    /// Waits until a build for a target matching `predicate` has started.
+    func waitForBuild(_ what: String, _ predicate: @escaping (ModelTarget) -> Bool) throws {
+        condition.lock()
+        defer { condition.unlock() }
+        let deadline = Date().addingTimeInterval(60)
+        while !builds.contains(where: predicate) {
+            if !condition.wait(until: deadline) { throw HarnessError("timed out waiting for a build of \(what)") }
+        }
+    }
+
+    var pipeline: ModelPipeline {
+        ModelPipeline(
+            build: { [self] target, serving in
+                condition.lock()
+                builds.append(target)
+                condition.broadcast()
+                while let bytes = target.budget.bytes, held.contains(bytes) { condition.wait() }
+                let samples = statistics
+                seed += 1
+                let seed = self.seed
+                condition.unlock()
+                let plan: PrecisionPlan
+                if let bytes = target.budget.bytes, bytes < floatBytes {
+                    plan = samples > 0 ? .personalised(budget: bytes, samples: samples) : .uniform(bits: 4)
+                } else {
+                    plan = .float
+                }
+                if let serving, serving.provided.plan == plan, serving.target.budget.bytes == target.budget.bytes,
+                   serving.target.reloadEpoch == target.reloadEpoch {
+                    return Candidate(provided: serving.provided, fullPrecision: nil)
+                }
+                let model = try SmallModels.make(seed: seed, name: "budget-\(target.budget.bytes.map(String.init) ?? "none")")
+                return Candidate(provided: SmallModels.provided(model, plan: plan, samples: plan.isQuantized ? samples : 0),
+                                 fullPrecision: nil)
+            },
+            check: { [self] candidate in
+                let refuse = locked { refused.contains { candidate.provided.model.name == "budget-\($0)" } }
+                return CheckReport(divergence: refuse ? 5 : 0.1, agreement: 1, producedTokens: refuse ? 0 : 3,
+                                   referenceTokens: 3, bound: 1)
+            })
+    }
+}
+
+/// Waits until `condition` holds, polling (for state that has no event of its own), with a deadline.
+func eventually(_ what: String, timeout: Double = 60, _ condition: () async -> Bool) async throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while !(await condition()) {
+        if Date() > deadline { throw HarnessError("timed out after \(timeout) s waiting for \(what)") }
+        try await Task.sleep(nanoseconds: 2_000_000)
+    }
+}
+
+/// The model service: reconciliation, one build at a time, commands answered with their own outcome.
+final class ModelServiceTests: XCTestCase {
+    private let mib = 1 << 20
+
+    private func makeService(_ scripted: ScriptedPipeline, budget: Int?, requantizeAfter: Int = 1,
+                             forget: @escaping @Sendable () -> Void = {}) async throws -> (ModelService, Task<Void, Never>) {
+        let service = ModelService(source: "m", budget: Budget(bytes: budget, origin: .configuration),
+                                   requantizeAfter: requantizeAfter, pipeline: scripted.pipeline,
+                                   logger: Logger(label: "test"), forgetStatistics: forget)
+        try await service.start()
+        return (service, Task { await service.run() })
+    }
+
+    /// Issue 18 item 2: a statistics round that was being built when a budget command came is not swapped in
+    /// after it (it would re-apply the old budget); the command's own model serves and its reply says so.
+    /// (On the code before the model service, the statistics re-quantization read the budget outside the serial
+    /// section and swapped 30 MiB back in after the 20 MiB command: OldCodeDefectTests.testItem2, failed.)
+    func testABudgetCommandIsNotUndoneByAStatisticsRoundBuiltMeanwhile() async throws {
+        let mib = self.mib
+        let scripted = ScriptedPipeline()
+        let a = 30 * mib, b = 20 * mib
+        let (service, run) = try await makeService(scripted, budget: a)
+        defer { run.cancel() }
+        let swaps = Waiter<ModelStore.Entry>()
+        service.store.onSwap { swaps.append($0) }
+
+        scripted.hold(a)
+        scripted.locked { scripted.statistics = 1 }
+        await service.statisticsGrew(to: 1)
+        try scripted.waitForBuild("the statistics round") { $0.statisticsRound == 1 && $0.budget.bytes == a }
+        let command = Task { try await service.setBudget(Budget(bytes: b, origin: .command)) }
+        try await eventually("the command to land") { await service.desiredTarget.budget.bytes == b }
+        scripted.release(a)
+        let entry = try await command.value
+        XCTAssertEqual(entry.target.budget, Budget(bytes: b, origin: .command))
+        XCTAssertEqual(service.store.current?.target.budget.bytes, b)
+        XCTAssertEqual(service.store.current?.provided.plan, .personalised(budget: b, samples: 1))
+        XCTAssertFalse(swaps.all.contains { $0.target.budget.bytes == a }, "the stale statistics build was dropped")
+        let desired = await service.desiredTarget
+        XCTAssertEqual(desired, service.store.current?.target)
+        await service.shutdown()
+    }
+
+    /// Budget commands sent while a build runs coalesce: the last one is built once, the earlier ones are told
+    /// they were superseded.
+    func testCommandsDuringABuildCoalesce() async throws {
+        let mib = self.mib
+        let scripted = ScriptedPipeline()
+        let (service, run) = try await makeService(scripted, budget: nil)
+        defer { run.cancel() }
+        scripted.hold(50 * mib)
+        let first = Task { try await service.setBudget(Budget(bytes: 50 * mib, origin: .command)) }
+        try scripted.waitForBuild("50 MiB") { $0.budget.bytes == 50 * mib }
+        let second = Task { try await service.setBudget(Budget(bytes: 40 * mib, origin: .command)) }
+        try await eventually("the second command to land") { await service.desiredTarget.budget.bytes == 40 * mib }
+        let third = Task { try await service.setBudget(Budget(bytes: 30 * mib, origin: .command)) }
+        try await eventually("the third command to land") { await service.desiredTarget.budget.bytes == 30 * mib }
+        scripted.release(50 * mib)
+        let served = try await third.value
+        XCTAssertEqual(served.target.budget.bytes, 30 * mib)
+        for task in [first, second] {
+            do {
+                _ = try await task.value
+                XCTFail("an earlier budget must not claim to serve")
+            } catch let error as ModelServiceError {
+                XCTAssertEqual(error.code, "superseded")
+            }
+        }
+        let builds = scripted.locked { scripted.builds.map { $0.budget.bytes } }
+        XCTAssertFalse(builds.contains(40 * mib), "coalesced: 40 MiB was never built (builds: \(builds))")
+        await service.shutdown()
+    }
+
+    /// A candidate that fails its check is not swapped in; the command says why, the budget in force stays and a
+    /// later command for a good budget works.
+    func testACandidateThatFailsItsCheckIsRefused() async throws {
+        let mib = self.mib
+        let scripted = ScriptedPipeline()
+        let (service, run) = try await makeService(scripted, budget: nil)
+        defer { run.cancel() }
+        scripted.locked { _ = scripted.refused.insert(15 * mib) }
+        let before = service.store.current!
+        do {
+            try await service.setBudget(Budget(bytes: 15 * mib, origin: .command))
+            XCTFail("the refused candidate must not serve")
+        } catch let error as ModelServiceError {
+            XCTAssertEqual(error.code, "check_failed")
+            XCTAssertTrue("\(error)".contains("decodes nothing"), "\(error)")
+        }
+        XCTAssertEqual(service.store.current?.generation, before.generation)
+        let desired = await service.desiredTarget
+        XCTAssertNil(desired.budget.bytes, "the refused budget is not wanted any more")
+        // The same refusal again, at once; then a good budget.
+        do {
+            try await service.setBudget(Budget(bytes: 15 * mib, origin: .command))
+            XCTFail("refused again")
+        } catch let error as ModelServiceError {
+            XCTAssertEqual(error.code, "check_failed")
+        }
+        let entry = try await service.setBudget(Budget(bytes: 20 * mib, origin: .command))
+        XCTAssertEqual(entry.target.budget.bytes, 20 * mib)
+        XCTAssertNotNil(entry.check)
+        await service.shutdown()
+    }
+
+    /// Issue 18 item 4: `forget` deletes the statistics before the model is rebuilt, and returns with the source
+    /// model at the budget, widths without statistics. (Before: the personalised model kept serving after forget,
+    /// OldCodeDefectTests.testItem4, failed.)
+    func testForgetServesTheModelWithoutStatistics() async throws {
+        let mib = self.mib
+        let scripted = ScriptedPipeline()
+        scripted.locked { scripted.statistics = 7 }
+        let (service, run) = try await makeService(scripted, budget: 24 * mib, forget: { [scripted] in scripted.locked { scripted.statistics = 0 } })
+        defer { run.cancel() }
+        XCTAssertEqual(service.store.current?.provided.plan, .personalised(budget: 24 * mib, samples: 7))
+        let entry = try await service.forget()
+        XCTAssertEqual(entry.provided.plan, .uniform(bits: 4))
+        XCTAssertEqual(entry.provided.statisticsSamples, 0)
+        XCTAssertEqual(entry.reason, .forget)
+        XCTAssertEqual(entry.target.budget.bytes, 24 * mib, "the budget stays")
+        await service.shutdown()
+    }
+
+    /// A forget while a statistics round is being built: the round's model (made from the forgotten statistics)
+    /// never serves.
+    func testForgetDuringAStatisticsBuildDropsIt() async throws {
+        let mib = self.mib
+        let scripted = ScriptedPipeline()
+        let (service, run) = try await makeService(scripted, budget: 24 * mib, forget: { [scripted] in scripted.locked { scripted.statistics = 0 } })
+        defer { run.cancel() }
+        let swaps = Waiter<ModelStore.Entry>()
+        service.store.onSwap { swaps.append($0) }
+        scripted.hold(24 * mib)
+        scripted.locked { scripted.statistics = 3 }
+        await service.statisticsGrew(to: 3)
+        try scripted.waitForBuild("the statistics round") { $0.statisticsRound == 1 }
+        let forget = Task { try await service.forget() }
+        try await eventually("the forget to land") { await service.desiredTarget.forgetEpoch == 1 }
+        scripted.release(24 * mib)
+        let entry = try await forget.value
+        XCTAssertEqual(entry.provided.statisticsSamples, 0)
+        XCTAssertFalse(swaps.all.contains { $0.provided.statisticsSamples > 0 }, "no personalised model served")
+        await service.shutdown()
+    }
+
+    /// Issue 18 item 3: after a swap with no job running, an idle worker lets go of its recognizer and so of the
+    /// old model, at once. (Before: it kept it until its next job, OldCodeDefectTests.testItem3, failed.)
+    func testIdleWorkersReleaseTheOldModelAtASwap() async throws {
+        let store = ModelStore()
+        weak var released: WhisperModel?
+        weak var releasedWeights: WhisperWeights?
+        let workers: TranscriptionWorkers
+        do {
+            let old = try SmallModels.make(seed: 1)
+            released = old
+            releasedWeights = old.weights
+            let target = ModelTarget(source: "m", budget: Budget(bytes: nil, origin: .configuration))
+            store.swap(to: SmallModels.provided(old, plan: .float), target: target, reason: .start, check: nil)
+            workers = TranscriptionWorkers(store: store, count: 2, threads: 1, queueDepth: 4, logger: Logger(label: "t"),
+                                           onLiveResult: { _ in })
+            // Both workers build a recognizer on the old model.
+            async let one = workers.transcribe(samples: [Float](repeating: 0, count: 8000), language: nil, client: "a")
+            async let two = workers.transcribe(samples: [Float](repeating: 0, count: 8000), language: nil, client: "b")
+            _ = try await (one, two)
+            store.swap(to: SmallModels.provided(try SmallModels.make(seed: 2), plan: .float), target: target,
+                       reason: .reload, check: nil)
+        }
+        defer { workers.shutdown() }
+        _ = try Waiter<Int>.poll(timeout: 30, what: "the old model to be released") {
+            released == nil && releasedWeights == nil ? 1 : nil
+        }
+    }
+}
