@@ -343,12 +343,17 @@ public actor ModelService {
         return entry
     }
 
-    /// `target` was refused: the commands that asked for it fail with `error`, and what they changed goes back to
-    /// what the served model was built for (a forget cannot go back: it is retried when something else changes).
+    /// `target` was refused. What it changed in the model (the source, a reload, the budget) goes back to what the
+    /// served model was built for, and the commands that asked for those changes fail with `error`; a `forget` or
+    /// statistics round that came in the same build is kept and built again with the model in service's settings.
+    /// When nothing but those changed, they are what failed: a forget's command fails (its epoch cannot go back;
+    /// the next change builds it again), a statistics round waits for more samples.
     private func refuse(_ target: ModelTarget, revision buildRevision: Int, error: ModelServiceError) {
         refused = (target, error)
         logger.error("model change refused; the model in service stays: \(error)")
         guard let built else { return }
+        let settingsChanged = target.budget != built.target.budget || target.source != built.target.source
+            || target.reloadEpoch != built.target.reloadEpoch
         let waiting = waiters
         waiters.removeAll()
         for waiter in waiting {
@@ -358,18 +363,21 @@ public actor ModelService {
             }
             if waiter.isMet(by: built.target) {
                 waiter.continuation.resume(returning: store.current!)
+            } else if case .forget = waiter.request, settingsChanged {
+                waiters.append(waiter)   // built again below, with the settings in force
             } else if waiter.isMet(by: target) {
                 waiter.continuation.resume(throwing: error)
             } else {
                 waiter.continuation.resume(throwing: ModelServiceError.superseded(by: Self.describe(built.target)))
             }
         }
-        if desired.budget == target.budget { desired.budget = built.target.budget }
-        if desired.source == target.source && desired.reloadEpoch == target.reloadEpoch {
-            desired.source = built.target.source
-            desired.reloadEpoch = built.target.reloadEpoch
-        }
-        if desired.statisticsRound == target.statisticsRound && target.statisticsRound != built.target.statisticsRound {
+        if settingsChanged {
+            if desired.budget == target.budget { desired.budget = built.target.budget }
+            if desired.source == target.source && desired.reloadEpoch == target.reloadEpoch {
+                desired.source = built.target.source
+                desired.reloadEpoch = built.target.reloadEpoch
+            }
+        } else if desired.statisticsRound == target.statisticsRound && target.statisticsRound != built.target.statisticsRound {
             desired.statisticsRound = built.target.statisticsRound
             samplesAtRefusal = samples
         }

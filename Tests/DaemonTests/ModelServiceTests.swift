@@ -9,21 +9,20 @@ import XCTest
 
 /// Small random-weight models with tiny.en's vocabulary and configuration: quick to make and to run, and
 /// distinct objects, so a test can watch one be released. The decoder's final norm is a constant vector that the
-/// end-of-text row of the (tied) embedding points along, so every window decodes a timestamp and ends.
+/// end-of-text row of the (tied) embedding points along, so every window decodes a timestamp and ends. The
+/// random layers are made once and shared: each model is a new `WhisperModel` around a new `WhisperWeights`.
 enum SmallModels {
     static let dimensions = ModelDimensions(nMels: 80, nAudioCtx: 1500, nState: 32, nHeads: 2, nAudioLayers: 1,
                                             nTextLayers: 1, nTextCtx: 448, nVocab: 51864)
-    private static let tiny = Result { try WhisperModel.load(try Fixtures.tinyModel()) }
-
-    /// A new model; `seed` varies its weights.
-    static func make(seed: UInt64 = 1, name: String? = nil) throws -> WhisperModel {
-        let tiny = try self.tiny.get()
+    private static let template = Result { () throws -> WhisperModel in
         let d = dimensions.nState
-        var rng = SeededGenerator(seed: seed)
+        var rng = SeededGenerator(seed: 1)
         let random = RandomWhisper.make(dimensions, rng: &rng)
         let direction = (0..<d).map { Float($0 % 2 == 0 ? 1 : -1) }
+        // Vocabulary and configuration only; tiny.en's weights are not read.
+        let paired = try WhisperModel.load(try Fixtures.tinyModel(), weights: random)
         var embedding = rng.floats(dimensions.nVocab * d, scale: 0.01)
-        let eot = tiny.tokenizer.specials.endOfText
+        let eot = paired.tokenizer.specials.endOfText
         for i in 0..<d { embedding[eot * d + i] = direction[i] * 4 }
         let weights = WhisperWeights(
             dimensions: dimensions, conv1: random.conv1, conv2: random.conv2, encoderPositions: random.encoderPositions,
@@ -33,7 +32,19 @@ enum SmallModels {
                                    bias: nil),
             decoderPositions: random.decoderPositions, decoderBlocks: random.decoderBlocks,
             decoderNorm: LayerNormWeights(gamma: [Float](repeating: 0, count: d), beta: direction))
-        return WhisperModel(name: name ?? "small-\(seed)", weights: weights, config: tiny.config, tokenizer: tiny.tokenizer)
+        return WhisperModel(name: "small", weights: weights, config: paired.config, tokenizer: paired.tokenizer)
+    }
+
+    /// A new model object (with a new weights object) named `name` (default "small-SEED").
+    static func make(seed: UInt64 = 1, name: String? = nil) throws -> WhisperModel {
+        let template = try self.template.get()
+        let w = template.weights
+        let weights = WhisperWeights(
+            dimensions: w.dimensions, conv1: w.conv1, conv2: w.conv2, encoderPositions: w.encoderPositions,
+            encoderBlocks: w.encoderBlocks, encoderNorm: w.encoderNorm, tokenEmbedding: w.tokenEmbedding,
+            decoderPositions: w.decoderPositions, decoderBlocks: w.decoderBlocks, decoderNorm: w.decoderNorm)
+        return WhisperModel(name: name ?? "small-\(seed)", weights: weights, config: template.config,
+                            tokenizer: template.tokenizer)
     }
 
     /// `model` described as the provider would describe it at `plan`.
@@ -228,6 +239,40 @@ final class ModelServiceTests: XCTestCase {
         let entry = try await service.setBudget(Budget(bytes: 20 * mib, origin: .command))
         XCTAssertEqual(entry.target.budget.bytes, 20 * mib)
         XCTAssertNotNil(entry.check)
+        await service.shutdown()
+    }
+
+    /// A forget built together with a budget whose model is refused still happens: the budget command fails, the
+    /// forget is built again with the budget in force and succeeds.
+    func testAForgetCoalescedWithARefusedBudgetStillHappens() async throws {
+        let mib = self.mib
+        let scripted = ScriptedPipeline()
+        scripted.locked {
+            _ = scripted.refused.insert(15 * mib)
+            scripted.statistics = 5
+        }
+        let (service, run) = try await makeService(scripted, budget: 24 * mib, forget: { [scripted] in scripted.locked { scripted.statistics = 0 } })
+        defer { run.cancel() }
+        XCTAssertEqual(service.store.current?.provided.statisticsSamples, 5)
+        scripted.hold(50 * mib)
+        let held = Task { try await service.setBudget(Budget(bytes: 50 * mib, origin: .command)) }
+        try scripted.waitForBuild("50 MiB") { $0.budget.bytes == 50 * mib }
+        let refused = Task { try await service.setBudget(Budget(bytes: 15 * mib, origin: .command)) }
+        try await eventually("the 15 MiB command to land") { await service.desiredTarget.budget.bytes == 15 * mib }
+        let forget = Task { try await service.forget() }
+        try await eventually("the forget to land") { await service.desiredTarget.forgetEpoch == 1 }
+        scripted.release(50 * mib)
+        let forgotten = try await forget.value
+        XCTAssertEqual(forgotten.target.budget.bytes, 24 * mib, "built with the budget in force")
+        XCTAssertEqual(forgotten.provided.statisticsSamples, 0)
+        for (task, code) in [(held, "superseded"), (refused, "check_failed")] {
+            do {
+                _ = try await task.value
+                XCTFail("\(code) expected")
+            } catch let error as ModelServiceError {
+                XCTAssertEqual(error.code, code)
+            }
+        }
         await service.shutdown()
     }
 

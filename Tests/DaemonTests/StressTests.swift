@@ -18,6 +18,7 @@ final class StressTests: XCTestCase {
         /// The budget command or reload whose model went into service last (highest generation).
         var lastApplied: (generation: Int, budget: Int?)?
         var models: [WeakModel] = []
+        var replies: [String] = []
 
         func locked<T>(_ body: () -> T) -> T {
             lock.lock()
@@ -103,7 +104,10 @@ final class StressTests: XCTestCase {
                             default: entry = try await service.setBudget(Budget(bytes: budget, origin: .command))
                             }
                             if roll != 0 { record.applied(entry) }
-                        } catch let error as ModelServiceError where error.code == "superseded" || error.code == "check_failed" {
+                            record.locked { record.replies.append("controller \(controller): \(roll) \(budget.map(String.init) ?? "none") -> served generation \(entry.generation) at \(entry.target.budget)") }
+                        } catch let error as ModelServiceError
+                                    where roll != 0 && (error.code == "superseded" || error.code == "check_failed") {
+                            record.locked { record.replies.append("controller \(controller): \(roll) \(budget.map(String.init) ?? "none") -> \(error.code)") }
                         } catch {
                             record.locked { record.failures.append("controller \(controller): \(error)") }
                         }
@@ -122,7 +126,8 @@ final class StressTests: XCTestCase {
         XCTAssertEqual(record.sent, record.answered, "every request answered")
         XCTAssertGreaterThan(record.commands, 10)
         XCTAssertEqual(served.target.budget.bytes, record.lastApplied?.budget ?? 30 * mib,
-                       "the served model is the one the last budget command (or reload) asked for")
+                       "the served model is the one the last budget command (or reload) asked for; the last replies:\n"
+                       + record.replies.suffix(30).joined(separator: "\n"))
         let desired = await service.desiredTarget
         XCTAssertEqual(desired, served.target, "nothing left to build")
         XCTAssertEqual(served.provided.statisticsSamples, 0, "no personal model after forget")
@@ -133,11 +138,12 @@ final class StressTests: XCTestCase {
         if let budget = served.target.budget.bytes { XCTAssertLessThanOrEqual(served.provided.weightBytes, budget) }
         // Once idle, no model but the served one is held (workers, service and provider let go of the rest).
         _ = try Waiter<Int>.poll(timeout: 30, what: "every model but the served one released") {
-            record.locked { record.models.filter { $0.model != nil }.count } == 1 ? 1 : nil
+            record.locked { Set(record.models.compactMap { $0.model.map(ObjectIdentifier.init) }).count } == 1 ? 1 : nil
         }
-        let queue = workers.statistics
-        XCTAssertEqual(queue.waiting, 0)
-        XCTAssertEqual(queue.running, 0)
+        let queue = try Waiter<QueueStatistics>.poll(timeout: 30, what: "the queue to be empty and the workers idle") {
+            let queue = workers.statistics
+            return queue.waiting == 0 && queue.running == 0 ? queue : nil
+        }
         print("stress: \(seconds) s, \(record.sent) requests (\(queue.refusedRequests) busy, \(queue.cancelledRequests) cancelled), "
               + "\(record.commands) commands, \(scripted.locked { scripted.builds.count }) builds, generation \(served.generation)")
         workers.shutdown()
