@@ -62,8 +62,9 @@ public struct QueueStatistics: Sendable, Equatable {
 /// Dedicated transcription threads and the one bounded queue that feeds them: live utterances straight from
 /// capture and socket requests, at most `queueDepth` jobs waiting in all.
 ///
-/// - Order: live utterances first (oldest first); then requests, one per client in turn (round-robin over the
-///   clients that have requests waiting, a client being a user id or a connection), so one client's backlog
+/// - Order: live utterances first (oldest first), but never twice in a row while a request waits, so a microphone
+///   that hears speech without pause cannot starve the sockets; requests one per client in turn (round-robin over
+///   the clients that have requests waiting, a client being a user id or a connection), so one client's backlog
 ///   cannot starve another's.
 /// - When the queue is full: a live utterance pushes out the oldest waiting utterance (wiped, counted as dropped),
 ///   or, if none waits, the newest request of the client with the most waiting; a request pushes out the newest
@@ -115,6 +116,7 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
     private var requests: [String: [Request]] = [:]
     private var turn: [String] = []   // clients with requests waiting, next first
     private var busyWorkers = 0
+    private var lastWasLive = false
     private var stopping = false
     private var nextID: UInt64 = 0
     private var liveEpoch = 0
@@ -313,11 +315,13 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         defer { condition.unlock() }
         while true {
             if stopping { return .stop }
-            if !live.isEmpty {
+            if !live.isEmpty && (!lastWasLive || turn.isEmpty) {
                 busyWorkers += 1
+                lastWasLive = true
                 return .job(.live(live.removeFirst()))
             }
             if let client = turn.first, var queue = requests[client] {
+                lastWasLive = false
                 let request = queue.removeFirst()
                 turn.removeFirst()
                 if queue.isEmpty {
