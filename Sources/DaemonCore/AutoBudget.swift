@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import Units
 
 /// `memory_budget = "auto"`: the weights' budget follows the memory the daemon may use.
 ///
@@ -223,5 +225,124 @@ public struct MemoryFiles: Sendable, Equatable {
             }
         }
         return nil
+    }
+}
+
+/// Feeds `memory_budget = "auto"` into the model service: one reading of the memory files every `interval`, the
+/// policy's decision, and a changed budget handed to `ModelService.followMemory` (which serves it as a `budget`
+/// command would, unless the user's own `budget` command is in force). A budget the service refuses (no model
+/// fits, or the one that fits fails its self-check) is not asked for again, nor any smaller one, until a reload.
+///
+/// A task that sleeps between readings; the reading itself is a few small file reads.
+public final class BudgetFollower: @unchecked Sendable {  // @unchecked: mutable state guarded by `lock`
+    private let files: MemoryFiles
+    private let logger: Logger
+    private let lock = NSLock()
+    private var policy: AutoBudgetPolicy
+    private var interval: Double
+    private var state = AutoBudgetPolicy.State()
+    private var refusedAtOrBelow: Int?
+    private var task: Task<Void, Never>?
+    private let clock: @Sendable () -> Double
+
+    /// A follower reading `files` every `interval` seconds with `policy`.
+    public init(policy: AutoBudgetPolicy, interval: Double, files: MemoryFiles, logger: Logger,
+                clock: @escaping @Sendable () -> Double = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }) {
+        self.policy = policy
+        self.interval = interval
+        self.files = files
+        self.logger = logger
+        self.clock = clock
+    }
+
+    /// The first budget (nil: nothing limits it), from a reading now with `servedWeightBytes` in service; the policy
+    /// starts from it. Also what a reload with `memory_budget = "auto"` calls, with the reloaded settings.
+    public func initialBudget(policy: AutoBudgetPolicy? = nil, interval: Double? = nil, servedWeightBytes: Int = 0) -> Int? {
+        let reading = files.read()
+        return locked {
+            if let policy { self.policy = policy }
+            if let interval { self.interval = interval }
+            refusedAtOrBelow = nil
+            let (next, _) = self.policy.decide(reading, servedWeightBytes: servedWeightBytes,
+                                               state: AutoBudgetPolicy.State(), now: clock())
+            state = next
+            logger.info("memory budget follows free memory", metadata: Self.metadata(reading, budget: next.budget,
+                                                                                        reserve: self.policy.reserve))
+            return next.budget
+        }
+    }
+
+    /// Reads every `interval` until `stop()`, handing changes to `service`.
+    public func start(service: ModelService) {
+        locked {
+            task?.cancel()
+            task = Task { [weak self] in
+                while !Task.isCancelled, let self {
+                    let seconds = self.locked { self.interval }
+                    try? await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
+                    if Task.isCancelled { break }
+                    await self.step(service: service)
+                }
+            }
+        }
+    }
+
+    /// Stops reading.
+    public func stop() {
+        locked {
+            task?.cancel()
+            task = nil
+        }
+    }
+
+    /// One reading and, when the budget moves, one request to the service.
+    func step(service: ModelService) async {
+        let served = service.store.current?.provided.weightBytes ?? 0
+        let reading = files.read()
+        let change: (budget: Int?, reason: AutoBudgetPolicy.Reason)? = locked {
+            let (next, change) = policy.decide(reading, servedWeightBytes: served, state: state, now: clock())
+            guard let change else {
+                state = next
+                return nil
+            }
+            if let floor = refusedAtOrBelow, let bytes = change.budget, bytes <= floor {
+                state.risingSince = next.risingSince
+                state.lastPressure = next.lastPressure
+                return nil
+            }
+            state = next
+            return change
+        }
+        guard let change else { return }
+        var metadata = Self.metadata(reading, budget: change.budget, reserve: locked { policy.reserve })
+        metadata["why"] = "\(change.reason.rawValue)"
+        logger.info("free memory moved the memory budget", metadata: metadata)
+        do {
+            try await service.followMemory(change.budget)
+        } catch {
+            // Not asked again at this size or below; the policy carries on from the budget still in force.
+            let inForce = service.store.current?.target.budget.bytes
+            locked {
+                if let bytes = change.budget { refusedAtOrBelow = max(refusedAtOrBelow ?? bytes, bytes) }
+                state.budget = inForce ?? state.budget
+            }
+            logger.warning("the memory budget from free memory was refused; the model in service stays: \(error)")
+        }
+    }
+
+    private func locked<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    private static func metadata(_ reading: MemoryReading, budget: Int?, reserve: Int) -> Logger.Metadata {
+        [
+            "budget": "\(budget.map(ByteSize.format) ?? "unlimited")",
+            "cgroup_limit": "\(reading.cgroupLimit.map(ByteSize.format) ?? "none")",
+            "mem_available": "\(reading.memAvailable.map(ByteSize.format) ?? "unknown")",
+            "pressure_avg10": "\(reading.pressureSomeAvg10.map { String(format: "%.2f", $0) } ?? "unknown")",
+            "reserve": "\(ByteSize.format(reserve))",
+        ]
     }
 }

@@ -83,6 +83,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     let service: ModelService
     private let workers: TranscriptionWorkers
     private let capture: LiveCapture
+    /// `memory_budget = "auto"`: readings of free memory handed to the service.
+    private let budgetFollower: BudgetFollower
     private let lock = NSLock()
 
     // Guarded by `lock`.
@@ -100,10 +102,12 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     ///     personal statistics (float, else myQASR's widths from them, else uniform bits that fit) and `ModelCheck`.
     ///   - utteranceObserver: sees each live utterance before it is wiped; defaults (when `pipeline` is nil too)
     ///     to `PersonalStatistics` in the state directory, which feeds the default pipeline.
+    ///   - memoryFiles: what `memory_budget = "auto"` reads (the process's own cgroup and /proc by default).
     public init(
         configuration: DaemonConfiguration, source: ConfigurationSource, logger: Logger,
         pipeline: ModelPipeline? = nil, utteranceObserver: UtteranceObserver? = nil,
-        environment: [String: String] = ProcessInfo.processInfo.environment
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        memoryFiles: MemoryFiles = .ofThisProcess()
     ) {
         self.configuration = configuration
         self.source = source
@@ -126,9 +130,12 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             modelPipeline = Self.defaultPipeline(statistics: statistics)
         }
         self.personal = personal
+        budgetFollower = BudgetFollower(policy: AutoBudgetPolicy(reserve: configuration.memoryReserve),
+                                        interval: configuration.memoryPollInterval, files: memoryFiles, logger: logger)
         service = ModelService(
-            source: configuration.model, budget: Budget(bytes: configuration.memoryBudget, origin: .configuration),
-            requantizeAfter: configuration.requantizeAfter, pipeline: modelPipeline, logger: logger,
+            source: configuration.model, budget: Self.budget(configuration, follower: budgetFollower),
+            requantizeAfter: configuration.requantizeAfter, shadowUtterances: configuration.shadowUtterances,
+            pipeline: modelPipeline, logger: logger,
             forgetStatistics: { personal?.forget() })
         let (broadcaster, counters, store) = (self.broadcaster, self.counters, service.store)
         let workers = TranscriptionWorkers(
@@ -147,6 +154,15 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             })
         self.workers = workers
         capture = LiveCapture(logger: logger, deliver: { workers.submit(live: $0) })
+    }
+
+    /// The budget `configuration` asks for: its own, or with `memory_budget = "auto"` a reading of free memory now.
+    /// (`served`: the weights in service, which a new model replaces.)
+    private static func budget(_ configuration: DaemonConfiguration, follower: BudgetFollower, served: Int = 0) -> Budget {
+        guard configuration.memoryBudgetAuto else { return Budget(bytes: configuration.memoryBudget, origin: .configuration) }
+        return Budget(bytes: follower.initialBudget(policy: AutoBudgetPolicy(reserve: configuration.memoryReserve),
+                                                    interval: configuration.memoryPollInterval, servedWeightBytes: served),
+                      origin: .auto)
     }
 
     /// `BudgetModelProvider` reading `statistics`, then `ModelCheck` against the full-precision network the
@@ -183,6 +199,21 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         let service = self.service
         personal?.setSourceModel(config.model)
         personal?.whenSamplesGrow { count in Task { await service.statisticsGrew(to: count) } }
+        // While a quantized model serves, each statistics pass also measures its drift on the utterance (and a
+        // candidate's, while one is in shadow); the service decides with the aggregates.
+        personal?.duringPass { [logger] samples, fullPrecision, served in
+            guard let entry = service.store.current, entry.provided.model === served, entry.provided.plan.isQuantized
+            else { return }
+            let shadow = service.store.shadow
+            do {
+                let drift = try OwnSpeechDrift.measure(samples: samples, fullPrecision: fullPrecision, served: served,
+                                                       candidate: shadow?.provided.model)
+                let candidate = shadow.flatMap { s in drift.candidate.map { (id: s.id, drift: $0) } }
+                Task { await service.measured(generation: entry.generation, served: drift.served, candidate: candidate) }
+            } catch {
+                logger.error("drift measurement failed: \(error)")
+            }
+        }
         service.store.onSwap { [weak self] entry in
             self?.personal?.setSourceModel(entry.target.source)
             self?.notifyStatus()
@@ -196,6 +227,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             }
         }
         locked { serviceTask = Task { await service.run() } }
+        if config.memoryBudgetAuto { budgetFollower.start(service: service) }
 
         try await startServers(config)
         if config.captureEnabled { try capture.start(config.capturePipeline) }
@@ -244,6 +276,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         logger.info("stopping")
         let (pinger, control, wyoming, task) = locked { (watchdog, controlServer, wyomingServer, serviceTask) }
         pinger?.stop()
+        budgetFollower.stop()
         await Self.offThePool { self.capture.stop() }
         broadcaster.finish()
         await control?.shutdown()
@@ -387,9 +420,18 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         if let entry {
             status.model = ModelStatus(
                 generation: entry.generation, reason: entry.reason.rawValue, plan: "\(entry.provided.plan)",
-                budgetOrigin: entry.target.budget.bytes == nil ? nil : entry.target.budget.origin.rawValue,
+                budgetOrigin: entry.target.budget.bytes == nil && entry.target.budget.origin != .auto
+                    ? nil : entry.target.budget.origin.rawValue,
                 statisticsSamples: entry.provided.statisticsSamples, since: entry.since,
                 checkDivergence: entry.check?.divergence)
+            if let own = service.store.ownDrift, own.utterances > 0 {
+                status.model?.ownSpeechDrift = own.divergence.meanKL
+                status.model?.ownSpeechUtterances = own.utterances
+            }
+            if let shadow = service.store.shadow {
+                status.model?.candidateUtterances = shadow.utterances
+                if shadow.utterances > 0 { status.model?.candidateDrift = shadow.drift.meanKL }
+            }
         }
         status.queue = QueueStatus(waiting: queue.waiting, running: queue.running, depth: queue.depth,
                                    droppedUtterances: queue.droppedUtterances, refusedRequests: queue.refusedRequests,
@@ -425,7 +467,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             throw ControlError(code: "bad_config", message: "\(error)")
         }
         do {
-            try await service.reload(source: new.model, budget: Budget(bytes: new.memoryBudget, origin: .configuration))
+            try await service.reload(source: new.model, budget: Self.budget(
+                new, follower: budgetFollower, served: service.store.current?.provided.weightBytes ?? 0))
         } catch let error as ModelServiceError {
             logger.error("configuration rejected; keeping the one in force: model: \(error)")
             throw ControlError(code: error.code, message: error.description)
@@ -434,6 +477,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             defer { configuration = new }
             return configuration
         }
+        if new.memoryBudgetAuto { budgetFollower.start(service: service) } else { budgetFollower.stop() }
         if old.capturePipeline != new.capturePipeline || old.captureEnabled != new.captureEnabled {
             try await Self.offThrowing {
                 self.capture.stop()
@@ -459,6 +503,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         if a.threads != b.threads { keys.append("model.threads") }
         if a.workers != b.workers { keys.append("model.workers") }
         if a.requantizeAfter != b.requantizeAfter { keys.append("model.requantize_after") }
+        if a.shadowUtterances != b.shadowUtterances { keys.append("model.shadow_utterances") }
         if a.runtimeDirectory != b.runtimeDirectory || a.controlSocketName != b.controlSocketName
             || a.wyomingSocketName != b.wyomingSocketName || a.socketMode != b.socketMode || a.socketGroup != b.socketGroup
         { keys.append("sockets") }

@@ -39,11 +39,21 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var threads = 2
     /// Transcription workers (each owns one `SpeechRecognizer`).
     public var workers = 1
-    /// Memory budget for the model weights in bytes; nil means unlimited.
+    /// Memory budget for the model weights in bytes; nil means unlimited. Ignored when `memoryBudgetAuto` is set.
     public var memoryBudget: Int? = nil
+    /// `memory_budget = "auto"`: the budget follows the cgroup's limits and free memory (`AutoBudgetPolicy`).
+    public var memoryBudgetAuto = false
+    /// With an automatic budget: the memory left for everything but the weights (the daemon's own working set
+    /// inside its cgroup, other programs outside it).
+    public var memoryReserve = 256 << 20
+    /// With an automatic budget: seconds between two readings of the memory files.
+    public var memoryPollInterval = 5.0
     /// Utterances gathered into the personal statistics while a quantized model serves before it is
     /// quantized again from them (0: only at budget changes, reloads and restarts).
     public var requantizeAfter = 20
+    /// Live utterances on which a model re-quantized from grown statistics is compared with the one serving
+    /// before it may replace it (0: it replaces it at once, after its self-check).
+    public var shadowUtterances = 3
 
     // MARK: capture
     /// Whether the microphone is captured at all (sockets serve either way).
@@ -230,15 +240,23 @@ extension DaemonConfiguration {
         try reader.rejectUnknown(["model", "capture", "vad", "sockets", "wyoming_tcp", "limits", "log", "state"])
 
         if let t = try reader.table("model") {
-            try t.rejectUnknown(["name", "threads", "workers", "memory_budget", "requantize_after"])
+            try t.rejectUnknown(["name", "threads", "workers", "memory_budget", "memory_reserve", "memory_poll_interval",
+                                 "requantize_after", "shadow_utterances"])
             if let v = try t.string("name") {
                 guard !v.isEmpty else { throw t.error("name", "must not be empty") }
                 c.model = v
             }
             if let v = try t.int("threads", in: 1...64) { c.threads = v }
             if let v = try t.int("workers", in: 1...16) { c.workers = v }
-            if let v = try t.size("memory_budget") { c.memoryBudget = v.bytes }
+            if t.value("memory_budget")?.string == "auto" {
+                c.memoryBudgetAuto = true
+            } else if let v = try t.size("memory_budget") {
+                c.memoryBudget = v.bytes
+            }
+            if let v = try t.size("memory_reserve") { c.memoryReserve = v.bytes ?? 0 }
+            if let v = try t.double("memory_poll_interval", in: 0.05...3600) { c.memoryPollInterval = v }
             if let v = try t.int("requantize_after", in: 0...100_000) { c.requantizeAfter = v }
+            if let v = try t.int("shadow_utterances", in: 0...1000) { c.shadowUtterances = v }
         }
         if let t = try reader.table("capture") {
             try t.rejectUnknown(["enabled", "device", "alsa_config", "alsa_config_file", "latency", "ring_seconds"])
@@ -349,7 +367,7 @@ extension DaemonConfiguration {
         if controlSocketName == wyomingSocketName {
             throw ConfigurationError(source: source, key: "sockets.wyoming", reason: "must differ from sockets.control")
         }
-        if let budget = memoryBudget, budget < 1024 * 1024 {
+        if !memoryBudgetAuto, let budget = memoryBudget, budget < 1024 * 1024 {
             throw ConfigurationError(source: source, key: "model.memory_budget", reason: "must be at least 1MiB (or none)")
         }
         if socketGroup != nil {
@@ -370,7 +388,7 @@ public struct ConfigurationOverrides: Sendable, Equatable {
     public var model: String?
     /// `--threads`.
     public var threads: Int?
-    /// `--budget` ("24MiB", "none").
+    /// `--budget` ("24MiB", "none", "auto").
     public var memoryBudget: String?
     /// `--device`.
     public var captureDevice: String?
@@ -408,7 +426,12 @@ public struct ConfigurationOverrides: Sendable, Equatable {
             c.threads = threads
         }
         if let memoryBudget {
-            do { c.memoryBudget = try ByteSize.parseLimit(memoryBudget) } catch { throw fail("--budget", "\(error)") }
+            if memoryBudget == "auto" {
+                c.memoryBudgetAuto = true
+            } else {
+                do { c.memoryBudget = try ByteSize.parseLimit(memoryBudget) } catch { throw fail("--budget", "\(error)") }
+                c.memoryBudgetAuto = false
+            }
         }
         if let captureDevice { c.captureDevice = captureDevice }
         if let captureEnabled { c.captureEnabled = captureEnabled }
@@ -451,7 +474,7 @@ struct TableReader {
         }
     }
 
-    private func value(_ key: String) -> TOMLValueConvertible? { table[key] }
+    func value(_ key: String) -> TOMLValueConvertible? { table[key] }
 
     private func typeError(_ key: String, expected: String, got value: TOMLValueConvertible) -> ConfigurationError {
         error(key, "must be \(expected), not a \(value.type)")

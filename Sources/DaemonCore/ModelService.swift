@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import SystemdSupport
 import Units
 import WhisperEngine
 
@@ -41,7 +42,7 @@ public enum ModelServiceError: Error, Equatable, CustomStringConvertible {
 }
 
 /// Where a candidate model comes from and how it is checked: the two stages the service runs off its actor, on
-/// its build queue. `build` is `BudgetModelProvider` and `check` is `ModelCheck` in the daemon; tests give their own.
+/// its build thread (idle CPU and I/O priority). `build` is `BudgetModelProvider` and `check` is `ModelCheck` in the daemon; tests give their own.
 public struct ModelPipeline: Sendable {
     /// Makes the candidate for a target, given what serves now (which it may reuse: the same model object is
     /// not checked again). Throws `ModelProviderError` or a load error.
@@ -63,7 +64,7 @@ public struct ModelPipeline: Sendable {
 ///
 /// Reconciliation, so that no command can undo another: the service holds the *desired* `ModelTarget`; commands
 /// only change it and wake the loop in `run()`. The loop builds one candidate at a time for the latest desired
-/// target, off the actor on a dedicated serial queue (candidate -> check -> swap), and when the build ends it is
+/// target, off the actor on a dedicated thread at idle priority (candidate -> check -> swap), and when the build ends it is
 /// swapped in only if the desired target still wants it; otherwise it is dropped and the next build starts from
 /// whatever is desired by then. Commands that arrive during a build coalesce into the next one. A `budget`,
 /// `reload` or `forget` returns when its own outcome is known: served, refused with the reason (impossible budget,
@@ -112,7 +113,8 @@ public actor ModelService {
     private let pipeline: ModelPipeline
     private let requantizeAfter: Int
     private let logger: Logger
-    private let buildQueue = DispatchQueue(label: "myqasr.model-build", qos: .utility)
+    /// Builds and checks run here, one at a time, at idle CPU and I/O priority.
+    private let buildThread = IdleThread(name: "myqasr-model-build")
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
 
@@ -129,21 +131,34 @@ public actor ModelService {
     /// statistics round was last refused.
     private var samples = 0
     private var samplesAtRefusal = 0
+    /// Live utterances a statistics round's candidate is compared on before it may serve (0: it serves at once).
+    private let shadowUtterances: Int
+    /// The candidate in shadow and what its swap needs (`store.shadow` has its measurements).
+    private var shadowSlot: (candidate: Candidate, report: CheckReport?, target: ModelTarget, revision: Int,
+                             started: DispatchTime, id: Int)?
+    private var shadowsMade = 0
     /// Called when the service decides statistics must go (`forget`), before the model without them is built.
     private let forgetStatistics: @Sendable () -> Void
 
     /// A service for `source` at `budget` that builds with `pipeline`. After `requantizeAfter` samples gathered
     /// behind a quantized model it quantizes again (0: never on its own). `forgetStatistics` deletes the personal
     /// statistics (run off the actor; it may wait for a statistics pass to end).
-    public init(source: String, budget: Budget, requantizeAfter: Int, pipeline: ModelPipeline, logger: Logger,
-                store: ModelStore = ModelStore(), forgetStatistics: @escaping @Sendable () -> Void = {}) {
+    /// A candidate built from grown statistics behind a quantized model is first compared with the served model
+    /// on `shadowUtterances` live utterances (`measured`) and serves only if it drifts no more (0: at once).
+    public init(source: String, budget: Budget, requantizeAfter: Int, shadowUtterances: Int = 0, pipeline: ModelPipeline,
+                logger: Logger, store: ModelStore = ModelStore(), forgetStatistics: @escaping @Sendable () -> Void = {}) {
         self.store = store
+        self.shadowUtterances = shadowUtterances
         self.pipeline = pipeline
         self.requantizeAfter = requantizeAfter
         self.logger = logger
         self.forgetStatistics = forgetStatistics
         desired = ModelTarget(source: source, budget: budget)
         (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    deinit {
+        buildThread.finish()
     }
 
     // MARK: - Life cycle
@@ -181,7 +196,10 @@ public actor ModelService {
     /// Stops reconciling: waiting commands fail with `notRunning`; a build in progress finishes unused.
     public func shutdown() {
         state = .stopped
+        shadowSlot = nil
+        store.setShadow(nil)
         wake.finish()
+        buildThread.finish()
         let waiting = waiters
         waiters.removeAll()
         for waiter in waiting { waiter.continuation.resume(throwing: ModelServiceError.notRunning) }
@@ -194,6 +212,16 @@ public actor ModelService {
     @discardableResult
     public func setBudget(_ budget: Budget) async throws -> ModelStore.Entry {
         try await change(.budget(budget)) { $0.budget = budget }
+    }
+
+    /// A budget from `memory_budget = "auto"` (`BudgetFollower`): served as a `budget` command's would be, but only
+    /// while the budget wanted is itself automatic; after a `budget` command the user's word stands until the next
+    /// reload, and this returns nil without changing anything.
+    @discardableResult
+    public func followMemory(_ bytes: Int?) async throws -> ModelStore.Entry? {
+        guard desired.budget.origin == .auto else { return nil }
+        let budget = Budget(bytes: bytes, origin: .auto)
+        return try await change(.budget(budget)) { $0.budget = budget }
     }
 
     /// Serves `source` at `budget` read from the files again (a reload); throws why not (nothing changes then).
@@ -243,6 +271,48 @@ public actor ModelService {
         wake.yield()
     }
 
+    /// One live utterance measured by the statistics pass (`OwnSpeechDrift`): the divergence of the model of
+    /// `generation` from the full-precision model, and of the candidate in shadow `candidate.id` if there was one.
+    /// Once the candidate has been measured on `shadowUtterances` utterances it replaces the served model if its
+    /// mean divergence is no larger; otherwise it is discarded (logged with both figures) and the next statistics
+    /// round waits for `requantizeAfter` more samples.
+    public func measured(generation: Int, served: NextTokenDivergence, candidate: (id: Int, drift: NextTokenDivergence)?) {
+        guard let shadow = store.record(generation: generation, served: served, candidate: candidate),
+              let slot = shadowSlot, slot.id == shadow.id, shadow.utterances >= shadowUtterances, state == .running
+        else { return }
+        let figures: Logger.Metadata = [
+            "candidate_drift": "\(String(format: "%.4f", shadow.drift.meanKL))",
+            "served_drift": "\(String(format: "%.4f", shadow.servedDrift.meanKL))",
+            "utterances": "\(shadow.utterances)", "positions": "\(shadow.drift.positions)",
+        ]
+        guard slot.target.servesInPlace(of: desired) else {
+            dropShadow(because: "what is wanted changed")
+            return
+        }
+        shadowSlot = nil
+        store.setShadow(nil)
+        if shadow.drift.meanKL <= shadow.servedDrift.meanKL {
+            logger.info("candidate promoted: no worse than the model in service on your speech", metadata: figures)
+            swap(slot.candidate, slot.report, target: slot.target, revision: slot.revision, reason: .statistics,
+                 started: slot.started)
+        } else {
+            logger.notice("candidate discarded: it drifts further from the full-precision model on your speech than the model in service",
+                          metadata: figures)
+            if let built, desired.statisticsRound == slot.target.statisticsRound {
+                desired.statisticsRound = built.target.statisticsRound
+            }
+            samplesAtRefusal = samples
+            WhisperModel.releaseFreedMemory()
+        }
+    }
+
+    private func dropShadow(because reason: String) {
+        shadowSlot = nil
+        store.setShadow(nil)
+        logger.info("candidate in shadow dropped: \(reason)")
+        WhisperModel.releaseFreedMemory()
+    }
+
     /// What is wanted now (for `status` and tests).
     public var desiredTarget: ModelTarget { desired }
 
@@ -262,6 +332,10 @@ public actor ModelService {
     /// The next target to build, or nil when the served model is what is wanted (or what is wanted was just
     /// refused: then the commands that asked for it are answered, and the target reverts).
     private func nextBuild() -> (ModelTarget, Int)? {
+        if let slot = shadowSlot {
+            if slot.target == desired { return nil }   // waiting for the user's utterances
+            dropShadow(because: "what is wanted changed (\(reason(for: desired).rawValue))")
+        }
         guard let built, desired != built.target else { return nil }
         if let refused, refused.target == desired {
             refuse(desired, revision: revision, error: refused.error)
@@ -275,7 +349,7 @@ public actor ModelService {
     {
         let pipeline = self.pipeline
         return await withCheckedContinuation { continuation in
-            buildQueue.async {
+            buildThread.async {
                 // Candidate -> check. (The place for a shadow comparison on the user's own utterances, issue 20.)
                 var candidate: Candidate
                 do {
@@ -314,7 +388,18 @@ public actor ModelService {
                 WhisperModel.releaseFreedMemory()
                 return
             }
-            swap(candidate, report, target: target, revision: buildRevision, reason: reason(for: target), started: started)
+            let why = reason(for: target)
+            if shadowUtterances > 0, why == .statistics, store.current?.provided.plan.isQuantized == true {
+                shadowsMade += 1
+                shadowSlot = (candidate, report, target, buildRevision, started, shadowsMade)
+                store.setShadow(ModelStore.Shadow(id: shadowsMade, provided: candidate.provided, target: target, check: report))
+                logger.info("candidate in shadow: compared with the model in service on the next live utterances", metadata: [
+                    "precision": "\(candidate.provided.precision)", "plan": "\(candidate.provided.plan)",
+                    "utterances": "\(shadowUtterances)",
+                ])
+                return
+            }
+            swap(candidate, report, target: target, revision: buildRevision, reason: why, started: started)
         case let .failure(error):
             refuse(target, revision: buildRevision, error: error)
         }

@@ -8,6 +8,8 @@ public enum BudgetOrigin: String, Sendable, Equatable {
     case configuration
     /// A `budget` command on the control socket (lasts until the next reload or restart).
     case command
+    /// `memory_budget = "auto"`: the cgroup's limits and free memory (`BudgetFollower`).
+    case auto
 }
 
 /// A memory budget for the model's weights and where it came from.
@@ -94,8 +96,37 @@ public final class ModelStore: @unchecked Sendable {  // @unchecked: `entry` and
         public var since: Date
     }
 
+    /// A candidate compared with the model in service on the user's own live utterances before it may serve
+    /// (`ModelService`, issue 20): it serves nobody meanwhile.
+    public struct Shadow: Sendable {
+        /// One more for every candidate put in shadow (measurements name the one they were made for).
+        public var id: Int
+        /// The candidate and what it was built for.
+        public var provided: ProvidedModel
+        public var target: ModelTarget
+        /// The self-check it passed.
+        public var check: CheckReport?
+        /// Its next-token divergence from the full-precision model on the user's utterances measured so far.
+        public var drift = NextTokenDivergence()
+        /// The served model's, on the same utterances.
+        public var servedDrift = NextTokenDivergence()
+        /// Utterances measured.
+        public var utterances = 0
+    }
+
+    /// The served model's next-token divergence from the full-precision model on the user's own live utterances
+    /// (teacher-forced on the full-precision model's tokens), since it went into service: aggregates only.
+    public struct OwnDrift: Sendable, Equatable {
+        /// The generation it was measured on.
+        public var generation: Int
+        public var divergence = NextTokenDivergence()
+        public var utterances = 0
+    }
+
     private let lock = NSLock()
     private var entry: Entry?
+    private var shadowEntry: Shadow?
+    private var drift: OwnDrift?
     private var observers: [@Sendable (Entry) -> Void] = []
 
     /// An empty store: nothing serves until the first `swap`.
@@ -106,6 +137,46 @@ public final class ModelStore: @unchecked Sendable {  // @unchecked: `entry` and
         lock.lock()
         defer { lock.unlock() }
         return entry
+    }
+
+    /// The candidate in shadow, if any.
+    public var shadow: Shadow? {
+        lock.lock()
+        defer { lock.unlock() }
+        return shadowEntry
+    }
+
+    /// The served model's drift on the user's speech (nil: not measured since it went into service).
+    public var ownDrift: OwnDrift? {
+        lock.lock()
+        defer { lock.unlock() }
+        return drift.flatMap { $0.generation == entry?.generation ? $0 : nil }
+    }
+
+    /// Puts a candidate in shadow (nil: none). Only the `ModelService` calls this.
+    func setShadow(_ shadow: Shadow?) {
+        lock.lock()
+        shadowEntry = shadow
+        lock.unlock()
+    }
+
+    /// Adds one utterance's measurement of the served model of `generation` (ignored if another serves now) and,
+    /// when `candidate` is given, of the shadow candidate `candidate.id` on the same utterance. Returns the shadow
+    /// with the measurement added, if it was the one measured.
+    func record(generation: Int, served: NextTokenDivergence, candidate: (id: Int, drift: NextTokenDivergence)?) -> Shadow? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard generation == entry?.generation else { return nil }
+        var own = drift.flatMap { $0.generation == generation ? $0 : nil } ?? OwnDrift(generation: generation)
+        own.divergence.merge(served)
+        own.utterances += 1
+        drift = own
+        guard let candidate, var shadow = shadowEntry, shadow.id == candidate.id else { return nil }
+        shadow.drift.merge(candidate.drift)
+        shadow.servedDrift.merge(served)
+        shadow.utterances += 1
+        shadowEntry = shadow
+        return shadow
     }
 
     /// Calls `observer` after every swap (on the swapping thread; it must return quickly).

@@ -43,6 +43,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     private var sourceModel: String?
     private var mapped: (name: String, model: WhisperModel?, identity: String?)?
     private var onSamplesGrew: (@Sendable (Int) -> Void)?
+    private var alsoDuringPass: (@Sendable (_ samples: [Float], _ fullPrecision: WhisperModel, _ served: WhisperModel) -> Void)?
 
     /// Statistics kept in `directory` (nil: in memory only), loading what an earlier run left there.
     public init(directory: String?, logger: Logger) {
@@ -87,6 +88,14 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// Sets what is told the sample count each time a pass has been merged.
     public func whenSamplesGrow(_ body: @escaping @Sendable (Int) -> Void) {
         locked { onSamplesGrew = body }
+    }
+
+    /// Sets what else runs in each pass while it holds the utterance's copy (the daemon measures the served model's
+    /// drift on it, `OwnSpeechDrift`): given the samples, the full-precision model and the served model. It must
+    /// keep nothing of the samples.
+    public func duringPass(_ body: @escaping @Sendable (_ samples: [Float], _ fullPrecision: WhisperModel,
+                                                        _ served: WhisperModel) -> Void) {
+        locked { alsoDuringPass = body }
     }
 
     /// Starts a statistics pass over `utterance` unless one is running.
@@ -204,6 +213,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
         ])
         notify?(merged.sampleCount)
+        if let also = locked({ alsoDuringPass }) { also(samples, model, served) }
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {

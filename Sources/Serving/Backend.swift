@@ -138,10 +138,23 @@ public struct ModelStatus: Sendable, Codable, Equatable {
     /// Its mean next-token divergence from the full-precision model on the self-check's probe, in nats (nil: it
     /// is the full-precision model).
     public var checkDivergence: Double?
+    /// Its mean next-token divergence from the full-precision model on the user's own live utterances since it
+    /// went into service, in nats (nil: not measured, e.g. it is the full-precision model), and over how many.
+    public var ownSpeechDrift: Double?
+    public var ownSpeechUtterances: Int?
+    /// The same for a candidate in shadow (built from grown statistics, not serving until it has been compared
+    /// on enough utterances), nil without one.
+    public var candidateDrift: Double?
+    public var candidateUtterances: Int?
 
     /// Creates a model status.
     public init(generation: Int, reason: String, plan: String, budgetOrigin: String?, statisticsSamples: Int,
-                since: Date, checkDivergence: Double?) {
+                since: Date, checkDivergence: Double?, ownSpeechDrift: Double? = nil, ownSpeechUtterances: Int? = nil,
+                candidateDrift: Double? = nil, candidateUtterances: Int? = nil) {
+        self.ownSpeechDrift = ownSpeechDrift
+        self.ownSpeechUtterances = ownSpeechUtterances
+        self.candidateDrift = candidateDrift
+        self.candidateUtterances = candidateUtterances
         self.generation = generation
         self.reason = reason
         self.plan = plan
@@ -154,6 +167,8 @@ public struct ModelStatus: Sendable, Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case generation, reason, plan, since
         case budgetOrigin = "budget_origin", statisticsSamples = "statistics_samples", checkDivergence = "check_divergence"
+        case ownSpeechDrift = "own_speech_drift", ownSpeechUtterances = "own_speech_utterances"
+        case candidateDrift = "candidate_drift", candidateUtterances = "candidate_utterances"
     }
 }
 

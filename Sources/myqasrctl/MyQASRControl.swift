@@ -302,9 +302,19 @@ enum StatusFormatter {
         }
         if let model = status.model {
             var why = "served:      generation \(model.generation), \(model.plan), because of \(model.reason)"
-            if let origin = model.budgetOrigin { why += ", budget from the \(origin)" }
+            if let origin = model.budgetOrigin {
+                why += origin == "auto" ? ", budget follows free memory (auto)" : ", budget from the \(origin)"
+            }
             if let drift = model.checkDivergence { why += String(format: ", self-check drift %.3f nats", drift) }
             lines.append(why)
+            if let drift = model.ownSpeechDrift, let n = model.ownSpeechUtterances {
+                lines.append(String(format: "your speech: drift %.3f nats from full precision over %d utterance%@", drift, n, n == 1 ? "" : "s"))
+            }
+            if let drift = model.candidateDrift, let n = model.candidateUtterances {
+                lines.append(String(format: "candidate:   in shadow, drift %.3f nats over %d utterance%@", drift, n, n == 1 ? "" : "s"))
+            } else if model.candidateUtterances != nil {
+                lines.append("candidate:   in shadow, not measured yet")
+            }
         }
         if let changed = status.lastRequantization {
             lines.append("model since: \(ISO8601DateFormatter().string(from: changed))")

@@ -28,7 +28,7 @@ struct MyQASRDaemon: AsyncParsableCommand {
     @Option(name: .long, help: "Threads per transcription worker.")
     var threads: Int?
 
-    @Option(name: .long, help: "Memory budget for the weights: 24MiB, or none.")
+    @Option(name: .long, help: "Memory budget for the weights: 24MiB, none, or auto (follows free memory).")
     var budget: String?
 
     @Option(name: .long, help: "ALSA capture device.")
@@ -72,7 +72,7 @@ struct MyQASRDaemon: AsyncParsableCommand {
         }
         if checkConfig {
             print("configuration \(path ?? "(built-in defaults)") is valid")
-            print("model \(loaded.model), threads \(loaded.threads), budget \(loaded.memoryBudget.map(ByteSize.format) ?? "none")")
+            print("model \(loaded.model), threads \(loaded.threads), budget \(loaded.memoryBudgetAuto ? "auto" : loaded.memoryBudget.map(ByteSize.format) ?? "none")")
             print("control socket \(loaded.controlSocketPath())")
             print("capture \(loaded.captureEnabled ? loaded.captureDevice : "off")")
             return

@@ -1,5 +1,6 @@
 @testable import DaemonCore
 import Foundation
+import Logging
 import XCTest
 
 final class AutoBudgetTests: XCTestCase {
@@ -154,5 +155,151 @@ final class AutoBudgetTests: XCTestCase {
     func testNoReadingKeepsTheBudgetInForce() {
         let state = AutoBudgetPolicy.State(budget: 100 * mib)
         XCTAssertNil(policy.decide(reading(available: nil), servedWeightBytes: 24 * mib, state: state, now: 0).change)
+    }
+}
+
+/// `memory_budget = "auto"` wired: the configuration keys, and `BudgetFollower` moving the model service's budget
+/// from made-up memory files (each reading is one `step`, so nothing here waits on a timer).
+final class BudgetFollowerTests: XCTestCase {
+    private let mib = 1 << 20
+
+    func testConfigurationAcceptsAutoWithAReserveAndPollInterval() throws {
+        let c = try DaemonConfiguration.parse("""
+            [model]
+            memory_budget = "auto"
+            memory_reserve = "128MiB"
+            memory_poll_interval = 0.5
+            """, source: "test")
+        XCTAssertTrue(c.memoryBudgetAuto)
+        XCTAssertNil(c.memoryBudget)
+        XCTAssertEqual(c.memoryReserve, 128 * mib)
+        XCTAssertEqual(c.memoryPollInterval, 0.5)
+        XCTAssertNoThrow(try c.validate(source: "test"))
+        XCTAssertFalse(try DaemonConfiguration.parse("[model]\nmemory_budget = \"24MiB\"", source: "t").memoryBudgetAuto)
+        XCTAssertThrowsError(try DaemonConfiguration.parse("[model]\nmemory_budget = \"automatic\"", source: "t"))
+        XCTAssertThrowsError(try DaemonConfiguration.parse("[model]\nmemory_poll_interval = 0", source: "t"))
+
+        var overridden = DaemonConfiguration()
+        try ConfigurationOverrides(memoryBudget: "auto").apply(to: &overridden)
+        XCTAssertTrue(overridden.memoryBudgetAuto)
+        try ConfigurationOverrides(memoryBudget: "24M").apply(to: &overridden)
+        XCTAssertFalse(overridden.memoryBudgetAuto)
+        XCTAssertEqual(overridden.memoryBudget, 24 * mib)
+    }
+
+    /// A folder standing for the daemon's cgroup and /proc/meminfo.
+    private struct FakeMemory {
+        let dir: String
+        var files: MemoryFiles { MemoryFiles(cgroupDirectory: dir, meminfo: dir + "/meminfo", systemPressure: dir + "/psi") }
+
+        init() throws {
+            dir = NSTemporaryDirectory() + "follower-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        }
+
+        func set(limit: Int, available: Int, pressure: Double = 0) throws {
+            try "\(limit)\n".write(toFile: dir + "/memory.max", atomically: true, encoding: .utf8)
+            try "MemAvailable: \(available / 1024) kB\n".write(toFile: dir + "/meminfo", atomically: true, encoding: .utf8)
+            try "some avg10=\(pressure) avg60=0.00 avg300=0.00 total=0\n"
+                .write(toFile: dir + "/memory.pressure", atomically: true, encoding: .utf8)
+        }
+    }
+
+    private func start(_ memory: FakeMemory, _ scripted: ScriptedPipeline, reserve: Int)
+        async throws -> (ModelService, BudgetFollower, Task<Void, Never>)
+    {
+        let follower = BudgetFollower(policy: AutoBudgetPolicy(reserve: reserve), interval: 3600, files: memory.files,
+                                      logger: Logger(label: "test"))
+        // Models whose weights take their whole budget, as the real provider's do (float: 100 MiB).
+        let inner = scripted.pipeline
+        let pipeline = ModelPipeline(
+            build: { target, serving in
+                var candidate = try inner.build(target, serving)
+                candidate.provided.weightBytes = target.budget.bytes ?? scripted.floatBytes
+                return candidate
+            },
+            check: inner.check)
+        let service = ModelService(source: "m", budget: Budget(bytes: follower.initialBudget(), origin: .auto),
+                                   requantizeAfter: 0, pipeline: pipeline, logger: Logger(label: "test"))
+        try await service.start()
+        return (service, follower, Task { await service.run() })
+    }
+
+    func testTheBudgetFollowsTheCgroupLimitDownAtOnceAndIsShownAsAuto() async throws {
+        let memory = try FakeMemory()
+        defer { try? FileManager.default.removeItem(atPath: memory.dir) }
+        let scripted = ScriptedPipeline()
+        try memory.set(limit: 90 * mib, available: 8 << 30)
+        let (service, follower, task) = try await start(memory, scripted, reserve: 40 * mib)
+        defer { task.cancel() }
+        XCTAssertEqual(service.store.current?.target.budget, Budget(bytes: 50 * mib, origin: .auto))
+
+        // The limit drops (a smaller MemoryMax= after a reload of the unit): the next reading steps down.
+        try memory.set(limit: 70 * mib, available: 8 << 30)
+        await follower.step(service: service)
+        XCTAssertEqual(service.store.current?.target.budget, Budget(bytes: 30 * mib, origin: .auto))
+
+        // Free memory runs low outside the cgroup: MemAvailable + the served weights - reserve.
+        let served = service.store.current!.provided.weightBytes
+        try memory.set(limit: 70 * mib, available: 60 * mib - served)
+        await follower.step(service: service)
+        XCTAssertEqual(service.store.current?.target.budget, Budget(bytes: 20 * mib, origin: .auto))
+        await service.shutdown()
+    }
+
+    func testPressureStepsDownEvenWhenTheRoomLooksLarge() async throws {
+        let memory = try FakeMemory()
+        defer { try? FileManager.default.removeItem(atPath: memory.dir) }
+        let scripted = ScriptedPipeline()
+        try memory.set(limit: 90 * mib, available: 8 << 30)
+        let (service, follower, task) = try await start(memory, scripted, reserve: 40 * mib)
+        defer { task.cancel() }
+        let served = service.store.current!.provided.weightBytes
+        try memory.set(limit: 90 * mib, available: 8 << 30, pressure: 35)
+        await follower.step(service: service)
+        let budget = try XCTUnwrap(service.store.current?.target.budget.bytes)
+        XCTAssertLessThanOrEqual(budget, Int(Double(served) * 0.75))
+        XCTAssertEqual(service.store.current?.target.budget.origin, .auto)
+        await service.shutdown()
+    }
+
+    func testABudgetCommandWinsOverFreeMemoryUntilAReload() async throws {
+        let memory = try FakeMemory()
+        defer { try? FileManager.default.removeItem(atPath: memory.dir) }
+        let scripted = ScriptedPipeline()
+        try memory.set(limit: 90 * mib, available: 8 << 30)
+        let (service, follower, task) = try await start(memory, scripted, reserve: 40 * mib)
+        defer { task.cancel() }
+        try await service.setBudget(Budget(bytes: 45 * mib, origin: .command))
+        try memory.set(limit: 60 * mib, available: 8 << 30)
+        await follower.step(service: service)
+        XCTAssertEqual(service.store.current?.target.budget, Budget(bytes: 45 * mib, origin: .command))
+
+        // A reload with "auto" hands the budget back to free memory.
+        try await service.reload(source: "m", budget: Budget(bytes: follower.initialBudget(), origin: .auto))
+        XCTAssertEqual(service.store.current?.target.budget, Budget(bytes: 20 * mib, origin: .auto))
+        await service.shutdown()
+    }
+
+    func testARefusedBudgetIsNotAskedForAgain() async throws {
+        let memory = try FakeMemory()
+        defer { try? FileManager.default.removeItem(atPath: memory.dir) }
+        let scripted = ScriptedPipeline()
+        scripted.locked { scripted.refused = [30 * mib] }
+        try memory.set(limit: 90 * mib, available: 8 << 30)
+        let (service, follower, task) = try await start(memory, scripted, reserve: 40 * mib)
+        defer { task.cancel() }
+        try memory.set(limit: 70 * mib, available: 8 << 30)
+        await follower.step(service: service)
+        XCTAssertEqual(service.store.current?.target.budget, Budget(bytes: 50 * mib, origin: .auto))
+        let builds = scripted.locked { scripted.builds.count }
+        await follower.step(service: service)
+        await follower.step(service: service)
+        XCTAssertEqual(scripted.locked { scripted.builds.count }, builds, "a refused budget is built again")
+        // More room later: a larger budget than the refused one is followed again.
+        try memory.set(limit: 80 * mib, available: 8 << 30)
+        await follower.step(service: service)
+        XCTAssertEqual(service.store.current?.target.budget, Budget(bytes: 40 * mib, origin: .auto))
+        await service.shutdown()
     }
 }

@@ -3,6 +3,7 @@ import Capture
 import Foundation
 import Logging
 import Serving
+import SystemdSupport
 import WhisperEngine
 import TestSupport
 import XCTest
@@ -292,6 +293,121 @@ final class ModelServiceTests: XCTestCase {
         XCTAssertEqual(entry.reason, .forget)
         XCTAssertEqual(entry.target.budget.bytes, 24 * mib, "the budget stays")
         await service.shutdown()
+    }
+
+    private func drift(_ nats: Double) -> NextTokenDivergence {
+        var d = NextTokenDivergence()
+        d.positions = 10
+        d.klSum = nats * 10
+        return d
+    }
+
+    private func shadowService(_ scripted: ScriptedPipeline, requantizeAfter: Int = 1) async throws
+        -> (ModelService, Task<Void, Never>)
+    {
+        scripted.locked { scripted.statistics = 5 }
+        let service = ModelService(source: "m", budget: Budget(bytes: 24 * mib, origin: .configuration),
+                                   requantizeAfter: requantizeAfter, shadowUtterances: 2, pipeline: scripted.pipeline,
+                                   logger: Logger(label: "test"))
+        try await service.start()
+        let run = Task { await service.run() }
+        scripted.locked { scripted.statistics = 5 + requantizeAfter }
+        await service.statisticsGrew(to: 5 + requantizeAfter)
+        try await eventually("a candidate in shadow") { service.store.shadow != nil }
+        return (service, run)
+    }
+
+    /// Issue 20 item 3: a model re-quantized from grown statistics serves nobody until it has been compared with
+    /// the served model on the user's next utterances, and replaces it when it drifts no more.
+    func testAStatisticsCandidateServesOnlyAfterItsShadowComparison() async throws {
+        let scripted = ScriptedPipeline()
+        let (service, run) = try await shadowService(scripted)
+        defer { run.cancel() }
+        let first = try XCTUnwrap(service.store.current)
+        XCTAssertEqual(first.provided.statisticsSamples, 5, "the candidate in shadow serves nobody")
+        let id = try XCTUnwrap(service.store.shadow?.id)
+        await service.measured(generation: first.generation, served: drift(0.2), candidate: (id, drift(0.1)))
+        XCTAssertEqual(service.store.current?.generation, first.generation, "one utterance of two")
+        XCTAssertEqual(service.store.shadow?.utterances, 1)
+        XCTAssertEqual(service.store.ownDrift?.utterances, 1)
+        await service.measured(generation: first.generation, served: drift(0.2), candidate: (id, drift(0.2)))
+        let promoted = try XCTUnwrap(service.store.current)
+        XCTAssertEqual(promoted.generation, first.generation + 1)
+        XCTAssertEqual(promoted.reason, .statistics)
+        XCTAssertEqual(promoted.provided.statisticsSamples, 6)
+        XCTAssertNil(service.store.shadow)
+        XCTAssertNil(service.store.ownDrift, "the new model's drift is measured afresh")
+        await service.shutdown()
+    }
+
+    /// A candidate that drifts further on the user's speech is discarded; the next round waits for
+    /// `requantizeAfter` more samples.
+    func testAWorseCandidateIsDiscarded() async throws {
+        let scripted = ScriptedPipeline()
+        let (service, run) = try await shadowService(scripted, requantizeAfter: 2)
+        defer { run.cancel() }
+        let first = try XCTUnwrap(service.store.current)
+        let id = try XCTUnwrap(service.store.shadow?.id)
+        for _ in 0..<2 {
+            await service.measured(generation: first.generation, served: drift(0.2), candidate: (id, drift(0.25)))
+        }
+        XCTAssertNil(service.store.shadow)
+        XCTAssertEqual(service.store.current?.generation, first.generation)
+        XCTAssertEqual(service.store.current?.provided.statisticsSamples, 5)
+        let builds = scripted.locked { scripted.builds.count }
+        await service.statisticsGrew(to: 8)
+        let round = await service.desiredTarget.statisticsRound
+        XCTAssertEqual(round, service.store.current?.target.statisticsRound, "a round one sample after the discarded one")
+        await service.statisticsGrew(to: 9)
+        try scripted.waitForBuild("the next round") { _ in scripted.builds.count > builds }
+        await service.shutdown()
+    }
+
+    /// A command while a candidate is in shadow drops it; measurements for it change nothing afterwards.
+    func testACommandDropsTheCandidateInShadow() async throws {
+        let scripted = ScriptedPipeline()
+        let (service, run) = try await shadowService(scripted)
+        defer { run.cancel() }
+        let first = try XCTUnwrap(service.store.current)
+        let id = try XCTUnwrap(service.store.shadow?.id)
+        let entry = try await service.setBudget(Budget(bytes: 20 * mib, origin: .command))
+        XCTAssertEqual(entry.target.budget.bytes, 20 * mib)
+        XCTAssertNil(service.store.shadow)
+        for _ in 0..<2 {
+            await service.measured(generation: first.generation, served: drift(0.2), candidate: (id, drift(0.1)))
+        }
+        XCTAssertEqual(service.store.current?.generation, entry.generation)
+        await service.shutdown()
+    }
+
+    /// Issue 20 item 5: builds and checks run on a thread at idle CPU and I/O priority, never on the callers' or
+    /// Dispatch's threads.
+    func testBuildsAndChecksRunAtIdlePriority() async throws {
+        let scripted = ScriptedPipeline()
+        final class Seen: @unchecked Sendable {  // @unchecked: guarded by `lock`
+            let lock = NSLock()
+            var priorities: [(cpu: Bool, io: Bool)] = []
+            func add() { lock.withLock { priorities.append(IdleThread.currentThreadIsIdle()) } }
+            var all: [(cpu: Bool, io: Bool)] { lock.withLock { priorities } }
+        }
+        let seen = Seen()
+        let inner = scripted.pipeline
+        let record = { seen.add() }
+        let pipeline = ModelPipeline(build: { record(); return try inner.build($0, $1) },
+                                     check: { record(); return inner.check($0) })
+        let service = ModelService(source: "m", budget: Budget(bytes: 30 * mib, origin: .configuration),
+                                   requantizeAfter: 0, pipeline: pipeline, logger: Logger(label: "test"))
+        try await service.start()
+        let run = Task { await service.run() }
+        defer { run.cancel() }
+        try await service.setBudget(Budget(bytes: 20 * mib, origin: .command))
+        await service.shutdown()
+        let priorities = seen.all
+        XCTAssertEqual(priorities.count, 4, "two builds, two checks")
+        for p in priorities {
+            XCTAssertTrue(p.cpu, "a build ran outside SCHED_IDLE")
+            XCTAssertTrue(p.io, "a build ran outside the idle I/O class")
+        }
     }
 
     /// A forget while a statistics round is being built: the round's model (made from the forgotten statistics)

@@ -232,7 +232,7 @@ final class DaemonProcess {
 /// fail with EPIPE and are skipped.
 final class PacedFIFOFeeder: @unchecked Sendable {
     let path: String
-    private let audio: Data
+    private var audio: Data   // guarded by `lock` (the test may `append`)
     private let speed: Double
     private let start = DispatchSemaphore(value: 0)
     private let done = DispatchSemaphore(value: 0)
@@ -284,6 +284,9 @@ final class PacedFIFOFeeder: @unchecked Sendable {
         var noiseState: UInt64 = 0x2545_F491_4F6C_DD1D
         while !isFinished {
             var piece = [UInt8](repeating: 0, count: chunk)
+            lock.lock()
+            let audio = self.audio
+            lock.unlock()
             if offset < audio.count {
                 let length = min(chunk, audio.count - offset)  // the last chunk is padded with silence
                 piece.withUnsafeMutableBytes { raw in
@@ -304,6 +307,13 @@ final class PacedFIFOFeeder: @unchecked Sendable {
             let wait = began.addingTimeInterval(Double(index) * secondsPerChunk).timeIntervalSinceNow
             if wait > 0 { usleep(useconds_t(wait * 1_000_000)) }
         }
+    }
+
+    /// Plays `more` once what was given before has been played (at once, if the writer is in its quiet noise).
+    func append(_ more: Data) {
+        lock.lock()
+        audio += more
+        lock.unlock()
     }
 
     /// Lets the writer go with `periodFrames` frames per write.

@@ -1,0 +1,28 @@
+import Foundation
+import WhisperEngine
+
+/// How far the served model (and a candidate in shadow) drifts from the full-precision model on one of the
+/// user's own live utterances: the full-precision model decodes the utterance greedily (at most `positions`
+/// tokens), and each quantized model is fed those tokens over the same audio; the measure is the mean
+/// KL(full precision || model) per position (`SpeechRecognizer.divergence`, what `myqasr compare` measures
+/// offline and the self-check bounds on its probe). Run by the statistics pass while it holds the utterance;
+/// only the aggregates leave it.
+///
+/// Cost, on the pass's one thread: two encoder passes of the full-precision model and one per model measured.
+public enum OwnSpeechDrift {
+    /// Tokens of the full-precision decode compared (a short command has fewer; 64 covers most utterances).
+    public static let positions = 64
+
+    /// The divergence of `served` and of `candidate` (if any) from `fullPrecision` on `samples`.
+    public static func measure(samples: [Float], fullPrecision: WhisperModel, served: WhisperModel,
+                               candidate: WhisperModel?) throws -> (served: NextTokenDivergence, candidate: NextTokenDivergence?)
+    {
+        let reference = try SpeechRecognizer(model: fullPrecision, threads: 1)
+            .referenceDistributions(samples: samples, maxTokens: positions)
+        let servedDrift = try SpeechRecognizer(model: served, threads: 1).divergence(from: reference, samples: samples)
+        let candidateDrift = try candidate.map {
+            try SpeechRecognizer(model: $0, threads: 1).divergence(from: reference, samples: samples)
+        }
+        return (servedDrift, candidateDrift)
+    }
+}
