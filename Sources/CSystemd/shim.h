@@ -10,3 +10,6 @@
 #include <linux/sched.h>
 static inline int myq_ioprio_get_self(void) { return (int)syscall(SYS_ioprio_get, 1, 0); }
 static inline int myq_ioprio_set_self(int value) { return (int)syscall(SYS_ioprio_set, 1, 0, value); }
+// The calling thread's name as ps, top and /proc show it (at most 15 bytes); prctl(2) is variadic too.
+#include <sys/prctl.h>
+static inline int myq_set_thread_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }

@@ -20,6 +20,7 @@ public final class IdleThread: @unchecked Sendable {  // @unchecked: `jobs` guar
     public init(name: String) {
         let started = DispatchSemaphore(value: 0)
         let thread = Thread { [self] in
+            _ = myq_set_thread_name(String(name.utf8.prefix(15))!)
             var parameters = sched_param(sched_priority: 0)
             let cpu = sched_setscheduler(0, SCHED_IDLE, &parameters) == 0
             let io = myq_ioprio_set_self(3 << 13) == 0   // class 3 (idle) << IOPRIO_CLASS_SHIFT
