@@ -156,6 +156,9 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         capture = LiveCapture(logger: logger, deliver: { workers.submit(live: $0) })
     }
 
+    /// Utterances the served model's drift is measured on while no candidate is in shadow.
+    static let driftUtterancesWithoutCandidate = 5
+
     /// The budget `configuration` asks for: its own, or with `memory_budget = "auto"` a reading of free memory now.
     /// (`served`: the weights in service, which a new model replaces.)
     private static func budget(_ configuration: DaemonConfiguration, follower: BudgetFollower, served: Int = 0) -> Budget {
@@ -205,6 +208,11 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             guard let entry = service.store.current, entry.provided.model === served, entry.provided.plan.isQuantized
             else { return }
             let shadow = service.store.shadow
+            // Without a candidate, the served model's figure settles after a few utterances; measuring it on every
+            // utterance would halve how many the statistics gather (the measurement costs four encoder passes).
+            if shadow == nil, let own = service.store.ownDrift, own.utterances >= Self.driftUtterancesWithoutCandidate {
+                return
+            }
             do {
                 let drift = try OwnSpeechDrift.measure(samples: samples, fullPrecision: fullPrecision, served: served,
                                                        candidate: shadow?.provided.model)
