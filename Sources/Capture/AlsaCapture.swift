@@ -254,7 +254,8 @@ public final class AlsaCapture: @unchecked Sendable {
     /// missing microphone does not flood the journal.
     private func emit(_ event: CaptureEvent, repeated: Bool = false) {
         switch event {
-        case .opened, .stopped: logger.info("capture: \(event)")
+        case .opened: logger.info("capture: \(event)")
+        case .stopped: logger.debug("capture: \(event)")   // the owner logs the stop once, with the counts
         case .overrun: logger.notice("capture: \(event)")
         case .unavailable, .lost, .retrying:
             if repeated {
