@@ -115,7 +115,7 @@ let package = Package(
         .testTarget(name: "WhisperEngineTests", dependencies: ["WhisperEngine", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "TestSupport", "Audio", "Units"],
                     swiftSettings: v5),
-        .testTarget(name: "CLITests", dependencies: ["myqasr", "TestSupport"], swiftSettings: v5),
+        .testTarget(name: "CLITests", dependencies: ["myqasr", "Quantization", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"], swiftSettings: v5),
         .testTarget(name: "CaptureTests", dependencies: ["Capture"], swiftSettings: v5),
         .testTarget(name: "ServingTests", dependencies: ["Serving", "SystemdSupport", "SocketTestSupport", "TestSupport"],

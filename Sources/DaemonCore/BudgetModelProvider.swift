@@ -106,8 +106,8 @@ public enum PrecisionPlan: Sendable, Equatable, CustomStringConvertible {
     case uniform(bits: Int)
     /// The widths of a quantized model file (`.myq`, made by `myqasr quantize`), as stored.
     case file
-    /// Widths per layer by myQASR's sensitivity sweep down to `budget` bytes, from the personal statistics of
-    /// `samples` utterances (`PersonalStatistics`).
+    /// The personal model under `budget` bytes (`Quantizer.personalise`) from the statistics of `samples`
+    /// utterances (`PersonalStatistics`).
     case personalised(budget: Int, samples: Int)
 
     /// Whether the weights are quantized (any plan but `float`).
@@ -154,12 +154,12 @@ public struct ModelFootprint: Sendable, Equatable {
 
 /// The model service's builder: makes the float model when it fits the budget (or there is none), else a
 /// quantized model that fits: with personal statistics of this model (`PersonalStatistics`, gathered on the
-/// full-precision model from live utterances), myQASR's per-layer widths from the sensitivity sweep down to the budget;
-/// without, every layer at the highest uniform width whose total bytes fit. Either way round-to-nearest with
-/// clip ratio 1 (compensated rounding needs input second moments, too large to keep in the daemon). A budget
-/// below the all-2-bit size is refused with `ModelProviderError.impossibleBudget`. A model named by the path of a
-/// quantized model file (a personalised model made by `myqasr quantize`, told by content, `ModelSource`) is
-/// served as stored, when it fits the budget
+/// full-precision model from live utterances), the personal model `Quantizer.personalise` makes from them (what
+/// `myqasr quantize --budget --stats` makes: widths under the budget, codes by compensated rounding from the
+/// statistics' bounded second moments); without, every layer at the highest uniform width whose total bytes fit,
+/// rounded to nearest. A budget below the all-2-bit size is refused with `ModelProviderError.impossibleBudget`. A
+/// model named by the path of a quantized model file (a personalised model made by `myqasr quantize`, told by
+/// content, `ModelSource`) is served as stored, when it fits the budget
 /// (`ModelProviderError.fileAboveBudget`).
 ///
 /// It keeps no model: the model in service comes with each request (`ModelRequest.serving`) and is reused when the
@@ -258,9 +258,7 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
             provided = ProvidedModel(model: source.withWeights(result.weights), layerBits: layerBits, weightBytes: actual,
                                      budgetMet: request.budgetBytes.map { actual <= $0 } ?? true, plan: plan)
         case let .personalised(budget, samples):
-            let result = try Quantizer.quantize(
-                model: source, statistics: statistics,
-                options: QuantizationOptions(target: .budget(budget), groupSize: groupSize, calibrate: false))
+            let result = try Quantizer.personalise(model: source, statistics: statistics!, budget: budget)
             let actual = result.weights.byteSize
             guard actual <= budget else { throw ModelProviderError.sizeMismatch(planned: budget, actual: actual) }
             var layerBits: [String: Int] = [:]

@@ -54,10 +54,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         guard let path, FileManager.default.fileExists(atPath: path) else { return }
         chmod(path, 0o600)  // a file an older version wrote with the umask's mode
         do {
-            let loaded = try StatisticsFile.load(path: path)
-            // The daemon keeps no second moments (too large); a file made with them keeps the rest.
-            statistics = ActivationStatistics(modelIdentity: loaded.modelIdentity, sampleCount: loaded.sampleCount,
-                                              layers: loaded.layers)
+            statistics = try StatisticsFile.load(path: path)
             logger.info("personal statistics loaded", metadata: ["samples": "\(statistics?.sampleCount ?? 0)"])
         } catch {
             let aside = path + ".corrupt"
@@ -74,8 +71,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     public func statistics(for modelIdentity: String) -> ActivationStatistics? {
         locked { () -> ActivationStatistics? in
             guard let statistics, statistics.modelIdentity == modelIdentity, statistics.sampleCount > 0 else { return nil }
-            return ActivationStatistics(modelIdentity: modelIdentity, sampleCount: statistics.sampleCount,
-                                        layers: statistics.layers)
+            return statistics.copy()
         }
     }
 
@@ -138,7 +134,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// name) and Foundation's `.dat.nosync*` (what atomic writes of earlier versions left).
     private func removeLeftovers() {
         guard let directory, let path else { return }
-        var leftovers = [path + ".tmp"]
+        var leftovers = [StatisticsFile.temporaryPath(for: path)]
         for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(".dat.nosync") {
             leftovers.append((directory as NSString).appendingPathComponent(name))
         }
@@ -179,12 +175,9 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     private func gather(samples: [Float], served: WhisperModel, epoch startEpoch: Int) {
         let started = DispatchTime.now()
         guard let (model, identity, quantized) = fullPrecision(behind: served) else { return }
-        let pass = ActivationStatistics(modelIdentity: identity)
+        let pass: ActivationStatistics
         do {
-            let recognizer = try SpeechRecognizer(model: model, threads: 1, observer: pass)
-            _ = try recognizer.transcribe(samples: samples)
-            pass.finishSample()
-            if let error = pass.observationError { throw error }
+            pass = try StatisticsPass.run(model: model, identity: identity, samples: samples).statistics
         } catch {
             logger.error("statistics pass failed: \(error)")
             return

@@ -110,6 +110,20 @@ public struct AbsHistogram: Sendable, Equatable {
 
     /// The median of the counted |x| (see `quantile(_:)`).
     public var median: Double? { quantile(0.5) }
+
+    /// The mean of x² over the counted values, each taken at its bin's midpoint (within about 3 %
+    /// inside the covered range; the overflow bin counts as its lower edge); `nil` when nothing was counted.
+    public var meanSquare: Double? {
+        let n = total
+        guard n > 0 else { return nil }
+        var sum = 0.0
+        for (i, c) in counts.enumerated() where c > 0 && i > 0 {
+            let lo = Double(AbsHistogram.lowerEdge(i))
+            let mid = i == AbsHistogram.binCount - 1 ? lo : (lo + Double(AbsHistogram.upperEdge(i))) / 2
+            sum += Double(c) * mid * mid
+        }
+        return sum / Double(n)
+    }
 }
 
 /// What the statistics keep about one linear layer: aggregates only.
@@ -161,6 +175,9 @@ public struct LayerActivationStatistics: Sendable, Equatable {
     /// The layer's sensitivity as myQASR defines it: the median of |output| over all
     /// elements of all samples (from the histogram); 0 when nothing was seen.
     public var medianAbsOutput: Double { outputHistogram.median ?? 0 }
+
+    /// E‖y‖² per row: `outFeatures` times the mean square output (from the histogram); 0 when nothing was seen.
+    public var outputEnergy: Double { Double(outFeatures) * (outputHistogram.meanSquare ?? 0) }
 
     /// Per input feature, E[x²] (the diagonal of the input second moment); zeros when no row was seen.
     public var inputMeanSquare: [Double] {
@@ -218,6 +235,8 @@ public enum ActivationStatisticsError: Error, Equatable, CustomStringConvertible
     case modelMismatch(expected: String, found: String)
     /// One statistics set keeps second moments and the other does not.
     case secondMomentsMismatch(expected: Bool)
+    /// The two sets keep second moments on blocks of different sizes.
+    case momentBlockMismatch(expected: Int, found: Int)
 
     /// A one-line explanation.
     public var description: String {
@@ -229,23 +248,26 @@ public enum ActivationStatisticsError: Error, Equatable, CustomStringConvertible
         case let .secondMomentsMismatch(expected):
             return expected ? "these statistics keep second moments; the others do not"
                 : "the other statistics keep second moments; these do not"
+        case let .momentBlockMismatch(expected, found):
+            return "these statistics keep second moments on blocks of \(expected) features (0: whole), the others on \(found)"
         }
     }
 }
 
 /// The personalisation statistics: an `ActivationObserver` that keeps, per linear layer,
 /// a histogram of |output| (for the median, the layer's sensitivity) and the diagonal
-/// second moment and max |x| of each input feature (for calibration without audio).
+/// second moment and max |x| of each input feature (for calibration without audio), and,
+/// when asked, each layer's input second moment (`InputCovariance`, for compensated rounding).
 ///
 /// Aggregates only: no audio, feature, token or text survives an `observe` call. Memory is
-/// bounded by the model's shape (about 10.5 KB per layer plus 12 bytes per input feature),
-/// whatever the amount of audio seen. Every element is counted (no subsampling): the
-/// histogram update is a shift and a clamp per element. Thread-safe (one lock).
+/// bounded by the model's shape (about 10.5 KB per layer plus 12 bytes per input feature,
+/// and what `InputCovariance.keptByteCount(widths:blockSize:)` states for the second
+/// moments), whatever the amount of audio seen. Every element is counted (no subsampling):
+/// the histogram update is a shift and a clamp per element. Thread-safe (one lock).
 public final class ActivationStatistics: ActivationObserver, @unchecked Sendable {
     /// Identity of the model the activations come from (see `ModelIdentity`).
     public let modelIdentity: String
-    /// Each layer's input second moment, for compensated rounding, when kept
-    /// (`keepSecondMoments`); `inFeatures²` floats per layer.
+    /// Each layer's input second moment, for compensated rounding, when kept.
     public let secondMoments: InputCovariance?
     private let lock = NSLock()
     private var layerTable: [String: LayerActivationStatistics] = [:]
@@ -254,11 +276,12 @@ public final class ActivationStatistics: ActivationObserver, @unchecked Sendable
     private var scratch: [Float] = []
     private var shapeError: ActivationStatisticsError?
 
-    /// Empty statistics for activations of the model identified by `modelIdentity`; with
-    /// `keepSecondMoments`, each layer's input second moment is accumulated too.
-    public init(modelIdentity: String, keepSecondMoments: Bool = false) {
+    /// Empty statistics for activations of the model identified by `modelIdentity`; with a
+    /// `momentBlockSize`, each layer's input second moment is gathered too, on diagonal blocks
+    /// of that many features (0: whole matrices; see `InputCovariance`).
+    public init(modelIdentity: String, momentBlockSize: Int? = nil) {
         self.modelIdentity = modelIdentity
-        secondMoments = keepSecondMoments ? InputCovariance() : nil
+        secondMoments = momentBlockSize.map { InputCovariance(blockSize: $0) }
     }
 
     /// Statistics with the given layers and sample count (the file reader).
@@ -348,6 +371,9 @@ public final class ActivationStatistics: ActivationObserver, @unchecked Sendable
         guard (other.secondMoments == nil) == (secondMoments == nil) else {
             throw ActivationStatisticsError.secondMomentsMismatch(expected: secondMoments != nil)
         }
+        if let mine = secondMoments?.blockSize, let theirs = other.secondMoments?.blockSize, mine != theirs {
+            throw ActivationStatisticsError.momentBlockMismatch(expected: mine, found: theirs)
+        }
         let theirs = other.layers, theirSamples = other.sampleCount
         lock.lock()
         defer { lock.unlock() }
@@ -368,6 +394,15 @@ public final class ActivationStatistics: ActivationObserver, @unchecked Sendable
         }
         samples += theirSamples
         if let theirs = other.secondMoments { secondMoments?.merge(theirs) }
+    }
+
+    /// An independent copy (arrays shared until either side changes).
+    public func copy() -> ActivationStatistics {
+        lock.lock()
+        let layers = order.map { layerTable[$0]! }, samples = self.samples
+        lock.unlock()
+        return ActivationStatistics(modelIdentity: modelIdentity, sampleCount: samples, layers: layers,
+                                    secondMoments: secondMoments?.copy())
     }
 
     /// Forgets everything seen.

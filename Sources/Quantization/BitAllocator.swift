@@ -186,6 +186,66 @@ public struct BitAllocator: Sendable {
         return allocation(levels: levels, steps: steps)
     }
 
+    /// The widths that minimise the summed expected error of the layers under `budget`, each layer at
+    /// most at `startBits`; `errors[i][w]` is layer `i`'s expected error at `allowedBits[w]` (decreasing
+    /// in `w`). A greedy on error removed per byte:
+    ///
+    /// - `adjacentWidths` (the uniformity constraint): every layer at the widest width `N` whose uniform
+    ///   model fits, then layers raised to the next width in order of `(error at N − error at N + 1) /
+    ///   extra bytes` while they fit (a layer that does not fit is passed over, the next tried).
+    /// - otherwise: every layer at the lowest width, then repeatedly the one step (one layer, one width
+    ///   up) that removes the most error per extra byte among those that fit.
+    ///
+    /// `steps` counts the layers raised.
+    public func allocate(budget: Int, errors: [[Double]], adjacentWidths: Bool, startBits: Int = 8) throws -> BitAllocation {
+        guard budget > 0 else { throw BitAllocationError.nonPositiveBudget(budget) }
+        guard let top = allowedBits.firstIndex(of: startBits) else {
+            throw BitAllocationError.unsupportedBits(startBits, allowed: allowedBits)
+        }
+        precondition(errors.count == layers.count && errors.allSatisfy { $0.count == allowedBits.count },
+                     "BitAllocator: one error per layer and width")
+        func total(_ levels: [Int]) -> Int { fixedBytes + levels.indices.reduce(0) { $0 + costs[$1][levels[$1]] } }
+        let smallest = total([Int](repeating: 0, count: layers.count))
+        guard smallest <= budget else {
+            throw BitAllocationError.budgetTooSmall(budget: budget, smallest: smallest, lowestBits: allowedBits[0])
+        }
+        var steps = 0
+        if adjacentWidths {
+            var base = top
+            while base > 0 && total([Int](repeating: base, count: layers.count)) > budget { base -= 1 }
+            var levels = [Int](repeating: base, count: layers.count)
+            guard base < top else { return allocation(levels: levels, steps: 0) }
+            var spare = budget - total(levels)
+            let gain = layers.indices.map { i in
+                (errors[i][base] - errors[i][base + 1]) / Double(max(1, costs[i][base + 1] - costs[i][base]))
+            }
+            for i in layers.indices.sorted(by: { gain[$0] != gain[$1] ? gain[$0] > gain[$1] : $0 < $1 }) {
+                let extra = costs[i][base + 1] - costs[i][base]
+                guard extra <= spare else { continue }
+                levels[i] = base + 1
+                spare -= extra
+                steps += 1
+            }
+            return allocation(levels: levels, steps: steps)
+        }
+        var levels = [Int](repeating: 0, count: layers.count)
+        var spare = budget - smallest
+        while true {
+            var best: (layer: Int, gain: Double)?
+            for i in layers.indices where levels[i] < top {
+                let extra = costs[i][levels[i] + 1] - costs[i][levels[i]]
+                guard extra <= spare else { continue }
+                let gain = (errors[i][levels[i]] - errors[i][levels[i] + 1]) / Double(max(1, extra))
+                if best == nil || gain > best!.gain { best = (i, gain) }
+            }
+            guard let (i, _) = best else { break }
+            spare -= costs[i][levels[i] + 1] - costs[i][levels[i]]
+            levels[i] += 1
+            steps += 1
+        }
+        return allocation(levels: levels, steps: steps)
+    }
+
     private func allocation(levels: [Int], steps: Int) -> BitAllocation {
         BitAllocation(names: layers.map(\.name), bits: levels.map { allowedBits[$0] },
                       layerBytes: levels.indices.map { costs[$0][levels[$0]] },

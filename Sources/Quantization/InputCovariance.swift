@@ -1,133 +1,379 @@
+import CKernels
 import COpenBLAS
 import Foundation
 import WhisperEngine
 
-/// Per linear layer, the running sum of `x xᵀ` over every input row the layer saw: the input
-/// second moment that error-compensated rounding (`ErrorCompensatedRounding`) weighs the
-/// rounding error with. An aggregate, like `ActivationStatistics`: no row survives an
-/// `observe` call. Memory is fixed by the model's shape (`inFeatures²` floats per layer:
-/// about 115 MB for tiny.en); `ActivationStatistics` keeps one when asked to
-/// (`keepSecondMoments`), and the statistics file then stores its upper triangles.
+/// Per linear layer, the input second moment `H = E[x xᵀ]` that error-compensated rounding
+/// (`ErrorCompensatedRounding`) weighs the rounding error with, kept in bounded memory.
+///
+/// **Blocks.** `H` is kept on blocks along its diagonal only: input features `[0, B)`,
+/// `[B, 2B)`, … (the last block shorter), `B = blockSize`; `blockSize == 0` keeps the whole
+/// `width × width` matrix. Entries between blocks are taken as 0.
+///
+/// **Two forms.** While rows arrive (one statistics pass, or the offline tool's calibration
+/// run) each block's `Σ x xᵀ` is summed in float32 (upper triangle, packed) with OpenBLAS
+/// `ssyrk`; calls with fewer rows than `bufferedRows` (the decoder: one row per token) are
+/// buffered and folded in together. `merge(_:)` folds everything into the **kept** form, which
+/// is what the statistics file stores: the row count, the diagonal `E[x_i²]` in float64, and
+/// each block's strict upper triangle as correlations `E[x_i x_j] / √(E[x_i²] E[x_j²])` in
+/// half precision (scale-free, so half precision is enough whatever the activations' range,
+/// and |value| ≤ 1). Merging is weighted by row counts: means, not growing sums. Each merge
+/// rounds the correlations to half precision once more (at most 2⁻¹² each time), so `k`
+/// merges stay within `k · 2⁻¹²` of gathering the same rows in one go.
+///
+/// **Shared inputs.** The cross-attention key/value projection of every decoder block
+/// (`decoder/layer_<i>/attention/linear_1`) reads the same encoder output: block 0's moments
+/// stand for all of them (`key(for:)`), and the others' calls are not gathered again.
+///
+/// Aggregates only, like `ActivationStatistics`: no row survives an `observe` call (the row
+/// buffer is folded in and cleared by `merge`, `flush` and every read).
 public final class InputCovariance: ActivationObserver, @unchecked Sendable {
+    /// Rows buffered per layer before they are folded in with one `ssyrk`.
+    public static let bufferedRows = 64
+
+    /// Features per diagonal block (0: the whole width).
+    public let blockSize: Int
+
     private struct Entry {
         var width: Int
-        var rows: Int
-        var sum: [Float]   // [width, width], upper triangle filled (row-major), lower left stale
+        /// Kept form: rows folded in, `E[x_i²]`, half-precision correlations (empty while no rows were kept).
+        var keptRows: UInt64 = 0
+        var diagonal: [Double] = []
+        var correlations: [UInt16] = []
+        /// Rows summed since the last merge, their packed `Σ x xᵀ` per block (empty when none), and rows
+        /// waiting in `buffer` ([bufferedRows, width]).
+        var pendingRows: UInt64 = 0
+        var pendingSums: [Float] = []
+        var buffer: [Float] = []
+        var buffered = 0
+
+        init(width: Int) { self.width = width }
     }
     private let lock = NSLock()
     private var entries: [String: Entry] = [:]
-
+    private var scratch: [Float] = []
     private let accepts: @Sendable (String) -> Bool
 
-    /// An empty accumulator for the layers `accepts` names (all by default).
-    public init(accepts: @escaping @Sendable (String) -> Bool = { _ in true }) {
+    /// An empty accumulator for the layers `accepts` names (all by default), with blocks of
+    /// `blockSize` features along the diagonal (0: whole matrices).
+    public init(blockSize: Int = 0, accepts: @escaping @Sendable (String) -> Bool = { _ in true }) {
+        precondition(blockSize >= 0, "InputCovariance: negative block size")
+        self.blockSize = blockSize
         self.accepts = accepts
     }
 
+    /// The name under which `layer`'s second moment is kept: itself, or for the decoder's
+    /// cross-attention key/value projections (which all read the encoder output) block 0's.
+    public static func key(for layer: String) -> String {
+        let prefix = "decoder/layer_", suffix = "/attention/linear_1"
+        guard layer.hasPrefix(prefix), layer.hasSuffix(suffix), layer.count > prefix.count + suffix.count else { return layer }
+        let index = layer.dropFirst(prefix.count).dropLast(suffix.count)
+        guard index.allSatisfy(\.isASCII), index.allSatisfy(\.isNumber) else { return layer }
+        return prefix + "0" + suffix
+    }
+
+    // MARK: - Block layout
+
+    /// The diagonal blocks of a `width`-wide moment: `(start, size)` each.
+    public static func blocks(width: Int, blockSize: Int) -> [(start: Int, size: Int)] {
+        let b = blockSize == 0 ? width : blockSize
+        return stride(from: 0, to: width, by: max(b, 1)).map { ($0, min(b, width - $0)) }
+    }
+
+    /// Values in the blocks' upper triangles, diagonal included (the float32 sums).
+    static func packedCount(width: Int, blockSize: Int) -> Int {
+        blocks(width: width, blockSize: blockSize).reduce(0) { $0 + $1.size * ($1.size + 1) / 2 }
+    }
+
+    /// Values in the blocks' strict upper triangles (the kept correlations).
+    public static func correlationCount(width: Int, blockSize: Int) -> Int {
+        blocks(width: width, blockSize: blockSize).reduce(0) { $0 + $1.size * ($1.size - 1) / 2 }
+    }
+
+    /// Bytes of one key's kept form in memory and in the statistics file, beside its name:
+    /// the row count (8), the diagonal (8 per feature) and the correlations (2 each).
+    public static func keptByteCount(width: Int, blockSize: Int) -> Int {
+        8 + 8 * width + 2 * correlationCount(width: width, blockSize: blockSize)
+    }
+
+    /// Bytes of the kept form for layers of these input widths (one per key: pass each
+    /// `key(for:)` once): the bound on what the statistics hold between passes.
+    public static func keptByteCount(widths: [Int], blockSize: Int) -> Int {
+        widths.reduce(0) { $0 + keptByteCount(width: $1, blockSize: blockSize) }
+    }
+
+    /// Bytes the kept form holds now (the arrays' contents).
+    public var keptByteCount: Int {
+        locked { entries.values.reduce(0) { $0 + 8 + 8 * $1.diagonal.count + 2 * $1.correlations.count } }
+    }
+
+    // MARK: - Gathering
+
     /// Adds the layer's input rows (the network calls this).
     public func observe(layer: String, input: UnsafeBufferPointer<Float>, output: UnsafeBufferPointer<Float>, rows: Int) {
-        guard rows > 0, let x = input.baseAddress, input.count % rows == 0, accepts(layer) else { return }
+        guard rows > 0, let x = input.baseAddress, input.count % rows == 0, Self.key(for: layer) == layer,
+              accepts(layer) else { return }
         let width = input.count / rows
         lock.lock()
         defer { lock.unlock() }
-        var entry = entries[layer] ?? Entry(width: width, rows: 0, sum: [Float](repeating: 0, count: width * width))
+        var entry = entries[layer] ?? Entry(width: width)
         guard entry.width == width else { return }
-        entries[layer] = nil   // keep the array uniquely referenced while it is updated
-        entry.sum.withUnsafeMutableBufferPointer { s in
-            // sum[width, width] += xᵀ x with x[rows, width] row-major: upper triangle only.
-            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(width), Int32(rows), 1, x, Int32(width),
-                        1, s.baseAddress!, Int32(width))
+        entries[layer] = nil   // keep the arrays uniquely referenced while they are updated
+        if rows >= Self.bufferedRows {
+            fold(x, rows: rows, into: &entry)
+        } else {
+            if entry.buffered + rows > Self.bufferedRows { foldBuffer(&entry) }
+            if entry.buffer.isEmpty { entry.buffer = [Float](repeating: 0, count: Self.bufferedRows * width) }
+            entry.buffer.withUnsafeMutableBufferPointer {
+                ($0.baseAddress! + entry.buffered * width).update(from: x, count: rows * width)
+            }
+            entry.buffered += rows
         }
-        entry.rows += rows
         entries[layer] = entry
     }
 
-    /// Layers seen, sorted by name.
-    public var layerNames: [String] {
-        lock.lock()
-        defer { lock.unlock() }
-        return entries.keys.sorted()
-    }
-
-    /// The raw sums of `layer`: its input width, rows seen and the upper triangle of `Σ x xᵀ`
-    /// row by row (`width · (width + 1) / 2` floats), or `nil` if never seen.
-    public func upperTriangle(of layer: String) -> (width: Int, rows: Int, sums: [Float])? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let e = entries[layer] else { return nil }
-        var packed: [Float] = []
-        packed.reserveCapacity(e.width * (e.width + 1) / 2)
-        for i in 0..<e.width { packed += e.sum[(i * e.width + i)..<((i + 1) * e.width)] }
-        return (e.width, e.rows, packed)
-    }
-
-    /// Sets `layer`'s sums from `upperTriangle(of:)`'s form (the file reader); `false` if
-    /// `sums` does not have `width · (width + 1) / 2` values.
-    @discardableResult
-    public func setUpperTriangle(of layer: String, width: Int, rows: Int, sums: [Float]) -> Bool {
-        guard width > 0, rows >= 0, sums.count == width * (width + 1) / 2 else { return false }
-        var full = [Float](repeating: 0, count: width * width)
-        var k = 0
-        for i in 0..<width {
-            for j in i..<width { full[i * width + j] = sums[k]; k += 1 }
+    /// Adds `rows` rows at `x` ([rows, width]) to the entry's float32 sums, block by block: one
+    /// `ssyrk` into a scratch square, whose upper triangle is then added to the packed sums.
+    private func fold(_ x: UnsafePointer<Float>, rows: Int, into entry: inout Entry) {
+        let width = entry.width
+        if entry.pendingSums.isEmpty {
+            entry.pendingSums = [Float](repeating: 0, count: Self.packedCount(width: width, blockSize: blockSize))
         }
-        lock.lock()
-        entries[layer] = Entry(width: width, rows: rows, sum: full)
-        lock.unlock()
-        return true
-    }
-
-    /// Adds `other`'s sums layer by layer; a layer whose width differs is left as it is.
-    public func merge(_ other: InputCovariance) {
-        guard other !== self else { return }
-        for name in other.layerNames {
-            guard let theirs = other.upperTriangle(of: name) else { continue }
-            lock.lock()
-            var e = entries[name] ?? Entry(width: theirs.width, rows: 0, sum: [Float](repeating: 0, count: theirs.width * theirs.width))
-            if e.width == theirs.width {
-                entries[name] = nil
-                var k = 0
-                for i in 0..<e.width {
-                    for j in i..<e.width { e.sum[i * e.width + j] += theirs.sums[k]; k += 1 }
+        var offset = 0
+        for (start, size) in Self.blocks(width: width, blockSize: blockSize) {
+            if scratch.count < size * size { scratch = [Float](repeating: 0, count: size * size) }
+            scratch.withUnsafeMutableBufferPointer { s in
+                // s[size, size] = x[:, block]ᵀ x[:, block], upper triangle (row-major).
+                cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(size), Int32(rows), 1, x + start, Int32(width),
+                            0, s.baseAddress!, Int32(size))
+                entry.pendingSums.withUnsafeMutableBufferPointer { p in
+                    var k = offset
+                    for i in 0..<size {
+                        let row = s.baseAddress! + i * size
+                        for j in i..<size { p[k] += row[j]; k += 1 }
+                    }
                 }
-                e.rows += theirs.rows
             }
-            entries[name] = e
-            lock.unlock()
+            offset += size * (size + 1) / 2
+        }
+        entry.pendingRows += UInt64(rows)
+    }
+
+    private func foldBuffer(_ entry: inout Entry) {
+        guard entry.buffered > 0 else { return }
+        let buffer = entry.buffer, rows = entry.buffered
+        buffer.withUnsafeBufferPointer { fold($0.baseAddress!, rows: rows, into: &entry) }
+        entry.buffered = 0
+    }
+
+    /// Folds every layer's buffered rows into its sums and releases the buffers (call when a
+    /// pass ends; reads and merges do it themselves).
+    public func flush() {
+        lock.lock()
+        defer { lock.unlock() }
+        for key in Array(entries.keys) { flushLocked(key) }
+    }
+
+    private func flushLocked(_ key: String) {
+        guard var entry = entries[key], !entry.buffer.isEmpty else { return }
+        entries[key] = nil
+        foldBuffer(&entry)
+        entry.buffer = []
+        entries[key] = entry
+    }
+
+    // MARK: - Reading
+
+    /// Layers whose moments are held (keys, see `key(for:)`), sorted by name.
+    public var layerNames: [String] { locked { entries.keys.sorted() } }
+
+    /// Rows behind `layer`'s moment (0 if none).
+    public func rows(of layer: String) -> Int {
+        locked {
+            flushLocked(Self.key(for: layer))
+            guard let e = entries[Self.key(for: layer)] else { return 0 }
+            return Int(clamping: e.keptRows &+ e.pendingRows)
         }
     }
 
-    /// Rows `layer` has seen (0 if never).
-    public func rows(of layer: String) -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return entries[layer]?.rows ?? 0
+    /// The means behind `key`: rows, and per block the packed upper triangle of `E[x xᵀ]`
+    /// (diagonal included), kept and pending rows combined by their counts.
+    private func packedMeans(_ key: String) -> (width: Int, rows: UInt64, means: [Double])? {
+        flushLocked(key)
+        guard let e = entries[key] else { return nil }
+        let total = e.keptRows + e.pendingRows
+        guard total > 0 else { return nil }
+        var means = [Double](repeating: 0, count: Self.packedCount(width: e.width, blockSize: blockSize))
+        let keptShare = Double(e.keptRows) / Double(total)
+        if e.keptRows > 0 {
+            var k = 0, c = 0
+            for (start, size) in Self.blocks(width: e.width, blockSize: blockSize) {
+                var f32 = [Float](repeating: 0, count: size * (size - 1) / 2)
+                f32.withUnsafeMutableBufferPointer { out in
+                    e.correlations.withUnsafeBufferPointer { mq_f16_to_f32($0.baseAddress! + c, out.baseAddress!, out.count) }
+                }
+                var m = 0
+                for i in 0..<size {
+                    let di = e.diagonal[start + i]
+                    means[k] = keptShare * di
+                    k += 1
+                    for j in (i + 1)..<size {
+                        means[k] = keptShare * Double(f32[m]) * (di * e.diagonal[start + j]).squareRoot()
+                        k += 1
+                        m += 1
+                    }
+                }
+                c += f32.count
+            }
+        }
+        if e.pendingRows > 0 {
+            let scale = 1 / Double(total)
+            for k in means.indices { means[k] += Double(e.pendingSums[k]) * scale }
+        }
+        return (e.width, total, means)
     }
 
-    /// `E[x xᵀ]` of `layer`'s inputs as a full symmetric `[inFeatures, inFeatures]` matrix in
-    /// double precision, or `nil` if the layer saw no input.
+    /// `E[x xᵀ]` of `layer`'s inputs (through `key(for:)`) as a full symmetric
+    /// `[width, width]` matrix in double precision, 0 between blocks; `nil` if no rows were seen.
     public func secondMoment(of layer: String) -> [Double]? {
-        lock.lock()
-        let entry = entries[layer]
-        lock.unlock()
-        guard let entry, entry.rows > 0 else { return nil }
-        let n = entry.width
-        let scale = 1 / Double(entry.rows)
+        guard let (n, _, means) = locked({ packedMeans(Self.key(for: layer)) }) else { return nil }
         var m = [Double](repeating: 0, count: n * n)
-        for i in 0..<n {
-            for j in i..<n {
-                let v = Double(entry.sum[i * n + j]) * scale
-                m[i * n + j] = v
-                m[j * n + i] = v
+        var k = 0
+        for (start, size) in Self.blocks(width: n, blockSize: blockSize) {
+            for i in start..<(start + size) {
+                for j in i..<(start + size) {
+                    m[i * n + j] = means[k]
+                    m[j * n + i] = means[k]
+                    k += 1
+                }
             }
         }
         return m
     }
 
+    // MARK: - The kept form
+
+    /// One key's kept form (pending rows folded in, without changing this object): what the
+    /// statistics file stores.
+    public struct Kept: Sendable, Equatable {
+        /// Input features.
+        public var width: Int
+        /// Rows behind the moment.
+        public var rows: UInt64
+        /// `E[x_i²]` per feature.
+        public var diagonal: [Double]
+        /// Half-precision correlations, block by block, each block's strict upper triangle row by row.
+        public var correlations: [UInt16]
+
+        /// A kept form with every field given.
+        public init(width: Int, rows: UInt64, diagonal: [Double], correlations: [UInt16]) {
+            self.width = width
+            self.rows = rows
+            self.diagonal = diagonal
+            self.correlations = correlations
+        }
+    }
+
+    /// The kept form of `key`, or `nil` if it saw no rows.
+    public func kept(_ key: String) -> Kept? {
+        locked { () -> Kept? in
+            guard let e = entries[key] else { return nil }
+            if e.pendingRows == 0 && e.buffered == 0 {
+                return e.keptRows > 0 ? Kept(width: e.width, rows: e.keptRows, diagonal: e.diagonal, correlations: e.correlations) : nil
+            }
+            return packedMeans(key).map { compacted(width: $0.width, rows: $0.rows, means: $0.means) }
+        }
+    }
+
+    /// Sets `key`'s kept form (the file reader); `false` (nothing set) if its sizes do not fit
+    /// this object's block size.
+    @discardableResult
+    public func setKept(_ key: String, _ kept: Kept) -> Bool {
+        guard kept.width > 0, kept.rows > 0, kept.diagonal.count == kept.width,
+              kept.correlations.count == Self.correlationCount(width: kept.width, blockSize: blockSize) else { return false }
+        locked {
+            var e = Entry(width: kept.width)
+            e.keptRows = kept.rows
+            e.diagonal = kept.diagonal
+            e.correlations = kept.correlations
+            entries[key] = e
+        }
+        return true
+    }
+
+    /// Packed means → the kept form: the diagonal as it is, the rest as half-precision correlations.
+    private func compacted(width: Int, rows: UInt64, means: [Double]) -> Kept {
+        var diagonal = [Double](repeating: 0, count: width)
+        var correlations = [Float]()
+        correlations.reserveCapacity(Self.correlationCount(width: width, blockSize: blockSize))
+        var k = 0
+        for (start, size) in Self.blocks(width: width, blockSize: blockSize) {
+            let first = k
+            for i in 0..<size {
+                diagonal[start + i] = max(means[k], 0)
+                k += size - i
+            }
+            k = first
+            for i in 0..<size {
+                let di = diagonal[start + i]
+                k += 1
+                for j in (i + 1)..<size {
+                    let dd = di * diagonal[start + j]
+                    correlations.append(dd > 0 ? Float(min(max(means[k] / dd.squareRoot(), -1), 1)) : 0)
+                    k += 1
+                }
+            }
+        }
+        var halves = [UInt16](repeating: 0, count: correlations.count)
+        if !halves.isEmpty { mq_f32_to_f16(correlations, &halves, correlations.count) }
+        return Kept(width: width, rows: rows, diagonal: diagonal, correlations: halves)
+    }
+
+    /// Folds `other` (another pass, another session; the same block size) into this object's
+    /// kept form, weighted by row counts; this object's own pending rows are folded in too.
+    /// A layer whose width differs is left as it is.
+    public func merge(_ other: InputCovariance) {
+        guard other !== self else { return }
+        precondition(other.blockSize == blockSize, "InputCovariance.merge: block sizes differ")
+        for name in other.layerNames {
+            guard let theirs = other.locked({ other.packedMeans(name) }) else { continue }
+            locked {
+                var width = theirs.width, rows = theirs.rows, means = theirs.means
+                if let mine = packedMeans(name) {
+                    guard mine.width == theirs.width else { return }
+                    rows = mine.rows + theirs.rows
+                    let a = Double(mine.rows) / Double(rows), b = Double(theirs.rows) / Double(rows)
+                    for k in means.indices { means[k] = a * mine.means[k] + b * theirs.means[k] }
+                    width = mine.width
+                }
+                let kept = compacted(width: width, rows: rows, means: means)
+                var e = Entry(width: width)
+                e.keptRows = kept.rows
+                e.diagonal = kept.diagonal
+                e.correlations = kept.correlations
+                entries[name] = e
+            }
+        }
+    }
+
+    /// An independent copy (the arrays are shared until either side changes them).
+    public func copy() -> InputCovariance {
+        let c = InputCovariance(blockSize: blockSize, accepts: accepts)
+        locked {
+            for key in Array(entries.keys) { flushLocked(key) }
+            c.entries = entries
+        }
+        return c
+    }
+
     /// Forgets everything.
     public func reset() {
+        locked { entries = [:] }
+    }
+
+    private func locked<T>(_ body: () throws -> T) rethrows -> T {
         lock.lock()
-        entries = [:]
-        lock.unlock()
+        defer { lock.unlock() }
+        return try body()
     }
 }

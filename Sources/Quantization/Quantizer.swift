@@ -13,6 +13,8 @@ public struct QuantizationOptions: Sendable {
 
     /// How the widths are chosen.
     public var target: Target
+    /// How a budget is shared between the layers.
+    public var widths: WidthRule
     /// Calibration objective.
     public var objective: CalibrationObjective
     /// Which end of the sensitivity ranking loses bits first.
@@ -48,11 +50,13 @@ public struct QuantizationOptions: Sendable {
     /// Options with the defaults: no clip search (cosine objective when searching), descending
     /// order (measured, see docs/myqasr-method.md), the target's group size
     /// (`defaultGroupSize(for:)`), start at 8 bits, rotated layers (measured, same document).
-    public init(target: Target, objective: CalibrationObjective = .cosine, order: SensitivityOrder = .descending,
+    public init(target: Target, widths: WidthRule = .sensitivity, objective: CalibrationObjective = .cosine,
+                order: SensitivityOrder = .descending,
                 groupSize: Int? = nil, startBits: Int = 8, calibrate: Bool = false,
                 perGroupClip: Bool = false, clipGrid: [Float] = Calibrator.defaultGrid,
                 rounding: RoundingMethod = .nearest, rotate: Bool = true) {
         self.target = target
+        self.widths = widths
         self.objective = objective
         self.order = order
         self.groupSize = groupSize ?? Self.defaultGroupSize(for: target)
@@ -63,6 +67,17 @@ public struct QuantizationOptions: Sendable {
         self.rounding = rounding
         self.rotate = rotate
     }
+}
+
+/// How a budget is shared between the layers (`QuantizationOptions.widths`).
+public enum WidthRule: Sendable, Equatable {
+    /// myQASR's sweep (`BitAllocator.allocate(budget:startBits:)`): layers lowered one width at a time
+    /// in order of their median |output| (`QuantizationOptions.order`).
+    case sensitivity
+    /// The widths that minimise the layers' summed relative expected output error on the user's
+    /// activations (`ExpectedError`, `BitAllocator.allocate(budget:errors:adjacentWidths:startBits:)`);
+    /// with `adjacentWidths`, on at most two adjacent widths (the uniformity constraint).
+    case expectedError(adjacentWidths: Bool)
 }
 
 /// How each weight's code is chosen on its group's grid.
@@ -93,6 +108,8 @@ public struct QuantizedLayerReport: Sendable, Equatable {
     public var clipRatio: Float
     /// Calibration objective at clip 1 and at the chosen clip (nil when not calibrated).
     public var unclippedError: Double?, calibratedError: Double?
+    /// The relative expected output error at the chosen width (`ExpectedError`; nil unless widths were chosen by it).
+    public var expectedError: Double?
 }
 
 /// The whole report: per layer, and the totals.
@@ -151,7 +168,7 @@ public enum QuantizerError: Error, Equatable, CustomStringConvertible {
             return "layer \(layer) is already quantized; quantize from the full-precision model"
         case .covarianceRequired:
             return "compensated rounding needs the inputs' second moments: quantize from calibration audio, "
-                + "or from statistics gathered with `myqasr stats --second-moments`"
+                + "or from statistics gathered with `myqasr stats`"
         case .compensatedWithClipSearch:
             return "compensated rounding sets its own scales; it cannot be combined with the clip search"
         case let .accountingMismatch(allocated, actual):
@@ -227,10 +244,27 @@ public enum Quantizer {
                                          order: options.order)
         let allocation: BitAllocation
         var budget: Int?
+        var expectedErrors: [[Double]]?
         switch options.target {
         case let .budget(bytes):
             budget = bytes
-            allocation = try allocator.allocate(budget: bytes, startBits: options.startBits)
+            switch options.widths {
+            case .sensitivity:
+                allocation = try allocator.allocate(budget: bytes, startBits: options.startBits)
+            case let .expectedError(adjacentWidths):
+                let errors = layers.map { layer in
+                    let s = layerStats[layer.name]!
+                    return ExpectedError.relative(
+                        values: (layer.weight as! FloatMatrix).values, outFeatures: layer.outFeatures,
+                        inFeatures: layer.inFeatures, groupSize: options.groupSize,
+                        rotated: options.rotate && QuantizedMatrix.canRotate(inFeatures: layer.inFeatures),
+                        secondMoment: covariance?.secondMoment(of: layer.name), meanSquare: s.inputMeanSquare,
+                        outputEnergy: s.outputEnergy, widths: allocator.allowedBits)
+                }
+                expectedErrors = errors
+                allocation = try allocator.allocate(budget: bytes, errors: errors, adjacentWidths: adjacentWidths,
+                                                    startBits: options.startBits)
+            }
         case let .uniform(bits):
             allocation = try allocator.uniform(bits: bits)
         }
@@ -278,7 +312,8 @@ public enum Quantizer {
                 name: layer.name, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
                 bytes: q.byteSize, floatBytes: layer.weight.byteSize, sensitivity: layerStats[layer.name]?.medianAbsOutput,
                 clipRatio: calibration?.groupClipRatios == nil ? (calibration?.clipRatio ?? 1) : meanRatio,
-                unclippedError: calibration?.unclippedError, calibratedError: calibration?.calibratedError)
+                unclippedError: calibration?.unclippedError, calibratedError: calibration?.calibratedError,
+                expectedError: expectedErrors.map { $0[i][allocator.allowedBits.firstIndex(of: bits)!] })
             reports.append(report)
             progress?(String(format: "%@: %d bits, clip %.2f%@", layer.name, bits, report.clipRatio,
                              compensated == nil ? "" : ", compensated"))
@@ -295,5 +330,22 @@ public enum Quantizer {
         let report = QuantizationReport(layers: reports, fixedBytes: fixedBytes, totalBytes: actual, floatBytes: floatBytes,
                                         budget: budget, exactCalibration: activations != nil && options.calibrate)
         return QuantizationResult(weights: weights, metadata: metadata, report: report)
+    }
+}
+
+extension Quantizer {
+    /// The options of the model the daemon serves under `budget` from `statistics`: the defaults of
+    /// `QuantizationOptions` for a budget, with compensated rounding when the statistics keep second
+    /// moments (else rounded to nearest). `myqasr quantize --budget B --stats FILE` uses the same.
+    public static func personalOptions(budget: Int, statistics: ActivationStatistics) -> QuantizationOptions {
+        QuantizationOptions(target: .budget(budget), rounding: statistics.secondMoments == nil ? .nearest : .compensated)
+    }
+
+    /// The daemon's personal model: `model` (full precision) quantized under `budget` bytes from the
+    /// user's `statistics` (gathered on this model) with `personalOptions(budget:statistics:)`.
+    public static func personalise(model: WhisperModel, statistics: ActivationStatistics, budget: Int,
+                                   progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
+        try quantize(model: model, statistics: statistics, options: personalOptions(budget: budget, statistics: statistics),
+                     progress: progress)
     }
 }

@@ -1,5 +1,9 @@
+import CKernels
 import CZlib
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import WhisperEngine
 
 /// A stable identity string for a model's weights: its name, shape, and a digest (CRC32
@@ -82,14 +86,15 @@ public enum StatisticsFileError: Error, Equatable, CustomStringConvertible {
     case cannotWrite(path: String, reason: String)
     /// The file does not start with the statistics magic.
     case notStatisticsFile(path: String)
-    /// The file was written by a newer format version.
+    /// The file has a format version this build does not read.
     case unsupportedVersion(path: String, version: UInt32)
     /// The file ends before its declared size.
     case truncated(path: String)
     /// The stored checksum does not match the contents.
     case checksumMismatch(path: String, stored: UInt32, computed: UInt32)
-    /// The contents are inconsistent (sizes, names).
-    case malformed(path: String, reason: String)
+    /// A field holds what no statistics could (a count or size beyond what the file holds, a value out of
+    /// range, contents that disagree).
+    case corrupt(path: String, reason: String)
 
     /// A one-line explanation naming the file.
     public var description: String {
@@ -99,37 +104,40 @@ public enum StatisticsFileError: Error, Equatable, CustomStringConvertible {
         case let .notStatisticsFile(path):
             return "\(path) is not a myqasr statistics file (expected magic \"MYQS\"; make one with `myqasr stats`)"
         case let .unsupportedVersion(path, version):
-            return "statistics file \(path) has format version \(version); this build reads versions "
-                + "\(StatisticsFile.readableVersions.lowerBound) to \(StatisticsFile.readableVersions.upperBound)"
+            return "statistics file \(path) has format version \(version); this build reads version "
+                + "\(StatisticsFile.version) only (gather the statistics again with `myqasr stats`)"
         case let .truncated(path): return "statistics file \(path) is truncated"
         case let .checksumMismatch(path, stored, computed):
             return "statistics file \(path) is corrupt: CRC32 " + String(format: "%08x", computed)
                 + " does not match the stored " + String(format: "%08x", stored)
-        case let .malformed(path, reason): return "statistics file \(path) is malformed: \(reason)"
+        case let .corrupt(path, reason): return "statistics file \(path) is corrupt: \(reason)"
         }
     }
 }
 
-/// The on-disk form of `ActivationStatistics` (`.myqs`). Little-endian binary:
+/// The on-disk form of `ActivationStatistics` (`.myqs`), described field by field in
+/// docs/quantized-model-format.md ("The statistics file"). Little-endian binary:
 ///
-///     "MYQS" | version u32 | payload length u64 | payload | CRC32 u32 (of everything before it)
-///     payload: model identity (u32 length + UTF-8) | sample count u64 | layer count u32 | layers
+///     "MYQS" | version u32 (3) | payload length u64 | payload | CRC32 u32 (of everything before it)
+///     payload: model identity (u32 length + UTF-8) | sample count u64 | layer count u32 | layers |
+///              moments kept u8 (0 or 1) | moment block size u32 | moment count u32 | moments
 ///     layer:   name | in u32 | out u32 | output elements u64 | input rows u64 |
 ///              non-empty bins u32 × (bin u16, count u64) | Σx² f64 × in | max|x| f32 × in
-///     then (version 2) second-moment layer count u32 (0: none kept) | second-moment layers
-///     second-moment layer: name | width u32 | rows u64 | upper triangle of Σ x xᵀ, row by row,
-///              f32 × width·(width+1)/2
+///     moment:  name | width u32 | rows u64 | E[x_i²] f64 × width |
+///              correlations f16 × (per block of the block size, its strict upper triangle)
 ///
-/// Version 1 files (no second moments) are still read.
-///
-/// Aggregates only: the file holds no audio, features, tokens or text.
+/// `load` checks every field against what the file can hold before using it, so a lying count is
+/// a `corrupt` error, never a trap. Aggregates only: no audio, features, tokens or text.
 public enum StatisticsFile {
     /// File magic.
     public static let magic: [UInt8] = Array("MYQS".utf8)
-    /// Current format version.
-    public static let version: UInt32 = 2
-    /// Versions this build reads.
-    public static let readableVersions: ClosedRange<UInt32> = 1...2
+    /// The format version this build writes and reads (3: bounded second moments; versions 1 and 2
+    /// are refused with a message to gather the statistics again).
+    public static let version: UInt32 = 3
+
+    /// Where `write` puts the file's new contents before renaming them over `path`: `path` + `.tmp`, in the
+    /// same directory. A process killed mid-write leaves it behind; whoever owns `path` may delete it.
+    public static func temporaryPath(for path: String) -> String { path + ".tmp" }
 
     /// The canonical payload encoding of `statistics` (what the file stores and the digest hashes).
     public static func payload(_ statistics: ActivationStatistics) -> [UInt8] {
@@ -154,14 +162,16 @@ public enum StatisticsFile {
             for v in l.inputAbsMax { w.u32(v.bitPattern) }
         }
         let moments = statistics.secondMoments
-        let names = moments?.layerNames ?? []
-        w.u32(UInt32(names.count))
-        for name in names {
-            let (width, rows, sums) = moments!.upperTriangle(of: name)!
+        let kept = (moments?.layerNames ?? []).compactMap { name in moments!.kept(name).map { (name, $0) } }
+        w.u8(moments == nil ? 0 : 1)
+        w.u32(UInt32(moments?.blockSize ?? 0))
+        w.u32(UInt32(kept.count))
+        for (name, k) in kept {
             w.string(name)
-            w.u32(UInt32(width))
-            w.u64(UInt64(rows))
-            w.floats(sums)
+            w.u32(UInt32(k.width))
+            w.u64(k.rows)
+            for v in k.diagonal { w.u64(v.bitPattern) }
+            k.correlations.withUnsafeBytes { w.bytes += $0 }
         }
         return w.bytes
     }
@@ -178,12 +188,45 @@ public enum StatisticsFile {
         return w.bytes
     }
 
-    /// Writes `statistics` to `path` atomically (a temporary file renamed over it).
+    /// Writes `statistics` to `path`, readable by the owner only (0600): into
+    /// `temporaryPath(for: path)` (created 0600, or truncated and set to 0600 if an earlier write
+    /// left it), synced to disk, then renamed over `path`; the directory is synced too. A crash leaves
+    /// either the old file or the new one, and possibly the temporary file.
     public static func write(_ statistics: ActivationStatistics, to path: String) throws {
-        do {
-            try Data(encode(statistics)).write(to: URL(fileURLWithPath: path), options: .atomic)
-        } catch {
-            throw StatisticsFileError.cannotWrite(path: path, reason: error.localizedDescription)
+        let bytes = encode(statistics)
+        let temporary = temporaryPath(for: path)
+        func failure(_ what: String) -> StatisticsFileError {
+            .cannotWrite(path: path, reason: "\(what) \(temporary): \(String(cString: strerror(errno)))")
+        }
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw failure("cannot create") }
+        var written = 0
+        let ok = bytes.withUnsafeBytes { raw -> Bool in
+            guard fchmod(fd, 0o600) == 0 else { return false }
+            while written < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { return false }
+                written += n
+            }
+            return fsync(fd) == 0
+        }
+        let error = ok ? nil : failure("cannot write")
+        close(fd)
+        if let error {
+            unlink(temporary)
+            throw error
+        }
+        guard rename(temporary, path) == 0 else {
+            let error = failure("cannot rename")
+            unlink(temporary)
+            throw error
+        }
+        let directory = open((path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent,
+                             O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if directory >= 0 {
+            _ = fsync(directory)
+            close(directory)
         }
     }
 
@@ -198,7 +241,8 @@ public enum StatisticsFile {
         return try decode([UInt8](data), path: path)
     }
 
-    /// Parses a file image; `path` only names the file in errors.
+    /// Parses a file image; `path` only names the file in errors. Every count and size is checked
+    /// against the bytes left before anything is allocated or converted.
     public static func decode(_ bytes: [UInt8], path: String) throws -> ActivationStatistics {
         guard bytes.count >= 4 else {
             throw bytes.isEmpty ? StatisticsFileError.truncated(path: path) : .notStatisticsFile(path: path)
@@ -206,17 +250,15 @@ public enum StatisticsFile {
         guard Array(bytes[0..<4]) == magic else { throw StatisticsFileError.notStatisticsFile(path: path) }
         var header = ByteReader(bytes: bytes, path: path, position: 4)
         let fileVersion = try header.u32()
-        guard readableVersions.contains(fileVersion) else {
-            throw StatisticsFileError.unsupportedVersion(path: path, version: fileVersion)
-        }
+        guard fileVersion == version else { throw StatisticsFileError.unsupportedVersion(path: path, version: fileVersion) }
         let length = try header.u64()
         let bodyStart = header.position
-        guard length <= UInt64(bytes.count), bytes.count - bodyStart >= Int(length) + 4 else {
+        guard length <= UInt64(bytes.count - bodyStart), bytes.count - bodyStart - Int(length) >= 4 else {
             throw StatisticsFileError.truncated(path: path)
         }
         let bodyEnd = bodyStart + Int(length)
         guard bytes.count == bodyEnd + 4 else {
-            throw StatisticsFileError.malformed(path: path, reason: "\(bytes.count - bodyEnd - 4) unexpected bytes after the checksum")
+            throw StatisticsFileError.corrupt(path: path, reason: "\(bytes.count - bodyEnd - 4) unexpected bytes after the checksum")
         }
         var tail = ByteReader(bytes: bytes, path: path, position: bodyEnd)
         let stored = try tail.u32()
@@ -224,65 +266,102 @@ public enum StatisticsFile {
         guard stored == computed else {
             throw StatisticsFileError.checksumMismatch(path: path, stored: stored, computed: computed)
         }
+        func corrupt(_ reason: String) -> StatisticsFileError { .corrupt(path: path, reason: reason) }
         var r = ByteReader(bytes: bytes, path: path, position: bodyStart, end: bodyEnd)
         let identity = try r.string()
-        let samples = try r.u64()
+        let storedSamples = try r.u64()
         let layerCount = try r.u32()
+        // The smallest layer record: an empty name, in = out = 1, no bins, one Σx² and one max|x|.
+        guard Int(layerCount) <= r.remaining / 44 else {
+            throw corrupt("\(layerCount) layers cannot fit in \(r.remaining) bytes")
+        }
         var layers: [LayerActivationStatistics] = []
         var seen = Set<String>()
         for _ in 0..<layerCount {
             let name = try r.string()
-            guard seen.insert(name).inserted else {
-                throw StatisticsFileError.malformed(path: path, reason: "layer \(name) appears twice")
-            }
+            guard seen.insert(name).inserted else { throw corrupt("layer \(name) appears twice") }
             let inFeatures = Int(try r.u32()), outFeatures = Int(try r.u32())
-            let elements = try r.u64(), rows = try r.u64()
-            let nonEmpty = try r.u32()
-            var counts = [UInt64](repeating: 0, count: AbsHistogram.binCount)
-            for _ in 0..<nonEmpty {
-                let bin = Int(try r.u16())
-                guard bin < counts.count else {
-                    throw StatisticsFileError.malformed(path: path, reason: "layer \(name): histogram bin \(bin) out of range")
-                }
-                counts[bin] = try r.u64()
+            guard inFeatures >= 1, outFeatures >= 1 else {
+                throw corrupt("layer \(name) has shape \(outFeatures)x\(inFeatures)")
             }
-            guard inFeatures <= (bodyEnd - r.position) / 12 else { throw StatisticsFileError.truncated(path: path) }
-            var sums = [Double](repeating: 0, count: inFeatures)
-            for i in 0..<inFeatures { sums[i] = Double(bitPattern: try r.u64()) }
-            var maxima = [Float](repeating: 0, count: inFeatures)
-            for i in 0..<inFeatures { maxima[i] = Float(bitPattern: try r.u32()) }
-            let histogram = AbsHistogram(counts: counts)!
-            guard histogram.total == elements else {
-                throw StatisticsFileError.malformed(
-                    path: path, reason: "layer \(name): histogram holds \(histogram.total) values, header says \(elements)")
+            let elements = try r.u64(), rows = try r.u64()
+            let (product, overflow) = rows.multipliedReportingOverflow(by: UInt64(outFeatures))
+            guard !overflow, product == elements else {
+                throw corrupt("layer \(name): \(elements) output values for \(rows) rows of \(outFeatures)")
+            }
+            let nonEmpty = Int(try r.u32())
+            guard nonEmpty <= AbsHistogram.binCount, nonEmpty <= r.remaining / 10 else {
+                throw corrupt("layer \(name): \(nonEmpty) histogram bins")
+            }
+            var counts = [UInt64](repeating: 0, count: AbsHistogram.binCount)
+            var total: UInt64 = 0, previous = -1
+            for _ in 0..<nonEmpty {
+                let bin = Int(try r.u16()), count = try r.u64()
+                guard bin > previous, bin < counts.count, count > 0 else {
+                    throw corrupt("layer \(name): histogram bin \(bin) out of order, out of range or empty")
+                }
+                let (sum, over) = total.addingReportingOverflow(count)
+                guard !over else { throw corrupt("layer \(name): histogram counts overflow") }
+                counts[bin] = count
+                total = sum
+                previous = bin
+            }
+            guard total == elements else {
+                throw corrupt("layer \(name): histogram holds \(total) values, header says \(elements)")
+            }
+            guard inFeatures <= r.remaining / 12 else { throw StatisticsFileError.truncated(path: path) }
+            let sums = try r.doubles(inFeatures), maxima = try r.floats(inFeatures)
+            guard sums.allSatisfy({ $0.isFinite && $0 >= 0 }), maxima.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+                throw corrupt("layer \(name): a sum of squares or a maximum is negative or not finite")
             }
             layers.append(LayerActivationStatistics(
-                name: name, inFeatures: inFeatures, outFeatures: outFeatures, outputHistogram: histogram,
+                name: name, inFeatures: inFeatures, outFeatures: outFeatures, outputHistogram: AbsHistogram(counts: counts)!,
                 outputElementCount: elements, inputRowCount: rows, inputSquareSums: sums, inputAbsMax: maxima)!)
         }
-        var secondMoments: InputCovariance?
-        if fileVersion >= 2 {
-            let count = try r.u32()
-            if count > 0 { secondMoments = InputCovariance() }
-            var seenMoments = Set<String>()
-            for _ in 0..<count {
-                let name = try r.string()
-                guard seenMoments.insert(name).inserted, let layer = layers.first(where: { $0.name == name }) else {
-                    throw StatisticsFileError.malformed(path: path, reason: "second moments of \(name): repeated or no such layer")
-                }
-                let width = Int(try r.u32()), rows = Int(try r.u64())
-                guard width == layer.inFeatures else {
-                    throw StatisticsFileError.malformed(
-                        path: path, reason: "second moments of \(name) are \(width) wide, the layer has \(layer.inFeatures) inputs")
-                }
-                let sums = try r.floats(width * (width + 1) / 2)
-                secondMoments!.setUpperTriangle(of: name, width: width, rows: rows, sums: sums)
+        // Every utterance gives every layer at least one row.
+        let fewestRows = layers.map(\.inputRowCount).min() ?? 0
+        guard storedSamples <= fewestRows, let samples = Int(exactly: storedSamples) else {
+            throw corrupt("sample count \(storedSamples) is more than the \(fewestRows) rows the layers saw")
+        }
+        let momentsKept = try r.u8()
+        let blockSize = Int(try r.u32())
+        let momentCount = Int(try r.u32())
+        guard momentsKept <= 1, momentsKept == 1 || (blockSize == 0 && momentCount == 0) else {
+            throw corrupt("second-moment flag \(momentsKept) with block size \(blockSize) and \(momentCount) moments")
+        }
+        guard momentCount <= layers.count else { throw corrupt("\(momentCount) second moments for \(layers.count) layers") }
+        let secondMoments = momentsKept == 1 ? InputCovariance(blockSize: blockSize) : nil
+        var seenMoments = Set<String>()
+        for _ in 0..<momentCount {
+            let name = try r.string()
+            guard seenMoments.insert(name).inserted, InputCovariance.key(for: name) == name,
+                  let layer = layers.first(where: { $0.name == name }) else {
+                throw corrupt("second moment of \(name): repeated, shared with another layer, or no such layer")
             }
+            let width = Int(try r.u32()), rows = try r.u64()
+            guard width == layer.inFeatures else {
+                throw corrupt("second moment of \(name) is \(width) wide, the layer has \(layer.inFeatures) inputs")
+            }
+            guard rows >= 1, rows <= layer.inputRowCount else {
+                throw corrupt("second moment of \(name) has \(rows) rows, the layer saw \(layer.inputRowCount)")
+            }
+            let diagonal = try r.doubles(width)
+            guard diagonal.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+                throw corrupt("second moment of \(name): a diagonal value is negative or not finite")
+            }
+            let count = InputCovariance.correlationCount(width: width, blockSize: blockSize)
+            guard count <= r.remaining / 2 else { throw StatisticsFileError.truncated(path: path) }
+            let correlations = try r.halves(count)
+            var check = [Float](repeating: 0, count: count)
+            if count > 0 { mq_f16_to_f32(correlations, &check, count) }
+            guard check.allSatisfy({ abs($0) <= 1 }) else {
+                throw corrupt("second moment of \(name): a correlation is beyond ±1 or not a number")
+            }
+            secondMoments!.setKept(name, InputCovariance.Kept(width: width, rows: rows, diagonal: diagonal,
+                                                              correlations: correlations))
         }
-        guard r.position == bodyEnd else {
-            throw StatisticsFileError.malformed(path: path, reason: "\(bodyEnd - r.position) unread payload bytes")
-        }
-        return ActivationStatistics(modelIdentity: identity, sampleCount: Int(samples), layers: layers,
+        guard r.position == bodyEnd else { throw corrupt("\(bodyEnd - r.position) unread payload bytes") }
+        return ActivationStatistics(modelIdentity: identity, sampleCount: samples, layers: layers,
                                     secondMoments: secondMoments)
     }
 
@@ -310,6 +389,7 @@ public enum StatisticsFile {
 /// Little-endian writer.
 struct ByteWriter {
     var bytes: [UInt8] = []
+    mutating func u8(_ v: UInt8) { bytes.append(v) }
     mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
     mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
     mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
@@ -348,6 +428,10 @@ struct ByteReader {
         return v
     }
 
+    /// Bytes left before `end`.
+    var remaining: Int { end - position }
+
+    mutating func u8() throws -> UInt8 { UInt8(try uint(1)) }
     mutating func u16() throws -> UInt16 { UInt16(try uint(2)) }
     mutating func u32() throws -> UInt32 { UInt32(try uint(4)) }
     mutating func u64() throws -> UInt64 { try uint(8) }
@@ -362,10 +446,26 @@ struct ByteReader {
         }
     }
 
+    /// `count` little-endian f64 values.
+    mutating func doubles(_ count: Int) throws -> [Double] {
+        guard count >= 0, count <= (end - position) / 8 else { throw StatisticsFileError.truncated(path: path) }
+        return try (0..<count).map { _ in Double(bitPattern: try u64()) }
+    }
+
+    /// `count` little-endian f16 bit patterns.
+    mutating func halves(_ count: Int) throws -> [UInt16] {
+        guard count >= 0, count <= (end - position) / 2 else { throw StatisticsFileError.truncated(path: path) }
+        let raw = try take(count * 2)
+        return [UInt16](unsafeUninitializedCapacity: count) { buffer, n in
+            raw.withUnsafeBytes { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
+            n = count
+        }
+    }
+
     mutating func string() throws -> String {
         let n = Int(try u32())
         guard let s = String(validating: try take(n), as: UTF8.self) else {
-            throw StatisticsFileError.malformed(path: path, reason: "a name is not UTF-8")
+            throw StatisticsFileError.corrupt(path: path, reason: "a name is not UTF-8")
         }
         return s
     }

@@ -8,6 +8,11 @@ extension CalibrationObjective: ExpressibleByArgument {}
 extension SensitivityOrder: ExpressibleByArgument {}
 extension RoundingMethod: ExpressibleByArgument {}
 
+/// `--widths`.
+enum WidthChoice: String, ExpressibleByArgument, CaseIterable {
+    case median, error
+}
+
 /// `myqasr quantize`: a per-user quantized model under a memory budget.
 struct Quantize: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -74,6 +79,14 @@ struct Quantize: ParsableCommand {
 
     @Option(help: "Input features per scale: 32, 64 or 128 (default: 64 with --budget, 32 with --uniform).")
     var groupSize: Int?
+
+    @Option(help: "How a budget is shared: median (myQASR's sweep by median |output|) or error (by expected output error).")
+    var widths: WidthChoice = .median
+
+    @Flag(help: "With --widths error, let layers take any widths, not only two adjacent ones.")
+    var anyWidths = false
+
+    var widthRule: WidthRule { widths == .median ? .sensitivity : .expectedError(adjacentWidths: !anyWidths) }
 
     @Option(help: "The width every layer starts the sweep at.")
     var startBits = 8
@@ -158,7 +171,7 @@ struct Quantize: ParsableCommand {
         } else if !calibration.isEmpty {
             // Second moments are kept (in memory only) unless nearest rounding or the clip search was asked for.
             let s = ActivationStatistics(modelIdentity: ModelIdentity.of(whisper),
-                                         keepSecondMoments: rounding != .nearest && !useCalibration)
+                                         momentBlockSize: rounding != .nearest && !useCalibration ? 0 : nil)
             var observers: [ActivationObserver] = [s]
             if useCalibration {
                 let r = ActivationReservoir(capacity: calibrationRows)
@@ -173,7 +186,7 @@ struct Quantize: ParsableCommand {
         // Compensated rounding whenever second moments are at hand, unless told otherwise.
         let effectiveRounding = rounding ?? (statistics?.secondMoments != nil && !useCalibration ? .compensated : .nearest)
         let target: QuantizationOptions.Target = try budget.map { .budget(try parsedBudget($0)) } ?? .uniform(bits: uniform!)
-        let options = QuantizationOptions(target: target, objective: objective, order: order, groupSize: groupSize,
+        let options = QuantizationOptions(target: target, widths: widthRule, objective: objective, order: order, groupSize: groupSize,
                                           startBits: startBits, calibrate: useCalibration, perGroupClip: perGroupClip,
                                           rounding: effectiveRounding, rotate: !noRotation)
         let result: QuantizationResult

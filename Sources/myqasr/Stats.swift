@@ -27,17 +27,17 @@ struct Stats: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Gather activation statistics of unlabelled audio for quantization.",
         discussion: """
-            Runs the full-precision model over the files and keeps, for every linear layer, \
-            the median |output| (its sensitivity) and per-input-feature second moments (for \
-            calibration without audio). With --second-moments it also keeps each layer's \
-            whole input second moment (Σ x xᵀ), which `myqasr quantize --stats` then uses for \
-            error-compensated rounding; the file grows to about 57 MB for tiny.en. The file \
-            holds these aggregates only: no audio, features, tokens or text. Transcripts are \
-            not printed unless --show-text.
+            Gathers exactly what the daemon gathers from live utterances: each file is one \
+            statistics pass of the full-precision model (greedy decoding), merged into the kept \
+            statistics as the daemon merges each utterance. Per linear layer they hold the \
+            median |output|, per-input-feature second moments, and the input second moment \
+            E[x xT] on diagonal blocks of 384 features (half-precision correlations), which \
+            `myqasr quantize --stats` uses for error-compensated rounding. For tiny.en the file \
+            is about 11 MB (base: about 26 MB). The file holds these aggregates only: no audio, \
+            features, tokens or text. Transcripts are not printed unless --show-text.
 
             Examples:
               myqasr stats --model tiny.en my-recordings/*.wav --out me.myqs
-              myqasr stats --model tiny.en --second-moments my-recordings/*.wav --out me.myqs
               myqasr stats --model tiny.en new.wav --merge me.myqs --out me.myqs
             """
     )
@@ -48,17 +48,16 @@ struct Stats: ParsableCommand {
     @Option(help: "Where to write the statistics (.myqs).")
     var out: String
 
-    @Option(help: "Fold these existing statistics in (same model) before writing.")
+    @Option(help: "Fold these existing statistics in (same model, same moment blocks) before writing.")
     var merge: String?
 
-    @Option(help: "Beam width while decoding the files (the decoder's activations follow it).")
-    var beamSize = 1
-
-    @Option(help: "Worker threads for the network.")
+    @Option(help: "Worker threads for the network (the daemon uses 1; only the order of sums differs).")
     var threads = 2
 
-    @Flag(help: "Also keep each layer's whole input second moment (for compensated rounding; a much larger file).")
-    var secondMoments = false
+    @Option(help: ArgumentHelp(
+        "Input features per diagonal block of the second moments (0: whole matrices, about 52 MB for tiny.en).",
+        discussion: "The daemon keeps \(StatisticsPass.momentBlockSize); other sizes are for measurements."))
+    var momentBlock = StatisticsPass.momentBlockSize
 
     @Flag(help: "Print each file's transcript.")
     var showText = false
@@ -68,29 +67,38 @@ struct Stats: ParsableCommand {
 
     func validate() throws {
         guard !files.isEmpty else { throw ValidationError("give at least one WAV file") }
-        guard beamSize >= 1 else { throw ValidationError("--beam-size must be at least 1") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        guard momentBlock >= 0 else { throw ValidationError("--moment-block must be 0 or more") }
     }
 
     func run() throws {
         let whisper = try loadFullPrecisionModel(model, for: "statistics")
-        let statistics = ActivationStatistics(modelIdentity: ModelIdentity.of(whisper), keepSecondMoments: secondMoments)
+        let identity = ModelIdentity.of(whisper)
+        let statistics = StatisticsPass.emptyStatistics(modelIdentity: identity, momentBlockSize: momentBlock)
         let start = Date()
-        try runCalibrationAudio(model: whisper, files: files, threads: threads, beamSize: beamSize,
-                                observer: statistics, statistics: statistics,
-                                onText: showText ? { file, text in print("\(file): \(text)") } : nil)
-        let seconds = Date().timeIntervalSince(start)
-        if let merge {
-            do { try statistics.merge(try StatisticsFile.load(path: merge)) } catch { throw CLIError("\(error)") }
+        do {
+            for file in files {
+                let samples: [Float]
+                do { samples = try loadAudio(path: file) } catch { throw CLIError("\(error)") }
+                let pass = try StatisticsPass.run(model: whisper, identity: identity, samples: samples, threads: threads,
+                                                  momentBlockSize: momentBlock)
+                try statistics.merge(pass.statistics)
+                if showText { print("\(file): \(pass.text.trimmingCharacters(in: .whitespaces))") }
+            }
+            let seconds = Date().timeIntervalSince(start)
+            if let merge { try statistics.merge(try StatisticsFile.load(path: merge)) }
+            try StatisticsFile.write(statistics, to: out)
+            let layers = statistics.layers
+            print("\(statistics.sampleCount) utterances, \(layers.count) layers -> \(out) (\(String(format: "%.1f", seconds)) s)")
+        } catch let error as CLIError {
+            throw error
+        } catch {
+            throw CLIError("\(error)")
         }
-        do { try StatisticsFile.write(statistics, to: out) } catch { throw CLIError("\(error)") }
-        let layers = statistics.layers
-        print("\(statistics.sampleCount) utterances, \(layers.count) layers -> \(out) (\(String(format: "%.1f", seconds)) s)")
         print("digest \(StatisticsFile.digest(statistics))")
-        let ranked = layers.sorted { $0.medianAbsOutput < $1.medianAbsOutput }
-        if let low = ranked.first, let high = ranked.last {
-            print(String(format: "median |output|: lowest %.4g (%@), highest %.4g (%@)", low.medianAbsOutput, low.name,
-                         high.medianAbsOutput, high.name))
+        if let moments = statistics.secondMoments {
+            print("second moments: \(moments.layerNames.count) inputs, blocks of \(moments.blockSize == 0 ? "whole width" : "\(moments.blockSize)"), "
+                  + "\(ByteCount.describe(moments.keptByteCount)) kept")
         }
     }
 }

@@ -71,29 +71,26 @@ final class ModelLoadingTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/again.myq"))
     }
 
-    func testStatisticsWithSecondMomentsGiveCompensatedRounding() throws {
+    func testStatisticsGiveCompensatedRoundingUnlessToldOtherwise() throws {
         _ = try Fixtures.modelDirectory("tiny.en")
         let calibration = try Fixtures.sample("goforward.wav")
         let directory = NSTemporaryDirectory() + "myqasr-stats-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        for (flags, rounding) in [(["--second-moments"], "compensated"), ([], "nearest")] {
-            let stats = directory + "/s\(flags.count).myqs", myq = directory + "/u4-\(rounding).myq"
-            var (status, _, err) = try run(["stats", "--model", "tiny.en"] + flags + ["--out", stats, calibration])
-            XCTAssertEqual(status, 0, err)
-            // Nearest rounding here also keeps the weights unrotated.
-            let rotation = rounding == "nearest" ? ["--no-rotation"] : []
-            (status, _, err) = try run(["quantize", "--model", "tiny.en", "--uniform", "4", "--stats", stats, "--out", myq] + rotation)
+        let stats = directory + "/s.myqs"
+        var (status, _, err) = try run(["stats", "--model", "tiny.en", "--out", stats, calibration])
+        XCTAssertEqual(status, 0, err)
+        let mode = try XCTUnwrap(FileManager.default.attributesOfItem(atPath: stats)[.posixPermissions] as? NSNumber)
+        XCTAssertEqual(mode.intValue & 0o777, 0o600, "the statistics are the user's alone")
+        for (flags, rounding) in [([String](), "compensated"), (["--rounding", "nearest", "--no-rotation"], "nearest")] {
+            let myq = directory + "/u4-\(rounding).myq"
+            (status, _, err) = try run(["quantize", "--model", "tiny.en", "--uniform", "4", "--stats", stats, "--out", myq] + flags)
             XCTAssertEqual(status, 0, err)
             let out: String
             (status, out, err) = try run(["inspect", myq])
             XCTAssertTrue(out.contains("rounding \(rounding)"), out)
-            XCTAssertEqual(out.contains(" yes\n"), rotation.isEmpty, out)
+            // Nearest rounding here also keeps the weights unrotated.
+            XCTAssertEqual(out.contains(" yes\n"), rounding == "compensated", out)
         }
-        // Asking for compensated rounding without second moments names what is missing.
-        let (status, _, err) = try run(["quantize", "--model", "tiny.en", "--uniform", "4", "--stats", directory + "/s0.myqs",
-                                        "--rounding", "compensated", "--out", directory + "/no.myq"])
-        XCTAssertNotEqual(status, 0)
-        XCTAssertTrue(err.contains("myqasr stats --second-moments"), err)
     }
 }

@@ -181,18 +181,14 @@ final class BudgetModelProviderTests: XCTestCase {
         // A restart finds the statistics; `forget` deletes them and their file.
         XCTAssertEqual(PersonalStatistics(directory: directory, logger: .init(label: "test")).statisticsSamples, 3)
         var bytes = try Data(contentsOf: URL(fileURLWithPath: statisticsFile))
-        // A file that also holds second moments (`myqasr stats --second-moments`) is used without them.
-        let kept = try StatisticsFile.load(path: statisticsFile)
-        let moments = InputCovariance()
-        moments.setUpperTriangle(of: "encoder/conv1", width: 240, rows: 1, sums: [Float](repeating: 1, count: 240 * 241 / 2))
-        try StatisticsFile.write(ActivationStatistics(modelIdentity: kept.modelIdentity, sampleCount: kept.sampleCount,
-                                                      layers: kept.layers, secondMoments: moments),
-                                 to: statisticsFile)
-        XCTAssertNotNil(try StatisticsFile.load(path: statisticsFile).secondMoments)
-        let withMoments = PersonalStatistics(directory: directory, logger: .init(label: "test"))
-        XCTAssertEqual(withMoments.statistics(for: identity)?.layers.count, 47)
-        XCTAssertNil(withMoments.statistics(for: identity)?.secondMoments)
+        // The kept statistics carry the bounded second moments, file and restart included.
+        XCTAssertEqual(try StatisticsFile.load(path: statisticsFile).secondMoments?.blockSize, StatisticsPass.momentBlockSize)
+        let reloaded = PersonalStatistics(directory: directory, logger: .init(label: "test"))
+        XCTAssertEqual(reloaded.statistics(for: identity)?.secondMoments?.layerNames.count, 44)
+        // A write killed mid-way leaves `statistics.myqs.tmp`: `forget` deletes it with the rest.
+        try Data("partial".utf8).write(to: URL(fileURLWithPath: StatisticsFile.temporaryPath(for: statisticsFile)))
         personal.forget()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: StatisticsFile.temporaryPath(for: statisticsFile)))
         XCTAssertEqual(personal.statisticsSamples, 0)
         XCTAssertNil(personal.statistics(for: identity))
         XCTAssertFalse(FileManager.default.fileExists(atPath: statisticsFile))

@@ -201,7 +201,7 @@ final class ActivationStatisticsTests: XCTestCase {
         var future = image
         future[4] = 9
         XCTAssertEqual(decodeError(future), .unsupportedVersion(path: "/x/s.myqs", version: 9))
-        XCTAssertEqual(decodeError(image + [0]), .malformed(path: "/x/s.myqs", reason: "1 unexpected bytes after the checksum"))
+        XCTAssertEqual(decodeError(image + [0]), .corrupt(path: "/x/s.myqs", reason: "1 unexpected bytes after the checksum"))
 
         // Every message names the file.
         for e in [decodeError(flipped)!, .truncated(path: "/x/s.myqs"), .notStatisticsFile(path: "/x/s.myqs")] {

@@ -131,4 +131,49 @@ final class AllocatorTests: XCTestCase {
                            q.byteSize)
         }
     }
+
+    // MARK: widths by expected error
+
+    /// Errors of the form the estimate gives: a constant per layer times 4^(1 − bits).
+    func errors(_ constants: [Double]) -> [[Double]] {
+        constants.map { c in BitAllocator.defaultAllowedBits.map { c * pow(4, Double(1 - $0)) } }
+    }
+
+    func testExpectedErrorUnderTheUniformityConstraintRaisesTheMostErrorPerByte() throws {
+        let a = try allocator()
+        let constants: [Double] = [5, 1, 40, 0.2, 3, 8]
+        let u4 = try a.uniformBytes(bits: 4), u5 = try a.uniformBytes(bits: 5)
+        for budget in stride(from: u4, through: u5 + 10, by: (u5 - u4) / 7) {
+            let result = try a.allocate(budget: budget, errors: errors(constants), adjacentWidths: true)
+            XCTAssertLessThanOrEqual(result.totalBytes, budget)
+            XCTAssertTrue(result.bits.allSatisfy { $0 == 4 || $0 == 5 } || budget >= u5, "\(result.bits)")
+            // Every layer left at 4 bits either would not fit or removes less error per byte than every raised one.
+            let cost = { (i: Int, bits: Int) in BitAllocator.quantizedByteSize(outFeatures: self.layers[i].outFeatures,
+                                                                             inFeatures: self.layers[i].inFeatures, bits: bits, groupSize: 64) }
+            let gain = { (i: Int) in constants[i] * (pow(4, -3) - pow(4, -4)) / Double(cost(i, 5) - cost(i, 4)) }
+            let raised = result.bits.indices.filter { result.bits[$0] == 5 }
+            for i in result.bits.indices where result.bits[i] == 4 {
+                let fits = result.totalBytes + cost(i, 5) - cost(i, 4) <= budget
+                XCTAssertTrue(!fits || raised.allSatisfy { gain($0) >= gain(i) }, "budget \(budget): \(result.bits)")
+            }
+        }
+        // Nothing to raise when every layer at the start width fits; a budget below 2 bits everywhere is refused.
+        XCTAssertEqual(try a.allocate(budget: try a.uniformBytes(bits: 8), errors: errors(constants), adjacentWidths: true).bits,
+                       [Int](repeating: 8, count: layers.count))
+        XCTAssertThrowsError(try a.allocate(budget: try a.uniformBytes(bits: 2) - 1, errors: errors(constants), adjacentWidths: true))
+    }
+
+    func testExpectedErrorWithAnyWidthsSpendsTheBytesWhereTheErrorIs() throws {
+        let a = try allocator()
+        let constants: [Double] = [1, 1, 1e6, 1, 1, 1]
+        let budget = try a.uniformBytes(bits: 3) + 2000
+        let result = try a.allocate(budget: budget, errors: errors(constants), adjacentWidths: false)
+        XCTAssertLessThanOrEqual(result.totalBytes, budget)
+        XCTAssertEqual(result.bits[2], 8, "the layer with a million times the error gets the widest width")
+        XCTAssertGreaterThan(Set(result.bits).count, 2, "more than two widths: \(result.bits)")
+        // With the constraint the same budget keeps two adjacent widths.
+        let constrained = try a.allocate(budget: budget, errors: errors(constants), adjacentWidths: true)
+        XCTAssertLessThanOrEqual(Set(constrained.bits).count, 2)
+        XCTAssertEqual(constrained.bits[2], 4)
+    }
 }

@@ -1,0 +1,42 @@
+import Foundation
+import Quantization
+import WhisperEngine
+import WhisperTestSupport
+import XCTest
+
+/// `myqasr stats` then `myqasr quantize --budget --stats` make exactly the model the daemon serves from the
+/// same statistics (`Quantizer.personalise`, which its `BudgetModelProvider` calls).
+final class PersonalModelTests: XCTestCase {
+    func testQuantizeFromStatisticsIsTheDaemonsModel() throws {
+        let calibration = try MyQASRTool.sample("jfk.wav")
+        let directory = NSTemporaryDirectory() + "myqasr-personal-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let stats = directory + "/me.myqs", myq = directory + "/me.myq"
+        var (status, out, err) = try MyQASRTool.run(["stats", "--model", "tiny.en", "--out", stats, calibration])
+        if err.contains("scripts/fetch-models") { throw XCTSkip("tiny.en is not installed: \(err)") }
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.contains("second moments: 44 inputs, blocks of \(StatisticsPass.momentBlockSize)"), out)
+        let budget = 24 * 1024 * 1024
+        (status, out, err) = try MyQASRTool.run(["quantize", "--model", "tiny.en", "--budget", "\(budget)", "--stats", stats,
+                                                 "--out", myq])
+        XCTAssertEqual(status, 0, err)
+
+        let statistics = try StatisticsFile.load(path: stats)
+        XCTAssertEqual(statistics.sampleCount, 1)
+        let expected = try Quantizer.personalise(model: try Fixtures.model("tiny.en"), statistics: statistics, budget: budget)
+        XCTAssertEqual(expected.metadata.rounding, .compensated)
+        let made = try QuantizedModelFile.load(path: myq)
+        XCTAssertEqual(made.metadata.statisticsDigest, expected.metadata.statisticsDigest)
+        XCTAssertEqual(made.metadata.rounding, expected.metadata.rounding)
+        XCTAssertEqual(made.weights.byteSize, expected.weights.byteSize)
+        let madeLayers = made.weights.linearLayers, expectedLayers = expected.weights.linearLayers
+        XCTAssertEqual(madeLayers.map(\.name), expectedLayers.map(\.name))
+        for (a, b) in zip(madeLayers, expectedLayers) {
+            let qa = try XCTUnwrap(a.weight as? QuantizedMatrix), qb = try XCTUnwrap(b.weight as? QuantizedMatrix)
+            XCTAssertEqual(qa.bits, qb.bits, a.name)
+            XCTAssertEqual(qa.codes(), qb.codes(), a.name)
+            XCTAssertEqual(qa.scaleValues(), qb.scaleValues(), a.name)
+        }
+    }
+}
