@@ -26,12 +26,13 @@ struct Quantize: ParsableCommand {
             output (off by default: on tiny.en it raised the word error rate, see \
             docs/myqasr-method.md).
 
-            Statistics come from --stats (made by `myqasr stats`) or from --calibration audio run \
-            through the model now. Codes are then chosen by error-compensated rounding (GPTQ, \
-            in three passes that each refit the group scales by least squares) from \
-            the layers' input second moments: kept in memory only with --calibration, read from \
-            the file with --stats if it was made with `myqasr stats --second-moments` (otherwise \
-            codes are rounded to nearest). With --calibration, the audio is run a second time \
+            Statistics come from --stats (made by `myqasr stats`, as the daemon gathers them) or \
+            from --calibration audio run through the model now. Codes are then chosen by \
+            error-compensated rounding (GPTQ, in three passes that each refit the group scales by \
+            least squares) from the layers' input second moments: whole, in memory only, with \
+            --calibration; on diagonal blocks of 384 inputs, as the daemon keeps them, from the \
+            file with --stats. `--budget B --stats FILE` with no other option makes exactly the \
+            model the daemon serves from those statistics. With --calibration, the audio is run a second time \
             once the encoder is quantized, so that the decoder is rounded for the inputs the \
             quantized encoder gives it (--single-pass skips this). On tiny.en compensated \
             rounding lowered the word error rate at 3 and 4 bits (docs/myqasr-method.md).
@@ -102,8 +103,8 @@ struct Quantize: ParsableCommand {
 
     @Option(help: """
         How codes are chosen: compensated (each rounding error is carried onto the inputs not yet \
-        rounded, weighted by the inputs' second moments; needs --calibration, or --stats made with \
-        `myqasr stats --second-moments`, and is then the default) or nearest.
+        rounded, weighted by the inputs' second moments; needs --calibration or --stats, and is then \
+        the default) or nearest.
         """)
     var rounding: RoundingMethod?
 
@@ -215,14 +216,15 @@ struct Quantize: ParsableCommand {
     func printReport(_ r: QuantizationReport, title: String) {
         print(title)
         print(pad("layer", 40) + lpad("shape", 12) + lpad("bits", 5) + lpad("KiB", 9) + lpad("median|y|", 11) + lpad("clip", 6)
-              + lpad("err@1", 10) + lpad("err", 10))
+              + lpad("err@1", 10) + lpad("err", 10) + lpad("expected", 10))
         for l in r.layers {
             let sens = l.sensitivity.map { String(format: "%.4g", $0) } ?? "-"
             let e1 = l.unclippedError.map { String(format: "%.3g", $0) } ?? "-"
             let e = l.calibratedError.map { String(format: "%.3g", $0) } ?? "-"
+            let expected = l.expectedError.map { String(format: "%.3g", $0) } ?? "-"
             print(pad(l.name, 40) + lpad("\(l.outFeatures)x\(l.inFeatures)", 12) + lpad("\(l.bits)", 5)
                   + lpad(String(format: "%.1f", Double(l.bytes) / 1024), 9) + lpad(sens, 11)
-                  + lpad(String(format: "%.2f", l.clipRatio), 6) + lpad(e1, 10) + lpad(e, 10))
+                  + lpad(String(format: "%.2f", l.clipRatio), 6) + lpad(e1, 10) + lpad(e, 10) + lpad(expected, 10))
         }
         var histogram: [Int: Int] = [:]
         for l in r.layers { histogram[l.bits, default: 0] += 1 }
