@@ -2,6 +2,7 @@ import ArgumentParser
 import Audio
 import Foundation
 import Quantization
+import Units
 import WhisperEngine
 
 /// Runs `files` through `model` with `observer` watching every linear layer; counts each
@@ -98,7 +99,7 @@ struct Stats: ParsableCommand {
         print("digest \(StatisticsFile.digest(statistics))")
         if let moments = statistics.secondMoments {
             print("second moments: \(moments.layerNames.count) inputs, blocks of \(moments.blockSize == 0 ? "whole width" : "\(moments.blockSize)"), "
-                  + "\(ByteCount.describe(moments.keptByteCount)) kept")
+                  + "\(ByteSize.formatExact(moments.keptByteCount)) kept")
         }
     }
 }

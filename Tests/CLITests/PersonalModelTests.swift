@@ -1,20 +1,20 @@
 import Foundation
 import Quantization
 import WhisperEngine
-import WhisperTestSupport
+import TestSupport
 import XCTest
 
 /// `myqasr stats` then `myqasr quantize --budget --stats` make exactly the model the daemon serves from the
 /// same statistics (`Quantizer.personalise`, which its `BudgetModelProvider` calls).
 final class PersonalModelTests: XCTestCase {
     func testQuantizeFromStatisticsIsTheDaemonsModel() throws {
-        let calibration = try MyQASRTool.sample("jfk.wav")
+        _ = try Fixtures.modelDirectory("tiny.en")
+        let calibration = try Fixtures.sample("jfk.wav")
         let directory = NSTemporaryDirectory() + "myqasr-personal-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let stats = directory + "/me.myqs", myq = directory + "/me.myq"
         var (status, out, err) = try MyQASRTool.run(["stats", "--model", "tiny.en", "--out", stats, calibration])
-        if err.contains("scripts/fetch-models") { throw XCTSkip("tiny.en is not installed: \(err)") }
         XCTAssertEqual(status, 0, err)
         XCTAssertTrue(out.contains("second moments: 44 inputs, blocks of \(StatisticsPass.momentBlockSize)"), out)
         let budget = 24 * 1024 * 1024

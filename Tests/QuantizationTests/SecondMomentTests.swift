@@ -1,6 +1,6 @@
 import Foundation
 import WhisperEngine
-import WhisperTestSupport
+import TestSupport
 import XCTest
 
 @testable import Quantization
