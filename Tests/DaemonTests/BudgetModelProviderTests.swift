@@ -159,6 +159,27 @@ final class BudgetModelProviderTests: XCTestCase {
         let sensitivities = try XCTUnwrap(personal.statistics(for: identity)).sensitivities
         let five = personalised.layerBits.filter { $0.value == 5 }.keys, four = personalised.layerBits.filter { $0.value == 4 }.keys
         XCTAssertLessThanOrEqual(five.map { sensitivities[$0]! }.max()!, four.map { sensitivities[$0]! }.min()!)
+        // Its codes come from compensated rounding on the live second moments: exactly the codes of
+        // `Quantizer.personalise` (what `myqasr quantize --budget --stats` makes), and not those of nearest rounding
+        // at the same widths.
+        let kept = try XCTUnwrap(personal.statistics(for: identity))
+        XCTAssertEqual(kept.secondMoments?.blockSize, StatisticsPass.momentBlockSize)
+        let expected = try Quantizer.personalise(model: float.model, statistics: kept, budget: 24 * mib)
+        XCTAssertEqual(expected.metadata.rounding, .compensated)
+        var nearestOptions = Quantizer.personalOptions(budget: 24 * mib, statistics: kept)
+        nearestOptions.rounding = .nearest
+        let nearest = try Quantizer.quantize(model: float.model, statistics: kept, options: nearestOptions)
+        var differsFromNearest = 0
+        for ((served, personal), rounded) in zip(zip(personalised.model.weights.linearLayers, expected.weights.linearLayers),
+                                                 nearest.weights.linearLayers) {
+            let s = try XCTUnwrap(served.weight as? QuantizedMatrix), p = try XCTUnwrap(personal.weight as? QuantizedMatrix)
+            let r = try XCTUnwrap(rounded.weight as? QuantizedMatrix)
+            XCTAssertEqual(s.bits, r.bits, served.name)
+            XCTAssertEqual(s.codes(), p.codes(), "\(served.name): the served codes are compensated rounding's")
+            if s.codes() != r.codes() { differsFromNearest += 1 }
+        }
+        XCTAssertEqual(differsFromNearest, personalised.model.weights.linearLayers.count,
+                       "every layer's codes differ from nearest rounding's")
         let recogniser = try SpeechRecognizer(model: personalised.model, threads: 2)
         let text = try recogniser.transcribe(samples: samples).text
         XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
