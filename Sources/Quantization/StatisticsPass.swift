@@ -24,6 +24,7 @@ public enum StatisticsPass {
         let pass = emptyStatistics(modelIdentity: identity, momentBlockSize: momentBlockSize)
         var options = TranscriptionOptions()
         options.decoding.beamSize = 1
+        options.shortWindow = nil   // whole windows, as `myqasr quantize --calibration` gathers them
         let transcript = try SpeechRecognizer(model: model, threads: threads, observer: pass).transcribe(samples: samples, options: options)
         pass.finishSample()
         if let error = pass.observationError { throw error }

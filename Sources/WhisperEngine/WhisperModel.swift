@@ -109,8 +109,12 @@ public final class SpeechRecognizer {
         if !model.tokenizer.isMultilingual {
             options.decoding.language = "en"
         }
-        // Whisper computes the spectrogram of the audio followed by 30 s of silence.
-        let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nSamples)
+        // Whisper computes the spectrogram of the audio followed by 30 s of silence, but decoding
+        // reads only the audio's own frames, and those (their global maximum included) come out
+        // the same with nFFT samples of that silence: the frames past it see zeros only. Language
+        // detection reads the first 30 s of frames, padding included, so it gets the whole padding.
+        let detects = options.decoding.language == nil && model.tokenizer.isMultilingual
+        let mel = frontEnd.compute(samples: samples, paddingSamples: detects ? WhisperAudio.nSamples : WhisperAudio.nFFT)
         let contentFrames = samples.count / WhisperAudio.hopLength
         return try transcriber.transcribe(mel: mel.values, frameCount: mel.nFrames,
                                           contentFrames: min(contentFrames, mel.nFrames),

@@ -44,6 +44,9 @@ struct Eval: ParsableCommand {
     @Option(help: "Worker threads for the network.")
     var threads = 2
 
+    @Flag(help: "Encode every window whole (30 s), as Whisper does, instead of short windows with a full-window guard.")
+    var fullWindow = false
+
     @Option(help: "Score these transcripts (JSON from scripts/faster-whisper-ref) instead of running a model.")
     var hypotheses: String?
 
@@ -79,6 +82,7 @@ struct Eval: ParsableCommand {
         let normalizer = EnglishTextNormalizer()
         var perVoice: [String: WordErrorCounts] = [:], utterances: [String: Int] = [:]
         var audioSeconds = 0.0, wallSeconds = 0.0
+        var shortWindows = 0, fullWindowRetries = 0
         var transcribe: (ManifestEntry) throws -> String
         if let hypotheses {
             let data: Data
@@ -105,11 +109,15 @@ struct Eval: ParsableCommand {
             let recognizer = try SpeechRecognizer(model: whisper, threads: threads)
             var options = TranscriptionOptions()
             options.decoding.beamSize = beamSize
+            if fullWindow { options.shortWindow = nil }
             transcribe = { e in
                 let samples: [Float]
                 do { samples = try loadAudio(path: e.audioURL.path) } catch { throw CLIError("\(error)") }
                 let start = Date()
-                let text = try recognizer.transcribe(samples: samples, options: options).text
+                let transcript = try recognizer.transcribe(samples: samples, options: options)
+                let text = transcript.text
+                shortWindows += transcript.shortWindows
+                fullWindowRetries += transcript.fullWindowRetries
                 wallSeconds += Date().timeIntervalSince(start)
                 audioSeconds += Double(samples.count) / Double(WhisperAudio.sampleRate)
                 return text
@@ -137,6 +145,8 @@ struct Eval: ParsableCommand {
         if audioSeconds > 0 {
             print(String(format: "%.1f s of audio in %.1f s (real-time factor %.3f)", audioSeconds, wallSeconds,
                          wallSeconds / audioSeconds))
+            print(fullWindow ? "every window encoded whole"
+                : "\(shortWindows) windows encoded short, \(fullWindowRetries) more retried whole by the guard")
         }
     }
 

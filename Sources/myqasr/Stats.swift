@@ -13,6 +13,8 @@ func runCalibrationAudio(model: WhisperModel, files: [String], threads: Int, bea
     let recognizer = try SpeechRecognizer(model: model, threads: threads, observer: observer)
     var options = TranscriptionOptions()
     options.decoding.beamSize = beamSize
+    // Whole windows, as the quantizer's measurements were made (docs/myqasr-method.md).
+    options.shortWindow = nil
     for file in files {
         let samples: [Float]
         do { samples = try loadAudio(path: file) } catch { throw CLIError("\(error)") }

@@ -43,6 +43,11 @@ struct Transcribe: ParsableCommand {
     @Flag(help: "Decode without timestamp tokens (one segment per 30 s window).")
     var withoutTimestamps = false
 
+    @Flag(help: ArgumentHelp(
+        "Encode every window whole (30 s), as Whisper does.",
+        discussion: "By default a window with less than 30 s of audio is encoded over its own frames, and decoded again whole when that result looks unreliable."))
+    var fullWindow = false
+
     @Option(help: "Output format: text (one line per file) or json (segments with times and scores).")
     var format: Format = .text
 
@@ -66,6 +71,7 @@ struct Transcribe: ParsableCommand {
         options.decoding.language = language
         options.decoding.task = translate ? .translate : .transcribe
         options.decoding.withoutTimestamps = withoutTimestamps
+        if fullWindow { options.shortWindow = nil }
 
         var results: [FileResult] = []
         for file in files {
@@ -80,7 +86,8 @@ struct Transcribe: ParsableCommand {
             let result = FileResult(file: file, text: transcript.text.trimmingCharacters(in: .whitespaces),
                                     language: transcript.language, segments: transcript.segments,
                                     secondsAudio: Double(samples.count) / Double(WhisperAudio.sampleRate),
-                                    secondsWall: Date().timeIntervalSince(start))
+                                    secondsWall: Date().timeIntervalSince(start), shortWindows: transcript.shortWindows,
+                                    fullWindowRetries: transcript.fullWindowRetries)
             results.append(result)
             if format == .text {
                 print(files.count > 1 ? "\(file): \(result.text)" : result.text)
@@ -105,6 +112,9 @@ struct Transcribe: ParsableCommand {
         let segments: [Segment]
         let secondsAudio: Double
         let secondsWall: Double
+        /// Windows encoded short whose result stood, and short windows decoded again whole.
+        let shortWindows: Int
+        let fullWindowRetries: Int
     }
 
     /// The whole JSON output.

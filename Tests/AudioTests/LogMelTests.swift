@@ -136,6 +136,29 @@ final class LogMelTests: XCTestCase {
         XCTAssertTrue(spec.window(atFrame: 500, frameCount: 4).values.allSatisfy { $0 == 0 })
     }
 
+    /// Decoding reads the audio's own frames (samples.count / 160): with nFFT samples of padding
+    /// they, and the global maximum the clamp uses, are those of Whisper's 30 s of padding.
+    func testTheAudiosFramesNeedOnlyNFFTSamplesOfPadding() throws {
+        let frontEnd = try LogMelFrontEnd()
+        // A quiet signal (with a silent gap, clamped) and a loud last 10 ms: the frames that hold
+        // the global maximum straddle the end of the audio.
+        var samples = ReferenceSignal.samples().map { $0 * 0.05 } + [Float](repeating: 0, count: 1234)
+        for i in (samples.count - 160)..<samples.count { samples[i] = i % 2 == 0 ? 0.9 : -0.9 }
+        let content = samples.count / WhisperAudio.hopLength
+        let whole = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nSamples)
+        let short = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nFFT)
+        XCTAssertGreaterThanOrEqual(short.nFrames, content)
+        // The same up to float rounding (the products run over blocks of another size).
+        func largestDifference(_ a: LogMelSpectrogram, _ b: LogMelSpectrogram, frames: Int) -> Float {
+            let x = a.window(atFrame: 0, frameCount: frames).values, y = b.window(atFrame: 0, frameCount: frames).values
+            return zip(x, y).map { abs($0 - $1) }.max() ?? 0
+        }
+        XCTAssertLessThan(largestDifference(short, whole, frames: content), 1e-5)
+        // Less padding misses the frames that straddle the end: the clamp moves.
+        let tooLittle = frontEnd.compute(samples: samples, paddingSamples: 0)
+        XCTAssertGreaterThan(largestDifference(tooLittle, whole, frames: content - 2), 0.01)
+    }
+
     func testFastLog10() {
         var worst: Double = 0
         var x: Float = 1e-10

@@ -15,9 +15,31 @@ final class MyQASRCommandTests: XCTestCase {
         }
         let (transcribeStatus, transcribeHelp, _) = try run(["transcribe", "--help"])
         XCTAssertEqual(transcribeStatus, 0)
-        for option in ["--model", "--beam-size", "--language", "--format"] {
+        for option in ["--model", "--beam-size", "--language", "--format", "--full-window"] {
             XCTAssertTrue(transcribeHelp.contains(option), "transcribe help lacks \(option)")
         }
+    }
+
+    /// The short window is on by default and `--full-window` turns it off; the JSON says which ran.
+    func testFullWindowTurnsTheShortWindowOff() throws {
+        let jfk = try MyQASRTool.sample("jfk.wav")
+        func transcribe(_ extra: [String]) throws -> [String: Any] {
+            let (status, out, err) = try run(["transcribe", "--model", "tiny.en", "--beam-size", "1", "--format", "json"] + extra + [jfk])
+            if err.contains("scripts/fetch-models") { throw XCTSkip("tiny.en is not installed: \(err)") }
+            XCTAssertEqual(status, 0, err)
+            let report = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
+            return try XCTUnwrap((report?["files"] as? [[String: Any]])?.first, out)
+        }
+        let short = try transcribe([]), whole = try transcribe(["--full-window"])
+        // JFK's 11 s fill one window: encoded short (kept, or retried whole by the guard), or whole.
+        XCTAssertEqual((short["short_windows"] as? Int ?? 0) + (short["full_window_retries"] as? Int ?? 0), 1, "\(short)")
+        XCTAssertEqual(whole["short_windows"] as? Int, 0)
+        XCTAssertEqual(whole["full_window_retries"] as? Int, 0)
+        func words(_ file: [String: Any]) -> String {
+            String(((file["text"] as? String) ?? "").lowercased().map { $0.isLetter ? $0 : " " }).split(separator: " ").joined(separator: " ")
+        }
+        XCTAssertEqual(words(short), "and so my fellow americans ask not what your country can do for you ask what you can do for your country")
+        XCTAssertEqual(words(short), words(whole))
     }
 
     func testMalformedAudioIsAClearError() throws {

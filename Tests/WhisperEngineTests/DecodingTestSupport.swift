@@ -130,24 +130,30 @@ final class ScriptedSession: DecoderSession {
 }
 
 /// A `SpeechModel` whose encoder reports the first mel value of the window as the audio tag
-/// and whose decoder follows a script.
+/// (or what `tag` makes of the mel) and whose decoder follows a script.
 final class ScriptedModel: SpeechModel {
     let dimensions: ModelDimensions
     let log = ScriptLog()
     private let lm: (Float, [Int]) -> [Float]
+    private let tag: ([Float]) -> Float
 
-    /// `lm(tag, sequence)` returns the logits after `sequence` (the full sequence, start tokens included).
-    init(dimensions: ModelDimensions, lm: @escaping (Float, [Int]) -> [Float]) {
+    /// `lm(tag, sequence)` returns the logits after `sequence` (the full sequence, start tokens included);
+    /// `tag(mel)` is the audio tag of an encoded window (default: its first mel value).
+    init(dimensions: ModelDimensions, tag: @escaping ([Float]) -> Float = { $0.first ?? 0 },
+         lm: @escaping (Float, [Int]) -> [Float]) {
         self.dimensions = dimensions
         self.lm = lm
+        self.tag = tag
     }
 
+    /// Accepts `[nMels, 2 * frames]` for frames in 1...nAudioCtx, as the network does.
     func encode(mel: [Float]) -> EncodedAudio {
-        if mel.count != dimensions.nMels * 2 * dimensions.nAudioCtx {
+        let frames = mel.count / (2 * dimensions.nMels)
+        if mel.count != dimensions.nMels * 2 * frames || frames < 1 || frames > dimensions.nAudioCtx {
             log.violations.append("encode got \(mel.count) values")
         }
         log.windows.append(mel)
-        return EncodedAudio(frames: 1, width: 1, values: [mel.first ?? 0])
+        return EncodedAudio(frames: 1, width: 1, values: [tag(mel)])
     }
 
     func makeDecoderSession(audio: EncodedAudio) -> DecoderSession {

@@ -19,6 +19,65 @@ final class NetworkReferenceTests: XCTestCase {
         assertClose(fast.values, slow, tolerance: 1e-4)
     }
 
+    func testShortEncoderMatchesReferenceOverItsOwnFrames() {
+        var rng = SeededGenerator(seed: 5)
+        let weights = RandomWhisper.make(Self.dims, rng: &rng)
+        let network = WhisperNetwork(weights: weights, threads: 2)
+        for positions in [1, 4, 7] {
+            let mel = (0..<(Self.dims.nMels * 2 * positions)).map { _ in Float.random(in: -1...1, using: &rng) }
+            let fast = network.encode(mel: mel)
+            XCTAssertEqual(fast.frames, positions)
+            assertClose(fast.values, Reference(weights).encode(mel), tolerance: 1e-4)
+        }
+    }
+
+    /// Without attention blocks every encoder position depends only on its own mel frames (the
+    /// convolutions' reach) and its positional embedding: a short window's output is then the full
+    /// window's first rows, when the full window holds the same frames followed by zeros.
+    func testShortEncoderIsTheFullWindowsFirstRowsWithoutAttention() {
+        var dims = Self.dims
+        dims.nAudioLayers = 0
+        var rng = SeededGenerator(seed: 6)
+        let weights = RandomWhisper.make(dims, rng: &rng)
+        let network = WhisperNetwork(weights: weights, threads: 1)
+        let positions = 4, inFrames = 2 * positions, window = 2 * dims.nAudioCtx
+        let short = (0..<(dims.nMels * inFrames)).map { _ in Float.random(in: -1...1, using: &rng) }
+        var whole = [Float](repeating: 0, count: dims.nMels * window)
+        for m in 0..<dims.nMels {
+            for f in 0..<inFrames { whole[m * window + f] = short[m * inFrames + f] }
+        }
+        let shortOut = network.encode(mel: short), wholeOut = network.encode(mel: whole)
+        XCTAssertEqual(shortOut.frames, positions)
+        XCTAssertEqual(wholeOut.frames, dims.nAudioCtx)
+        assertClose(shortOut.values, Array(wholeOut.values[0..<(positions * dims.nState)]), tolerance: 1e-5)
+        // With attention the rows differ: each position sees the whole window's positions.
+        let attending = WhisperNetwork(weights: RandomWhisper.make(Self.dims, rng: &rng), threads: 1)
+        let a = attending.encode(mel: short).values, b = attending.encode(mel: whole).values
+        XCTAssertNotEqual(a, Array(b[0..<a.count]))
+    }
+
+    /// The decoder's cross-attention over a short window reads its positions only: the logits are
+    /// the reference's over exactly those encoder rows.
+    func testCrossAttentionOverAShortWindowSeesOnlyItsFrames() {
+        var rng = SeededGenerator(seed: 7)
+        let weights = RandomWhisper.make(Self.dims, rng: &rng)
+        let network = WhisperNetwork(weights: weights, threads: 2)
+        let positions = 3
+        let mel = (0..<(Self.dims.nMels * 2 * positions)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let audio = network.encode(mel: mel)
+        XCTAssertEqual(audio.values.count, positions * Self.dims.nState)
+        let reference = Reference(weights)
+        let session = network.makeDecoderSession(audio: audio)
+        assertClose(session.step([[3, 7]]), reference.logits(tokens: [3, 7], audio: audio.values), tolerance: 1e-4)
+        assertClose(session.step([[1]]), reference.logits(tokens: [3, 7, 1], audio: audio.values), tolerance: 1e-4)
+        // The same rows followed by more positions give other logits: the short session did not
+        // attend to anything past its own rows.
+        let longer = EncodedAudio(frames: positions + 2, width: Self.dims.nState,
+                                  values: audio.values + rng.floats(2 * Self.dims.nState, scale: 1))
+        let other = network.makeDecoderSession(audio: longer).step([[3, 7]])
+        XCTAssertNotEqual(other, reference.logits(tokens: [3, 7], audio: audio.values))
+    }
+
     func testDecoderWithCacheMatchesFullRecompute() {
         var rng = SeededGenerator(seed: 2)
         let weights = RandomWhisper.make(Self.dims, rng: &rng)
@@ -176,11 +235,11 @@ private struct Reference {
 
     func encode(_ mel: [Float]) -> [Float] {
         let dims = w.dimensions
-        let frames = 2 * dims.nAudioCtx
+        let frames = mel.count / dims.nMels                                 // 2 * positions
         let input = (0..<dims.nMels).map { c in (0..<frames).map { Double(mel[c * frames + $0]) } }
         let h1 = gelu(conv(w.conv1, input, stride: 1))                      // [time, d]
         let h1ByChannel = (0..<d).map { c in h1.map { $0[c] } }
-        var x = gelu(conv(w.conv2, h1ByChannel, stride: 2))                // [nAudioCtx, d]
+        var x = gelu(conv(w.conv2, h1ByChannel, stride: 2))                // [positions, d]
         for t in x.indices { for c in 0..<d { x[t][c] += Double(w.encoderPositions[t * d + c]) } }
         for b in w.encoderBlocks {
             let qkv = linear(b.qkv, norm(b.attentionNorm, x))

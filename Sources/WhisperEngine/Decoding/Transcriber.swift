@@ -42,12 +42,18 @@ public struct Transcript: Codable, Sendable, Equatable {
     public var language: String
     /// Text of all segments (the initial prompt excluded), decoded in one piece.
     public var text: String
+    /// Windows decoded over their own frames only (`ShortWindowPolicy`) whose result was kept.
+    public var shortWindows: Int
+    /// Windows decoded short whose result the guard rejected, then decoded whole.
+    public var fullWindowRetries: Int
 
     /// Creates a transcript.
-    public init(segments: [Segment], language: String, text: String) {
+    public init(segments: [Segment], language: String, text: String, shortWindows: Int = 0, fullWindowRetries: Int = 0) {
         self.segments = segments
         self.language = language
         self.text = text
+        self.shortWindows = shortWindows
+        self.fullWindowRetries = fullWindowRetries
     }
 }
 
@@ -64,16 +70,21 @@ public struct TranscriptionOptions: Sendable, Equatable {
     public var promptResetOnTemperature: Double = 0.5
     /// Text prepended as context to the first window (vocabulary, spelling, style).
     public var initialPrompt: String? = nil
+    /// Encode a window whose audio is shorter than 30 s over its own frames only, with a full-window
+    /// retry when the result looks unreliable (`ShortWindowPolicy`); `nil` encodes every window
+    /// whole, as Whisper does.
+    public var shortWindow: ShortWindowPolicy? = ShortWindowPolicy()
 
-    /// Creates options; the defaults are Whisper's.
+    /// Creates options; the defaults are Whisper's, except for the short window.
     public init(decoding: DecodingOptions = DecodingOptions(), fallback: FallbackPolicy = FallbackPolicy(),
                 conditionOnPreviousText: Bool = true, promptResetOnTemperature: Double = 0.5,
-                initialPrompt: String? = nil) {
+                initialPrompt: String? = nil, shortWindow: ShortWindowPolicy? = ShortWindowPolicy()) {
         self.decoding = decoding
         self.fallback = fallback
         self.conditionOnPreviousText = conditionOnPreviousText
         self.promptResetOnTemperature = promptResetOnTemperature
         self.initialPrompt = initialPrompt
+        self.shortWindow = shortWindow
     }
 }
 
@@ -142,15 +153,15 @@ public final class Transcriber {
         let timePrecision = Double(inputStride) * Transcriber.secondsPerFrame   // 0.02 s
         let maxPromptLength = dims.nTextCtx / 2 - 1
 
-        // Window `seek ..< seek + size` of the mel, zero-padded to a full window.
-        func melWindow(seek: Int, size: Int) -> [Float] {
-            var out = [Float](repeating: 0, count: nMels * window)
+        // Window `seek ..< seek + size` of the mel, zero-padded to `width` frames: `[nMels, width]`.
+        func melWindow(seek: Int, size: Int, width: Int = window) -> [Float] {
+            var out = [Float](repeating: 0, count: nMels * width)
             guard size > 0 else { return out }
             mel.withUnsafeBufferPointer { src in
                 out.withUnsafeMutableBufferPointer { dst in
                     for m in 0..<nMels {
                         let from = m * frameCount + seek
-                        let to = m * window
+                        let to = m * width
                         for f in 0..<size { dst[to + f] = src[from + f] }
                     }
                 }
@@ -182,25 +193,51 @@ public final class Transcriber {
         var segments: [Segment] = []
         var seek = 0
         var windowIndex: UInt64 = 0
+        var shortWindows = 0, fullWindowRetries = 0
 
         while seek < contentFrames {
             try decoding.cancellation?.check()
             let timeOffset = Double(seek) * Transcriber.secondsPerFrame
             let segmentSize = min(window, contentFrames - seek)
             let segmentDuration = Double(segmentSize) * Transcriber.secondsPerFrame
-            let audio: EncodedAudio
-            if seek == 0, let cached = firstWindowAudio {
-                audio = cached
-            } else {
-                audio = decoder.model.encode(mel: melWindow(seek: seek, size: segmentSize))
-            }
-            firstWindowAudio = nil
-
             var windowOptions = decoding
             windowOptions.prompt = Array(allTokens[promptResetSince...].suffix(maxPromptLength))
             windowOptions.seed = decoding.seed &+ windowIndex &* 0x1_0000_0001
             windowIndex += 1
-            let result = try decoder.decodeWithFallback(audio: audio, options: windowOptions, policy: options.fallback)
+
+            // The short path: a window with less than 30 s of audio left is first encoded over its
+            // own frames (rounded up) and decoded once at the first temperature; the result stands
+            // unless the policy's guard finds it unreliable, then the window is decoded whole.
+            var shortResult: DecodingResult?
+            if let policy = options.shortWindow,
+               let width = policy.encodedFrames(contentFrames: segmentSize, windowFrames: window) {
+                let audio = decoder.model.encode(mel: melWindow(seek: seek, size: segmentSize, width: width))
+                var attempt = windowOptions
+                attempt.temperature = options.fallback.temperatures.first ?? 0
+                attempt.sampleLength = min(attempt.sampleLength ?? dims.nTextCtx / 2,
+                                           policy.tokenLimit(contentSeconds: segmentDuration))
+                let result = try decoder.decode(audio: audio, options: attempt)
+                if policy.accepts(result, contentSeconds: segmentDuration, timePrecision: timePrecision,
+                                  timestampBegin: timestampBegin) {
+                    shortResult = result
+                } else {
+                    fullWindowRetries += 1
+                }
+            }
+            let result: DecodingResult
+            if let shortResult {
+                result = shortResult
+                shortWindows += 1
+            } else {
+                let audio: EncodedAudio
+                if seek == 0, let cached = firstWindowAudio {
+                    audio = cached
+                } else {
+                    audio = decoder.model.encode(mel: melWindow(seek: seek, size: segmentSize))
+                }
+                result = try decoder.decodeWithFallback(audio: audio, options: windowOptions, policy: options.fallback)
+            }
+            firstWindowAudio = nil
             let tokens = result.tokens
 
             if let noSpeech = options.fallback.noSpeechThreshold {
@@ -267,6 +304,7 @@ public final class Transcriber {
         }
 
         let text = tokenizer.decode(allTokens[initialPromptTokens.count...].filter { $0 < endOfText })
-        return Transcript(segments: segments, language: language, text: text)
+        return Transcript(segments: segments, language: language, text: text, shortWindows: shortWindows,
+                          fullWindowRetries: fullWindowRetries)
     }
 }

@@ -41,7 +41,8 @@ extension WhisperNetwork {
 final class WhisperDecoderSession: DecoderSession {
     private let network: WhisperNetwork
     private let audioFrames: Int
-    /// Per block: the window's keys and values, each `[heads, audioFrames, dh]`.
+    /// Per block: the window's keys and values, each `[heads, audioFrames, dh]`; `audioFrames` is
+    /// the encoded positions (1500 for a whole window, fewer for a short one), all that cross-attention reads.
     private let crossKV: [(keys: [Float], values: [Float])]
     /// Per block: `[batch, nTextCtx, d]` keys and values of the positions seen so far (the
     /// arrays may hold more sequences than the batch after it shrank).

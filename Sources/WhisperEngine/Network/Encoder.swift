@@ -22,13 +22,17 @@ public final class WhisperNetwork: SpeechModel {
     public var dimensions: ModelDimensions { weights.dimensions }
 
     /// Encoder: conv1 + GELU, conv2 (stride 2) + GELU, + positions, pre-LN blocks, final LN.
-    /// `mel` is `[nMels, 2 * nAudioCtx]` row-major; the result is `[nAudioCtx, d]`.
+    /// `mel` is `[nMels, 2 * frames]` row-major for any `frames` in `1...nAudioCtx` (a whole 30 s
+    /// window is 3000 mel frames, 1500 positions); the result is `[frames, d]`. A shorter input
+    /// is encoded as its own window: the first `frames` positional embeddings, and attention over
+    /// those positions only (the short window of `ShortWindowPolicy`).
     public func encode(mel: [Float]) -> EncodedAudio {
         let dims = weights.dimensions
         let d = dims.nState, nMels = dims.nMels
-        let inFrames = 2 * dims.nAudioCtx          // 3000
-        let frames = dims.nAudioCtx                // 1500
-        precondition(mel.count == nMels * inFrames, "encode: mel must be [\(nMels), \(inFrames)]")
+        let inFrames = mel.count / nMels           // 3000 for a whole window
+        let frames = inFrames / 2                  // 1500 for a whole window
+        precondition(mel.count == nMels * inFrames && inFrames % 2 == 0 && frames >= 1 && frames <= dims.nAudioCtx,
+                     "encode: mel must be [\(nMels), 2 * frames] with frames in 1...\(dims.nAudioCtx), got \(mel.count) values")
 
         // conv1 (kernel 3, padding 1, stride 1) as a product over im2col rows.
         // cols1: [inFrames, nMels * 3], cols1[t, c*3 + k] = mel[c, t + k - 1] (0 outside).
@@ -78,6 +82,7 @@ public final class WhisperNetwork: SpeechModel {
                 weights.conv2.forward(c.baseAddress!, rows: frames, into: xb.baseAddress!, threads: threads,
                                       observer: observer)
                 gelu(xb.baseAddress!, rows: frames, width: d)
+                // The first `frames` rows of the positional embedding [nAudioCtx, d].
                 weights.encoderPositions.withUnsafeBufferPointer { p in
                     Kernels.add(xb.baseAddress!, p.baseAddress!, count: frames * d)
                 }

@@ -31,9 +31,10 @@ public struct ModelDimensions: Sendable, Equatable {
     }
 }
 
-/// Encoder output for one 30 s window: `[nAudioCtx, nState]` row-major.
+/// Encoder output for one window: `[frames, nState]` row-major, `frames` = 1500 for a whole
+/// 30 s window, fewer for a window encoded short (`AudioContextPolicy`).
 public struct EncodedAudio: @unchecked Sendable {
-    /// Positions (1500 for a full window).
+    /// Positions (1500 for a full window); the decoder's cross-attention reads these only.
     public let frames: Int
     /// Width of each position.
     public let width: Int
@@ -69,7 +70,8 @@ public protocol DecoderSession: AnyObject {
 public protocol SpeechModel: AnyObject {
     /// Sizes of the network.
     var dimensions: ModelDimensions { get }
-    /// Runs the encoder on one window of log-mel features, `[nMels, 2 * nAudioCtx]` row-major.
+    /// Runs the encoder on one window of log-mel features, `[nMels, 2 * frames]` row-major with
+    /// `frames` in `1...nAudioCtx` (`nAudioCtx` for a whole 30 s window); returns `[frames, nState]`.
     func encode(mel: [Float]) -> EncodedAudio
     /// Starts decoding over `audio` with a batch of one empty sequence.
     func makeDecoderSession(audio: EncodedAudio) -> DecoderSession
