@@ -15,6 +15,9 @@ public final class WhisperModel: @unchecked Sendable {
     public let config: ModelConfig
     /// The vocabulary.
     public let tokenizer: WhisperTokenizer
+    /// The weights' silent window for short windows' decoders (`ShortWindowPolicy.silentTail`), made
+    /// on first use and shared by every recognizer of this model.
+    public let silentWindows = SilentWindowStore()
 
     /// Assembles a model from loaded parts.
     public init(name: String, weights: WhisperWeights, config: ModelConfig, tokenizer: WhisperTokenizer) {
@@ -95,7 +98,8 @@ public final class SpeechRecognizer {
     public init(model: WhisperModel, threads: Int = 2, observer: ActivationObserver? = nil) throws {
         WhisperModel.keepFreedMemory
         self.model = model
-        network = WhisperNetwork(weights: model.weights, threads: threads, observer: observer)
+        network = WhisperNetwork(weights: model.weights, threads: threads, observer: observer,
+                                 silentWindows: model.silentWindows)
         frontEnd = try LogMelFrontEnd(nMels: model.weights.dimensions.nMels)
         transcriber = try Transcriber(model: network, tokenizer: model.tokenizer,
                                       suppressIDs: model.config.suppressIDs,

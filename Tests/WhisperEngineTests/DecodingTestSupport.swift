@@ -80,6 +80,8 @@ final class ScriptLog {
     var violations: [String] = []
     /// Longest sequence fed.
     var longest = 0
+    /// Encoded windows extended with a silent window's positions.
+    var silenceExtensions = 0
 }
 
 /// A decoder session over a scripted language model.
@@ -154,6 +156,12 @@ final class ScriptedModel: SpeechModel {
         }
         log.windows.append(mel)
         return EncodedAudio(frames: 1, width: 1, values: [tag(mel)])
+    }
+
+    /// Counted in the log; the tag is unchanged.
+    func extendedWithSilence(_ audio: EncodedAudio) -> EncodedAudio {
+        log.silenceExtensions += 1
+        return audio
     }
 
     func makeDecoderSession(audio: EncodedAudio) -> DecoderSession {

@@ -78,6 +78,37 @@ final class NetworkReferenceTests: XCTestCase {
         XCTAssertNotEqual(other, reference.logits(tokens: [3, 7], audio: audio.values))
     }
 
+    /// With a silent tail the decoder attends over the short window's rows followed by the encoded
+    /// silent window's rows from the same position on: the reference's logits over that whole window.
+    func testSilentTailIsTheSilentWindowsPositionsAfterTheShortFrames() {
+        var rng = SeededGenerator(seed: 8)
+        let weights = RandomWhisper.make(Self.dims, rng: &rng)
+        let store = SilentWindowStore()
+        let network = WhisperNetwork(weights: weights, threads: 2, silentWindows: store)
+        let d = Self.dims.nState, positions = 4
+        let mel = (0..<(Self.dims.nMels * 2 * positions)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let short = network.encode(mel: mel)
+        let extended = network.extendedWithSilence(short)
+        XCTAssertEqual(extended.frames, positions)
+        XCTAssertEqual(extended.values, short.values)
+        let silence = network.encode(mel: [Float](repeating: 0, count: Self.dims.nMels * 2 * Self.dims.nAudioCtx))
+        let whole = short.values + Array(silence.values[(positions * d)...])   // [nAudioCtx, d]
+        let reference = Reference(weights)
+        let session = network.makeDecoderSession(audio: extended)
+        assertClose(session.step([[3, 7]]), reference.logits(tokens: [3, 7], audio: whole), tolerance: 1e-4)
+        session.reorder([0, 0])
+        let two = session.step([[1], [5]])
+        let v = Self.dims.nVocab
+        assertClose(Array(two[0..<v]), reference.logits(tokens: [3, 7, 1], audio: whole), tolerance: 1e-4)
+        assertClose(Array(two[v...]), reference.logits(tokens: [3, 7, 5], audio: whole), tolerance: 1e-4)
+        // The silent window is made once per store, and shared.
+        let other = WhisperNetwork(weights: weights, threads: 1, silentWindows: store)
+        XCTAssertTrue(other.extendedWithSilence(short).silentTail === extended.silentTail)
+        XCTAssertEqual(store.byteSize, Self.dims.nTextLayers * 2 * Self.dims.nAudioCtx * d * 4)
+        // A whole window has no tail.
+        XCTAssertNil(network.extendedWithSilence(silence).silentTail)
+    }
+
     func testDecoderWithCacheMatchesFullRecompute() {
         var rng = SeededGenerator(seed: 2)
         let weights = RandomWhisper.make(Self.dims, rng: &rng)

@@ -75,6 +75,21 @@ final class ShortWindowTests: XCTestCase {
         XCTAssertEqual(model.log.violations, [])
     }
 
+    func testTheDecoderReadsTheSilentTailUnlessThePolicySaysNot() throws {
+        let tokenizer = try DecodingFixture.englishTokenizer()
+        let w = { DecodingFixture.word($0, tokenizer) }
+        let t = { self.ts(tokenizer, $0) }
+        let withTail = model(tokenizer, short: [t(0), w("hello"), t(100)], whole: [t(0), w("foo"), t(100)])
+        XCTAssertEqual(try transcribe(withTail, tokenizer, contentFrames: 250).text, " hello")
+        XCTAssertEqual(withTail.log.silenceExtensions, 1)
+        XCTAssertTrue(ShortWindowPolicy().silentTail, "on by default")
+        var policy = Self.policy
+        policy.silentTail = false
+        let without = model(tokenizer, short: [t(0), w("hello"), t(100)], whole: [t(0), w("foo"), t(100)])
+        XCTAssertEqual(try transcribe(without, tokenizer, contentFrames: 250, policy: policy).text, " hello")
+        XCTAssertEqual(without.log.silenceExtensions, 0)
+    }
+
     func testOptionsWithoutAShortWindowEncodeTheWholeWindow() throws {
         let tokenizer = try DecodingFixture.englishTokenizer()
         let w = { DecodingFixture.word($0, tokenizer) }

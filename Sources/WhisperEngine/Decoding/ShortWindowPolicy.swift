@@ -9,6 +9,10 @@ import Foundation
 /// decodes the window again whole, with the usual temperature fallback. Defaults and their
 /// measurements: docs/evaluation.md, "The short window".
 public struct ShortWindowPolicy: Sendable, Equatable {
+    /// The decoder attends past the encoded frames to a silent window's positions, up to a whole
+    /// window (`SilentWindow`, made once per model): the encoder's cost still follows the speech,
+    /// the decoder sees what Whisper was trained on. Off, it attends to the encoded frames only.
+    public var silentTail: Bool = true
     /// Mel frames of silence (zeros) kept after the audio, at least.
     public var paddingFrames: Int = 200
     /// The encoded frames (audio plus padding) are rounded up to a multiple of this.
@@ -27,9 +31,10 @@ public struct ShortWindowPolicy: Sendable, Equatable {
     public var tokensPerSecond: Double = 8
 
     /// Creates a policy; the defaults are the measured ones.
-    public init(paddingFrames: Int = 200, bucketFrames: Int = 100, minAvgLogProb: Double? = -1.0,
+    public init(silentTail: Bool = true, paddingFrames: Int = 200, bucketFrames: Int = 100, minAvgLogProb: Double? = -1.0,
                 maxCompressionRatio: Double? = 2.4, maxTimestampOverrun: Double? = 1.0,
                 baseTokens: Int = 16, tokensPerSecond: Double = 8) {
+        self.silentTail = silentTail
         self.paddingFrames = paddingFrames
         self.bucketFrames = bucketFrames
         self.minAvgLogProb = minAvgLogProb

@@ -211,7 +211,8 @@ public final class Transcriber {
             var shortResult: DecodingResult?
             if let policy = options.shortWindow,
                let width = policy.encodedFrames(contentFrames: segmentSize, windowFrames: window) {
-                let audio = decoder.model.encode(mel: melWindow(seek: seek, size: segmentSize, width: width))
+                var audio = decoder.model.encode(mel: melWindow(seek: seek, size: segmentSize, width: width))
+                if policy.silentTail { audio = decoder.model.extendedWithSilence(audio) }
                 var attempt = windowOptions
                 attempt.temperature = options.fallback.temperatures.first ?? 0
                 attempt.sampleLength = min(attempt.sampleLength ?? dims.nTextCtx / 2,

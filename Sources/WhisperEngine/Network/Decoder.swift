@@ -1,11 +1,19 @@
 extension WhisperNetwork {
     /// Starts a decoder over `audio`: computes each block's cross-attention keys and
-    /// values once and returns a session with one empty sequence.
+    /// values once and returns a session with one empty sequence. With `audio.silentTail` the
+    /// session attends past `audio.frames` to the silent window's keys and values.
     public func makeDecoderSession(audio: EncodedAudio) -> DecoderSession {
+        precondition(audio.width == weights.dimensions.nState,
+                     "decoder: encoder output width \(audio.width) != \(weights.dimensions.nState)")
+        return WhisperDecoderSession(network: self, audioFrames: audio.frames, crossKV: crossKeysValues(audio),
+                                     tail: audio.silentTail.flatMap { $0.frames > audio.frames ? $0 : nil })
+    }
+
+    /// Each decoder block's cross-attention keys and values of `audio`'s rows, each `[heads, frames, dh]`.
+    func crossKeysValues(_ audio: EncodedAudio) -> [(keys: [Float], values: [Float])] {
         let d = weights.dimensions.nState, heads = weights.dimensions.nHeads, dh = d / heads
         let frames = audio.frames
-        precondition(audio.width == d, "decoder: encoder output width \(audio.width) != \(d)")
-        let crossKV = weights.decoderBlocks.map { block -> (keys: [Float], values: [Float]) in
+        return weights.decoderBlocks.map { block -> (keys: [Float], values: [Float]) in
             var kv = [Float](repeating: 0, count: frames * 2 * d)   // [frames, 2d]: keys, then values
             audio.values.withUnsafeBufferPointer { a in
                 kv.withUnsafeMutableBufferPointer { o in
@@ -32,7 +40,6 @@ extension WhisperNetwork {
             }
             return (keys, values)
         }
-        return WhisperDecoderSession(network: self, audioFrames: frames, crossKV: crossKV)
     }
 }
 
@@ -42,8 +49,11 @@ final class WhisperDecoderSession: DecoderSession {
     private let network: WhisperNetwork
     private let audioFrames: Int
     /// Per block: the window's keys and values, each `[heads, audioFrames, dh]`; `audioFrames` is
-    /// the encoded positions (1500 for a whole window, fewer for a short one), all that cross-attention reads.
+    /// the encoded positions (1500 for a whole window, fewer for a short one).
     private let crossKV: [(keys: [Float], values: [Float])]
+    /// A silent window whose positions `audioFrames ..< tail.frames` cross-attention reads after
+    /// the window's own (`EncodedAudio.silentTail`); without it cross-attention reads `audioFrames` positions.
+    private let tail: SilentWindow?
     /// Per block: `[batch, nTextCtx, d]` keys and values of the positions seen so far (the
     /// arrays may hold more sequences than the batch after it shrank).
     private var selfK: [[Float]]
@@ -55,10 +65,11 @@ final class WhisperDecoderSession: DecoderSession {
     private(set) var batchSize = 1
     private(set) var length = 0
 
-    init(network: WhisperNetwork, audioFrames: Int, crossKV: [(keys: [Float], values: [Float])]) {
+    init(network: WhisperNetwork, audioFrames: Int, crossKV: [(keys: [Float], values: [Float])], tail: SilentWindow?) {
         self.network = network
         self.audioFrames = audioFrames
         self.crossKV = crossKV
+        self.tail = tail
         let dims = network.weights.dimensions
         let perSequence = dims.nTextCtx * dims.nState
         selfK = Array(repeating: [Float](repeating: 0, count: perSequence), count: dims.nTextLayers)
@@ -124,8 +135,10 @@ final class WhisperDecoderSession: DecoderSession {
         var attn = [Float](repeating: 0, count: rows * d)          // [rows, d]
         var projected = [Float](repeating: 0, count: rows * d)     // [rows, d]
         var hidden = [Float](repeating: 0, count: rows * 4 * d)    // [rows, 4d]
-        // Per head [rows, max(total, audioFrames)]: cross-attention runs its heads in parallel.
-        let scoreStride = rows * max(total, audioFrames)
+        // Cross-attention positions: the window's own, then the silent tail's.
+        let tailFrames = tail.map { $0.frames - audioFrames } ?? 0, window = audioFrames + tailFrames
+        // Per head [rows, max(total, window)]: cross-attention runs its heads in parallel.
+        let scoreStride = rows * max(total, window)
         var scores = [Float](repeating: 0, count: heads * scoreStride)
 
         for (l, block) in weights.decoderBlocks.enumerated() {
@@ -179,18 +192,40 @@ final class WhisperDecoderSession: DecoderSession {
                                   beta: block.crossAttentionNorm.beta, into: normed)
                 // q: [rows, d]
                 block.crossQuery.forward(normed, rows: rows, into: qkv, threads: threads, observer: observer)
-                // Heads split across the threads: each reads its [audioFrames, dh] keys and
-                // values and writes its own columns of attn.
-                Kernels.parallelRows(heads, threads: threads) { hr in
-                    for h in hr {
-                        let sh = s + h * scoreStride   // [rows, audioFrames]
-                        let headKeys = crossKeys + h * audioFrames * dh, headValues = crossValues + h * audioFrames * dh
-                        Kernels.gemmFewRowsABt(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
-                                               b: headKeys, ldb: dh, c: sh, ldc: audioFrames)
-                        Kernels.softmaxRows(sh, rows: rows, cols: audioFrames, ld: audioFrames)
-                        Kernels.gemmAB(m: rows, n: dh, k: audioFrames, a: sh, lda: audioFrames,
-                                       b: headValues, ldb: dh, c: attn + h * dh, ldc: d)
+                // Heads split across the threads: each reads its [audioFrames, dh] keys and values
+                // (then the silent tail's [tailFrames, dh], rows audioFrames ..< window of the silent
+                // window's [heads, window, dh]) and writes its own columns of attn.
+                func crossAttention(tailKeys: UnsafePointer<Float>?, tailValues: UnsafePointer<Float>?) {
+                    Kernels.parallelRows(heads, threads: threads) { hr in
+                        for h in hr {
+                            let sh = s + h * scoreStride   // [rows, window]
+                            let headKeys = crossKeys + h * audioFrames * dh, headValues = crossValues + h * audioFrames * dh
+                            Kernels.gemmFewRowsABt(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
+                                                   b: headKeys, ldb: dh, c: sh, ldc: window)
+                            if let tailKeys {
+                                Kernels.gemmFewRowsABt(m: rows, n: tailFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
+                                                       b: tailKeys + (h * window + audioFrames) * dh, ldb: dh,
+                                                       c: sh + audioFrames, ldc: window)
+                            }
+                            Kernels.softmaxRows(sh, rows: rows, cols: window, ld: window)
+                            Kernels.gemmAB(m: rows, n: dh, k: audioFrames, a: sh, lda: window,
+                                           b: headValues, ldb: dh, c: attn + h * dh, ldc: d)
+                            if let tailValues {
+                                Kernels.gemmAB(m: rows, n: dh, k: tailFrames, a: sh + audioFrames, lda: window,
+                                               b: tailValues + (h * window + audioFrames) * dh, ldb: dh,
+                                               beta: 1, c: attn + h * dh, ldc: d)
+                            }
+                        }
                     }
+                }
+                if let silent = tail?.crossKV[l] {
+                    silent.keys.withUnsafeBufferPointer { tk in
+                        silent.values.withUnsafeBufferPointer { tv in
+                            crossAttention(tailKeys: tk.baseAddress!, tailValues: tv.baseAddress!)
+                        }
+                    }
+                } else {
+                    crossAttention(tailKeys: nil, tailValues: nil)
                 }
                 block.crossOut.forward(attn, rows: rows, into: projected, threads: threads, observer: observer)
                 Kernels.add(x, projected, count: rows * d)

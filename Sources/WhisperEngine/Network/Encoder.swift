@@ -9,13 +9,19 @@ public final class WhisperNetwork: SpeechModel {
     public let threads: Int
     /// Sees every linear layer's input and output, when set.
     public let observer: ActivationObserver?
+    /// Where the silent window of these weights is kept (`extendedWithSilence`): shared with every
+    /// network over the same model (`WhisperModel.silentWindows`), or this network's own.
+    public let silentWindows: SilentWindowStore
 
-    /// Binds `weights` for use with `threads` threads and an optional observer.
-    public init(weights: WhisperWeights, threads: Int = 2, observer: ActivationObserver? = nil) {
+    /// Binds `weights` for use with `threads` threads, an optional observer and the store of the
+    /// weights' silent window (a new, empty one by default).
+    public init(weights: WhisperWeights, threads: Int = 2, observer: ActivationObserver? = nil,
+                silentWindows: SilentWindowStore = SilentWindowStore()) {
         self.weights = weights
         self.threads = max(1, threads)
         Kernels.blasOnCallingThread
         self.observer = observer
+        self.silentWindows = silentWindows
     }
 
     /// Sizes of the network, from its weights.

@@ -40,13 +40,17 @@ public struct EncodedAudio: @unchecked Sendable {
     public let width: Int
     /// Values, `frames * width`.
     public let values: [Float]
+    /// When set, the decoder attends past `frames` to this silent window's positions, up to a whole
+    /// window (`SpeechModel.extendedWithSilence`).
+    public let silentTail: SilentWindow?
 
     /// Wraps encoder output values.
-    public init(frames: Int, width: Int, values: [Float]) {
+    public init(frames: Int, width: Int, values: [Float], silentTail: SilentWindow? = nil) {
         precondition(values.count == frames * width)
         self.frames = frames
         self.width = width
         self.values = values
+        self.silentTail = silentTail
     }
 }
 
@@ -73,6 +77,9 @@ public protocol SpeechModel: AnyObject {
     /// Runs the encoder on one window of log-mel features, `[nMels, 2 * frames]` row-major with
     /// `frames` in `1...nAudioCtx` (`nAudioCtx` for a whole 30 s window); returns `[frames, nState]`.
     func encode(mel: [Float]) -> EncodedAudio
+    /// `audio` (a short window's encoding) followed, for the decoder, by the positions of an encoded
+    /// silent window from `audio.frames` on: decoding then attends over a whole window's positions.
+    func extendedWithSilence(_ audio: EncodedAudio) -> EncodedAudio
     /// Starts decoding over `audio` with a batch of one empty sequence.
     func makeDecoderSession(audio: EncodedAudio) -> DecoderSession
 }

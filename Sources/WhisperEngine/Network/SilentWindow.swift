@@ -1,0 +1,72 @@
+import Foundation
+
+/// The decoder's view of a silent 30 s window (an all-zero log-mel, what follows the audio in a
+/// window Whisper pads): every decoder block's cross-attention keys and values at all `nAudioCtx`
+/// positions.
+///
+/// A short window (`ShortWindowPolicy`) is encoded over its own frames only; with `silentTail` its
+/// decoder attends over those frames' keys and values followed by this window's, from the same
+/// position on, so that it still sees a whole window's positions, as Whisper's decoder was trained
+/// to. Without them a short window's decoder loses the silence after the speech (it repeats the
+/// utterance more often, and its words drift further from the whole window's; docs/evaluation.md).
+/// Made once per set of weights and shared (`SilentWindowStore`); weights-derived and immutable.
+public final class SilentWindow: @unchecked Sendable {
+    /// Positions (`nAudioCtx`, 1500).
+    public let frames: Int
+    /// Per decoder block: keys and values, each `[heads, frames, dh]` (the session's layout).
+    let crossKV: [(keys: [Float], values: [Float])]
+
+    init(frames: Int, crossKV: [(keys: [Float], values: [Float])]) {
+        self.frames = frames
+        self.crossKV = crossKV
+    }
+
+    /// Bytes held: two `[frames, d]` float arrays per decoder block (18 MiB for tiny, 37 MiB for base).
+    public var byteSize: Int {
+        crossKV.reduce(0) { $0 + ($1.keys.count + $1.values.count) * MemoryLayout<Float>.size }
+    }
+}
+
+/// Holds the silent window of one set of weights: made on first use (one encoder pass over 30 s
+/// of silence, then the decoder blocks' key and value projections) and shared by every network
+/// given the same store, on any thread. `WhisperModel` keeps one per model.
+public final class SilentWindowStore: @unchecked Sendable {
+    private let lock = NSLock()
+    private var window: SilentWindow?
+
+    /// An empty store.
+    public init() {}
+
+    /// The window, made by `make` under the store's lock the first time.
+    func window(making make: () -> SilentWindow) -> SilentWindow {
+        lock.lock()
+        defer { lock.unlock() }
+        if let window { return window }
+        let made = make()
+        window = made
+        return made
+    }
+
+    /// Bytes held (0 until first use).
+    public var byteSize: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return window?.byteSize ?? 0
+    }
+}
+
+extension WhisperNetwork {
+    /// `audio`'s frames followed, for the decoder, by the silent window's positions after them: the
+    /// decoder attends over a whole window. The silent window comes from `silentWindows`, made on
+    /// first use with this network's threads and no observer (it is not the user's speech).
+    public func extendedWithSilence(_ audio: EncodedAudio) -> EncodedAudio {
+        guard audio.frames < weights.dimensions.nAudioCtx else { return audio }
+        let silent = silentWindows.window {
+            let plain = WhisperNetwork(weights: weights, threads: threads)
+            let dims = weights.dimensions
+            let zeros = plain.encode(mel: [Float](repeating: 0, count: dims.nMels * 2 * dims.nAudioCtx))
+            return SilentWindow(frames: zeros.frames, crossKV: plain.crossKeysValues(zeros))
+        }
+        return EncodedAudio(frames: audio.frames, width: audio.width, values: audio.values, silentTail: silent)
+    }
+}
