@@ -47,6 +47,15 @@ struct Eval: ParsableCommand {
     @Flag(help: "Encode every window whole (30 s), as Whisper does, instead of short windows with a full-window guard.")
     var fullWindow = false
 
+    @Option(help: "Short windows: mel frames of silence encoded after the audio, at least (default: the policy's).")
+    var shortPadding: Int?
+
+    @Flag(help: "Short windows: the decoder attends to the encoded frames only, not to a silent window's positions after them.")
+    var noSilentTail = false
+
+    @Flag(help: "Short windows: keep every short result (no guard, no full-window retry).")
+    var noGuard = false
+
     @Option(help: "Score these transcripts (JSON from scripts/faster-whisper-ref) instead of running a model.")
     var hypotheses: String?
 
@@ -56,6 +65,7 @@ struct Eval: ParsableCommand {
     func validate() throws {
         guard beamSize >= 1 else { throw ValidationError("--beam-size must be at least 1") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        if let shortPadding, shortPadding < 0 { throw ValidationError("--short-padding must not be negative") }
     }
 
     /// The JSON of scripts/faster-whisper-ref.
@@ -110,6 +120,14 @@ struct Eval: ParsableCommand {
             var options = TranscriptionOptions()
             options.decoding.beamSize = beamSize
             if fullWindow { options.shortWindow = nil }
+            if let shortPadding { options.shortWindow?.paddingFrames = shortPadding }
+            if noSilentTail { options.shortWindow?.silentTail = false }
+            if noGuard {   // every limit off; the token cap is the decoder's own (nTextCtx / 2)
+                options.shortWindow?.minAvgLogProb = nil
+                options.shortWindow?.maxCompressionRatio = nil
+                options.shortWindow?.maxTimestampOverrun = nil
+                options.shortWindow?.baseTokens = 1 << 20
+            }
             transcribe = { e in
                 let samples: [Float]
                 do { samples = try loadAudio(path: e.audioURL.path) } catch { throw CLIError("\(error)") }

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import XCTest
 
 /// The `myqasr` executable as a user meets it: help, bad input, a real transcription.
@@ -22,10 +23,10 @@ final class MyQASRCommandTests: XCTestCase {
 
     /// The short window is on by default and `--full-window` turns it off; the JSON says which ran.
     func testFullWindowTurnsTheShortWindowOff() throws {
-        let jfk = try MyQASRTool.sample("jfk.wav")
+        let jfk = try Fixtures.sample("jfk.wav")
+        _ = try Fixtures.modelDirectory("tiny.en")
         func transcribe(_ extra: [String]) throws -> [String: Any] {
             let (status, out, err) = try run(["transcribe", "--model", "tiny.en", "--beam-size", "1", "--format", "json"] + extra + [jfk])
-            if err.contains("scripts/fetch-models") { throw XCTSkip("tiny.en is not installed: \(err)") }
             XCTAssertEqual(status, 0, err)
             let report = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
             return try XCTUnwrap((report?["files"] as? [[String: Any]])?.first, out)
