@@ -372,6 +372,8 @@ public actor ModelService {
                     continuation.resume(returning: .failure(.checkFailed(report)))
                     return
                 }
+                // Short windows' silent window is made here, so that the first command served does not wait for it.
+                candidate.provided.model.prepareShortWindows()
                 continuation.resume(returning: .success((candidate, report)))
             }
         }

@@ -147,6 +147,12 @@ final class ShortWindowTests: XCTestCase {
         let transcript = try transcribe(model, tokenizer, contentFrames: 250)
         XCTAssertEqual(transcript.text, " world")
         XCTAssertEqual(transcript.fullWindowRetries, 1)
+        // 1.2 s past the audio stands (the last timestamp of a clipped 1 s command lands about 1 s late,
+        // and the whole window puts it there too).
+        let late = self.model(tokenizer, short: [t(0), w("hello"), t(185)], whole: [t(0), w("world"), t(100)])
+        let kept = try transcribe(late, tokenizer, contentFrames: 250)
+        XCTAssertEqual(kept.text, " hello")
+        XCTAssertEqual(kept.fullWindowRetries, 0)
     }
 
     func testTheGuardRejectsAnImprobableShortResult() throws {

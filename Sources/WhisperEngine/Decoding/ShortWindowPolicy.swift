@@ -22,7 +22,7 @@ public struct ShortWindowPolicy: Sendable, Equatable {
     /// Retry whole when the short result's compression ratio is above this (repetition).
     public var maxCompressionRatio: Double? = 2.4
     /// Retry whole when a timestamp lies more than this many seconds past the window's audio.
-    public var maxTimestampOverrun: Double? = 1.0
+    public var maxTimestampOverrun: Double? = 1.5
     /// The short decode stops after `baseTokens + tokensPerSecond * seconds of audio` tokens and
     /// is retried whole when it has not ended by then (a short window's typical failure is a
     /// loop that repeats the utterance until the decoder's 224-token limit).
@@ -32,7 +32,7 @@ public struct ShortWindowPolicy: Sendable, Equatable {
 
     /// Creates a policy; the defaults are the measured ones.
     public init(silentTail: Bool = true, paddingFrames: Int = 200, bucketFrames: Int = 100, minAvgLogProb: Double? = -1.0,
-                maxCompressionRatio: Double? = 2.4, maxTimestampOverrun: Double? = 1.0,
+                maxCompressionRatio: Double? = 2.4, maxTimestampOverrun: Double? = 1.5,
                 baseTokens: Int = 16, tokensPerSecond: Double = 8) {
         self.silentTail = silentTail
         self.paddingFrames = paddingFrames

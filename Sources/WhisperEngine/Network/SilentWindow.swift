@@ -56,17 +56,29 @@ public final class SilentWindowStore: @unchecked Sendable {
 }
 
 extension WhisperNetwork {
-    /// `audio`'s frames followed, for the decoder, by the silent window's positions after them: the
-    /// decoder attends over a whole window. The silent window comes from `silentWindows`, made on
-    /// first use with this network's threads and no observer (it is not the user's speech).
-    public func extendedWithSilence(_ audio: EncodedAudio) -> EncodedAudio {
-        guard audio.frames < weights.dimensions.nAudioCtx else { return audio }
-        let silent = silentWindows.window {
+    /// The silent window of these weights, from `silentWindows`: made on first use with this network's threads
+    /// and no observer (it is not the user's speech).
+    public func silentWindow() -> SilentWindow {
+        silentWindows.window {
             let plain = WhisperNetwork(weights: weights, threads: threads)
             let dims = weights.dimensions
             let zeros = plain.encode(mel: [Float](repeating: 0, count: dims.nMels * 2 * dims.nAudioCtx))
             return SilentWindow(frames: zeros.frames, crossKV: plain.crossKeysValues(zeros))
         }
-        return EncodedAudio(frames: audio.frames, width: audio.width, values: audio.values, silentTail: silent)
+    }
+
+    /// `audio`'s frames followed, for the decoder, by the silent window's positions after them: the
+    /// decoder attends over a whole window.
+    public func extendedWithSilence(_ audio: EncodedAudio) -> EncodedAudio {
+        guard audio.frames < weights.dimensions.nAudioCtx else { return audio }
+        return EncodedAudio(frames: audio.frames, width: audio.width, values: audio.values, silentTail: silentWindow())
+    }
+}
+
+extension WhisperModel {
+    /// Makes this model's silent window now (one encoder pass over 30 s of silence on `threads` threads), so that
+    /// the first short window decoded with it does not pay for it. The daemon calls it before a model serves.
+    public func prepareShortWindows(threads: Int = 2) {
+        _ = WhisperNetwork(weights: weights, threads: threads, silentWindows: silentWindows).silentWindow()
     }
 }
