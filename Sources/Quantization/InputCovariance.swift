@@ -329,9 +329,15 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         return Kept(width: width, rows: rows, diagonal: diagonal, correlations: halves)
     }
 
+    /// The least share of the result a merged pass has: past about this many passes' worth of rows the kept
+    /// moments become a moving average rather than a mean of everything. Without a floor each new utterance's
+    /// share falls below what a half-precision correlation can record (2^-11) after some hundred utterances,
+    /// and a daemon's statistics would stop following its user (a new microphone, a new room).
+    public static let leastMergedShare = 1.0 / 64
+
     /// Folds `other` (another pass, another session; the same block size) into this object's
-    /// kept form, weighted by row counts; this object's own pending rows are folded in too.
-    /// A layer whose width differs is left as it is.
+    /// kept form, weighted by row counts, with `other` weighing at least `leastMergedShare`; this object's
+    /// own pending rows are folded in too. A layer whose width differs is left as it is.
     public func merge(_ other: InputCovariance) {
         guard other !== self else { return }
         precondition(other.blockSize == blockSize, "InputCovariance.merge: block sizes differ")
@@ -342,7 +348,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
                 if let mine = packedMeans(name) {
                     guard mine.width == theirs.width else { return }
                     rows = mine.rows + theirs.rows
-                    let a = Double(mine.rows) / Double(rows), b = Double(theirs.rows) / Double(rows)
+                    let b = max(Double(theirs.rows) / Double(rows), Self.leastMergedShare), a = 1 - b
                     for k in means.indices { means[k] = a * mine.means[k] + b * theirs.means[k] }
                     width = mine.width
                 }

@@ -95,6 +95,37 @@ final class SecondMomentTests: XCTestCase {
         XCTAssertEqual(kept.keptByteCount, InputCovariance.keptByteCount(width: width, blockSize: 64))
     }
 
+    /// A long history does not freeze the kept moments: after 400 passes of one input, 100 passes of another
+    /// move the kept correlations most of the way to the new ones (each pass weighs at least 1/64). With shares
+    /// by rows alone they would move a fifth of the way, each pass's share near the half-precision step.
+    func testALongHistoryStillFollowsNewPasses() throws {
+        let width = 32, perPass = 8
+        let old = Self.rows(perPass, width: width, seed: 3), new = Self.rows(perPass, width: width, seed: 4)
+        let kept = InputCovariance(blockSize: 0)
+        for _ in 0..<400 {
+            let pass = InputCovariance(blockSize: 0)
+            observe(pass, "l", old, rows: perPass)
+            kept.merge(pass)
+        }
+        let target = InputCovariance(blockSize: 0)
+        observe(target, "l", new, rows: perPass)
+        let before = try XCTUnwrap(kept.secondMoment(of: "l")), goal = try XCTUnwrap(target.secondMoment(of: "l"))
+        for _ in 0..<100 {
+            let pass = InputCovariance(blockSize: 0)
+            observe(pass, "l", new, rows: perPass)
+            kept.merge(pass)
+        }
+        let after = try XCTUnwrap(kept.secondMoment(of: "l"))
+        var gapBefore = 0.0, gapAfter = 0.0
+        for k in goal.indices {
+            gapBefore += abs(before[k] - goal[k])
+            gapAfter += abs(after[k] - goal[k])
+        }
+        // A moving average over about 64 passes: (63/64)^100 ≈ 0.21 of the gap is left.
+        XCTAssertLessThan(gapAfter, 0.3 * gapBefore, "the kept moments did not follow the new passes")
+        XCTAssertEqual(kept.rows(of: "l"), 500 * perPass)
+    }
+
     /// Decoder calls carry one row per token: rows are buffered and folded in by `bufferedRows`, and every
     /// read folds in what is waiting.
     func testSingleRowsAreBufferedAndFlushed() throws {
