@@ -258,7 +258,8 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
             provided = ProvidedModel(model: source.withWeights(result.weights), layerBits: layerBits, weightBytes: actual,
                                      budgetMet: request.budgetBytes.map { actual <= $0 } ?? true, plan: plan)
         case let .personalised(budget, samples):
-            let result = try Quantizer.personalise(model: source, statistics: statistics!, budget: budget)
+            // One thread: the build runs on the model service's idle-priority thread and stays there.
+            let result = try Quantizer.personalise(model: source, statistics: statistics!, budget: budget, threads: 1)
             let actual = result.weights.byteSize
             guard actual <= budget else { throw ModelProviderError.sizeMismatch(planned: budget, actual: actual) }
             var layerBits: [String: Int] = [:]

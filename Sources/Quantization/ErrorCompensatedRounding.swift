@@ -42,12 +42,16 @@ public struct ErrorCompensatedRounding: Sendable {
     /// the scales the previous one refit. 0 rounds once with the initial scales and no refit
     /// (plain GPTQ). Default 3 (measured on tiny.en, docs/myqasr-method.md section 9).
     public var passes: Int
+    /// Threads the rows are shared among (the daemon's background builds use 1).
+    public var threads: Int
 
-    /// Rounding with the given damping, order and number of passes.
-    public init(dampening: Double = 0.01, activationOrder: Bool = true, passes: Int = 3) {
+    /// Rounding with the given damping, order, number of passes and threads.
+    public init(dampening: Double = 0.01, activationOrder: Bool = true, passes: Int = 3,
+                threads: Int = ProcessInfo.processInfo.activeProcessorCount) {
         self.dampening = dampening
         self.activationOrder = activationOrder
         self.passes = max(0, passes)
+        self.threads = max(1, threads)
     }
 
     /// The upper Cholesky factor `U` of `(H + λI)⁻¹`, row-major `[n, n]` (lower part 0), or
@@ -140,7 +144,7 @@ public struct ErrorCompensatedRounding: Sendable {
         let limit = Float(QuantizedMatrix.codeLimit(bits: bits))
         var codes = [Int8](repeating: 0, count: outFeatures * rowCodes)
         var halfScales = [UInt16](repeating: 0, count: outFeatures * groups)
-        let workers = max(1, min(ProcessInfo.processInfo.activeProcessorCount, outFeatures / 64))
+        let workers = max(1, min(threads, outFeatures / 64))
         let rowsPerWorker = (outFeatures + workers - 1) / workers
         values.withUnsafeBufferPointer { w in
             u.withUnsafeBufferPointer { u in

@@ -34,6 +34,9 @@ public struct QuantizationOptions: Sendable {
     public var rounding: RoundingMethod
     /// Store every layer whose inputs are whole 32-blocks rotated (`QuantizedMatrix.rotated`).
     public var rotate: Bool
+    /// Threads for compensated rounding and the clip search (the daemon's background builds use 1, on its
+    /// idle-priority thread).
+    public var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
     /// The group size `target` gets unless told otherwise: `QuantizedMatrix.defaultGroupSize`
     /// (32) for uniform widths; 64 under a budget, where the scale bytes it saves let the sweep
@@ -299,7 +302,7 @@ public enum Quantizer {
                 ?? [Float](repeating: 1, count: layer.outFeatures * groups)
             var compensated: QuantizedMatrix?
             if options.rounding == .compensated, let covariance, let h = covariance.secondMoment(of: layer.name) {
-                compensated = try ErrorCompensatedRounding().quantize(
+                compensated = try ErrorCompensatedRounding(threads: options.threads).quantize(
                     values: values, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
                     groupSize: options.groupSize, secondMoment: h, rows: covariance.rows(of: layer.name), rotated: rotated)
             }
@@ -342,10 +345,13 @@ extension Quantizer {
     }
 
     /// The daemon's personal model: `model` (full precision) quantized under `budget` bytes from the
-    /// user's `statistics` (gathered on this model) with `personalOptions(budget:statistics:)`.
+    /// user's `statistics` (gathered on this model) with `personalOptions(budget:statistics:)`, on `threads`
+    /// threads (the codes do not depend on it).
     public static func personalise(model: WhisperModel, statistics: ActivationStatistics, budget: Int,
+                                   threads: Int = ProcessInfo.processInfo.activeProcessorCount,
                                    progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
-        try quantize(model: model, statistics: statistics, options: personalOptions(budget: budget, statistics: statistics),
-                     progress: progress)
+        var options = personalOptions(budget: budget, statistics: statistics)
+        options.threads = threads
+        return try quantize(model: model, statistics: statistics, options: options, progress: progress)
     }
 }
