@@ -3,14 +3,14 @@ import PackageDescription
 
 // The architecture, one target per concern (README "Architecture"):
 //   Units           byte sizes and precisions as people read and write them, one rule for every program
-//   Audio           WAV decoding, resampling, Whisper's log-mel front end
+//   Audio           WAV and PCM decoding, resampling to 16 kHz, Whisper's log-mel front end
 //   Tokenizer       Whisper's byte-level BPE vocabulary
 //   CKernels        C hot loops (element-wise passes, packed low-bit products)
 //   WhisperEngine   CTranslate2 model loading, encoder/decoder network, decoding
 //   Quantization    myQASR: activation statistics, bit allocation, calibration, packed weights
 //   Evaluation      word error rate with Whisper-style English normalisation
 //   Capture         ALSA microphone capture, privacy ring buffer, voice activity
-//   Serving         Unix-socket servers: Wyoming protocol and the control protocol
+//   Serving         Unix-socket servers: Wyoming protocol and the control protocol, client memory accounting
 //   SystemdSupport  sd_notify, watchdog, socket activation
 //   myqasr          offline command-line tool
 //   myqasrd         the daemon, wiring capture -> engine -> serving
@@ -37,6 +37,8 @@ let package = Package(
         .systemLibrary(name: "CALSA", pkgConfig: "alsa", providers: [.apt(["libasound2-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // Linux declarations Glibc does not give Swift (peer-credential layouts, prctl); nothing to link.
+        .systemLibrary(name: "CLinux"),
 
         // A leaf below every program: `myqasr` (through Quantization), `myqasrctl` (which otherwise needs
         // only Serving) and DaemonCore share no lower target, and sizes and precision names belong in none of theirs.
@@ -57,6 +59,7 @@ let package = Package(
         .target(
             name: "Serving",
             dependencies: [
+                "Audio", "CLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -77,7 +80,7 @@ let package = Package(
         .target(
             name: "DaemonCore",
             dependencies: [
-                "WhisperEngine", "Quantization", "Audio", "Capture", "Serving", "SystemdSupport", "Units",
+                "WhisperEngine", "Quantization", "Audio", "Capture", "Serving", "SystemdSupport", "Units", "CLinux",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -3,6 +3,7 @@
 // What lives here:
 //   Audio.swift      errors, the decoded-audio buffer, the one-call loaders
 //   WAV.swift        RIFF/WAVE decoding and raw s16le PCM conversion
+//   PCM.swift        the PCM sample decoder, streaming conversion to 16 kHz mono
 //   Resampler.swift  windowed-sinc (Kaiser) rational resampler, channel downmix
 //   LogMel.swift     Whisper's log-mel front end (STFT + Slaney mel + log scaling)
 
@@ -29,6 +30,9 @@ public enum AudioError: Error, Equatable, CustomStringConvertible {
     case invalidFormat(source: String, reason: String)
     /// A caller passed a parameter outside its domain (a non-positive sample rate, ...).
     case invalidArgument(String)
+    /// A well-formed format outside what the daemon accepts from clients (a rate outside 1-384 kHz, more than
+    /// 32 channels, a sample width other than 1-4 bytes).
+    case unsupportedFormat(reason: String)
 
     /// A one-line, human-readable explanation naming the input and the reason.
     public var description: String {
@@ -47,6 +51,8 @@ public enum AudioError: Error, Equatable, CustomStringConvertible {
             return "'\(source)' has an invalid format header: \(reason)"
         case let .invalidArgument(reason):
             return "invalid audio argument: \(reason)"
+        case let .unsupportedFormat(reason):
+            return "unsupported \(reason)"
         }
     }
 }

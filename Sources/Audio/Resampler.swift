@@ -3,8 +3,13 @@
 // Method: the rate ratio is reduced to L/M (outRate/inRate divided by their gcd). Output sample j
 // sits at input position j*M/L = c + φ/L with integer c and phase φ in 0..<L. It is the dot product
 // of the input around c with a Kaiser-windowed sinc low-pass evaluated at offsets (n - φ/L).
-// The L phase filters ("polyphase") are precomputed once when L is moderate (every common audio
-// rate pair: 44100→16000 is 160/441, 48000→16000 is 1/3); for huge L they are computed per output.
+// The L phase filters ("polyphase") are precomputed once when the table is small (L × taps at most
+// 2^16 floats: every common audio rate pair, 44100→16000 is 160/441, 48000→16000 is 1/3). Otherwise
+// (a rate such as 44101 Hz makes L = 16000) a table of P + 1 phases at φ/L = k/P, k = 0...P, with
+// P = 2^16 / taps, is made and each output's filter is interpolated linearly between the two nearest
+// phases. So the cost is bounded whatever the rates: at most 2^16 floats of table (256 KiB) and 2 × taps
+// multiply-adds per output, taps = 2 × 32 × max(1, inRate / outRate). The kernel is smooth at the scale
+// of 1/P input samples, so the interpolation error is about 1e-6 of full scale.
 //
 // Filter design (in input-sample units):
 //   cutoff fc = rolloff * 0.5 * min(1, outRate/inRate)  cycles per input sample
@@ -38,9 +43,12 @@ public final class Resampler {
     private let cutoff: Double
     private let halfWidth: Double
     private let beta: Double
-    /// `[phase][tap]`, flattened; nil when the phase count is too large to tabulate.
-    private let table: [Float]?
-    private static let maxTabulatedPhases = 4096
+    /// `[phase][tap]`, flattened: `upFactor` exact phases, or `interpolationSteps + 1` phases to interpolate.
+    private let table: [Float]
+    /// 0 when `table` holds every phase exactly; otherwise the P of the interpolated table.
+    private let interpolationSteps: Int
+    /// Most floats a phase table may hold (256 KiB).
+    static let maxTableFloats = 1 << 16
 
     // Streaming state.
     /// Input samples kept for the filter's history and look-ahead; `buffer[0]` is input index `bufferStart`.
@@ -77,17 +85,22 @@ public final class Resampler {
         beta = kaiserBeta
         reach = Int(halfWidth.rounded(.up))
         tapCount = 2 * reach
-        if upFactor <= Resampler.maxTabulatedPhases {
-            var t = [Float](repeating: 0, count: upFactor * tapCount)
-            for phase in 0..<upFactor {
-                let taps = Resampler.phaseTaps(phase: phase, up: upFactor, reach: reach, cutoff: cutoff, halfWidth: halfWidth, beta: kaiserBeta)
-                for k in 0..<tapCount { t[phase * tapCount + k] = taps[k] }
-            }
-            table = t
-        } else {
-            table = nil
+        // Exact phases when they fit the table size, else P + 1 phases to interpolate between.
+        let exact = upFactor <= Resampler.maxTableFloats / tapCount
+        let steps = exact ? 0 : max(2, Resampler.maxTableFloats / tapCount - 1)
+        let rows = exact ? upFactor : steps + 1
+        var t = [Float](repeating: 0, count: rows * tapCount)
+        for row in 0..<rows {
+            let taps = Resampler.phaseTaps(phase: row, up: exact ? upFactor : steps, reach: reach, cutoff: cutoff,
+                                           halfWidth: halfWidth, beta: kaiserBeta)
+            for k in 0..<tapCount { t[row * tapCount + k] = taps[k] }
         }
+        table = t
+        interpolationSteps = steps
     }
+
+    /// Bytes of filter table this resampler holds (at most 256 KiB).
+    public var tableBytes: Int { table.count * MemoryLayout<Float>.size }
 
     /// Resamples a whole mono signal in one call.
     /// - Returns: `ceil(samples.count * outputRate / inputRate)` samples; the input itself when the rates are equal.
@@ -132,9 +145,8 @@ public final class Resampler {
         let L = upFactor, M = downFactor
         let end = final ? outputCount(forInputCount: received) : Int.max
         var out: [Float] = []
-        var scratch = [Float](repeating: 0, count: tapCount)
-        let tabulated = table ?? []
-        tabulated.withUnsafeBufferPointer { tab in
+        let steps = interpolationSteps
+        table.withUnsafeBufferPointer { tab in
         buffer.withUnsafeBufferPointer { buf in
             while nextOutput < end {
                 let pos = nextOutput * M
@@ -142,20 +154,24 @@ public final class Resampler {
                 let phase = pos % L
                 // Needs inputs up to c + reach; wait for them unless the stream has ended.
                 if !final && c + reach >= received { break }
-                if tab.isEmpty {
-                    let computed = Resampler.phaseTaps(phase: phase, up: L, reach: reach, cutoff: cutoff, halfWidth: halfWidth, beta: beta)
-                    for k in 0..<tapCount { scratch[k] = computed[k] }
-                }
-                let tapBase = tab.isEmpty ? 0 : phase * tapCount
                 let first = c - reach + 1
                 var acc: Float = 0
                 let lo = max(first, bufferStart)
                 let hi = min(c + reach, received - 1)
                 if lo <= hi {
-                    if tab.isEmpty {
-                        for i in lo...hi { acc += buf[i - bufferStart] * scratch[i - first] }
+                    if steps == 0 {
+                        let base = phase * tapCount - first
+                        for i in lo...hi { acc += buf[i - bufferStart] * tab[base + i] }
                     } else {
-                        for i in lo...hi { acc += buf[i - bufferStart] * tab[tapBase + i - first] }
+                        // Between tabulated phases k/P and (k+1)/P: linear interpolation of the taps.
+                        let scaled = phase * steps
+                        let k = scaled / L
+                        let t = Float(scaled - k * L) / Float(L)
+                        let base0 = k * tapCount - first, base1 = base0 + tapCount
+                        for i in lo...hi {
+                            let w0 = tab[base0 + i]
+                            acc += buf[i - bufferStart] * (w0 + t * (tab[base1 + i] - w0))
+                        }
                     }
                 }
                 out.append(acc)

@@ -78,7 +78,7 @@ public enum WAVDecoder {
     public static func decode(data: Data, name: String = "<memory>") throws -> AudioBuffer {
         try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> AudioBuffer in
             let (format, payload) = try parse(raw, name: name)
-            let samples = convert(payload, encoding: format.encoding, channelCount: format.channelCount, blockAlign: format.blockAlign)
+            let samples = PCM.decode(payload, encoding: format.encoding)
             return AudioBuffer(sampleRate: format.sampleRate, channelCount: format.channelCount, samples: samples)
         }
     }
@@ -86,9 +86,18 @@ public enum WAVDecoder {
     /// Parses only the header and returns the stream's format and the number of complete frames present.
     /// - Throws: `AudioError` as `decode(data:name:)`.
     public static func inspect(data: Data, name: String = "<memory>") throws -> (format: WAVFormat, frameCount: Int) {
+        let layout = try self.layout(data: data, name: name)
+        return (layout.format, layout.samples.count / layout.format.blockAlign)
+    }
+
+    /// Parses only the header: the stream's format and where its whole frames lie in `data` (offsets from
+    /// `data.startIndex`), so a caller can weigh the cost of decoding before doing it and then decode in pieces.
+    /// - Throws: `AudioError` as `decode(data:name:)`.
+    public static func layout(data: Data, name: String = "<memory>") throws -> (format: WAVFormat, samples: Range<Int>) {
         try data.withUnsafeBytes { raw in
             let (format, payload) = try parse(raw, name: name)
-            return (format, payload.count / format.blockAlign)
+            let start = payload.baseAddress.map { $0 - raw.baseAddress! } ?? 0
+            return (format, start..<(start + payload.count))
         }
     }
 
@@ -98,9 +107,7 @@ public enum WAVDecoder {
         UInt16(p[at]) | UInt16(p[at + 1]) << 8
     }
 
-    private static func u32(_ p: UnsafeRawBufferPointer, _ at: Int) -> UInt32 {
-        UInt32(p[at]) | UInt32(p[at + 1]) << 8 | UInt32(p[at + 2]) << 16 | UInt32(p[at + 3]) << 24
-    }
+    private static func u32(_ p: UnsafeRawBufferPointer, _ at: Int) -> UInt32 { PCM.u32(p, at) }
 
     private static func fourCC(_ p: UnsafeRawBufferPointer, _ at: Int) -> String {
         let bytes = (0..<4).map { p[at + $0] }
@@ -221,49 +228,6 @@ public enum WAVDecoder {
         }
         return WAVFormat(encoding: encoding, channelCount: channels, sampleRate: rate, blockAlign: blockAlign)
     }
-
-    // MARK: - Sample conversion
-
-    /// Converts whole frames of little-endian sample bytes into interleaved Floats.
-    private static func convert(_ bytes: UnsafeRawBufferPointer, encoding: WAVSampleEncoding, channelCount: Int, blockAlign: Int) -> [Float] {
-        let count = bytes.count / encoding.bytesPerSample
-        var out = [Float](repeating: 0, count: count)
-        guard count > 0 else { return out }
-        out.withUnsafeMutableBufferPointer { dst in
-            switch encoding {
-            case .integer(bits: 8):
-                for i in 0..<count { dst[i] = (Float(bytes[i]) - 128) * (1.0 / 128.0) }
-            case .integer(bits: 16):
-                for i in 0..<count {
-                    let v = Int16(bitPattern: UInt16(bytes[2 * i]) | UInt16(bytes[2 * i + 1]) << 8)
-                    dst[i] = Float(v) * (1.0 / 32768.0)
-                }
-            case .integer(bits: 24):
-                for i in 0..<count {
-                    let b = 3 * i
-                    // Place the 24 bits at the top of an Int32 and shift back down to sign-extend.
-                    let u = UInt32(bytes[b]) << 8 | UInt32(bytes[b + 1]) << 16 | UInt32(bytes[b + 2]) << 24
-                    dst[i] = Float(Int32(bitPattern: u) >> 8) * (1.0 / 8388608.0)
-                }
-            case .integer(bits: 32):
-                for i in 0..<count {
-                    let v = Int32(bitPattern: u32(bytes, 4 * i))
-                    dst[i] = Float(Double(v) * (1.0 / 2147483648.0))
-                }
-            case .float(bits: 32):
-                for i in 0..<count { dst[i] = Float(bitPattern: u32(bytes, 4 * i)) }
-            case .float(bits: 64):
-                for i in 0..<count {
-                    let lo = UInt64(u32(bytes, 8 * i)), hi = UInt64(u32(bytes, 8 * i + 4))
-                    dst[i] = Float(Double(bitPattern: lo | hi << 32))
-                }
-            default:
-                // parseFormat admits no other encoding.
-                preconditionFailure("unvalidated WAV encoding \(encoding)")
-            }
-        }
-        return out
-    }
 }
 
 /// Converts signed 16-bit PCM samples to Float in [-1, 1) by dividing by 32768 (as Whisper's loader does).
@@ -279,15 +243,5 @@ public func floatSamples(fromS16LE bytes: Data) throws -> [Float] {
     guard bytes.count % 2 == 0 else {
         throw AudioError.invalidArgument("raw s16le PCM needs an even byte count, got \(bytes.count)")
     }
-    let n = bytes.count / 2
-    var out = [Float](repeating: 0, count: n)
-    bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
-        out.withUnsafeMutableBufferPointer { dst in
-            for i in 0..<n {
-                let v = Int16(bitPattern: UInt16(raw[2 * i]) | UInt16(raw[2 * i + 1]) << 8)
-                dst[i] = Float(v) * (1.0 / 32768.0)
-            }
-        }
-    }
-    return out
+    return bytes.withUnsafeBytes { PCM.decode($0, encoding: .integer(bits: 16)) }
 }

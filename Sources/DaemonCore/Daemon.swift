@@ -327,23 +327,16 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         let endpoints = try DaemonEndpoints(configuration: config, environment: environment, logger: logger)
         let groupID: UInt32?
         do { groupID = try config.socketGroupID() } catch { throw DaemonError.sockets(reason: "\(error)") }
-        let connection = ConnectionOptions(
-            maxConnections: config.maxConnections, idleTimeout: .milliseconds(Int64(config.idleTimeout * 1000)),
-            socketMode: config.socketMode, socketGroup: groupID, peerPolicy: PeerPolicy(allowedGroup: groupID))
-        let resampler: Serving.Resampler = { samples, rate in
-            (try? Audio.Resampler.resample(samples, from: rate, to: 16000)) ?? AudioConversion.resampleTo16k(samples, rate: rate)
-        }
+        let connection = config.connectionOptions(socketGroup: groupID)
         let control = ControlServer(
             endpoints: endpoints.control, control: self, transcription: self,
             configuration: ControlServerConfiguration(
-                connection: connection, maxRequestBytes: config.maxRequestBytes, maxAudioSeconds: config.maxAudioSeconds,
-                resampler: resampler,
-                wavDecoder: { data in try decodeAudio(data: data, targetRate: 16000, name: "request") }),
+                connection: connection, maxRequestBytes: config.maxRequestBytes, maxAudioSeconds: config.maxAudioSeconds),
             logger: logger)
         let wyoming = endpoints.wyoming.isEmpty ? nil : WyomingServer(
             endpoints: endpoints.wyoming, backend: self,
             configuration: WyomingServerConfiguration(
-                connection: connection, maxAudioSeconds: config.maxAudioSeconds, resampler: resampler,
+                connection: connection, maxAudioSeconds: config.maxAudioSeconds,
                 serviceInfo: { [weak self] in self?.serviceInfo() ?? WyomingServiceInfo(modelName: "whisper", languages: ["en"]) }),
             logger: logger)
         do {
@@ -520,6 +513,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         { keys.append("wyoming_tcp") }
         if a.maxConnections != b.maxConnections || a.maxAudioSeconds != b.maxAudioSeconds
             || a.maxRequestBytes != b.maxRequestBytes || a.queueDepth != b.queueDepth || a.idleTimeout != b.idleTimeout
+            || a.maxConnectionsPerUser != b.maxConnectionsPerUser || a.maxBufferedBytes != b.maxBufferedBytes
+            || a.maxConnectionBytes != b.maxConnectionBytes || a.requestTimeout != b.requestTimeout
         { keys.append("limits") }
         if a.logLevel != b.logLevel { keys.append("log.level") }
         if a.stateDirectory != b.stateDirectory { keys.append("state.directory") }

@@ -4,6 +4,8 @@ import Foundation
 import Glibc
 #endif
 import Logging
+import NIOCore
+import Serving
 import TOMLKit
 import Units
 
@@ -106,8 +108,17 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var wyomingTCPPort = 10300
 
     // MARK: limits
-    /// Most simultaneous connections per server.
+    /// Most simultaneous connections per server (root and the daemon's own user have 4 more, reserved).
     public var maxConnections = 64
+    /// Most simultaneous connections of one user per server (root and the daemon's own user excepted).
+    public var maxConnectionsPerUser = 16
+    /// Most bytes of client buffers (bytes received and not yet processed, audio waiting to be transcribed) all
+    /// connections of both servers together may hold.
+    public var maxBufferedBytes = 512 * 1024 * 1024
+    /// Most bytes of client buffers one connection may hold.
+    public var maxConnectionBytes = 80 * 1024 * 1024
+    /// Seconds a request (a control line, a Wyoming event) may take to arrive in full from its first byte.
+    public var requestTimeout = 60.0
     /// Longest audio per request, in seconds.
     public var maxAudioSeconds = 120.0
     /// Longest control request line in bytes (the base64 audio of `transcribe` is on it).
@@ -165,6 +176,15 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 minimumSpeechDuration: vadMinimumSpeech, hangover: vadHangover, preRoll: vadPreRoll,
                 maximumUtteranceDuration: vadMaximumUtterance),
             ringBufferSeconds: ringSeconds)
+    }
+
+    /// The socket servers' limits, timeouts, peer policy and client memory pool (one pool for both servers).
+    public func connectionOptions(socketGroup groupID: UInt32?) -> ConnectionOptions {
+        ConnectionOptions(
+            maxConnections: maxConnections, maxConnectionsPerUser: maxConnectionsPerUser,
+            idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), requestTimeout: .milliseconds(Int64(requestTimeout * 1000)),
+            socketMode: socketMode, socketGroup: groupID, peerPolicy: PeerPolicy(allowedGroup: groupID),
+            memory: ClientMemoryPool(limit: maxBufferedBytes, connectionLimit: maxConnectionBytes))
     }
 
     /// The group id of `socketGroup`, looked up in the group database.
@@ -323,8 +343,25 @@ extension DaemonConfiguration {
             if let v = try t.int("port", in: 0...65535) { c.wyomingTCPPort = v }
         }
         if let t = try reader.table("limits") {
-            try t.rejectUnknown(["max_connections", "max_audio_seconds", "max_request_bytes", "queue_depth", "idle_timeout"])
+            try t.rejectUnknown([
+                "max_connections", "max_connections_per_user", "max_audio_seconds", "max_request_bytes",
+                "max_buffered_bytes", "max_connection_bytes", "queue_depth", "idle_timeout", "request_timeout",
+            ])
             if let v = try t.int("max_connections", in: 1...4096) { c.maxConnections = v }
+            if let v = try t.int("max_connections_per_user", in: 1...4096) { c.maxConnectionsPerUser = v }
+            if let v = try t.size("max_buffered_bytes") {
+                guard let bytes = v.bytes, bytes >= 1 << 20, bytes <= 1 << 40 else {
+                    throw t.error("max_buffered_bytes", "must be between 1MiB and 1TiB")
+                }
+                c.maxBufferedBytes = bytes
+            }
+            if let v = try t.size("max_connection_bytes") {
+                guard let bytes = v.bytes, bytes >= 1 << 20, bytes <= 1 << 40 else {
+                    throw t.error("max_connection_bytes", "must be between 1MiB and 1TiB")
+                }
+                c.maxConnectionBytes = bytes
+            }
+            if let v = try t.double("request_timeout", in: 1...3600) { c.requestTimeout = v }
             if let v = try t.double("max_audio_seconds", in: 1...3600) { c.maxAudioSeconds = v }
             if let v = try t.size("max_request_bytes") {
                 guard let bytes = v.bytes, bytes >= 1024, bytes <= 1 << 30 else {
@@ -366,6 +403,10 @@ extension DaemonConfiguration {
         }
         if controlSocketName == wyomingSocketName {
             throw ConfigurationError(source: source, key: "sockets.wyoming", reason: "must differ from sockets.control")
+        }
+        if maxConnectionBytes > maxBufferedBytes {
+            throw ConfigurationError(source: source, key: "limits.max_connection_bytes",
+                                     reason: "must not be above limits.max_buffered_bytes (\(maxBufferedBytes) bytes)")
         }
         if !memoryBudgetAuto, let budget = memoryBudget, budget < 1024 * 1024 {
             throw ConfigurationError(source: source, key: "model.memory_budget", reason: "must be at least 1MiB (or none)")

@@ -55,7 +55,8 @@ public struct RequestOrigin: Sendable, Hashable {
 /// What the servers need from the daemon to transcribe audio.
 public protocol TranscriptionBackend: Sendable {
     /// Transcribes 16 kHz mono float samples in [-1, 1]; `language` nil means the model default or auto-detection.
-    /// The server cancels the calling task when the client disconnects: stop work then (throw `CancellationError`).
+    /// The servers cancel the calling task when the client that asked goes away: stop work then (throw
+    /// `CancellationError`). Throw `ControlError` (for example code `busy`) to give the client a specific error code.
     func transcribe(samples: [Float], language: String?, origin: RequestOrigin) async throws -> TranscriptResult
 }
 
@@ -95,6 +96,8 @@ public struct DaemonStatus: Sendable, Codable, Equatable {
     public var model: ModelStatus?
     /// The transcription queue (nil when the daemon does not report it).
     public var queue: QueueStatus?
+    /// Memory held for clients by the socket servers (filled in by the control server), if known.
+    public var clientBuffers: ClientBufferStatus?
 
     /// Creates a status snapshot.
     public init(
@@ -117,7 +120,7 @@ public struct DaemonStatus: Sendable, Codable, Equatable {
         case modelName = "model_name", layerBits = "layer_bits", memoryBytes = "memory_bytes"
         case budgetBytes = "budget_bytes", uptimeSeconds = "uptime_seconds", utterancesSeen = "utterances_seen"
         case statisticsSamples = "statistics_samples", lastRequantization = "last_requantization"
-        case captureState = "capture_state", model = "served_model", queue
+        case captureState = "capture_state", model = "served_model", queue, clientBuffers = "client_buffers"
     }
 }
 
@@ -202,6 +205,27 @@ public struct QueueStatus: Sendable, Codable, Equatable {
         case waiting, running, depth
         case droppedUtterances = "dropped_utterances", refusedRequests = "refused_requests"
         case cancelledRequests = "cancelled_requests"
+    }
+}
+
+/// The socket servers' client memory (`ClientMemoryPool`), as `status` reports it.
+public struct ClientBufferStatus: Sendable, Codable, Equatable {
+    /// Bytes charged now: bytes received and not yet processed, and audio waiting to be transcribed.
+    public var usedBytes: Int
+    /// The most bytes charged at any time since the daemon started.
+    public var peakBytes: Int
+    /// The limit for all connections together (`limits.max_buffered_bytes`).
+    public var limitBytes: Int
+
+    /// Creates a snapshot.
+    public init(usedBytes: Int, peakBytes: Int, limitBytes: Int) {
+        self.usedBytes = usedBytes
+        self.peakBytes = peakBytes
+        self.limitBytes = limitBytes
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case usedBytes = "used_bytes", peakBytes = "peak_bytes", limitBytes = "limit_bytes"
     }
 }
 

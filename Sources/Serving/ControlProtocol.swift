@@ -46,9 +46,7 @@ public enum ControlWire {
 }
 
 /// Splits a byte stream into newline-terminated lines of at most `maxLength` bytes.
-struct LineFrameDecoder: ByteToMessageDecoder {
-    typealias InboundOut = ByteBuffer
-
+struct LineFraming: RequestFraming {
     /// A line longer than the limit: the connection cannot continue.
     struct LineTooLong: Error, CustomStringConvertible {
         let limit: Int
@@ -56,35 +54,30 @@ struct LineFrameDecoder: ByteToMessageDecoder {
     }
 
     let maxLength: Int
+    /// Bytes at the start of the buffer already searched for a newline.
     private var searched = 0
 
     init(maxLength: Int) { self.maxLength = maxLength }
 
-    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+    mutating func next(_ buffer: inout ByteBuffer) throws -> ByteBuffer? {
         let view = buffer.readableBytesView
         guard let newline = view[(view.startIndex + searched)...].firstIndex(of: UInt8(ascii: "\n")) else {
             searched = view.count
             if view.count > maxLength { throw LineTooLong(limit: maxLength) }
-            return .needMoreData
+            return nil
         }
         searched = 0
         let length = newline - view.startIndex
         if length > maxLength { throw LineTooLong(limit: maxLength) }
         let line = buffer.readSlice(length: length)!
         buffer.moveReaderIndex(forwardBy: 1)
-        context.fireChannelRead(Self.wrapInboundOut(line))
-        return .continue
+        return line
     }
 
-    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws
-        -> DecodingState
-    {
-        while try decode(context: context, buffer: &buffer) == .continue {}
-        // An unterminated last line before end of input still counts as a request.
-        if seenEOF, buffer.readableBytes > 0, buffer.readableBytes <= maxLength {
-            context.fireChannelRead(Self.wrapInboundOut(buffer.readSlice(length: buffer.readableBytes)!))
-        }
+    /// An unterminated last line before the end of the input is still a request (it is answered).
+    mutating func last(_ buffer: inout ByteBuffer) throws -> ByteBuffer? {
         searched = 0
-        return .needMoreData
+        guard buffer.readableBytes > 0, buffer.readableBytes <= maxLength else { return nil }
+        return buffer.readSlice(length: buffer.readableBytes)!
     }
 }

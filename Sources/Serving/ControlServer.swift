@@ -1,3 +1,4 @@
+import Audio
 import Foundation
 import Logging
 import NIOCore
@@ -5,16 +6,12 @@ import NIOPosix
 
 /// Settings of a `ControlServer`.
 public struct ControlServerConfiguration: Sendable {
-    /// Connection limits, idle timeout and peer policy.
+    /// Connection limits, idle and request timeouts, peer policy and the client memory pool.
     public var connection: ConnectionOptions
     /// Longest request line in bytes (a `transcribe` request carries its audio as base64 on this line).
     public var maxRequestBytes: Int
-    /// Longest audio accepted by `transcribe`, in seconds.
+    /// Longest audio accepted by `transcribe`, in seconds (from the audio's header, before decoding).
     public var maxAudioSeconds: Double
-    /// Converts `s16le` audio at other rates to 16 kHz.
-    public var resampler: Resampler
-    /// Decodes `wav` audio to 16 kHz mono; nil makes `format: "wav"` an `unsupported_format` error.
-    public var wavDecoder: AudioFileDecoder?
     /// A `listen` client whose queued events stay above `connection.maxQueuedOutboundBytes` for this long is
     /// disconnected. Until then its events wait in its own bounded stream, without holding up anyone else.
     public var listenStallTimeout: TimeAmount
@@ -22,15 +19,12 @@ public struct ControlServerConfiguration: Sendable {
     /// Creates a configuration.
     public init(
         connection: ConnectionOptions = ConnectionOptions(), maxRequestBytes: Int = 16 * 1024 * 1024,
-        maxAudioSeconds: Double = 120, resampler: @escaping Resampler = { AudioConversion.resampleTo16k($0, rate: $1) },
-        wavDecoder: AudioFileDecoder? = nil, listenStallTimeout: TimeAmount = .seconds(10)
+        maxAudioSeconds: Double = 120, listenStallTimeout: TimeAmount = .seconds(10)
     ) {
         self.listenStallTimeout = listenStallTimeout
         self.connection = connection
         self.maxRequestBytes = maxRequestBytes
         self.maxAudioSeconds = maxAudioSeconds
-        self.resampler = resampler
-        self.wavDecoder = wavDecoder
     }
 }
 
@@ -51,12 +45,14 @@ public final class ControlServer: Sendable {
                 ControlWire.failure(id: .null, code: code.replacingOccurrences(of: "-", with: "_"), message: message)
                     + [UInt8(ascii: "\n")]
             },
-            makeHandlers: { _, origin in
+            makeHandlers: { connection in
                 [
-                    ByteToMessageHandler(LineFrameDecoder(maxLength: configuration.maxRequestBytes)),
+                    ByteToMessageHandler(MeteredDecoder(
+                        LineFraming(maxLength: configuration.maxRequestBytes), context: connection,
+                        timeout: configuration.connection.requestTimeout)),
                     ControlSessionHandler(
-                        control: control, transcription: transcription, configuration: configuration, origin: origin,
-                        logger: logger),
+                        control: control, transcription: transcription, configuration: configuration,
+                        connection: connection, logger: logger),
                 ]
             })
     }
@@ -76,52 +72,62 @@ public final class ControlServer: Sendable {
 }
 
 /// One control connection: requests are answered in order; after `listen` it only carries pushed events.
+///
+/// A request is parsed and its audio decoded off the event loop (`Intake`), then carried out in a task that is
+/// cancelled if the client goes away. A client that shuts down its sending side gets the answers to what it sent
+/// (an unterminated last line included), then the connection closes.
 final class ControlSessionHandler: ChannelDuplexHandler {
-    typealias InboundIn = ByteBuffer
+    typealias InboundIn = Received<ByteBuffer>
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let control: ControlBackend
     private let transcription: TranscriptionBackend
     private let configuration: ControlServerConfiguration
-    private let origin: RequestOrigin
+    private let connection: ConnectionContext
     private let logger: Logger
 
     private var busy = false
-    /// The request being worked on; cancelled when the client goes away.
-    private var requestTask: Task<Void, Never>?
-    private var queue: [ByteBuffer] = []
+    private var queue: [Received<ByteBuffer>] = []
     private var readPending = false
     private var closeWhenIdle = false
+    private var closing = false
     private var listenTask: Task<Void, Never>?
+    private var requestTask: Task<Void, Never>?
     private var writabilityWaiters: [EventLoopPromise<Bool>] = []
 
     init(
         control: ControlBackend, transcription: TranscriptionBackend, configuration: ControlServerConfiguration,
-        origin: RequestOrigin, logger: Logger
+        connection: ConnectionContext, logger: Logger
     ) {
         self.control = control
         self.transcription = transcription
         self.configuration = configuration
-        self.origin = origin
+        self.connection = connection
         self.logger = logger
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let line = unwrapInboundIn(data)
-        if listenTask != nil { return }  // a listening connection carries only events
-        if busy { queue.append(line) } else { handle(line, context: context) }
+        let received = unwrapInboundIn(data)
+        if listenTask != nil || closing { return }  // a listening connection carries only events
+        if busy { queue.append(received) } else { handle(received, context: context) }
     }
 
     func read(context: ChannelHandlerContext) {
         // Backpressure: no more reads while a request is being worked on, or while the client is not reading
         // what we already sent.
-        if busy || !context.channel.isWritable { readPending = true } else { context.read() }
+        if busy || !context.channel.isWritable {
+            readPending = true
+            connection.activity.holdingReads = true
+        } else {
+            context.read()
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         listenTask?.cancel()
-        requestTask?.cancel()
+        requestTask?.cancel()  // the client is gone: its request need not be carried out
+        queue.removeAll()
         context.fireChannelInactive()
     }
 
@@ -140,6 +146,7 @@ final class ControlSessionHandler: ChannelDuplexHandler {
     private func resumeReadingIfPossible(context: ChannelHandlerContext) {
         if readPending && !busy && context.channel.isWritable {
             readPending = false
+            connection.activity.holdingReads = false
             context.read()
         }
     }
@@ -167,13 +174,17 @@ final class ControlSessionHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if let tooLong = error as? LineFrameDecoder.LineTooLong {
+        guard !closing else { return }
+        if let tooLong = error as? LineFraming.LineTooLong {
             write(ControlWire.failure(id: .null, code: "request_too_large", message: tooLong.description),
                   context: context)
+        } else if let refused = error as? ClientMemoryError {
+            let failure = ControlSessionHandler.failure(refused)
+            write(ControlWire.failure(id: .null, code: failure.code, message: failure.message), context: context)
         } else {
             logger.debug("control connection error: \(error)")
         }
-        context.close(promise: nil)
+        closeAfterFlush(context: context)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -181,6 +192,13 @@ final class ControlSessionHandler: ChannelDuplexHandler {
             if !busy && listenTask == nil { context.close(promise: nil) }
         } else if event is ServerShuttingDownEvent {
             if busy { closeWhenIdle = true } else { context.close(promise: nil) }
+        } else if let deadline = event as? RequestDeadlineEvent {
+            guard !closing else { return }
+            write(ControlWire.failure(id: .null, code: "request_timeout", message: deadline.description), context: context)
+            closeAfterFlush(context: context)
+        } else if let channelEvent = event as? ChannelEvent, channelEvent == .inputClosed {
+            // The client has sent everything it will: answer what it sent, then close.
+            if listenTask != nil || (!busy && queue.isEmpty) { closeAfterFlush(context: context) } else { closeWhenIdle = true }
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -193,67 +211,50 @@ final class ControlSessionHandler: ChannelDuplexHandler {
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 
-    private func handle(_ line: ByteBuffer, context: ChannelHandlerContext) {
-        let bytes = line.readableBytesView
-        if bytes.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { return }
-        guard let request = try? JSONCoding.decoder.decode([String: JSONValue].self, from: Data(bytes)) else {
-            write(ControlWire.failure(id: .null, code: "bad_request", message: "request is not a JSON object"),
-                  context: context)
-            return
+    /// Closes once everything written so far has gone out.
+    private func closeAfterFlush(context: ChannelHandlerContext) {
+        guard !closing else { return }
+        closing = true
+        queue.removeAll()
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            loopBound.value.close(promise: nil)
         }
-        let id = request["id"] ?? .null
-        guard let name = request["command"]?.stringValue else {
-            write(ControlWire.failure(id: id, code: "bad_request", message: "request has no string \"command\""),
-                  context: context)
-            return
-        }
-        guard let command = ControlCommand(rawValue: name) else {
-            let known = ControlCommand.allCases.map(\.rawValue).joined(separator: ", ")
-            write(ControlWire.failure(id: id, code: "unknown_command",
-                                      message: "unknown command \"\(name)\" (known: \(known))"), context: context)
-            return
-        }
-        if command == .listen {
-            startListening(id: id, context: context)
-            return
-        }
+    }
+
+    private func handle(_ received: Received<ByteBuffer>, context: ChannelHandlerContext) {
+        let line = received.request
+        if line.readableBytesView.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { return }
         busy = true
-        let control = self.control
-        let transcription = self.transcription
-        let configuration = self.configuration
-        let origin = self.origin
+        let services = Services(control: control, transcription: transcription, configuration: configuration,
+                                memory: connection.memory, origin: connection.origin)
+        let charge = received.charge
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
         requestTask = Task {
-            let response: [UInt8]
-            do {
-                let result = try await Self.execute(
-                    command, request: request, control: control, transcription: transcription,
-                    configuration: configuration, origin: origin)
-                response = ControlWire.success(id: id, result: result)
-            } catch let error as ControlError {
-                response = ControlWire.failure(id: id, code: error.code, message: error.message)
-            } catch {
-                response = ControlWire.failure(id: id, code: "internal", message: "\(error)")
-            }
+            let outcome = await Self.respond(to: line, charge: charge, services: services)
             eventLoop.execute {
                 let (handler, context) = loopBound.value
-                handler.finished(response, context: context)
+                handler.finished(outcome, context: context)
             }
         }
     }
 
-    private func finished(_ response: [UInt8], context: ChannelHandlerContext) {
-        write(response, context: context)
-        busy = false
+    private func finished(_ outcome: Outcome, context: ChannelHandlerContext) {
         requestTask = nil
-        if closeWhenIdle {
-            context.close(promise: nil)
+        switch outcome {
+        case .reply(let response): write(response, context: context)
+        case .listen(let id): startListening(id: id, context: context)
+        }
+        busy = false
+        if closeWhenIdle && listenTask == nil && queue.isEmpty {
+            closeAfterFlush(context: context)
             return
         }
-        while !busy, listenTask == nil, !queue.isEmpty, context.channel.isActive {
+        while !busy, listenTask == nil, !queue.isEmpty, context.channel.isActive, !closing {
             handle(queue.removeFirst(), context: context)
         }
+        if closeWhenIdle && !busy && listenTask == nil { closeAfterFlush(context: context) }
         resumeReadingIfPossible(context: context)
     }
 
@@ -293,74 +294,231 @@ final class ControlSessionHandler: ChannelDuplexHandler {
         write(ControlWire.event(transcript), context: context)
     }
 
-    private static func execute(
-        _ command: ControlCommand, request: [String: JSONValue], control: ControlBackend,
-        transcription: TranscriptionBackend, configuration: ControlServerConfiguration, origin: RequestOrigin
-    ) async throws -> JSONValue {
-        switch command {
+    // MARK: - Requests (off the event loop)
+
+    /// What a request needs besides its line.
+    struct Services: Sendable {
+        var control: ControlBackend
+        var transcription: TranscriptionBackend
+        var configuration: ControlServerConfiguration
+        var memory: ClientMemoryAccount
+        var origin: RequestOrigin
+    }
+
+    enum Outcome: Sendable {
+        /// A response line (without the newline).
+        case reply([UInt8])
+        /// `listen`: acknowledged and started on the event loop.
+        case listen(id: JSONValue)
+    }
+
+    /// A request read from its line.
+    struct Request: Sendable {
+        var id: JSONValue
+        var command: ControlCommand
+        var fields: [String: JSONValue]
+    }
+
+    /// Parses `line` and carries it out. `charge` holds the line's bytes; it is given back once the line and
+    /// anything made from it (the parsed audio string, the decoded audio bytes) are gone.
+    static func respond(to line: ByteBuffer, charge: ClientMemoryCharge, services: Services) async -> Outcome {
+        var id: JSONValue = .null
+        do {
+            // Parsing copies the line's strings, decoding base64 audio makes its bytes: charged before both.
+            try charge.grow(by: 2 * line.readableBytes)
+            let request = try await Intake.run { try parse(line) }
+            id = request.id
+            if request.command == .listen {
+                charge.release()
+                return .listen(id: id)
+            }
+            let result = try await execute(request, lineCharge: charge, services: services)
+            return .reply(ControlWire.success(id: id, result: result))
+        } catch let error as ControlError {
+            return .reply(ControlWire.failure(id: id, code: error.code, message: error.message))
+        } catch let error as IdentifiedError {
+            return .reply(ControlWire.failure(id: error.id, code: error.error.code, message: error.error.message))
+        } catch let error as ClientMemoryError {
+            let failure = Self.failure(error)
+            return .reply(ControlWire.failure(id: id, code: failure.code, message: failure.message))
+        } catch {
+            return .reply(ControlWire.failure(id: id, code: "internal", message: "\(error)"))
+        }
+    }
+
+    /// The control error for memory a request could not be given: too large for any connection, or busy.
+    static func failure(_ error: ClientMemoryError) -> ControlError {
+        switch error {
+        case .connectionLimit: return ControlError(code: "request_too_large", message: error.description)
+        case .poolExhausted: return ControlError(code: "busy", message: error.description)
+        }
+    }
+
+    /// Reads a request line: a JSON object with a known string `command`.
+    static func parse(_ line: ByteBuffer) throws -> Request {
+        let value: JSONValue
+        do { value = try JSONValue.parse(line.readableBytesView) } catch let error as JSONParseError {
+            throw ControlError(code: "bad_request", message: "request is not valid JSON: \(error)")
+        }
+        guard case .object(let fields) = value else {
+            throw ControlError(code: "bad_request", message: "request is not a JSON object")
+        }
+        let id = fields["id"] ?? .null
+        guard let name = fields["command"]?.stringValue else {
+            throw IdentifiedError(id: id, error: ControlError(code: "bad_request", message: "request has no string \"command\""))
+        }
+        guard let command = ControlCommand(rawValue: name) else {
+            let known = ControlCommand.allCases.map(\.rawValue).joined(separator: ", ")
+            throw IdentifiedError(id: id, error: ControlError(
+                code: "unknown_command", message: "unknown command \"\(name)\" (known: \(known))"))
+        }
+        return Request(id: id, command: command, fields: fields)
+    }
+
+    private static func execute(_ request: Request, lineCharge: ClientMemoryCharge, services: Services) async throws
+        -> JSONValue
+    {
+        let control = services.control
+        switch request.command {
         case .status:
-            return try JSONValue(encoding: await control.status())
+            lineCharge.release()
+            var status = await control.status()
+            let pool = services.configuration.connection.memory
+            status.clientBuffers = ClientBufferStatus(
+                usedBytes: pool.usedBytes, peakBytes: pool.peakBytes, limitBytes: pool.limit)
+            return try JSONValue(encoding: status)
         case .budget:
-            if request["unlimited"]?.boolValue == true {
+            lineCharge.release()
+            if request.fields["unlimited"]?.boolValue == true {
                 try await control.setBudget(bytes: nil)
                 return ["unlimited": true]
             }
-            guard let bytes = request["bytes"]?.intValue, bytes > 0 else {
-                throw ControlError(code: "bad_request", message: "budget needs a positive integer \"bytes\" or \"unlimited\": true")
-            }
+            let bytes = try budgetBytes(request.fields["bytes"])
             try await control.setBudget(bytes: bytes)
             return ["budget_bytes": .number(Double(bytes))]
         case .reload:
+            lineCharge.release()
             try await control.reload()
             return [:]
         case .forget:
+            lineCharge.release()
             try await control.forget()
             return [:]
         case .transcribe:
-            let samples = try decodeAudio(request, configuration: configuration)
-            let language = request["language"]?.stringValue
-            return try JSONValue(encoding: try await transcription.transcribe(samples: samples, language: language,
-                                                                              origin: origin))
+            let language = request.fields["language"]?.stringValue
+            let audio = try await Intake.run {
+                try IntakeAudio.decode(request.fields, configuration: services.configuration, memory: services.memory)
+            }
+            // The line, its parsed copy and the decoded bytes are gone: only the samples stay, under their charge.
+            lineCharge.release()
+            defer { audio.charge.release() }
+            let result = try await services.transcription.transcribe(samples: audio.samples, language: language,
+                                                                    origin: services.origin)
+            return try JSONValue(encoding: result)
         case .listen:
             return [:]  // handled on the event loop
         }
     }
 
-    /// Decodes the audio of a `transcribe` request to 16 kHz mono samples.
-    static func decodeAudio(_ request: [String: JSONValue], configuration: ControlServerConfiguration) throws -> [Float] {
-        guard let base64 = request["audio"]?.stringValue, let data = Data(base64Encoded: base64) else {
+    /// The `bytes` of a `budget` request: a whole number of bytes, positive and below 2^53.
+    static func budgetBytes(_ value: JSONValue?) throws -> Int {
+        guard case .number(let n)? = value, n > 0, n.rounded() == n else {
+            throw ControlError(code: "bad_request",
+                               message: "budget needs a positive integer \"bytes\" or \"unlimited\": true")
+        }
+        guard n < 9.0e15, let bytes = Int(exactly: n) else {
+            throw ControlError(code: "bad_request", message: "budget \"bytes\" is out of range (at most 9000000000000000)")
+        }
+        return bytes
+    }
+}
+
+/// A failure of a request whose `id` is known (so the answer can carry it).
+struct IdentifiedError: Error {
+    var id: JSONValue
+    var error: ControlError
+}
+
+/// Decoding the audio of a control `transcribe` request, with its cost computed from the header first.
+enum IntakeAudio {
+    /// 16 kHz mono samples and the charge that holds their memory.
+    struct Decoded: @unchecked Sendable {
+        var samples: [Float]
+        var charge: ClientMemoryCharge
+    }
+
+    /// Decodes `audio` (base64; `format` wav or s16le with `rate` and `channels`). The format and the length come
+    /// from the header: a rate or channel count outside what the daemon accepts, or audio longer than
+    /// `maxAudioSeconds`, is refused before anything is decoded, and the samples are charged to `memory` before
+    /// they are made.
+    static func decode(_ fields: [String: JSONValue], configuration: ControlServerConfiguration,
+                       memory: ClientMemoryAccount) throws -> Decoded {
+        guard let base64 = fields["audio"]?.stringValue, let data = Data(base64Encoded: base64) else {
             throw ControlError(code: "bad_request", message: "transcribe needs base64 \"audio\"")
         }
-        let format = request["format"]?.stringValue ?? "wav"
-        let samples: [Float]
-        switch format {
+        let format: PCMFormat
+        let samples: Range<Int>
+        switch fields["format"]?.stringValue ?? "wav" {
         case "wav":
-            guard let decoder = configuration.wavDecoder else {
-                throw ControlError(code: "unsupported_format", message: "this daemon cannot decode WAV; send s16le")
-            }
-            do { samples = try decoder(data) } catch {
+            do {
+                let layout = try WAVDecoder.layout(data: data, name: "request")
+                format = PCMFormat(encoding: layout.format.encoding, channelCount: layout.format.channelCount,
+                                   sampleRate: layout.format.sampleRate)
+                samples = layout.samples
+            } catch let error as AudioError {
+                if case .unsupportedEncoding = error {
+                    throw ControlError(code: "unsupported_format", message: "\(error)")
+                }
                 throw ControlError(code: "bad_audio", message: "cannot decode WAV: \(error)")
             }
         case "s16le":
-            guard let rate = request["rate"]?.intValue else {
+            guard case .number(let rate)? = fields["rate"], let rateValue = Int(exactly: rate) else {
                 throw ControlError(code: "bad_request", message: "s16le audio needs an integer \"rate\"")
             }
-            let channels = request["channels"]?.intValue ?? 1
-            do { try AudioConversion.validate(rate: rate, width: 2, channels: channels) } catch {
-                throw ControlError(code: "unsupported_format", message: "\(error)")
+            let channels: Int
+            switch fields["channels"] {
+            case nil, .null?: channels = 1
+            case .number(let n)? where Int(exactly: n) != nil: channels = Int(exactly: n)!
+            default: throw ControlError(code: "bad_request", message: "\"channels\" must be an integer")
             }
-            if Double(data.count / (2 * channels)) > configuration.maxAudioSeconds * Double(rate) {
-                throw ControlError(code: "audio_too_long",
-                                   message: "audio longer than \(configuration.maxAudioSeconds) seconds")
+            format = PCMFormat(encoding: .integer(bits: 16), channelCount: channels, sampleRate: rateValue)
+            samples = 0..<data.count
+        case let other:
+            throw ControlError(code: "unsupported_format", message: "unknown audio format \"\(other)\" (use wav or s16le)")
+        }
+        do { try format.checkAccepted() } catch {
+            throw ControlError(code: "unsupported_format", message: "\(error)")
+        }
+        let frames = samples.count / format.bytesPerFrame
+        let seconds = format.seconds(frames: frames)
+        guard seconds <= configuration.maxAudioSeconds else {
+            throw ControlError(code: "audio_too_long", message: String(
+                format: "audio of %.1f seconds is longer than the %g seconds allowed", seconds, configuration.maxAudioSeconds))
+        }
+        let converter: PCMConverter
+        do { converter = try PCMConverter(format: format) } catch {
+            throw ControlError(code: "unsupported_format", message: "\(error)")
+        }
+        let count = converter.outputCount(frames: frames)
+        let charge: ClientMemoryCharge
+        do {
+            charge = try memory.charge(count * MemoryLayout<Float>.size + converter.workingBytes)
+        } catch let error as ClientMemoryError {
+            throw ControlSessionHandler.failure(error)
+        }
+        var output: [Float] = []
+        output.reserveCapacity(count)
+        data.withUnsafeBytes { raw in
+            let payload = UnsafeRawBufferPointer(rebasing: raw[samples])
+            var offset = 0
+            while offset < payload.count {
+                let end = min(payload.count, offset + Intake.pieceBytes)
+                converter.convert(UnsafeRawBufferPointer(rebasing: payload[offset..<end]), appendingTo: &output)
+                offset = end
             }
-            let mono = AudioConversion.monoFloat(pcm: Array(data), width: 2, channels: channels)
-            samples = rate == AudioConversion.targetRate ? mono : configuration.resampler(mono, rate)
-        default:
-            throw ControlError(code: "unsupported_format", message: "unknown audio format \"\(format)\" (use wav or s16le)")
         }
-        if Double(samples.count) > configuration.maxAudioSeconds * Double(AudioConversion.targetRate) {
-            throw ControlError(code: "audio_too_long", message: "audio longer than \(configuration.maxAudioSeconds) seconds")
-        }
-        return samples
+        converter.finish(appendingTo: &output)
+        charge.shrink(by: converter.workingBytes)
+        return Decoded(samples: output, charge: charge)
     }
 }

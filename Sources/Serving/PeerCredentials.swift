@@ -3,9 +3,11 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CLinux
 import NIOCore
 
-/// Credentials of the process at the other end of a Unix-domain socket (Linux `SO_PEERCRED`).
+/// Credentials of the process at the other end of a Unix-domain socket, as the kernel recorded them when it
+/// connected (Linux `SO_PEERCRED` and `SO_PEERGROUPS`: no user-database lookup is involved).
 public struct PeerCredentials: Sendable, Equatable {
     /// Process id of the peer when it connected.
     public var pid: Int32
@@ -13,50 +15,62 @@ public struct PeerCredentials: Sendable, Equatable {
     public var uid: UInt32
     /// Effective group id of the peer.
     public var gid: UInt32
+    /// Supplementary group ids of the peer (group 0 is not listed; a peer with more than 256 groups, or a kernel
+    /// before 4.13, gives none).
+    public var groups: [UInt32]
 
     /// Creates credentials.
-    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32] = []) {
         self.pid = pid
         self.uid = uid
         self.gid = gid
+        self.groups = groups
     }
 
     /// Reads the peer credentials of a connected Unix-domain socket.
     public static func of(socket fd: Int32) throws -> PeerCredentials {
-        var raw = RawUcred()
-        var length = socklen_t(MemoryLayout<RawUcred>.size)
-        guard getsockopt(fd, SOL_SOCKET, soPeerCred, &raw, &length) == 0 else {
+        var raw = myqasr_ucred()
+        var length = socklen_t(MemoryLayout<myqasr_ucred>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &raw, &length) == 0 else {
             throw ServingError.system(call: "getsockopt(SO_PEERCRED)", errno: errno)
         }
-        return PeerCredentials(pid: raw.pid, uid: raw.uid, gid: raw.gid)
+        var groups = myqasr_peer_groups()
+        var groupsLength = socklen_t(MemoryLayout<myqasr_peer_groups>.size)
+        let list: [UInt32]
+        if getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, &groups, &groupsLength) == 0 {
+            list = withUnsafeBytes(of: groups.gids) { Array($0.bindMemory(to: UInt32.self).prefix(Int(groupsLength) / 4)) }
+        } else {
+            list = []
+        }
+        return PeerCredentials(pid: raw.pid, uid: raw.uid, gid: raw.gid, groups: list.filter { $0 != 0 })
     }
 
-    /// Reads the peer credentials of a NIO socket channel; fails for channels without them (such as TCP).
+    /// Reads the peer credentials of a NIO socket channel (on its event loop: two getsockopt calls); fails for
+    /// channels without them (such as TCP).
     static func of(channel: Channel) -> EventLoopFuture<PeerCredentials> {
         guard let provider = channel as? SocketOptionProvider else {
             return channel.eventLoop.makeFailedFuture(ServingError.noPeerCredentials)
         }
-        let future: EventLoopFuture<RawUcred> = provider.unsafeGetSocketOption(
-            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(soPeerCred))
-        return future.map { PeerCredentials(pid: $0.pid, uid: $0.uid, gid: $0.gid) }
+        let credentials: EventLoopFuture<myqasr_ucred> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        // NIO does not return the option's length: unused entries stay 0, so group 0 cannot be told from them.
+        let groups: EventLoopFuture<myqasr_peer_groups> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERGROUPS))
+        return credentials.and(groups.map(Optional.some).recover { _ in nil }).map { raw, groups in
+            let list = groups.map { g in withUnsafeBytes(of: g.gids) { Array($0.bindMemory(to: UInt32.self)) } } ?? []
+            return PeerCredentials(pid: raw.pid, uid: raw.uid, gid: raw.gid, groups: list.filter { $0 != 0 })
+        }
     }
-}
 
-/// Glibc's `struct ucred` (hidden from Swift without `_GNU_SOURCE`): pid_t, uid_t, gid_t.
-struct RawUcred: Sendable {
-    var pid: Int32 = 0
-    var uid: UInt32 = 0
-    var gid: UInt32 = 0
+    /// Root or the server's own user: always allowed, and given the reserved connections.
+    public var isPrivileged: Bool { uid == 0 || uid == getuid() }
 }
-
-/// `SO_PEERCRED` on Linux (asm-generic/socket.h).
-let soPeerCred: Int32 = 17
 
 /// Which local users may talk to a server over its Unix socket.
 ///
-/// A peer is allowed if its uid is in `allowedUIDs`, or if `allowedGroup` is set and the peer's primary or
-/// supplementary groups (from the user database) include it, or if `trustRootAndSelf` is set and the peer
-/// is root or runs as the server's own uid.
+/// A peer is allowed if its uid is in `allowedUIDs`, or if `allowedGroup` is set and the peer's effective or
+/// supplementary groups (as the kernel holds them for the connecting process) include it, or if
+/// `trustRootAndSelf` is set and the peer is root or runs as the server's own uid.
 public struct PeerPolicy: Sendable, Equatable {
     /// User ids allowed explicitly.
     public var allowedUIDs: Set<UInt32>
@@ -75,31 +89,11 @@ public struct PeerPolicy: Sendable, Equatable {
     /// Only root and the server's own user.
     public static let ownerOnly = PeerPolicy()
 
-    /// Whether `peer` may connect.
+    /// Whether `peer` may connect. Reads nothing but `peer`: no user database, so it is safe on an event loop.
     public func permits(_ peer: PeerCredentials) -> Bool {
-        if trustRootAndSelf && (peer.uid == 0 || peer.uid == getuid()) { return true }
+        if trustRootAndSelf && peer.isPrivileged { return true }
         if allowedUIDs.contains(peer.uid) { return true }
-        if let group = allowedGroup {
-            if peer.gid == group { return true }
-            return PeerPolicy.groups(ofUser: peer.uid).contains(group)
-        }
+        if let group = allowedGroup { return peer.gid == group || peer.groups.contains(group) }
         return false
-    }
-
-    /// The primary and supplementary group ids of `uid` according to the user database (empty if unknown).
-    public static func groups(ofUser uid: UInt32) -> [UInt32] {
-        var pwd = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        var buffer = [CChar](repeating: 0, count: 16384)
-        guard getpwuid_r(uid, &pwd, &buffer, buffer.count, &result) == 0, result != nil, let name = pwd.pw_name else {
-            return []
-        }
-        var count: Int32 = 64
-        var groups = [gid_t](repeating: 0, count: Int(count))
-        if getgrouplist(name, pwd.pw_gid, &groups, &count) == -1 {
-            groups = [gid_t](repeating: 0, count: Int(count))
-            guard getgrouplist(name, pwd.pw_gid, &groups, &count) != -1 else { return [pwd.pw_gid] }
-        }
-        return Array(groups.prefix(Int(count)))
     }
 }

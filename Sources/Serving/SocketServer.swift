@@ -52,10 +52,19 @@ public enum ListenerEndpoint: Sendable, Equatable {
 
 /// Per-connection limits and access control shared by both servers.
 public struct ConnectionOptions: Sendable {
-    /// Most simultaneous connections; further clients get an error and are closed.
+    /// Most simultaneous connections; further clients get an error and are closed. Root and the server's own
+    /// user may open `reservedConnections` more, so an administrator's `myqasrctl status` always gets through.
     public var maxConnections: Int
+    /// Most simultaneous connections of one user (by uid; every TCP client counts as one user). Root and the
+    /// server's own user are not limited by it.
+    public var maxConnectionsPerUser: Int
+    /// Connections beyond `maxConnections` kept for root and the server's own user.
+    public var reservedConnections: Int
     /// A connection that sends nothing for this long is closed (listeners and busy requests excepted).
     public var idleTimeout: TimeAmount?
+    /// A request (a control line, a Wyoming event) must arrive in full within this time of its first byte, or
+    /// the connection is closed; the time the server itself holds back reading does not count.
+    public var requestTimeout: TimeAmount?
     /// Outbound bytes a connection may have queued before it counts as not reading (write high-water mark).
     public var maxQueuedOutboundBytes: Int
     /// Mode of Unix socket files, set after bind.
@@ -67,25 +76,41 @@ public struct ConnectionOptions: Sendable {
     public var peerPolicy: PeerPolicy
     /// How long `shutdown()` lets requests in progress finish before closing their connections.
     public var shutdownGracePeriod: TimeAmount
+    /// The memory every connection's buffers are charged to; share one pool between servers to bound them together.
+    public var memory: ClientMemoryPool
 
     /// Creates options.
     public init(
-        maxConnections: Int = 64, idleTimeout: TimeAmount? = .seconds(300), maxQueuedOutboundBytes: Int = 256 * 1024,
-        socketMode: UInt32 = 0o660, socketGroup: UInt32? = nil, peerPolicy: PeerPolicy = .ownerOnly,
-        shutdownGracePeriod: TimeAmount = .seconds(5)
+        maxConnections: Int = 64, maxConnectionsPerUser: Int = 16, reservedConnections: Int = 4,
+        idleTimeout: TimeAmount? = .seconds(300), requestTimeout: TimeAmount? = .seconds(60),
+        maxQueuedOutboundBytes: Int = 256 * 1024, socketMode: UInt32 = 0o660, socketGroup: UInt32? = nil,
+        peerPolicy: PeerPolicy = .ownerOnly, shutdownGracePeriod: TimeAmount = .seconds(5),
+        memory: ClientMemoryPool = ClientMemoryPool()
     ) {
         self.maxConnections = maxConnections
+        self.maxConnectionsPerUser = maxConnectionsPerUser
+        self.reservedConnections = reservedConnections
         self.idleTimeout = idleTimeout
+        self.requestTimeout = requestTimeout
         self.maxQueuedOutboundBytes = maxQueuedOutboundBytes
         self.socketMode = socketMode
         self.socketGroup = socketGroup
         self.peerPolicy = peerPolicy
         self.shutdownGracePeriod = shutdownGracePeriod
+        self.memory = memory
     }
 }
 
 /// Sent through every connection's pipeline when the server shuts down: finish the current request, then close.
 struct ServerShuttingDownEvent {}
+
+/// Why a connection is refused before any request is read.
+enum Admission: Equatable {
+    case admitted
+    case serverFull(limit: Int)
+    case userFull(uid: UInt32?, limit: Int)
+    case shuttingDown
+}
 
 /// Listener management shared by the Wyoming and control servers.
 final class SocketServerCore: @unchecked Sendable {
@@ -93,7 +118,9 @@ final class SocketServerCore: @unchecked Sendable {
         var started = false
         var listeners: [Channel] = []
         var boundPaths: [String] = []
-        var connections: [ObjectIdentifier: Channel] = [:]
+        /// Open connections and the user each counts against (nil: privileged, not counted per user).
+        var connections: [ObjectIdentifier: (channel: Channel, user: UInt32?)] = [:]
+        var connectionsByUser: [UInt32: Int] = [:]
         var shuttingDown = false
     }
 
@@ -102,8 +129,8 @@ final class SocketServerCore: @unchecked Sendable {
     let options: ConnectionOptions
     let group: EventLoopGroup
     let logger: Logger
-    /// Builds the protocol handlers for an accepted connection (with who it is); called on its event loop.
-    let makeHandlers: (Channel, RequestOrigin) -> [ChannelHandler]
+    /// Builds the protocol handlers for an accepted connection; called on its event loop.
+    let makeHandlers: (ConnectionContext) -> [ChannelHandler]
     /// Encodes a refusal (code, message) in the protocol's own error format.
     let rejection: @Sendable (String, String) -> [UInt8]
     private let state = Locked(State())
@@ -111,7 +138,7 @@ final class SocketServerCore: @unchecked Sendable {
     init(
         name: String, endpoints: [ListenerEndpoint], options: ConnectionOptions, group: EventLoopGroup,
         logger: Logger, rejection: @escaping @Sendable (String, String) -> [UInt8],
-        makeHandlers: @escaping (Channel, RequestOrigin) -> [ChannelHandler]
+        makeHandlers: @escaping (ConnectionContext) -> [ChannelHandler]
     ) {
         self.name = name
         self.endpoints = endpoints
@@ -154,6 +181,8 @@ final class SocketServerCore: @unchecked Sendable {
         return ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 128)
             .childChannelOption(ChannelOptions.autoRead, value: false)
+            // A client that shuts down its sending side still gets the answers to what it sent.
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelOption(
                 ChannelOptions.writeBufferWaterMark, value: .init(low: high / 2, high: high))
             .childChannelInitializer { [self] channel in
@@ -234,16 +263,33 @@ final class SocketServerCore: @unchecked Sendable {
 
     // Connection accounting, called by ConnectionGate on the connection's event loop.
 
-    func admit(_ channel: Channel) -> Bool {
+    /// Counts a connection in, or says why not. `user` is the peer's uid (nil over TCP); privileged peers (root,
+    /// this server's user) may use the reserved connections and are not held to the per-user limit.
+    func admit(_ channel: Channel, user: UInt32?, privileged: Bool) -> Admission {
         state.withLockedValue { s in
-            guard !s.shuttingDown, s.connections.count < options.maxConnections else { return false }
-            s.connections[ObjectIdentifier(channel)] = channel
-            return true
+            if s.shuttingDown { return .shuttingDown }
+            if privileged {
+                let limit = options.maxConnections + options.reservedConnections
+                guard s.connections.count < limit else { return .serverFull(limit: limit) }
+                s.connections[ObjectIdentifier(channel)] = (channel, nil)
+                return .admitted
+            }
+            guard s.connections.count < options.maxConnections else { return .serverFull(limit: options.maxConnections) }
+            let key = user ?? UInt32.max  // every TCP client counts as one user
+            let mine = s.connectionsByUser[key, default: 0]
+            guard mine < options.maxConnectionsPerUser else { return .userFull(uid: user, limit: options.maxConnectionsPerUser) }
+            s.connectionsByUser[key] = mine + 1
+            s.connections[ObjectIdentifier(channel)] = (channel, key)
+            return .admitted
         }
     }
 
     func release(_ channel: Channel) {
-        _ = state.withLockedValue { $0.connections.removeValue(forKey: ObjectIdentifier(channel)) }
+        state.withLockedValue { s in
+            guard let entry = s.connections.removeValue(forKey: ObjectIdentifier(channel)), let user = entry.user else { return }
+            let left = s.connectionsByUser[user, default: 1] - 1
+            s.connectionsByUser[user] = left > 0 ? left : nil
+        }
     }
 
     private func closeListeners() async {
@@ -259,7 +305,7 @@ final class SocketServerCore: @unchecked Sendable {
     func shutdown() async {
         state.withLockedValue { $0.shuttingDown = true }
         await closeListeners()
-        let connections = state.withLockedValue { Array($0.connections.values) }
+        let connections = state.withLockedValue { $0.connections.values.map(\.channel) }
         guard !connections.isEmpty else { return }
         for channel in connections {
             channel.pipeline.fireUserInboundEventTriggered(ServerShuttingDownEvent())
@@ -274,8 +320,8 @@ final class SocketServerCore: @unchecked Sendable {
     }
 }
 
-/// First handler of every connection: enforces the connection limit and the peer policy, then installs the
-/// protocol handlers and starts reading.
+/// First handler of every connection: reads the peer's credentials (Unix sockets), applies the peer policy and
+/// the connection limits, then installs the protocol handlers and starts reading.
 final class ConnectionGate: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     typealias InboundOut = NIOAny
@@ -289,14 +335,8 @@ final class ConnectionGate: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         let channel = context.channel
-        guard core.admit(channel) else {
-            reject(context: context, code: "too-many-connections",
-                   message: "the server already has \(core.options.maxConnections) connections; try again later")
-            return
-        }
-        admitted = true
         guard channel.localAddress?.protocol == .unix else {
-            accept(context: context, uid: nil)
+            admit(context: context, peer: nil)
             return
         }
         let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
@@ -304,7 +344,7 @@ final class ConnectionGate: ChannelDuplexHandler, RemovableChannelHandler {
             let context = loopBoundContext.value
             switch result {
             case .success(let peer) where core.options.peerPolicy.permits(peer):
-                accept(context: context, uid: peer.uid)
+                admit(context: context, peer: peer)
             case .success(let peer):
                 core.logger.notice("\(core.name): refused peer", metadata: ["uid": "\(peer.uid)", "pid": "\(peer.pid)"])
                 reject(context: context, code: "permission-denied",
@@ -315,17 +355,37 @@ final class ConnectionGate: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    private func admit(context: ChannelHandlerContext, peer: PeerCredentials?) {
+        let privileged = peer?.isPrivileged ?? false
+        switch core.admit(context.channel, user: peer?.uid, privileged: privileged) {
+        case .admitted:
+            admitted = true
+            accept(context: context, peer: peer, privileged: privileged)
+        case .serverFull(let limit):
+            reject(context: context, code: "too-many-connections",
+                   message: "the server already has \(limit) connections; try again later")
+        case .userFull(let uid, let limit):
+            let who = uid.map { "user id \($0)" } ?? "TCP clients"
+            reject(context: context, code: "too-many-connections",
+                   message: "\(who) already has \(limit) connections, the most one user may have")
+        case .shuttingDown:
+            reject(context: context, code: "shutting-down", message: "the server is shutting down")
+        }
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         if admitted { core.release(context.channel) }
         context.fireChannelInactive()
     }
 
-    private func accept(context: ChannelHandlerContext, uid: UInt32?) {
+    private func accept(context: ChannelHandlerContext, peer: PeerCredentials?, privileged: Bool) {
+        let connection = ConnectionContext(
+            peer: peer, origin: RequestOrigin(uid: peer?.uid, connection: SocketServerCore.nextConnectionID()),
+            memory: core.options.memory.account(user: peer?.uid, privileged: privileged), activity: ConnectionActivity())
         do {
             var handlers: [ChannelHandler] = []
             if let idle = core.options.idleTimeout { handlers.append(IdleStateHandler(readTimeout: idle)) }
-            handlers += core.makeHandlers(context.channel,
-                                          RequestOrigin(uid: uid, connection: SocketServerCore.nextConnectionID()))
+            handlers += core.makeHandlers(connection)
             try context.pipeline.syncOperations.addHandlers(handlers)
         } catch {
             core.logger.error("\(core.name): cannot set up connection: \(error)")

@@ -74,10 +74,10 @@ public struct WyomingFramingLimits: Sendable, Equatable {
 public enum WyomingFramingError: Error, Equatable, CustomStringConvertible {
     /// A header line longer than the limit (or no newline within it).
     case headerTooLong(limit: Int)
-    /// `data_length` above the limit.
-    case dataTooLong(length: Int, limit: Int)
+    /// `data_length` above the limit (a length beyond Int's range is kept as the Double it was read as).
+    case dataTooLong(length: Double, limit: Int)
     /// `payload_length` above the limit.
-    case payloadTooLong(length: Int, limit: Int)
+    case payloadTooLong(length: Double, limit: Int)
     /// `data_length` or `payload_length` that is not a non-negative integer.
     case invalidLength(field: String)
 
@@ -95,9 +95,10 @@ public enum WyomingFramingError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .headerTooLong(let limit): return "event header line longer than \(limit) bytes"
-        case .dataTooLong(let length, let limit): return "data_length \(length) exceeds the limit of \(limit) bytes"
+        case .dataTooLong(let length, let limit):
+            return "data_length \(String(format: "%.0f", length)) exceeds the limit of \(limit) bytes"
         case .payloadTooLong(let length, let limit):
-            return "payload_length \(length) exceeds the limit of \(limit) bytes"
+            return "payload_length \(String(format: "%.0f", length)) exceeds the limit of \(limit) bytes"
         case .invalidLength(let field): return "\(field) must be a non-negative integer"
         }
     }
@@ -165,23 +166,18 @@ public struct WyomingFrameDecoder: ByteToMessageDecoder {
                 let line = buffer.readBytes(length: lineLength)!
                 buffer.moveReaderIndex(forwardBy: 1)
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { continue }  // blank line
-                let header: [String: JSONValue]
-                do {
-                    header = try JSONCoding.decoder.decode([String: JSONValue].self, from: Data(line))
-                } catch {
+                guard case .object(let header)? = try? JSONValue.parse(line) else {
                     return .malformed(reason: "event header is not a JSON object")
                 }
                 guard let type = header["type"]?.stringValue, !type.isEmpty else {
                     return .malformed(reason: "event header has no string \"type\"")
                 }
-                let dataLength = try length(header["data_length"], field: "data_length")
-                let payloadLength = try length(header["payload_length"], field: "payload_length")
-                if dataLength > limits.maxDataLength {
-                    throw WyomingFramingError.dataTooLong(length: dataLength, limit: limits.maxDataLength)
+                let dataLength = try length(header["data_length"], field: "data_length", limit: limits.maxDataLength) {
+                    WyomingFramingError.dataTooLong(length: $0, limit: $1)
                 }
-                if payloadLength > limits.maxPayloadLength {
-                    throw WyomingFramingError.payloadTooLong(length: payloadLength, limit: limits.maxPayloadLength)
-                }
+                let payloadLength = try length(
+                    header["payload_length"], field: "payload_length", limit: limits.maxPayloadLength
+                ) { WyomingFramingError.payloadTooLong(length: $0, limit: $1) }
                 var inline: [String: JSONValue] = [:]
                 switch header["data"] {
                 case nil, .null?: break
@@ -200,7 +196,7 @@ public struct WyomingFrameDecoder: ByteToMessageDecoder {
                 if type.isEmpty { return .malformed(reason: "event \"data\" is not a JSON object") }
                 var data = inline
                 if dataLength > 0 {
-                    guard let extra = try? JSONCoding.decoder.decode([String: JSONValue].self, from: Data(dataBytes))
+                    guard case .object(let extra)? = try? JSONValue.parse(dataBytes)
                     else { return .malformed(reason: "trailing event data of \(type) is not a JSON object") }
                     data.merge(extra, uniquingKeysWith: { $1 })
                 }
@@ -209,12 +205,24 @@ public struct WyomingFrameDecoder: ByteToMessageDecoder {
         }
     }
 
-    private func length(_ value: JSONValue?, field: String) throws -> Int {
+    /// A length field: absent or null is 0; a whole number up to `limit` is the length; a larger one (however
+    /// large, even beyond Int) is `tooLong`; anything else is `invalidLength`.
+    private func length(
+        _ value: JSONValue?, field: String, limit: Int, tooLong: (Double, Int) -> WyomingFramingError
+    ) throws -> Int {
         switch value {
         case nil, .null?: return 0
-        case let v?:
-            guard let n = v.intValue, n >= 0 else { throw WyomingFramingError.invalidLength(field: field) }
-            return n
+        case .number(let n)? where n >= 0 && n.rounded() == n:
+            guard n <= Double(limit) else { throw tooLong(n, limit) }
+            return Int(n)
+        default:
+            throw WyomingFramingError.invalidLength(field: field)
         }
     }
+}
+
+extension WyomingFrameDecoder: RequestFraming {
+    mutating func next(_ buffer: inout ByteBuffer) throws -> WyomingFrame? { try decodeFrame(&buffer) }
+    /// A partial event at the end of the input is dropped.
+    mutating func last(_ buffer: inout ByteBuffer) throws -> WyomingFrame? { nil }
 }

@@ -1,3 +1,4 @@
+import Audio
 import Foundation
 import Logging
 import NIOCore
@@ -67,21 +68,20 @@ public struct WyomingServiceInfo: Sendable, Equatable {
 
 /// Settings of a `WyomingServer`.
 public struct WyomingServerConfiguration: Sendable {
-    /// Connection limits, idle timeout and peer policy.
+    /// Connection limits, idle and request timeouts, peer policy and the client memory pool.
     public var connection: ConnectionOptions
     /// Limits on incoming event sizes.
     public var framing: WyomingFramingLimits
-    /// Longest audio accepted in one transcription request, in seconds.
+    /// Longest audio accepted in one transcription request, in seconds (counted at the declared rate as the
+    /// chunks arrive).
     public var maxAudioSeconds: Double
-    /// Converts audio at other rates to 16 kHz (defaults to the built-in windowed-sinc resampler).
-    public var resampler: Resampler
     /// Produces the `info` answer to `describe` (called per request, so it can follow model reloads).
     public var serviceInfo: @Sendable () -> WyomingServiceInfo
 
     /// Creates a configuration.
     public init(
         connection: ConnectionOptions = ConnectionOptions(), framing: WyomingFramingLimits = WyomingFramingLimits(),
-        maxAudioSeconds: Double = 120, resampler: @escaping Resampler = { AudioConversion.resampleTo16k($0, rate: $1) },
+        maxAudioSeconds: Double = 120,
         serviceInfo: @escaping @Sendable () -> WyomingServiceInfo = {
             WyomingServiceInfo(modelName: "whisper", languages: ["en"])
         }
@@ -89,7 +89,6 @@ public struct WyomingServerConfiguration: Sendable {
         self.connection = connection
         self.framing = framing
         self.maxAudioSeconds = maxAudioSeconds
-        self.resampler = resampler
         self.serviceInfo = serviceInfo
     }
 }
@@ -108,10 +107,13 @@ public final class WyomingServer: Sendable {
         core = SocketServerCore(
             name: "wyoming", endpoints: endpoints, options: configuration.connection, group: group, logger: logger,
             rejection: { code, message in WyomingEvent.error(message, code: code).encoded() },
-            makeHandlers: { _, origin in
+            makeHandlers: { connection in
                 [
-                    ByteToMessageHandler(WyomingFrameDecoder(limits: configuration.framing)),
-                    WyomingSessionHandler(backend: backend, configuration: configuration, origin: origin, logger: logger),
+                    ByteToMessageHandler(MeteredDecoder(
+                        WyomingFrameDecoder(limits: configuration.framing), context: connection,
+                        timeout: configuration.connection.requestTimeout)),
+                    WyomingSessionHandler(backend: backend, configuration: configuration, connection: connection,
+                                          logger: logger),
                 ]
             })
     }
@@ -130,59 +132,78 @@ public final class WyomingServer: Sendable {
     public var connectionCount: Int { core.connectionCount }
 }
 
-/// One Wyoming connection: collects audio of a `transcribe` request and answers with a transcript.
+/// One Wyoming connection: converts the audio of a `transcribe` request to 16 kHz as its chunks arrive (off the
+/// event loop, charging the samples to the connection's memory account first) and answers with a transcript.
 final class WyomingSessionHandler: ChannelDuplexHandler {
-    typealias InboundIn = WyomingFrame
+    typealias InboundIn = Received<WyomingFrame>
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private struct Audio {
-        var rate: Int
+    /// The audio of the request being received: the converter, the 16 kHz samples so far, and their charge.
+    /// Touched by one thread at a time: the event loop, or the intake job it waits for.
+    final class Stream: @unchecked Sendable {
+        let converter: PCMConverter
+        let charge: ClientMemoryCharge
+        /// Most samples this stream may make (`maxAudioSeconds` at its rate).
+        let maxSamples: Int
         var samples: [Float] = []
-        var remainder: [UInt8] = []
+
+        init(converter: PCMConverter, charge: ClientMemoryCharge, maxSamples: Int) {
+            self.converter = converter
+            self.charge = charge
+            self.maxSamples = maxSamples
+        }
+
+        /// Makes room for `more` samples, charging the growth before allocating it (capacity doubles, up to
+        /// `maxSamples`).
+        func reserve(_ more: Int) throws {
+            let needed = samples.count + more
+            guard needed > samples.capacity else { return }
+            let capacity = min(max(needed, 2 * samples.capacity), max(needed, maxSamples))
+            try charge.grow(by: (capacity - samples.capacity) * MemoryLayout<Float>.size)
+            samples.reserveCapacity(capacity)
+        }
     }
 
     private let backend: TranscriptionBackend
     private let configuration: WyomingServerConfiguration
-    private let origin: RequestOrigin
+    private let connection: ConnectionContext
     private let logger: Logger
-    /// The transcription being worked on; cancelled when the client goes away.
-    private var requestTask: Task<Void, Never>?
 
     private var language: String?
-    private var audio: Audio?
+    private var stream: Stream?
     /// After an audio error, chunks are ignored until `audio-stop`.
     private var discarding = false
     private var busy = false
-    private var queue: [WyomingFrame] = []
+    private var queue: [Received<WyomingFrame>] = []
     private var readPending = false
     private var closeWhenIdle = false
+    private var closing = false
+    private var requestTask: Task<Void, Never>?
 
-    init(backend: TranscriptionBackend, configuration: WyomingServerConfiguration, origin: RequestOrigin, logger: Logger) {
+    init(backend: TranscriptionBackend, configuration: WyomingServerConfiguration, connection: ConnectionContext,
+         logger: Logger) {
         self.backend = backend
         self.configuration = configuration
-        self.origin = origin
+        self.connection = connection
         self.logger = logger
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        requestTask?.cancel()
-        context.fireChannelInactive()
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        requestTask?.cancel()
-    }
-
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        if busy { queue.append(frame) } else { handle(frame, context: context) }
+        let received = unwrapInboundIn(data)
+        if closing { return }
+        if busy { queue.append(received) } else { handle(received, context: context) }
     }
 
     func read(context: ChannelHandlerContext) {
         // Backpressure: no more reads while a request is being worked on, or while the client is not reading
         // what we already sent.
-        if busy || !context.channel.isWritable { readPending = true } else { context.read() }
+        if busy || !context.channel.isWritable {
+            readPending = true
+            connection.activity.holdingReads = true
+        } else {
+            context.read()
+        }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -190,30 +211,51 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
         context.fireChannelWritabilityChanged()
     }
 
+    func channelInactive(context: ChannelHandlerContext) {
+        requestTask?.cancel()  // the client is gone: its transcription need not be carried out
+        queue.removeAll()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        requestTask?.cancel()
+    }
+
     private func resumeReadingIfPossible(context: ChannelHandlerContext) {
         if readPending && !busy && context.channel.isWritable {
             readPending = false
+            connection.activity.holdingReads = false
             context.read()
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard !closing else { return }
         if let framing = error as? WyomingFramingError {
             send(.error(framing.description, code: framing.code), context: context)
+        } else if let refused = error as? ClientMemoryError {
+            send(.error(refused.description, code: Self.code(refused)), context: context)
         } else {
             logger.debug("wyoming connection error: \(error)")
         }
-        context.close(promise: nil)
+        closeAfterFlush(context: context)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
-            if !busy {
+            if !busy && !closing {
                 send(.error("no activity; closing the connection", code: "idle-timeout"), context: context)
-                context.close(promise: nil)
+                closeAfterFlush(context: context)
             }
         } else if event is ServerShuttingDownEvent {
             if busy { closeWhenIdle = true } else { context.close(promise: nil) }
+        } else if let deadline = event as? RequestDeadlineEvent {
+            guard !closing else { return }
+            send(.error(deadline.description, code: "request-timeout"), context: context)
+            closeAfterFlush(context: context)
+        } else if let channelEvent = event as? ChannelEvent, channelEvent == .inputClosed {
+            // The client has sent everything it will: answer what it sent, then close.
+            if !busy && queue.isEmpty { closeAfterFlush(context: context) } else { closeWhenIdle = true }
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -226,9 +268,29 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
         if flush { context.flush() }
     }
 
-    private func handle(_ frame: WyomingFrame, context: ChannelHandlerContext) {
-        guard case .event(let event) = frame else {
-            if case .malformed(let reason) = frame { send(.error(reason, code: "malformed-event"), context: context) }
+    /// Closes once everything written so far has gone out.
+    private func closeAfterFlush(context: ChannelHandlerContext) {
+        guard !closing else { return }
+        closing = true
+        queue.removeAll()
+        stream = nil
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            loopBound.value.close(promise: nil)
+        }
+    }
+
+    /// The Wyoming error code for a refused memory charge.
+    static func code(_ error: ClientMemoryError) -> String {
+        switch error {
+        case .connectionLimit: return "request-too-large"
+        case .poolExhausted: return "busy"
+        }
+    }
+
+    private func handle(_ received: Received<WyomingFrame>, context: ChannelHandlerContext) {
+        guard case .event(let event) = received.request else {
+            if case .malformed(let reason) = received.request { send(.error(reason, code: "malformed-event"), context: context) }
             return
         }
         switch event.type {
@@ -240,20 +302,20 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
             send(WyomingEvent(type: "pong", data: data), context: context)
         case "transcribe":
             language = event.data["language"]?.stringValue
-            audio = nil
+            stream = nil
             discarding = false
         case "audio-start":
             discarding = false
-            audio = nil
-            startAudio(event, context: context)
+            stream = nil
+            startStream(event, context: context)
         case "audio-chunk":
             if discarding { return }
-            if audio == nil && !startAudio(event, context: context) { return }
-            appendChunk(event, context: context)
+            if stream == nil && !startStream(event, context: context) { return }
+            appendChunk(event, charge: received.charge, context: context)
         case "audio-stop":
             if discarding {
                 discarding = false
-                audio = nil
+                stream = nil
                 language = nil
                 return
             }
@@ -263,86 +325,131 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Reads rate/width/channels from an event and starts collecting audio; false (and an error sent) if invalid.
-    @discardableResult
-    private func startAudio(_ event: WyomingEvent, context: ChannelHandlerContext) -> Bool {
-        guard let rate = event.data["rate"]?.intValue, let width = event.data["width"]?.intValue,
-            let channels = event.data["channels"]?.intValue
+    /// The PCM format an event declares, or nil (and an error sent) if it is missing or not accepted.
+    private func format(of event: WyomingEvent, context: ChannelHandlerContext) -> PCMFormat? {
+        guard case .number(let r)? = event.data["rate"], let rate = Int(exactly: r),
+              case .number(let w)? = event.data["width"], let width = Int(exactly: w),
+              case .number(let c)? = event.data["channels"], let channels = Int(exactly: c)
         else {
             fail("\(event.type) needs integer rate, width and channels", code: "bad-audio-format", context: context)
-            return false
+            return nil
         }
         do {
-            try AudioConversion.validate(rate: rate, width: width, channels: channels)
+            let format = try PCMFormat(width: width, channelCount: channels, sampleRate: rate)
+            try format.checkAccepted()
+            return format
         } catch {
             fail("\(error)", code: "unsupported-audio-format", context: context)
-            return false
+            return nil
         }
-        audio = Audio(rate: rate)
-        return true
     }
 
-    private func appendChunk(_ event: WyomingEvent, context: ChannelHandlerContext) {
-        guard var current = audio else { return }
-        let rate = event.data["rate"]?.intValue ?? current.rate
-        let width = event.data["width"]?.intValue ?? 2
-        let channels = event.data["channels"]?.intValue ?? 1
+    /// Starts collecting audio in the event's format; false (and an error sent) if it is invalid.
+    @discardableResult
+    private func startStream(_ event: WyomingEvent, context: ChannelHandlerContext) -> Bool {
+        guard let format = format(of: event, context: context) else { return false }
         do {
-            try AudioConversion.validate(rate: rate, width: width, channels: channels)
+            let converter = try PCMConverter(format: format)
+            let charge = try connection.memory.charge(converter.workingBytes)
+            let maxFrames = Int(configuration.maxAudioSeconds * Double(format.sampleRate))
+            stream = Stream(converter: converter, charge: charge, maxSamples: converter.outputCount(frames: maxFrames))
+            return true
+        } catch let error as ClientMemoryError {
+            fail(error.description, code: Self.code(error), context: context)
         } catch {
             fail("\(error)", code: "unsupported-audio-format", context: context)
+        }
+        return false
+    }
+
+    private func appendChunk(_ event: WyomingEvent, charge: ClientMemoryCharge, context: ChannelHandlerContext) {
+        guard let current = stream else { return }
+        // Chunks may leave out the format (then the stream's applies); a format they give must be the stream's.
+        if event.data["rate"] != nil || event.data["width"] != nil || event.data["channels"] != nil {
+            guard let format = format(of: event, context: context) else { return }
+            guard format == current.converter.format else {
+                fail("audio-chunk format (\(format.sampleRate) Hz, \(format.encoding.bytesPerSample) bytes, "
+                     + "\(format.channelCount) channels) differs from the stream's", code: "unsupported-audio-format",
+                     context: context)
+                return
+            }
+        }
+        let payload = event.payload ?? []
+        let format = current.converter.format
+        let frames = current.converter.framesIn + payload.count / format.bytesPerFrame
+        if format.seconds(frames: frames) > configuration.maxAudioSeconds {
+            fail("audio longer than \(configuration.maxAudioSeconds) seconds", code: "audio-too-long", context: context)
             return
         }
-        guard rate == current.rate else {
-            fail("audio-chunk rate \(rate) differs from the stream's rate \(current.rate)",
-                 code: "unsupported-audio-format", context: context)
+        do {
+            try current.reserve(current.converter.outputBound(afterAdding: payload.count))
+        } catch let error as ClientMemoryError {
+            fail(error.description, code: Self.code(error), context: context)
+            return
+        } catch {
+            fail("\(error)", code: "internal", context: context)
             return
         }
-        audio = nil  // avoid copy-on-write while appending
-        var bytes = current.remainder
-        bytes += event.payload ?? []
-        let frameSize = width * channels
-        let usable = bytes.count - bytes.count % frameSize
-        current.remainder = Array(bytes[usable...])
-        current.samples += AudioConversion.monoFloat(pcm: usable == bytes.count ? bytes : Array(bytes[..<usable]),
-                                                     width: width, channels: channels)
-        let limit = configuration.maxAudioSeconds * Double(current.rate)
-        if Double(current.samples.count) > limit {
-            fail("audio longer than \(configuration.maxAudioSeconds) seconds", code: "audio-too-long",
-                 context: context)
-            return
+        runOffLoop(context: context) {
+            payload.withUnsafeBytes { current.converter.convert($0, appendingTo: &current.samples) }
+            charge.release()  // the chunk's bytes are converted: only its samples stay
         }
-        audio = current
+    }
+
+    /// Marks the connection busy (reads held back), runs `work` on the intake queue, then carries on with the
+    /// events that arrived meanwhile.
+    private func runOffLoop(context: ChannelHandlerContext, _ work: @escaping @Sendable () -> Void) {
+        busy = true
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        DispatchQueue.global(qos: .utility).async {
+            work()
+            eventLoop.execute {
+                let (handler, context) = loopBound.value
+                handler.idle(context: context)
+            }
+        }
     }
 
     /// Sends an error and ignores the rest of this request's audio.
     private func fail(_ text: String, code: String, context: ChannelHandlerContext) {
         send(.error(text, code: code), context: context)
-        audio = nil
+        stream = nil
         discarding = true
     }
 
     private func finish(context: ChannelHandlerContext) {
-        let collected = audio ?? Audio(rate: AudioConversion.targetRate)
         let requestedLanguage = language
-        audio = nil
+        let collected = stream
+        stream = nil
         language = nil
         busy = true
         let backend = self.backend
-        let resampler = configuration.resampler
-        let origin = self.origin
+        let origin = connection.origin
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
         requestTask = Task {
             let result: Result<TranscriptResult, Error>
+            var samples: [Float] = []
+            if let collected {
+                samples = await withCheckedContinuation { continuation in
+                    DispatchQueue.global(qos: .utility).async {
+                        collected.converter.finish(appendingTo: &collected.samples)
+                        let samples = collected.samples
+                        collected.samples = []
+                        continuation.resume(returning: samples)
+                    }
+                }
+                collected.charge.shrink(by: collected.converter.workingBytes)
+            }
             do {
-                let samples = collected.rate == AudioConversion.targetRate
-                    ? collected.samples : resampler(collected.samples, collected.rate)
                 result = .success(try await backend.transcribe(samples: samples, language: requestedLanguage,
                                                                origin: origin))
             } catch {
                 result = .failure(error)
             }
+            samples = []
+            collected?.charge.release()
             eventLoop.execute {
                 let (handler, context) = loopBound.value
                 handler.transcriptionFinished(result, language: requestedLanguage, context: context)
@@ -373,19 +480,28 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
             }
             send(WyomingEvent(type: "transcript", data: stopData), context: context, flush: false)
             send(WyomingEvent(type: "transcript-stop"), context: context)
+        case .failure(let error as ControlError):
+            // The daemon's own refusals keep their code (busy, shutting-down, ...), in Wyoming's spelling.
+            send(.error(error.message, code: error.code.replacingOccurrences(of: "_", with: "-")), context: context)
         case .failure(let error) where error is CancellationError:
             logger.debug("transcription dropped: the client went away")
         case .failure(let error):
             logger.warning("transcription failed: \(error)")
             send(.error("transcription failed: \(error)", code: "transcription-failed"), context: context)
         }
+        idle(context: context)
+    }
+
+    /// The work in progress is done: handle what arrived meanwhile, then read on (or close if asked to).
+    private func idle(context: ChannelHandlerContext) {
         busy = false
-        if closeWhenIdle {
-            context.close(promise: nil)
-            return
-        }
-        while !busy, !queue.isEmpty, context.channel.isActive {
+        while !busy, !queue.isEmpty, context.channel.isActive, !closing {
             handle(queue.removeFirst(), context: context)
+        }
+        if busy { return }
+        if closeWhenIdle {
+            closeAfterFlush(context: context)
+            return
         }
         resumeReadingIfPossible(context: context)
     }

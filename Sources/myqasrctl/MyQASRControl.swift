@@ -300,6 +300,9 @@ enum StatusFormatter {
                 + "\(queue.droppedUtterances) utterances dropped, \(queue.refusedRequests) requests refused as busy, "
                 + "\(queue.cancelledRequests) cancelled (client gone)")
         }
+        if let buffers = status.clientBuffers {
+            lines.append("buffers:     \(ByteSize.format(buffers.usedBytes)) of \(ByteSize.format(buffers.limitBytes)) for clients (peak \(ByteSize.format(buffers.peakBytes)))")
+        }
         if let model = status.model {
             var why = "served:      generation \(model.generation), \(model.plan), because of \(model.reason)"
             if let origin = model.budgetOrigin {

@@ -46,7 +46,7 @@ struct MyQASRDaemon: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String?
 
-    @Flag(name: .long, help: "Check the configuration, print the settings in force, and exit.")
+    @Flag(name: .long, help: "Check the configuration, the model and the memory budget as start-up does, print the settings, and exit.")
     var checkConfig = false
 
     func run() async throws {
@@ -55,6 +55,8 @@ struct MyQASRDaemon: AsyncParsableCommand {
         // Every file the daemon creates is its user's alone (the statistics are personal); the sockets get their
         // mode explicitly (sockets.mode). The unit sets UMask=0077 too; this covers other ways of running it.
         umask(0o077)
+        // Before any audio exists: no core dump may hold it.
+        let dumps = CoreDumps.disable()
 
         let source = Daemon.ConfigurationSource(
             explicitPath: config,
@@ -71,6 +73,14 @@ struct MyQASRDaemon: AsyncParsableCommand {
             throw ExitCode(78)  // EX_CONFIG
         }
         if checkConfig {
+            // Exactly what start-up checks before serving: the model loads and the budget can be met.
+            do {
+                try loaded.checkModelAndBudget()
+            } catch {
+                FileHandle.standardError.write(Data("myqasrd: \(error)\n".utf8))
+                if case DaemonError.budget = error { throw ExitCode(78) }  // as at start-up
+                throw ExitCode(1)
+            }
             print("configuration \(path ?? "(built-in defaults)") is valid")
             print("model \(loaded.model), threads \(loaded.threads), budget \(loaded.memoryBudgetAuto ? "auto" : loaded.memoryBudget.map(ByteSize.format) ?? "none")")
             print("control socket \(loaded.controlSocketPath())")
@@ -83,6 +93,12 @@ struct MyQASRDaemon: AsyncParsableCommand {
         var logger = Logger(label: "myqasrd")
         logger.logLevel = level
         logger.info("starting", metadata: ["config": "\(path ?? "(defaults)")", "pid": "\(getpid())"])
+        if dumps.dumpable || dumps.coreLimit != 0 {
+            logger.warning("core dumps could not be turned off", metadata: [
+                "dumpable": "\(dumps.dumpable)", "core_limit": "\(dumps.coreLimit)"])
+        } else {
+            logger.info("core dumps off (not dumpable, core limit 0)")
+        }
 
         let daemon = Daemon(configuration: loaded, source: source, logger: logger)
         do {

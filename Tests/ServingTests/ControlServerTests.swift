@@ -73,14 +73,9 @@ final class ControlServerTests: XCTestCase {
 
     func testTranscribeRawAndWav() async throws {
         let transcriber = CannedTranscriber()
-        var configuration = ControlServerConfiguration()
-        // A stand-in for the Audio module's WAV decoder: this test only checks that the bytes reach it.
-        configuration.wavDecoder = { data in
-            guard data.starts(with: Array("RIFF".utf8)) else { throw ControlError(code: "x", message: "not RIFF") }
-            return [Float](repeating: 0, count: 800)
-        }
-        let server = try await startServer(transcriber: transcriber, configuration: configuration)
+        let server = try await startServer(transcriber: transcriber)
         let pcm = Data(sinePCM16(frequency: 300, rate: 8000, seconds: 0.5))
+        let wav = wavFile(data: sinePCM16(frequency: 300, rate: 16000, seconds: 0.05), rate: 16000, channels: 1, bits: 16)
         let results = try await onThread { [socketPath] () -> [Result<TranscriptResult, ControlClientError>] in
             let client = try ControlClient(socketPath: socketPath)
             func attempt(_ body: () throws -> TranscriptResult) -> Result<TranscriptResult, ControlClientError> {
@@ -88,7 +83,7 @@ final class ControlServerTests: XCTestCase {
             }
             return [
                 attempt { try client.transcribe(s16le: pcm, rate: 8000, language: "en") },
-                attempt { try client.transcribe(wav: Data("RIFF....WAVE".utf8)) },
+                attempt { try client.transcribe(wav: Data(wav)) },
                 attempt { try client.transcribe(wav: Data("garbage".utf8)) },
             ]
         }
@@ -97,6 +92,9 @@ final class ControlServerTests: XCTestCase {
         XCTAssertEqual(try results[0].get().segments.count, 2)
         XCTAssertEqual(transcriber.calls.first?.language, "en")
         XCTAssertEqual(try results[1].get().text, "hello world 800")
+        // The WAV's samples arrive exactly (16 kHz: no resampling).
+        let expected = Float(Int16(0.5 * 32767 * sin(2 * Double.pi * 300 * 7 / 16000))) / 32768
+        XCTAssertEqual(transcriber.calls[1].samples[7], expected, accuracy: 1e-6)
         guard case .failure(.daemon(let code, _)) = results[2] else { return XCTFail("garbage WAV accepted") }
         XCTAssertEqual(code, "bad_audio")
     }
@@ -250,10 +248,26 @@ final class ControlServerTests: XCTestCase {
             await server.shutdown()
             XCTAssertEqual(status.modelName, "whisper-tiny.en")
         }
-        XCTAssertTrue(PeerPolicy.groups(ofUser: getuid()).contains(getgid()))
         let me = try PeerCredentials.of(socket: try bindUnixSocketPair())
         XCTAssertEqual(me.uid, getuid())
         XCTAssertEqual(me.pid, getpid())
+        XCTAssertEqual(me.gid, getegid())
+        // The supplementary groups come from the kernel (SO_PEERGROUPS), as getgroups(2) gives them here.
+        var count = getgroups(0, nil)
+        var mine = [gid_t](repeating: 0, count: Int(max(count, 0)))
+        count = getgroups(count, &mine)
+        XCTAssertEqual(Set(me.groups), Set(mine.prefix(Int(max(count, 0))).filter { $0 != 0 }))
+    }
+
+    /// The group check reads only the credentials: a supplementary group no user database lists still counts,
+    /// and nothing else does (no lookup that could block an event loop).
+    func testPeerPolicyGroupCheckUsesTheKernelsGroups() {
+        let policy = PeerPolicy(allowedGroup: 4242, trustRootAndSelf: false)
+        XCTAssertTrue(policy.permits(PeerCredentials(pid: 1, uid: 61234, gid: 61234, groups: [7, 4242])))
+        XCTAssertTrue(policy.permits(PeerCredentials(pid: 1, uid: 61234, gid: 4242)))
+        XCTAssertFalse(policy.permits(PeerCredentials(pid: 1, uid: 61234, gid: 61234, groups: [7])))
+        XCTAssertTrue(PeerCredentials(pid: 1, uid: 0, gid: 1).isPrivileged)
+        XCTAssertTrue(PeerCredentials(pid: 1, uid: getuid(), gid: 1).isPrivileged)
     }
 
     /// `socketGroup` gives the socket file to that group (next to its mode); without it the file keeps the

@@ -249,6 +249,7 @@ final class WyomingServerTests: XCTestCase {
     func testConnectionLimitRefusesExtraClients() async throws {
         var configuration = WyomingServerConfiguration()
         configuration.connection.maxConnections = 2
+        configuration.connection.reservedConnections = 0  // this process is privileged (its own user)
         let server = try await startServer(configuration: configuration)
         let result = try await onThread { [socketPath] in
             let a = try RawClient(unixPath: socketPath)
@@ -294,8 +295,10 @@ final class WyomingServerTests: XCTestCase {
         XCTAssertTrue(closed)
     }
 
+    struct EngineFailure: Error, CustomStringConvertible { var description: String { "model not loaded" } }
+
     func testBackendFailureBecomesErrorEvent() async throws {
-        let server = try await startServer(backend: CannedTranscriber(failWith: ControlError(code: "x", message: "model not loaded")))
+        let server = try await startServer(backend: CannedTranscriber(failWith: EngineFailure()))
         let event = try await onThread { [socketPath] in
             let client = try RawClient(unixPath: socketPath)
             try client.send(WyomingEvent(type: "transcribe"))
