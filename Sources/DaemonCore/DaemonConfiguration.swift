@@ -293,6 +293,11 @@ extension DaemonConfiguration {
             if let inline, !inline.isEmpty { c.alsaConfigurationText = inline }
             if let file, !file.isEmpty {
                 c.alsaConfigurationFile = file
+                // A regular file of reasonable size: not a device or FIFO that would never end.
+                var info = stat()
+                guard stat(file, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG, info.st_size <= 1 << 20 else {
+                    throw t.error("alsa_config_file", "\(file) is not a regular file of at most 1 MiB")
+                }
                 do {
                     c.alsaConfigurationText = try String(contentsOfFile: file, encoding: .utf8)
                 } catch {

@@ -88,8 +88,11 @@ public enum Fixtures {
 
     /// Path of a built executable of this package (`myqasr`, `myqasrd`, `myqasrctl`). Not a fixture:
     /// the test build builds them, so one that is missing fails the test whatever the flag says.
+    /// `MYQASR_TEST_BINARIES=DIR` takes them from DIR instead (to run a test against another build, such as the
+    /// code before a fix).
     public static func binary(_ name: String) throws -> String {
-        let path = productsDirectory.appendingPathComponent(name).path
+        let directory = ProcessInfo.processInfo.environment["MYQASR_TEST_BINARIES"].map { URL(fileURLWithPath: $0) }
+        let path = (directory ?? productsDirectory).appendingPathComponent(name).path
         guard FileManager.default.isExecutableFile(atPath: path) else { throw NotBuilt(path: path) }
         return path
     }

@@ -101,6 +101,30 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(ok, 78, out)
     }
 
+    /// `--check-config` runs start-up's own checks of the model and the budget: a budget no precision meets is
+    /// refused there with start-up's status (78) and message, not reported valid.
+    func testCheckConfigRefusesWhatStartUpRefuses() throws {
+        let model = try Fixtures.tinyModel()
+        let dir = try ScratchDirectory()
+        let path = dir.sub("small.toml")
+        try "[model]\nname = \"\(model)\"\nmemory_budget = \"2MiB\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let (status, out, err) = try runTool(try Fixtures.binary("myqasrd"), ["--config", path, "--check-config"])
+        XCTAssertEqual(status, 78, out + err)
+        XCTAssertTrue(err.contains("model.memory_budget"), err)
+        XCTAssertTrue(err.contains("the smallest reachable size of tiny.en, with every layer at 2 bits, is 14.1 MiB"), err)
+        XCTAssertFalse(out.contains("is valid"), out)
+        // A budget that can be met passes, as it starts.
+        try "[model]\nname = \"\(model)\"\nmemory_budget = \"24MiB\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let (okStatus, okOut, okErr) = try runTool(try Fixtures.binary("myqasrd"), ["--config", path, "--check-config"])
+        XCTAssertEqual(okStatus, 0, okOut + okErr)
+        XCTAssertTrue(okOut.contains("is valid"), okOut)
+        // A model that cannot be loaded fails as start-up does (status 1).
+        try "[model]\nname = \"\(dir.sub("no-such-model"))\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let (missing, _, missingErr) = try runTool(try Fixtures.binary("myqasrd"), ["--config", path, "--check-config"])
+        XCTAssertEqual(missing, 1, missingErr)
+        XCTAssertTrue(missingErr.contains("cannot load model"), missingErr)
+    }
+
     /// A budget no precision meets stops start-up as a configuration error (78: systemd does not restart it),
     /// naming the smallest reachable size.
     func testDaemonWithAnImpossibleBudgetExits78() throws {

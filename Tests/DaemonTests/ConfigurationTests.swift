@@ -40,6 +40,10 @@ final class ConfigurationTests: XCTestCase {
             port = 10301
             [limits]
             max_request_bytes = "4MiB"
+            max_connections_per_user = 3
+            max_buffered_bytes = "64MiB"
+            max_connection_bytes = "8MiB"
+            request_timeout = 7.5
             [log]
             level = "debug"
             """, source: "t.toml")
@@ -56,6 +60,16 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertTrue(c.wyomingTCPEnabled)
         XCTAssertEqual(c.wyomingTCPPort, 10301)
         XCTAssertEqual(c.maxRequestBytes, 4 * 1024 * 1024)
+        XCTAssertEqual(c.maxConnectionsPerUser, 3)
+        XCTAssertEqual(c.maxBufferedBytes, 64 << 20)
+        XCTAssertEqual(c.maxConnectionBytes, 8 << 20)
+        XCTAssertEqual(c.requestTimeout, 7.5)
+        let options = c.connectionOptions(socketGroup: 5)
+        XCTAssertEqual(options.maxConnectionsPerUser, 3)
+        XCTAssertEqual(options.memory.limit, 64 << 20)
+        XCTAssertEqual(options.memory.connectionLimit, 8 << 20)
+        XCTAssertEqual(options.requestTimeout, .milliseconds(7500))
+        XCTAssertEqual(options.peerPolicy.allowedGroup, 5)
         XCTAssertEqual(c.logLevel, .debug)
         XCTAssertEqual(c.capturePipeline.segmenter.detector.startThreshold, 15)
     }
@@ -84,6 +98,11 @@ final class ConfigurationTests: XCTestCase {
             ("[wyoming_tcp]\nport = 70000\n", "wyoming_tcp.port", "out of range"),
             ("[log]\nlevel = \"loud\"\n", "log.level", "must be one of"),
             ("model = 3\n", "model", "must be a table"),
+            ("[capture]\nalsa_config_file = \"/dev/zero\"\n", "capture.alsa_config_file", "not a regular file"),
+            ("[limits]\nmax_connections_per_user = 0\n", "limits.max_connections_per_user", "out of range"),
+            ("[limits]\nmax_buffered_bytes = \"10KiB\"\n", "limits.max_buffered_bytes", "between 1MiB and 1TiB"),
+            ("[limits]\nmax_connection_bytes = \"none\"\n", "limits.max_connection_bytes", "between 1MiB and 1TiB"),
+            ("[limits]\nrequest_timeout = 0.5\n", "limits.request_timeout", "out of range"),
         ]
         for (text, key, reason) in cases {
             XCTAssertThrowsError(try DaemonConfiguration.parse(text, source: "t.toml"), key) { error in
@@ -106,6 +125,10 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertThrowsError(try DaemonConfiguration.load(path: path)) { error in
             XCTAssertTrue("\(error)".contains("not valid TOML"), "\(error)")
             XCTAssertTrue("\(error)".contains("line 1"), "\(error)")
+        }
+        try "[limits]\nmax_buffered_bytes = \"32MiB\"\nmax_connection_bytes = \"64MiB\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try DaemonConfiguration.load(path: path)) { error in
+            XCTAssertEqual((error as? ConfigurationError)?.key, "limits.max_connection_bytes")
         }
         try "[sockets]\ngroup = \"no-such-group-myqasr\"\n".write(toFile: path, atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try DaemonConfiguration.load(path: path)) { error in

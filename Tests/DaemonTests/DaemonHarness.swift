@@ -24,7 +24,7 @@ final class DaemonHarness {
     /// The configuration file text for these directories; `extra` is appended inside [model].
     static func configText(model: String, runtime: String, state: String, fifo: String?, budget: String = "none",
                            modelSettings: String = "", extraVAD: String = "", limits: String = "",
-                           logLevel: String = "info", captureSection: String? = nil) -> String {
+                           logLevel: String = "info", captureSection: String? = nil, sockets: String = "") -> String {
         var text = """
             [model]
             name = "\(model)"
@@ -34,6 +34,7 @@ final class DaemonHarness {
 
             [sockets]
             runtime_directory = "\(runtime)"
+            \(sockets)
 
             [state]
             directory = "\(state)"
@@ -76,7 +77,8 @@ final class DaemonHarness {
     /// `stateFiles` are written into the state directory before the daemon starts.
     init(microphone: Data?, speed: Double = 2, budget: String = "none", modelSettings: String = "", limits: String = "",
          logLevel: String = "info", extraEnvironment: [String: String] = [:], launcher: [String] = [],
-         captureSection: String? = nil, stateFiles: [String: Data] = [:]) throws {
+         captureSection: String? = nil, sockets: String = "", stateFiles: [String: Data] = [:],
+         prepare: (ScratchDirectory) throws -> Void = { _ in }) throws {
         signal(SIGPIPE, SIG_IGN)  // the FIFO writer must see EPIPE, not die, if capture closes the FIFO
         modelDirectory = try Fixtures.tinyModel()
         scratch = try ScratchDirectory()
@@ -84,6 +86,7 @@ final class DaemonHarness {
         stateDirectory = scratch.sub("state")
         sandbox = try scratch.makeDirectory("home")
         _ = try scratch.makeDirectory("home/tmp")
+        try prepare(scratch)
         configPath = scratch.sub("myqasrd.toml")
         if !stateFiles.isEmpty {
             _ = try scratch.makeDirectory("state")
@@ -96,7 +99,7 @@ final class DaemonHarness {
         }
         try Self.configText(model: modelDirectory, runtime: runtimeDirectory, state: stateDirectory, fifo: feeder?.path,
                             budget: budget, modelSettings: modelSettings, limits: limits, logLevel: logLevel,
-                            captureSection: captureSection)
+                            captureSection: captureSection, sockets: sockets)
             .write(toFile: configPath, atomically: true, encoding: .utf8)
         notify = try NotifyListener(path: scratch.sub("notify.sock"))
         var environment: [String: String] = [

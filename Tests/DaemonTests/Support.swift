@@ -358,8 +358,10 @@ final class WyomingTestClient {
 
     deinit { if fd >= 0 { Glibc.close(fd) } }
 
-    func send(_ event: WyomingEvent) throws {
-        let bytes = event.encoded()
+    func send(_ event: WyomingEvent) throws { try sendRaw(event.encoded()) }
+
+    /// Sends bytes as they are (for malformed or hostile input).
+    func sendRaw(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
             let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }

@@ -17,6 +17,9 @@ final class SystemdUnitTests: XCTestCase {
         let dir = try ScratchDirectory()
         let service = try String(contentsOfFile: repositoryRoot + "/systemd/myqasrd.service", encoding: .utf8)
         XCTAssertTrue(service.contains("ExecStart=/usr/local/bin/myqasrd"))
+        // Privacy: nothing of the service reaches swap or a core file.
+        XCTAssertTrue(service.contains("\nMemorySwapMax=0\n"), "the unit must keep the service out of swap")
+        XCTAssertTrue(service.contains("\nLimitCORE=0\n"), "the unit must forbid core dumps")
         try service.replacingOccurrences(of: "/usr/local/bin/myqasrd", with: try Fixtures.binary("myqasrd"))
             .write(toFile: dir.sub("myqasrd.service"), atomically: true, encoding: .utf8)
         try FileManager.default.copyItem(atPath: repositoryRoot + "/systemd/myqasrd.socket", toPath: dir.sub("myqasrd.socket"))
