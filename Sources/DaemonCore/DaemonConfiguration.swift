@@ -247,6 +247,9 @@ extension DaemonConfiguration {
 
     /// Parses TOML text; every key is checked for name, type and range.
     public static func parse(_ text: String, source: String) throws -> DaemonConfiguration {
+        if let problem = TOMLPrecheck.firstProblem(in: text) {
+            throw ConfigurationError(source: source, key: nil, reason: "not valid TOML: \(problem)")
+        }
         let root: TOMLTable
         do {
             root = try TOMLTable(string: text)
@@ -598,5 +601,105 @@ struct TableReader {
         guard mode & 0o600 == 0o600 else { throw error(key, "must give the owner read and write (0600 at least)") }
         guard mode & 0o007 == 0 else { throw error(key, "must not give access to others (last digit 0)") }
         return mode
+    }
+}
+
+/// What TOML forbids and TOMLKit's parser cannot be trusted with: it is toml++ built with its assertions on, and
+/// some invalid files make it abort the process instead of reporting an error (found by scripts/fuzz: control
+/// characters, and characters outside ASCII where a key is expected; a reload of such a file would stop the
+/// daemon). TOML allows no control character but tab, line feed and carriage return anywhere, and characters
+/// outside ASCII only in strings and comments; this finds the first that breaks either rule, with a scan of the
+/// strings' and comments' boundaries (written here because no TOML library offers a non-aborting check).
+enum TOMLPrecheck {
+    private enum Context { case code, comment, basic, literal, multilineBasic, multilineLiteral }
+
+    /// "control character U+0001 at line 1, column 2", or nil.
+    static func firstProblem(in text: String) -> String? {
+        let scalars = Array(text.unicodeScalars)
+        var context = Context.code
+        var escaped = false
+        var line = 1, column = 0
+        var i = 0
+        var lineStart = true  // only blanks so far on this line, outside strings
+        func isKeyStart(_ c: Unicode.Scalar) -> Bool {
+            ("0"..."9").contains(c) || ("a"..."z").contains(c) || ("A"..."Z").contains(c) || c == "_" || c == "-"
+                || c == "\"" || c == "'"
+        }
+        func followedBy(_ c: Unicode.Scalar, twiceAfter index: Int) -> Bool {
+            index + 2 < scalars.count && scalars[index + 1] == c && scalars[index + 2] == c
+        }
+        while i < scalars.count {
+            let c = scalars[i]
+            i += 1
+            column += 1
+            if c == "\n" {
+                line += 1
+                column = 0
+                escaped = false
+                lineStart = true
+                if context != .multilineBasic && context != .multilineLiteral { context = .code }
+                continue
+            }
+            if (c.value < 0x20 && c != "\t" && c != "\r") || c.value == 0x7F {
+                return "control character U+\(String(format: "%04X", c.value)) at line \(line), column \(column)"
+            }
+            if escaped {
+                escaped = false
+                continue
+            }
+            switch context {
+            case .code:
+                if c.value > 0x7F {
+                    return "character U+\(String(format: "%04X", c.value)) outside a string or comment at line \(line), column \(column)"
+                }
+                if lineStart && c == "[" {
+                    // A table header: [name] or [[name]], blanks allowed around the name, which must start with a
+                    // key character or a quote (toml++ asserts on anything else there).
+                    var j = i
+                    if j < scalars.count, scalars[j] == "[" { j += 1 }
+                    while j < scalars.count, scalars[j] == " " || scalars[j] == "\t" { j += 1 }
+                    if j < scalars.count, scalars[j] != "]", !isKeyStart(scalars[j]),
+                       (0x20..<0x7F).contains(scalars[j].value) {  // others are reported as such on their turn
+                        return "a table name must start with a letter, digit, _, - or a quote at line \(line), column \(column + j - i + 1)"
+                    }
+                }
+                if c != " " && c != "\t" { lineStart = false }
+                if c == "#" {
+                    context = .comment
+                } else if c == "\"" || c == "'" {
+                    let triple = followedBy(c, twiceAfter: i - 1)
+                    if triple {
+                        i += 2
+                        column += 2
+                    }
+                    context = c == "\"" ? (triple ? .multilineBasic : .basic) : (triple ? .multilineLiteral : .literal)
+                }
+            case .comment:
+                break
+            case .basic, .multilineBasic:
+                if c == "\\" {
+                    escaped = true
+                } else if c == "\"" {
+                    if context == .basic {
+                        context = .code
+                    } else if followedBy("\"", twiceAfter: i - 1) {
+                        context = .code
+                        i += 2
+                        column += 2
+                    }
+                }
+            case .literal, .multilineLiteral:
+                if c == "'" {
+                    if context == .literal {
+                        context = .code
+                    } else if followedBy("'", twiceAfter: i - 1) {
+                        context = .code
+                        i += 2
+                        column += 2
+                    }
+                }
+            }
+        }
+        return nil
     }
 }

@@ -136,6 +136,34 @@ final class ConfigurationTests: XCTestCase {
         }
     }
 
+    /// A table header with control characters, or with characters outside ASCII, made TOMLKit's parser abort the
+    /// process (found by scripts/fuzz, kept in Fuzz/Corpus/config): refused first, as TOML refuses them.
+    func testControlCharactersAreRefusedBeforeTheTOMLParserSeesThem() {
+        let text = "[\u{01}\u{00}\u{00}\u{08}model]\nname = \"base\"\n"
+        XCTAssertThrowsError(try DaemonConfiguration.parse(text, source: "t.toml")) { error in
+            XCTAssertEqual("\(error)", "t.toml: not valid TOML: control character U+0001 at line 1, column 2")
+        }
+        XCTAssertThrowsError(try DaemonConfiguration.parse("[log]\nlevel = \"debug\u{7F}\"\n", source: "t.toml")) { error in
+            XCTAssertTrue("\(error)".contains("U+007F at line 2, column 15"), "\(error)")
+        }
+        XCTAssertNoThrow(try DaemonConfiguration.parse("[log]\r\n\tlevel = \"debug\"\r\n", source: "t.toml"))
+        // Outside ASCII where a key is expected (toml++ asserted on it); in strings and comments it is fine.
+        XCTAssertThrowsError(try DaemonConfiguration.parse("[\u{FFFD}\u{FFFD}]\n", source: "t.toml")) { error in
+            XCTAssertEqual("\(error)", "t.toml: not valid TOML: character U+FFFD outside a string or comment at line 1, column 2")
+        }
+        for header in ["[;i]\n", "[[ ;]]\n", "  [\t=]\n"] {
+            XCTAssertThrowsError(try DaemonConfiguration.parse(header, source: "t.toml"), header) { error in
+                XCTAssertTrue("\(error)".contains("a table name must start with"), "\(error)")
+            }
+        }
+        let fine = try? DaemonConfiguration.parse(
+            "# modèle\n[capture]\ndevice = \"micro \\\"é\\\"\" # é\nalsa_config = \'\'\'\npcm.é { }\n\'\'\'\n[model]\nname = 'ü'\n",
+            source: "t.toml")
+        XCTAssertEqual(fine?.captureDevice, "micro \"é\"")
+        XCTAssertEqual(fine?.model, "ü")
+        XCTAssertEqual(fine?.alsaConfigurationText, "pcm.é { }\n")
+    }
+
     func testOverridesAndSearchPath() throws {
         let c = try DaemonConfiguration.load(
             path: nil, overrides: ConfigurationOverrides(model: "base", threads: 3, memoryBudget: "50MB", captureEnabled: false))
