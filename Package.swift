@@ -109,7 +109,7 @@ let package = Package(
         .testTarget(name: "UnitsTests", dependencies: ["Units"]),
         .testTarget(name: "AudioTests", dependencies: ["Audio"], swiftSettings: v5),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "TestSupport"], swiftSettings: v5),
-        // Blocking socket clients shared by the serving and daemon tests (tests only).
+        // Blocking socket clients and small test inputs shared by the serving and daemon tests (tests only).
         .target(name: "SocketTestSupport", swiftSettings: v5),
         // Tests only: the fixtures of integration tests (real models, samples, tools, built products) under
         // one policy (skip when missing, fail under MYQASR_REQUIRE_FIXTURES=1), and random-weight networks.
