@@ -323,6 +323,8 @@ final class ControlSessionHandler: ChannelDuplexHandler {
     /// anything made from it (the parsed audio string, the decoded audio bytes) are gone.
     static func respond(to line: ByteBuffer, charge: ClientMemoryCharge, services: Services) async -> Outcome {
         var id: JSONValue = .null
+        // Given back before the answer goes out, whatever the outcome: a client that has its answer holds nothing.
+        defer { charge.release() }
         do {
             // Parsing copies the line's strings, decoding base64 audio makes its bytes: charged before both.
             try charge.grow(by: 2 * line.readableBytes)
