@@ -7,6 +7,7 @@ import Glibc
 import Logging
 import NIOCore
 import NIOPosix
+import Quantization
 import Serving
 import SystemdSupport
 import Units
@@ -171,7 +172,12 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     /// `BudgetModelProvider` reading `statistics`, then `ModelCheck` against the full-precision network the
     /// candidate came from.
     static func defaultPipeline(statistics: PersonalStatistics?) -> ModelPipeline {
-        let provider = BudgetModelProvider(personalStatistics: statistics.map { s in { s.statistics(for: $0) } })
+        defaultPipeline(personalStatistics: statistics.map { s in { s.statistics(for: $0) } })
+    }
+
+    /// The default pipeline with statistics from `personalStatistics` (by model identity).
+    static func defaultPipeline(personalStatistics: (@Sendable (String) -> ActivationStatistics?)?) -> ModelPipeline {
+        let provider = BudgetModelProvider(personalStatistics: personalStatistics)
         let check = ModelCheck()
         return ModelPipeline(
             build: { target, serving in
@@ -190,6 +196,16 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     }
 
     // MARK: - Start and stop
+
+    /// What a model service that could not start means for start-up (and `--check-config`): a budget that no
+    /// model meets, or whose model fails its self-check, is a configuration error; anything else is the model's.
+    static func startFailure(_ error: Error, model: String) -> Error {
+        guard let error = error as? ModelServiceError else { return error }
+        switch error {
+        case .build(.impossibleBudget), .build(.fileAboveBudget), .checkFailed: return DaemonError.budget(reason: "\(error)")
+        default: return DaemonError.model(name: model, reason: "\(error)")
+        }
+    }
 
     /// Loads and checks the model, starts the workers, the sockets and capture, then tells systemd `READY=1`.
     public func start() async throws {
@@ -228,11 +244,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         }
         do {
             try await service.start()
-        } catch let error as ModelServiceError {
-            switch error {
-            case .build(.impossibleBudget), .build(.fileAboveBudget), .checkFailed: throw DaemonError.budget(reason: "\(error)")
-            default: throw DaemonError.model(name: config.model, reason: "\(error)")
-            }
+        } catch {
+            throw Self.startFailure(error, model: config.model)
         }
         locked { serviceTask = Task { await service.run() } }
         if config.memoryBudgetAuto { budgetFollower.start(service: service) }

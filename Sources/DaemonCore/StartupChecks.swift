@@ -3,34 +3,37 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import Logging
 import Quantization
-import WhisperEngine
 
 extension DaemonConfiguration {
-    /// What start-up checks before it serves, beyond the file itself: the model loads, and the memory budget can
-    /// be met by it. The budget is judged exactly as the daemon's provider judges it at start-up: for a model
-    /// directory or name, `BudgetModelProvider.plan` on the model's `ModelFootprint`; for a quantized model file (told by content, `ModelSource`), its size
-    /// against the budget. `myqasrd --check-config` runs this, so a file it calls valid also starts.
+    /// Start-up's own model check, without serving: the model service is started exactly as `Daemon.start()`
+    /// starts it (the model loads; the budget's model is built, with the personal statistics the state directory
+    /// holds, and passes its self-check) and then stopped. `myqasrd --check-config` runs this, so a file it calls
+    /// valid also starts, and one that start-up refuses it refuses with the same message and exit status. It
+    /// only reads the state directory (start-up may set an unreadable statistics file aside; here it is ignored,
+    /// as start-up then ignores it too).
     /// - Throws: `DaemonError.budget` (a configuration error: exit 78) or `DaemonError.model` (exit 1), as start-up.
-    public func checkModelAndBudget() throws {
-        do {
-            if try ModelLocator().source(for: model).isQuantized {
-                let loaded = try QuantizedModelFile.loadModel(path: model)
-                if let budget = memoryBudget, loaded.weights.byteSize > budget {
-                    throw ModelProviderError.fileAboveBudget(model: loaded.name, bytes: loaded.weights.byteSize, budget: budget)
-                }
-            } else {
-                let loaded = try WhisperModel.load(model)
-                let footprint = try ModelFootprint(
-                    floatWeights: loaded.weights, widths: BudgetModelProvider.uniformWidths,
-                    groupSize: QuantizedMatrix.defaultGroupSize)
-                _ = try BudgetModelProvider.plan(model: loaded.name, budget: memoryBudget, footprint: footprint)
-            }
-        } catch let error as ModelProviderError {
-            throw DaemonError.budget(reason: "\(error)")
-        } catch {
-            throw DaemonError.model(name: model, reason: "\(error)")
+    public func checkModelAndBudget(environment: [String: String] = ProcessInfo.processInfo.environment) async throws {
+        let path = (resolvedStateDirectory(environment: environment) as NSString)
+            .appendingPathComponent(PersonalStatistics.fileName)
+        // As `PersonalStatistics` keeps them: without second moments, used only for the model they came from.
+        let saved = (try? StatisticsFile.load(path: path)).map {
+            ActivationStatistics(modelIdentity: $0.modelIdentity, sampleCount: $0.sampleCount, layers: $0.layers)
         }
+        let statistics: (@Sendable (String) -> ActivationStatistics?)? = saved.map { saved in
+            { identity in saved.modelIdentity == identity && saved.sampleCount > 0 ? saved : nil }
+        }
+        let service = ModelService(
+            source: model, budget: Budget(bytes: memoryBudget, origin: .configuration), requantizeAfter: requantizeAfter,
+            pipeline: Daemon.defaultPipeline(personalStatistics: statistics),
+            logger: Logger(label: "myqasrd.check", factory: { _ in SwiftLogNoOpLogHandler() }))
+        do {
+            _ = try await service.start()
+        } catch {
+            throw Daemon.startFailure(error, model: model)
+        }
+        await service.shutdown()
     }
 }
 

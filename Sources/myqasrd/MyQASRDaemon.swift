@@ -73,9 +73,10 @@ struct MyQASRDaemon: AsyncParsableCommand {
             throw ExitCode(78)  // EX_CONFIG
         }
         if checkConfig {
-            // Exactly what start-up checks before serving: the model loads and the budget can be met.
+            // Exactly what start-up checks before serving: the model loads, the budget's model is built and passes
+            // its self-check.
             do {
-                try loaded.checkModelAndBudget()
+                try await loaded.checkModelAndBudget()
             } catch {
                 FileHandle.standardError.write(Data("myqasrd: \(error)\n".utf8))
                 if case DaemonError.budget = error { throw ExitCode(78) }  // as at start-up

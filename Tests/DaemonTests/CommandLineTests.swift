@@ -101,7 +101,7 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(ok, 78, out)
     }
 
-    /// `--check-config` runs start-up's own checks of the model and the budget: a budget no precision meets is
+    /// `--check-config` runs start-up's own checks of the model and the budget (issue 17 item 8): a budget no precision meets is
     /// refused there with start-up's status (78) and message, not reported valid.
     func testCheckConfigRefusesWhatStartUpRefuses() throws {
         let model = try Fixtures.tinyModel()
@@ -118,6 +118,19 @@ final class CommandLineTests: XCTestCase {
         let (okStatus, okOut, okErr) = try runTool(try Fixtures.binary("myqasrd"), ["--config", path, "--check-config"])
         XCTAssertEqual(okStatus, 0, okOut + okErr)
         XCTAssertTrue(okOut.contains("is valid"), okOut)
+        // A budget whose model fails the self-check (15 MiB: mostly 2 bits, which decode nothing) stops start-up
+        // with 78, and --check-config says so with the same status and reason (it judged only the size before).
+        try "[model]\nname = \"\(model)\"\nmemory_budget = \"15MiB\"\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let (checked, checkedOut, checkedErr) = try runTool(try Fixtures.binary("myqasrd"), ["--config", path, "--check-config"])
+        let (started, _, startErr) = try runTool(try Fixtures.binary("myqasrd"), [
+            "--config", path, "--no-capture", "--runtime-directory", dir.sub("run"), "--state-directory", dir.sub("state"),
+        ])
+        XCTAssertEqual(started, 78, startErr)
+        XCTAssertTrue(startErr.contains("failed its self-check"), startErr)
+        XCTAssertEqual(checked, 78, checkedOut + checkedErr)
+        XCTAssertTrue(checkedErr.contains("model.memory_budget"), checkedErr)
+        XCTAssertTrue(checkedErr.contains("failed its self-check"), checkedErr)
+        XCTAssertFalse(checkedOut.contains("is valid"), checkedOut)
         // A model that cannot be loaded fails as start-up does (status 1).
         try "[model]\nname = \"\(dir.sub("no-such-model"))\"\n".write(toFile: path, atomically: true, encoding: .utf8)
         let (missing, _, missingErr) = try runTool(try Fixtures.binary("myqasrd"), ["--config", path, "--check-config"])

@@ -2,6 +2,8 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import DaemonCore
+@testable import Quantization
 import Serving
 import SocketTestSupport
 import XCTest
@@ -137,6 +139,48 @@ final class HostileClientTests: XCTestCase {
         XCTAssertEqual(harness.stop(), 0)
     }
 
+    // MARK: item 3: the work of a client that leaves is dropped
+
+    /// The reproduction on the control socket: clients send 99 s of speech each and hang up once it is
+    /// queued. The running request stops and the waiting ones leave the queue (counted as cancelled), and the
+    /// next client is answered at once instead of after minutes of transcription nobody will read.
+    func testRequestsOfClientsThatHangUpAreDropped() throws {
+        let speech = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
+        var long = Data()
+        for _ in 0..<9 { long += speech }
+        let line = Array((wavLine(wavFile(data: Array(long), rate: 16000, channels: 1, bits: 16)) + "\n").utf8)
+        let harness = try harness()
+        func queue() throws -> QueueStatus {
+            guard let queue = try harness.client().status().queue else { throw HarnessError("status has no queue") }
+            return queue
+        }
+        var sockets: [Int32] = []
+        defer { sockets.forEach { close($0) } }
+        for n in 1...3 {
+            let fd = try TestSocket.connect(unixPath: harness.controlSocket)
+            sockets.append(fd)
+            var offset = 0
+            while offset < line.count {
+                let sent = line.withUnsafeBytes { send(fd, $0.baseAddress! + offset, line.count - offset, Int32(MSG_NOSIGNAL)) }
+                guard sent > 0 else { throw HarnessError("send: errno \(errno)") }
+                offset += sent
+            }
+            _ = try Waiter<Int>.poll(timeout: 60, what: "request \(n) queued") {
+                (try? queue()).map { $0.running + $0.waiting == n } == true ? 1 : nil
+            }
+        }
+        sockets.forEach { close($0) }
+        sockets = []
+        let after = try Waiter<QueueStatus>.poll(timeout: 60, what: "the three requests dropped") {
+            (try? queue()).flatMap { $0.cancelledRequests == 3 && $0.running == 0 && $0.waiting == 0 ? $0 : nil }
+        }
+        XCTAssertEqual(after.refusedRequests, 0)
+        let heard = try ask(harness, wavLine(wavFile(data: Array(speech), rate: 16000, channels: 1, bits: 16)))
+        XCTAssertTrue(Fixtures.normalise(heard["result"]?["text"]?.stringValue ?? "").contains(jfkPhrase),
+                      "\(heard)")
+        XCTAssertEqual(harness.stop(), 0)
+    }
+
     // MARK: item 4: one user cannot take every connection
 
     /// Another user opening 64 connections (the server's limit) gets 16 of them; root's `myqasrctl status` gets
@@ -171,6 +215,33 @@ final class HostileClientTests: XCTestCase {
         defer { client.finish() }
         XCTAssertEqual(try client.waitForLines(1, timeout: 120), ["admitted 1 refused 0"])
         client.finish()
+        XCTAssertEqual(harness.stop(), 0)
+    }
+
+    // MARK: item 5: a state file that lies is set aside, not a restart loop
+
+    /// A `statistics.myqs` with a correct checksum and a sample count of 2^64 - 1 trapped the daemon at every
+    /// start (so systemd restarted it forever). Now it is corruption: the file is set aside as
+    /// `statistics.myqs.corrupt`, gathering starts afresh, and the daemon serves.
+    func testStateFileWithAnImpossibleCountIsSetAside() throws {
+        var payload: [UInt8] = [1, 0, 0, 0, UInt8(ascii: "x")]          // model identity "x"
+        payload += [UInt8](repeating: 0xFF, count: 8)                     // sample count 2^64 - 1
+        payload += [0, 0, 0, 0]                                           // no layers
+        var file = StatisticsFile.magic + [1, 0, 0, 0]                    // version 1
+        file += (0..<8).map { UInt8(truncatingIfNeeded: UInt64(payload.count) >> (8 * UInt64($0))) }
+        file += payload
+        let crc = StatisticsFile.crc(file)
+        file += (0..<4).map { UInt8(truncatingIfNeeded: crc >> (8 * UInt32($0))) }
+        let harness = try DaemonHarness(microphone: nil, stateFiles: [PersonalStatistics.fileName: Data(file)])
+        let status = try harness.client().status()
+        XCTAssertEqual(status.statisticsSamples, 0)
+        let state = harness.stateDirectory
+        XCTAssertFalse(FileManager.default.fileExists(atPath: state + "/" + PersonalStatistics.fileName))
+        XCTAssertEqual(FileManager.default.contents(atPath: state + "/" + PersonalStatistics.fileName + ".corrupt"), Data(file))
+        XCTAssertTrue(harness.daemon.stderrText.contains("personal statistics unreadable, set aside"))
+        let wyoming = try WyomingTestClient(unixPath: harness.wyomingSocket)
+        let text = try wyoming.transcribe(pcm16: try Fixtures.pcm16(ofWAV: try Fixtures.sample("goforward.wav")))
+        XCTAssertTrue(Fixtures.normalise(text).contains("forward"), text)
         XCTAssertEqual(harness.stop(), 0)
     }
 

@@ -125,7 +125,9 @@ final class StressTests: XCTestCase {
         XCTAssertEqual(record.failures, [], "no request or command failed other than busy, cancelled, superseded or refused")
         XCTAssertEqual(record.sent, record.answered, "every request answered")
         XCTAssertGreaterThan(record.commands, 10)
-        XCTAssertEqual(served.target.budget.bytes, record.lastApplied?.budget ?? 30 * mib,
+        // The start's 30 MiB when no command applied; an applied `none` (nil) must stay nil, not become 30 MiB.
+        let expected: Int? = record.lastApplied.map { $0.budget } ?? 30 * mib
+        XCTAssertEqual(served.target.budget.bytes, expected,
                        "the served model is the one the last budget command (or reload) asked for; the last replies:\n"
                        + record.replies.suffix(30).joined(separator: "\n"))
         let desired = await service.desiredTarget
