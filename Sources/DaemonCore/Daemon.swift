@@ -162,7 +162,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
 
     /// The budget `configuration` asks for: its own, or with `memory_budget = "auto"` a reading of free memory now.
     /// (`served`: the weights in service, which a new model replaces.)
-    private static func budget(_ configuration: DaemonConfiguration, follower: BudgetFollower, served: Int = 0) -> Budget {
+    static func budget(_ configuration: DaemonConfiguration, follower: BudgetFollower, served: Int = 0) -> Budget {
         guard configuration.memoryBudgetAuto else { return Budget(bytes: configuration.memoryBudget, origin: .configuration) }
         return Budget(bytes: follower.initialBudget(policy: AutoBudgetPolicy(reserve: configuration.memoryReserve),
                                                     interval: configuration.memoryPollInterval, servedWeightBytes: served),

@@ -24,10 +24,14 @@ extension DaemonConfiguration {
         let statistics: (@Sendable (String) -> ActivationStatistics?)? = saved.map { saved in
             { identity in saved.modelIdentity == identity && saved.sampleCount > 0 ? saved : nil }
         }
+        let quiet = Logger(label: "myqasrd.check", factory: { _ in SwiftLogNoOpLogHandler() })
+        // With `memory_budget = "auto"`, free memory is read now, as start-up reads it.
+        let follower = BudgetFollower(policy: AutoBudgetPolicy(reserve: memoryReserve), interval: memoryPollInterval,
+                                      files: .ofThisProcess(), logger: quiet)
         let service = ModelService(
-            source: model, budget: Budget(bytes: memoryBudget, origin: .configuration), requantizeAfter: requantizeAfter,
-            pipeline: Daemon.defaultPipeline(personalStatistics: statistics),
-            logger: Logger(label: "myqasrd.check", factory: { _ in SwiftLogNoOpLogHandler() }))
+            source: model, budget: Daemon.budget(self, follower: follower), requantizeAfter: requantizeAfter,
+            shadowUtterances: shadowUtterances, pipeline: Daemon.defaultPipeline(personalStatistics: statistics),
+            logger: quiet)
         do {
             _ = try await service.start()
         } catch {
