@@ -658,8 +658,10 @@ enum TOMLPrecheck {
                     var j = i
                     if j < scalars.count, scalars[j] == "[" { j += 1 }
                     while j < scalars.count, scalars[j] == " " || scalars[j] == "\t" { j += 1 }
-                    if j < scalars.count, scalars[j] != "]", !isKeyStart(scalars[j]),
-                       (0x20..<0x7F).contains(scalars[j].value) {  // others are reported as such on their turn
+                    // The end of the line or of the file there (`[` alone) is refused too; control characters
+                    // and characters outside ASCII are reported as such on their turn.
+                    if j == scalars.count || scalars[j] == "\n" || scalars[j] == "\r"
+                        || (scalars[j] != "]" && !isKeyStart(scalars[j]) && (0x20..<0x7F).contains(scalars[j].value)) {
                         return "a table name must start with a letter, digit, _, - or a quote at line \(line), column \(column + j - i + 1)"
                     }
                 }

@@ -151,7 +151,8 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertThrowsError(try DaemonConfiguration.parse("[\u{FFFD}\u{FFFD}]\n", source: "t.toml")) { error in
             XCTAssertEqual("\(error)", "t.toml: not valid TOML: character U+FFFD outside a string or comment at line 1, column 2")
         }
-        for header in ["[;i]\n", "[[ ;]]\n", "  [\t=]\n"] {
+        // A header that ends where its name should be ("[" and a newline: found by scripts/fuzz 600).
+        for header in ["[;i]\n", "[[ ;]]\n", "  [\t=]\n", "[\n`\n", "[[ \r\n", "["] {
             XCTAssertThrowsError(try DaemonConfiguration.parse(header, source: "t.toml"), header) { error in
                 XCTAssertTrue("\(error)".contains("a table name must start with"), "\(error)")
             }
