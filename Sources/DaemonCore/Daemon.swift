@@ -303,7 +303,9 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         await control?.shutdown()
         await wyoming?.shutdown()
         await service.shutdown()
-        await task?.value
+        // Not awaited: a build under way (up to half a minute of one idle-priority core with compensated rounding)
+        // is dropped; its result would serve nobody, and it ends with the process.
+        task?.cancel()
         await Self.offThePool { self.workers.shutdown() }
         logger.info("stopped", metadata: ["uptime_s": "\(Int(Date().timeIntervalSince(started)))"])
     }

@@ -169,7 +169,9 @@ public actor ModelService {
         precondition(state == .idle, "ModelService.start: called twice")
         let target = desired
         let started = DispatchTime.now()
-        switch await buildAndCheck(target, serving: nil) {
+        // The first model at normal priority: nothing serves until it is built, and at idle priority a busy
+        // machine would starve start-up (81 s under two busy-looping processes).
+        switch await buildAndCheck(target, serving: nil, atIdlePriority: false) {
         case let .failure(error):
             state = .stopped
             throw error
@@ -344,12 +346,16 @@ public actor ModelService {
         return (desired, revision)
     }
 
-    private func buildAndCheck(_ target: ModelTarget, serving: ModelStore.Entry?) async
+    private func buildAndCheck(_ target: ModelTarget, serving: ModelStore.Entry?, atIdlePriority: Bool = true) async
         -> Result<(Candidate, CheckReport?), ModelServiceError>
     {
         let pipeline = self.pipeline
+        let buildThread = self.buildThread
         return await withCheckedContinuation { continuation in
-            buildThread.async {
+            let run = { (job: @escaping () -> Void) in
+                if atIdlePriority { buildThread.async(job) } else { DispatchQueue.global(qos: .userInitiated).async(execute: job) }
+            }
+            run {
                 // Candidate -> check. (The place for a shadow comparison on the user's own utterances, issue 20.)
                 var candidate: Candidate
                 do {
