@@ -268,7 +268,9 @@ final class HostileClientTests: XCTestCase {
     /// negative).
     func testErrorCodesSayWhatHappened() throws {
         let harness = try harness(limits: "queue_depth = 1")
-        let speech = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
+        // 33 s each: the first takes far longer to transcribe than the three take to arrive.
+        let jfk = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
+        let speech = jfk + jfk + jfk
         let clients = try (0..<3).map { _ in try WyomingTestClient(unixPath: harness.wyomingSocket) }
         let format: [String: JSONValue] = ["rate": 16000, "width": 2, "channels": 1]
         // Three whole requests back to back: one runs, one waits, the third finds the queue full.
@@ -291,7 +293,9 @@ final class HostileClientTests: XCTestCase {
                 if event.type == "error" { outcomes.append(event.data["code"]?.stringValue ?? "?"); break }
             }
         }
-        XCTAssertEqual(outcomes.first, "transcript", "\(outcomes)")
+        // Which of the three the daemon takes first, and whether the second finds the first still waiting for a
+        // worker, is the machine's business: asserted is that a full queue says busy and the rest are served.
+        XCTAssertTrue(outcomes.contains("transcript"), "\(outcomes)")
         XCTAssertTrue(outcomes.contains("busy"), "\(outcomes)")
         XCTAssertTrue(outcomes.allSatisfy { $0 == "transcript" || $0 == "busy" }, "\(outcomes)")
 
