@@ -9,18 +9,7 @@
 #include <stdint.h>
 #include <string.h>
 
-// ThreadSanitizer instruments the ifunc resolver target_clones makes, which runs before TSan is set up (a
-// crash at load): a TSan build (`scripts/test --tsan`) takes the portable clone only.
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define MQ_NO_CLONES 1
-#endif
-#endif
-#if defined(__x86_64__) && !defined(MQ_NO_CLONES)
-#define MQ_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define MQ_CLONES
-#endif
+#include "clones.h"
 
 // Lanes of the explicit partial sums: lets the compiler vectorise reductions without
 // reassociating floating-point additions on its own.

@@ -10,18 +10,7 @@
 // The double form only rotates second-moment matrices at quantization time and stays plain.
 #include "quant.h"
 
-// ThreadSanitizer instruments the ifunc resolver target_clones makes, which runs before TSan is set up (a
-// crash at load): a TSan build (`scripts/test --tsan`) takes the portable clone only.
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define MQ_NO_CLONES 1
-#endif
-#endif
-#if defined(__x86_64__) && !defined(MQ_NO_CLONES)
-#define MQ_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define MQ_CLONES
-#endif
+#include "clones.h"
 
 // Column j of the block is negated when bit j is set (the first 32 fraction bits of √2:
 // any fixed pattern that is not all-equal serves; this one is easy to write down).
