@@ -66,7 +66,7 @@ let package = Package(
             ],
             swiftSettings: v5
         ),
-        .target(name: "SystemdSupport", dependencies: ["CSystemd"], swiftSettings: v5),
+        .target(name: "SystemdSupport", dependencies: ["CSystemd", "CLinux"], swiftSettings: v5),
 
         .executableTarget(
             name: "myqasr",

@@ -1,4 +1,4 @@
-import CSystemd
+import CLinux
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -20,10 +20,10 @@ public final class IdleThread: @unchecked Sendable {  // @unchecked: `jobs` guar
     public init(name: String) {
         let started = DispatchSemaphore(value: 0)
         let thread = Thread { [self] in
-            _ = myq_set_thread_name(String(name.utf8.prefix(15))!)
+            _ = myqasr_set_thread_name(String(name.utf8.prefix(15))!)
             var parameters = sched_param(sched_priority: 0)
             let cpu = sched_setscheduler(0, SCHED_IDLE, &parameters) == 0
-            let io = myq_ioprio_set_self(3 << 13) == 0   // class 3 (idle) << IOPRIO_CLASS_SHIFT
+            let io = myqasr_ioprio_set_self(3 << 13) == 0   // class 3 (idle) << IOPRIO_CLASS_SHIFT
             condition.lock()
             (idleCPU, idleIO) = (cpu, io)
             condition.unlock()
@@ -67,6 +67,6 @@ public final class IdleThread: @unchecked Sendable {  // @unchecked: `jobs` guar
 
     /// The calling thread's scheduling policy and I/O priority class (for tests): `(SCHED_IDLE?, I/O idle?)`.
     public static func currentThreadIsIdle() -> (cpu: Bool, io: Bool) {
-        (sched_getscheduler(0) == SCHED_IDLE, myq_ioprio_get_self() >> 13 == 3)
+        (sched_getscheduler(0) == SCHED_IDLE, myqasr_ioprio_get_self() >> 13 == 3)
     }
 }
