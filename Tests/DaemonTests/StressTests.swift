@@ -53,6 +53,10 @@ final class StressTests: XCTestCase {
         let workers = TranscriptionWorkers(store: service.store, count: 2, threads: 1, queueDepth: 6,
                                            logger: Logger(label: "stress"), onLiveResult: { _ in })
         let deadline = Date().addingTimeInterval(seconds)
+        // The bounded time, but at least 12 model commands: a busy machine (or TSan) must not shrink the run to
+        // a few interleavings.
+        let minimumCommands = 12
+        let going = { @Sendable in Date() < deadline || record.locked { record.commands < minimumCommands } }
         let budgets: [Int?] = [nil, 15 * mib, 20 * mib, 24 * mib, 30 * mib, 50 * mib, 200 * mib]
 
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -60,7 +64,7 @@ final class StressTests: XCTestCase {
             for client in 0..<4 {
                 group.addTask {
                     var generator = SeededGenerator(seed: UInt64(100 + client))
-                    while Date() < deadline {
+                    while going() {
                         record.locked { record.sent += 1 }
                         let samples = [Float](repeating: 0, count: 4000 + Int.random(in: 0..<8000, using: &generator))
                         let request = Task {
@@ -80,7 +84,7 @@ final class StressTests: XCTestCase {
             }
             // Statistics arriving.
             group.addTask {
-                while Date() < deadline {
+                while going() {
                     let count = scripted.locked { () -> Int in
                         scripted.statistics += 1
                         return scripted.statistics
@@ -93,7 +97,7 @@ final class StressTests: XCTestCase {
             for controller in 0..<2 {
                 group.addTask {
                     var generator = SeededGenerator(seed: UInt64(7 + controller))
-                    while Date() < deadline {
+                    while going() {
                         let roll = Int.random(in: 0..<10, using: &generator)
                         let budget = budgets.randomElement(using: &generator)!
                         do {
@@ -124,7 +128,6 @@ final class StressTests: XCTestCase {
         XCTAssertEqual(served.generation, final.generation)
         XCTAssertEqual(record.failures, [], "no request or command failed other than busy, cancelled, superseded or refused")
         XCTAssertEqual(record.sent, record.answered, "every request answered")
-        XCTAssertGreaterThan(record.commands, 10)
         // The start's 30 MiB when no command applied; an applied `none` (nil) must stay nil, not become 30 MiB.
         let expected: Int? = record.lastApplied.map { $0.budget } ?? 30 * mib
         XCTAssertEqual(served.target.budget.bytes, expected,
