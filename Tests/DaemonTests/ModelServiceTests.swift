@@ -131,9 +131,9 @@ final class ScriptedPipeline: @unchecked Sendable {  // @unchecked: state guarde
 
 /// Waits until `condition` holds, polling (for state that has no event of its own), with a deadline.
 func eventually(_ what: String, timeout: Double = 60, _ condition: () async -> Bool) async throws {
-    let deadline = Date().addingTimeInterval(timeout)
+    let deadline = Date().addingTimeInterval(patient(timeout))
     while !(await condition()) {
-        if Date() > deadline { throw HarnessError("timed out after \(timeout) s waiting for \(what)") }
+        if Date() > deadline { throw HarnessError("timed out after \(patient(timeout)) s waiting for \(what)") }
         try await Task.sleep(nanoseconds: 2_000_000)
     }
 }

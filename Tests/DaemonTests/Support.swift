@@ -60,6 +60,14 @@ extension Fixtures {
     }
 }
 
+/// How many times longer than its stated timeout a test waits for an event before it fails
+/// (MYQASR_TEST_PATIENCE, default 4). A timeout only stops a broken run from hanging; a machine busy with other
+/// work (CI's 2 cores) makes every step slower, and a test must not fail because of that.
+let testPatience: Double = Double(ProcessInfo.processInfo.environment["MYQASR_TEST_PATIENCE"] ?? "") ?? 4
+
+/// `seconds` stretched by `testPatience`: the deadline of every wait below.
+func patient(_ seconds: Double) -> Double { seconds * testPatience }
+
 /// Waits on a condition with a deadline; every test wait goes through here (no sleeps to synchronise).
 final class Waiter<Value>: @unchecked Sendable {
     private let condition = NSCondition()
@@ -80,14 +88,14 @@ final class Waiter<Value>: @unchecked Sendable {
 
     /// Waits until `predicate(items)` returns non-nil, or throws after `timeout` seconds.
     func wait<R>(timeout: Double, what: String, _ predicate: ([Value]) -> R?) throws -> R {
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = Date().addingTimeInterval(patient(timeout))
         condition.lock()
         defer { condition.unlock() }
         while true {
             if let result = predicate(items) { return result }
             if !condition.wait(until: deadline) {
                 if let result = predicate(items) { return result }
-                throw HarnessError("timed out after \(timeout) s waiting for \(what)")
+                throw HarnessError("timed out after \(patient(timeout)) s waiting for \(what)")
             }
         }
     }
@@ -182,7 +190,7 @@ final class DaemonProcess {
 
     /// Waits for a line of stderr matching `predicate`, with a deadline (polls the file the daemon writes).
     func waitForLog<R>(timeout: Double, what: String, _ predicate: (String) -> R?) throws -> R {
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = Date().addingTimeInterval(patient(timeout))
         while Date() < deadline {
             if let r = predicate(stderrText) { return r }
             if !process.isRunning { break }
@@ -195,7 +203,7 @@ final class DaemonProcess {
     /// Waits for the process to exit; returns its status, killing it after `timeout`.
     @discardableResult
     func waitForExit(timeout: Double) -> Int32? {
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = Date().addingTimeInterval(patient(timeout))
         while process.isRunning && Date() < deadline { usleep(20_000) }
         if process.isRunning {
             kill(pid, SIGKILL)

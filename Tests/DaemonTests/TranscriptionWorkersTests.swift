@@ -188,12 +188,12 @@ final class TranscriptionWorkersTests: XCTestCase {
 extension Waiter {
     /// Polls `condition` until it yields a value (for state that has no event of its own), with a deadline.
     static func poll<R>(timeout: Double, what: String, _ condition: () -> R?) throws -> R {
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = Date().addingTimeInterval(patient(timeout))
         while Date() < deadline {
             if let r = condition() { return r }
             usleep(2000)
         }
         if let r = condition() { return r }
-        throw HarnessError("timed out after \(timeout) s waiting for \(what)")
+        throw HarnessError("timed out after \(patient(timeout)) s waiting for \(what)")
     }
 }
