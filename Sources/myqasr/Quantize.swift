@@ -42,11 +42,11 @@ struct Quantize: ParsableCommand {
             (the product rotates its input to match). Measured better at 3 and 4 bits; \
             --no-rotation stores the weights as they are.
 
-            Under a budget each group of 64 input features shares a scale (32 with \
-            --uniform): the bytes saved on scales let the sweep keep more layers one width \
-            higher (on tiny.en: fewer word errors at the byte size of uniform 4 bits, as many \
-            at uniform 3's, than group 32 with every layer at one width; docs/myqasr-method.md \
-            section 10). --group-size overrides it.
+            Each group of 32 input features shares a scale, except under a budget with codes \
+            rounded to nearest, where groups of 64 save scale bytes for the sweep to keep more \
+            layers one width higher (measured better without second moments, worse with \
+            compensated rounding: docs/myqasr-method.md sections 10 and 14). --group-size \
+            overrides it.
 
             Budgets: 24MiB (or 24M), 24MB, 25165824 (bytes), 0.5GiB.
 

@@ -76,10 +76,12 @@ final class QuantizerTests: XCTestCase {
         XCTAssertEqual(stats.layer("decoder/embeddings")!.inputRowCount, 3 * 2, "logits of the last position per step")
     }
 
-    func testABudgetDefaultsToGroup64AndSpendsTheSavedScaleBytesOnWidths() throws {
+    func testABudgetRoundedToNearestDefaultsToGroup64AndSpendsTheSavedScaleBytesOnWidths() throws {
         XCTAssertEqual(QuantizationOptions(target: .uniform(bits: 4)).groupSize, 32)
         XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20)).groupSize, 64)
         XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20), groupSize: 32).groupSize, 32)
+        XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20), rounding: .compensated).groupSize, 32,
+                       "compensated rounding keeps groups of 32 under a budget")
         let weights = Self.randomWeights()
         let stats = Self.statistics(for: weights)
         let uniformFour = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats,

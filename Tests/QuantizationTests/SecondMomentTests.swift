@@ -273,15 +273,17 @@ final class StatisticsSecondMomentTests: XCTestCase {
         }
         XCTAssertNotEqual(fromStatistics.weights.linearLayers.map { ($0.weight as! QuantizedMatrix).codes() },
                           nearest.weights.linearLayers.map { ($0.weight as! QuantizedMatrix).codes() })
-        // The daemon's function is the budget defaults with compensated rounding from these moments.
+        // The daemon's function is the budget defaults with compensated rounding from these moments, in groups
+        // of 32: at uniform 4's size, every layer at 4 bits.
         let budget = try BitAllocator(layers: weights.linearLayers.map {
             AllocationLayer(name: $0.name, outFeatures: $0.outFeatures, inFeatures: $0.inFeatures, sensitivity: 0)
-        }, fixedBytes: weights.byteSize - weights.linearLayers.reduce(0) { $0 + $1.weight.byteSize }, groupSize: 64).uniformBytes(bits: 4)
+        }, fixedBytes: weights.byteSize - weights.linearLayers.reduce(0) { $0 + $1.weight.byteSize }, groupSize: 32).uniformBytes(bits: 4)
         let personal = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats,
                                               options: Quantizer.personalOptions(budget: budget, statistics: stats))
         XCTAssertEqual(personal.metadata.rounding, .compensated)
-        XCTAssertEqual(personal.metadata.groupSize, 64)
+        XCTAssertEqual(personal.metadata.groupSize, 32)
         XCTAssertLessThanOrEqual(personal.report.totalBytes, budget)
+        XCTAssertEqual(Set(personal.report.layers.map(\.bits)), [4])
         XCTAssertEqual(Quantizer.personalOptions(budget: budget, statistics: ActivationStatistics(modelIdentity: "m")).rounding, .nearest)
     }
 }
