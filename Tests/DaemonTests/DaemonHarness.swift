@@ -68,7 +68,10 @@ final class DaemonHarness {
         } else {
             text += "\n[capture]\nenabled = false\n"
         }
-        if !limits.isEmpty { text += "\n[limits]\n\(limits)\n" }
+        // Tests hold a control connection across long waits (a build at idle priority on a busy machine): the
+        // daemon must not close it as idle meanwhile, unless a test sets its own idle timeout.
+        let idle = limits.contains("idle_timeout") ? "" : "idle_timeout = 3600\n"
+        text += "\n[limits]\n\(idle)\(limits)\n"
         return text
     }
 
@@ -136,7 +139,7 @@ final class DaemonHarness {
     }
 
     func client(timeout: Double = 120) throws -> ControlClient {
-        try ControlClient(socketPath: controlSocket, timeout: timeout)
+        try ControlClient(socketPath: controlSocket, timeout: patient(timeout))
     }
 
     /// SIGTERM, then the exit status (nil if it had to be killed).

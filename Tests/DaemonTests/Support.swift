@@ -380,7 +380,7 @@ final class WyomingTestClient {
 
     private func fill() throws {
         var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&pfd, 1, Int32(timeout * 1000)) > 0 else { throw HarnessError("no Wyoming answer within \(timeout) s") }
+        guard poll(&pfd, 1, Int32(patient(timeout) * 1000)) > 0 else { throw HarnessError("no Wyoming answer within \(patient(timeout)) s") }
         var chunk = [UInt8](repeating: 0, count: 65536)
         let n = recv(fd, &chunk, chunk.count, 0)
         guard n > 0 else { throw HarnessError("the server closed the connection") }
