@@ -613,8 +613,13 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         var options = Self.partialOptions
         options.decoding.language = partial.language
         options.decoding.cancellation = partial.cancellation
+        let started = DispatchTime.now()
         var samples = partial.audio.withUnsafeSamples { Array($0) }
         let transcript = try? recognizer.transcribe(samples: samples, options: options)
+        logger.debug(transcript == nil ? "partial pass stopped" : "partial pass transcribed", metadata: [
+            "audio_s": "\(String(format: "%.2f", Double(samples.count) / 16000))",
+            "took_s": "\(String(format: "%.3f", Self.seconds(since: started)))",
+        ])
         samples.withUnsafeMutableBytes { raw in
             if let base = raw.baseAddress { explicit_bzero(base, raw.count) }
         }
