@@ -9,16 +9,21 @@ public struct CapturePipelineConfiguration: Sendable, Equatable {
     public var segmenter: SegmenterConfiguration
     /// Length of the privacy ring buffer between capture and the detector, in seconds.
     public var ringBufferSeconds: Double
+    /// Seconds of speech between two copies of an utterance still being spoken handed to `onPartial` (the first
+    /// after this much speech); 0: none.
+    public var partialInterval: Double
 
     /// Creates a configuration.
     public init(
         capture: AlsaCaptureConfiguration = AlsaCaptureConfiguration(),
         segmenter: SegmenterConfiguration = SegmenterConfiguration(),
-        ringBufferSeconds: Double = 10
+        ringBufferSeconds: Double = 10,
+        partialInterval: Double = 0
     ) {
         self.capture = capture
         self.segmenter = segmenter
         self.ringBufferSeconds = ringBufferSeconds
+        self.partialInterval = partialInterval
     }
 }
 
@@ -56,6 +61,7 @@ public final class CapturePipeline: @unchecked Sendable {  // @unchecked: `phase
     public let ringBuffer: PrivacyRingBuffer
 
     private let onUtterance: @Sendable (Utterance) -> Void
+    private let onPartial: @Sendable (Utterance) -> Void
     private let logger: Logger
     private var capture: AlsaCapture!
     private let segmenter: UtteranceSegmenter
@@ -71,19 +77,27 @@ public final class CapturePipeline: @unchecked Sendable {  // @unchecked: `phase
     /// Builds the pipeline: validates the settings and allocates the ring buffer and the
     /// segmenter's working memory. Nothing is opened until `start()`. `onEvent` gets the
     /// capture device's events (opened, overrun, lost, retrying, stopped: `AlsaCapture`
-    /// logs them) and `onUtterance` each finished utterance, both on the pipeline's threads.
+    /// logs them), `onUtterance` each finished utterance and `onPartial` every
+    /// `partialInterval` seconds of speech a copy of the utterance still being spoken
+    /// (`.inProgress`; before that utterance reaches `onUtterance`), all on the pipeline's
+    /// threads and without blocking.
     /// - Throws: `CaptureError.invalidParameter` for inconsistent settings.
     public init(configuration: CapturePipelineConfiguration = CapturePipelineConfiguration(),
                 logger: Logger = Logger(label: "myqasr.capture"),
                 onEvent: @escaping @Sendable (CaptureEvent) -> Void = { _ in },
+                onPartial: @escaping @Sendable (Utterance) -> Void = { _ in },
                 onUtterance: @escaping @Sendable (Utterance) -> Void) throws {
         try configuration.capture.validate()
         guard configuration.ringBufferSeconds >= 0.1 else {
             throw CaptureError.invalidParameter("the ring buffer must hold at least 0.1 s, got \(configuration.ringBufferSeconds)")
         }
+        guard configuration.partialInterval >= 0 else {
+            throw CaptureError.invalidParameter("the partial interval must not be negative, got \(configuration.partialInterval)")
+        }
         self.configuration = configuration
         self.logger = logger
         self.onUtterance = onUtterance
+        self.onPartial = onPartial
         ringBuffer = try PrivacyRingBuffer(seconds: configuration.ringBufferSeconds, logger: logger)
         segmenter = try UtteranceSegmenter(configuration: configuration.segmenter)
         let ring = ringBuffer
@@ -171,14 +185,45 @@ public final class CapturePipeline: @unchecked Sendable {  // @unchecked: `phase
             explicit_bzero(chunk.baseAddress!, chunk.count * MemoryLayout<Float>.stride)
             chunk.deallocate()
         }
+        var partials = PartialSchedule(interval: configuration.partialInterval)
         while !shouldStop {
             guard let read = ringBuffer.read(into: chunk, timeout: nil) else { break }
             if shouldStop { break }
             let finished = segmenter.process(UnsafeBufferPointer(rebasing: chunk[0..<read.count]),
                                              at: read.streamPosition)
             for utterance in finished { publish(utterance) }
+            if partials.due(utterance: segmenter.confirmedUtteranceStart, speech: segmenter.confirmedSpeechDuration),
+               let snapshot = segmenter.snapshot() {
+                onPartial(snapshot)
+            }
         }
         segmenter.reset()
+    }
+
+    /// When the utterance being spoken is next copied for a partial transcript: after each `interval` seconds of
+    /// its speech. The one place that sets the partials' pace.
+    struct PartialSchedule {
+        let interval: Double
+        private var utterance: Int64?
+        private var next = 0.0
+
+        init(interval: Double) { self.interval = interval }
+
+        /// True when the utterance starting at `utterance` (nil: none), with `speech` seconds of speech so far, is
+        /// due a partial now.
+        mutating func due(utterance start: Int64?, speech: Double) -> Bool {
+            guard interval > 0, let start else {
+                utterance = nil
+                return false
+            }
+            if start != utterance {
+                utterance = start
+                next = interval
+            }
+            guard speech >= next else { return false }
+            next = (speech / interval).rounded(.down) * interval + interval
+            return true
+        }
     }
 
     private func publish(_ utterance: Utterance) {

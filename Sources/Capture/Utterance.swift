@@ -20,6 +20,8 @@ public final class Utterance: @unchecked Sendable, CustomStringConvertible {
         case endOfStream
         /// Samples were dropped in the ring buffer, so the stream has a gap here.
         case gap
+        /// Not ended: a copy of an utterance still being spoken, for a partial transcript.
+        case inProgress
     }
 
     /// Stream position (samples since capture started) of the first sample.

@@ -87,6 +87,8 @@ public final class UtteranceSegmenter {
     private let utterance: UnsafeMutableBufferPointer<Float>
     private var utteranceFill = 0
     private var utterancePosition: Int64 = 0
+    /// Samples of pre-roll at the utterance's start (not speech).
+    private var utterancePreRoll = 0
 
     /// Creates a segmenter.
     /// - Throws: `CaptureError.invalidParameter` for inconsistent settings.
@@ -119,6 +121,28 @@ public final class UtteranceSegmenter {
     public var isInUtterance: Bool {
         if case .idle = state { return false }
         return true
+    }
+
+    /// Stream position where the confirmed utterance being assembled starts, nil when none is (idle, or speech
+    /// not yet confirmed).
+    public var confirmedUtteranceStart: Int64? {
+        if case .speech = state { return utterancePosition }
+        return nil
+    }
+
+    /// Seconds of the confirmed utterance being assembled since its speech began (its pre-roll not counted);
+    /// 0 when none is.
+    public var confirmedSpeechDuration: TimeInterval {
+        guard case .speech = state else { return 0 }
+        return Double(utteranceFill - utterancePreRoll) / Double(CaptureFormat.sampleRate)
+    }
+
+    /// A copy of the confirmed utterance being assembled (`.inProgress`), for a partial transcript; nil when none
+    /// is. The segmenter goes on as if it had not been asked.
+    public func snapshot() -> Utterance? {
+        guard case .speech = state, utteranceFill > 0 else { return nil }
+        return Utterance(copying: UnsafeBufferPointer(rebasing: utterance[0..<utteranceFill]),
+                         streamPosition: utterancePosition, endReason: .inProgress)
     }
 
     /// The detector's current noise floor in dBFS (nil before the first frame).
@@ -228,6 +252,7 @@ public final class UtteranceSegmenter {
 
     private func beginUtterance(withPreRoll: Bool) {
         utteranceFill = 0
+        utterancePreRoll = 0
         utterancePosition = framePosition
         if withPreRoll && preRollFill > 0 {
             // Oldest pre-roll sample first.
@@ -236,6 +261,7 @@ public final class UtteranceSegmenter {
                 utterance[offset] = preRoll[(start + offset) % preRoll.count]
             }
             utteranceFill = preRollFill
+            utterancePreRoll = preRollFill
             utterancePosition = framePosition - Int64(preRollFill)
         }
         zeroPreRoll()

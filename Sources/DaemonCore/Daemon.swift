@@ -152,9 +152,11 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
                 ])
                 broadcaster.publish(result.transcript)
                 _ = try? SystemdNotifier.status(Self.statusLine(store.current, utterances: count))
-            })
+            },
+            onLivePartial: { broadcaster.publish($0) })
         self.workers = workers
-        capture = LiveCapture(logger: logger, deliver: { workers.submit(live: $0) })
+        capture = LiveCapture(logger: logger, deliverPartial: { workers.submit(partial: $0) },
+                              deliver: { workers.submit(live: $0) })
     }
 
     /// Utterances the served model's drift is measured on while no candidate is in shadow.
@@ -417,6 +419,22 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         return TranscriptResult(
             text: transcript.text.trimmingCharacters(in: .whitespacesAndNewlines), language: transcript.language,
             segments: transcript.segments.map { TranscriptSegment(start: $0.start, end: $0.end, text: $0.text) })
+    }
+
+    /// `capture.partial_interval`, which also paces a streamed Wyoming request's partial transcripts.
+    public var partialInterval: Double {
+        lock.lock()
+        defer { lock.unlock() }
+        return configuration.partialInterval
+    }
+
+    /// A partial pass over a streamed request's audio so far, on an idle worker only (nil when it was dropped).
+    public func transcribePartial(samples: [Float], language: String?, origin: RequestOrigin) async -> TranscriptResult? {
+        guard let transcript = await workers.transcribePartial(samples: samples, language: language,
+                                                               source: "connection \(origin.connection)")
+        else { return nil }
+        return TranscriptResult(text: transcript.text.trimmingCharacters(in: .whitespacesAndNewlines),
+                                language: transcript.language)
     }
 
     // MARK: - ControlBackend

@@ -70,6 +70,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var captureLatency = 0.2
     /// Length of the privacy ring buffer, in seconds.
     public var ringSeconds = 10.0
+    /// Seconds of speech between two partial transcripts of an utterance still being spoken (microphone and
+    /// streamed Wyoming requests); 0: none.
+    public var partialInterval = 1.0
 
     // MARK: vad
     /// dB above the noise floor that starts speech.
@@ -175,7 +178,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
                     minimumLevel: Float(vadMinimumLevelDB)),
                 minimumSpeechDuration: vadMinimumSpeech, hangover: vadHangover, preRoll: vadPreRoll,
                 maximumUtteranceDuration: vadMaximumUtterance),
-            ringBufferSeconds: ringSeconds)
+            ringBufferSeconds: ringSeconds, partialInterval: partialInterval)
     }
 
     /// The socket servers' limits, timeouts, peer policy and client memory pool (one pool for both servers).
@@ -282,7 +285,9 @@ extension DaemonConfiguration {
             if let v = try t.int("shadow_utterances", in: 0...1000) { c.shadowUtterances = v }
         }
         if let t = try reader.table("capture") {
-            try t.rejectUnknown(["enabled", "device", "alsa_config", "alsa_config_file", "latency", "ring_seconds"])
+            try t.rejectUnknown([
+                "enabled", "device", "alsa_config", "alsa_config_file", "latency", "ring_seconds", "partial_interval",
+            ])
             if let v = try t.bool("enabled") { c.captureEnabled = v }
             if let v = try t.string("device") {
                 guard !v.isEmpty else { throw t.error("device", "must not be empty") }
@@ -309,6 +314,10 @@ extension DaemonConfiguration {
             }
             if let v = try t.double("latency", in: 0.01...2) { c.captureLatency = v }
             if let v = try t.double("ring_seconds", in: 1...120) { c.ringSeconds = v }
+            if let v = try t.double("partial_interval", in: 0...60) {
+                guard v == 0 || v >= 0.2 else { throw t.error("partial_interval", "must be 0 (off) or at least 0.2 s") }
+                c.partialInterval = v
+            }
         }
         if let t = try reader.table("vad") {
             try t.rejectUnknown([

@@ -10,16 +10,20 @@ import Serving
 final class LiveCapture: @unchecked Sendable {  // @unchecked: `pipeline` and `state` are guarded by `lock`
     private let logger: Logger
     private let deliver: @Sendable (Utterance) -> Void
+    private let deliverPartial: @Sendable (Utterance) -> Void
     private let lock = NSLock()
     private var pipeline: CapturePipeline?
     private var current: CaptureState = .disabled
     /// One more per pipeline: events of a pipeline that was replaced are ignored.
     private var generation = 0
 
-    /// Capture that hands utterances to `deliver`.
-    init(logger: Logger, deliver: @escaping @Sendable (Utterance) -> Void) {
+    /// Capture that hands utterances to `deliver`, and copies of utterances still being spoken to
+    /// `deliverPartial`.
+    init(logger: Logger, deliverPartial: @escaping @Sendable (Utterance) -> Void = { _ in },
+         deliver: @escaping @Sendable (Utterance) -> Void) {
         self.logger = logger
         self.deliver = deliver
+        self.deliverPartial = deliverPartial
     }
 
     /// `capturing`, `paused` (until the device opens), `failed` or `disabled`.
@@ -40,7 +44,8 @@ final class LiveCapture: @unchecked Sendable {  // @unchecked: `pipeline` and `s
         do {
             pipeline = try CapturePipeline(
                 configuration: configuration, logger: logger,
-                onEvent: { [weak self] event in self?.note(event, generation: generation) }, onUtterance: deliver)
+                onEvent: { [weak self] event in self?.note(event, generation: generation) },
+                onPartial: deliverPartial, onUtterance: deliver)
             lock.lock()
             self.pipeline = pipeline
             current = .paused  // until the device opens

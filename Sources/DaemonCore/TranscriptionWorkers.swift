@@ -72,6 +72,11 @@ public struct QueueStatistics: Sendable, Equatable {
 ///   refused. Either way a pushed-out or refused request gets `busy`.
 /// - A request whose caller's task is cancelled (the server cancels it when the client disconnects) is removed
 ///   from the queue, or, if running, stops at its next window or decoding step (`Cancellation`).
+/// - Partial passes (a copy of speech still going on: a live utterance from capture, or a Wyoming request's audio
+///   so far) are the lowest priority and never delay a final result: at most one waits per source (a newer copy
+///   replaces it), they do not count in the queue depth, a worker takes one only when no other job waits, and a
+///   running one is stopped at its next window or decoding step when a final job finds no idle worker, or when
+///   the final job of its own source arrives. This is the one place that decides whether a partial runs.
 ///
 /// Each worker owns one `SpeechRecognizer`, rebuilt when the served model changes (between jobs, never during
 /// one). The `ModelStore` tells the workers of each swap: an idle worker lets go of its recognizer (and so of the
@@ -92,9 +97,22 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         let epoch: Int
     }
 
+    /// A partial pass: `audio` is a copy of speech still going on; `deliver` gets its transcript, or nil when it
+    /// was dropped or stopped (called with `condition` held, so it must only hand the result on).
+    private struct Partial {
+        let id: UInt64
+        /// "live", or the connection of a streamed request: one partial per source waits at a time.
+        let source: String
+        let audio: Utterance
+        let language: String?
+        let cancellation: Cancellation
+        let deliver: @Sendable (Transcript?) -> Void
+    }
+
     private enum Job {
         case request(Request)
         case live(Live)
+        case partial(Partial)
     }
 
     private enum Next {
@@ -109,11 +127,15 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
     private let logger: Logger
     private let observer: UtteranceObserver?
     private let onLiveResult: @Sendable (LiveResult) -> Void
+    private let onLivePartial: @Sendable (LiveTranscript) -> Void
+    private let workerCount: Int
     private let condition = NSCondition()
     private let finished = DispatchGroup()
     // Guarded by `condition`.
     private var live: [Live] = []
     private var requests: [String: [Request]] = [:]
+    private var partials: [Partial] = []            // waiting, oldest first, at most one per source
+    private var runningPartials: [UInt64: Partial] = [:]
     private var turn: [String] = []   // clients with requests waiting, next first
     private var busyWorkers = 0
     private var lastWasLive = false
@@ -125,15 +147,20 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
     private var cancelled = 0
 
     /// Starts `count` workers transcribing with `threads` threads each, at most `queueDepth` jobs waiting.
-    /// `observer` sees each live utterance before it is wiped; `onLiveResult` gets each live transcript.
+    /// `observer` sees each live utterance before it is wiped; `onLiveResult` gets each live transcript and
+    /// `onLivePartial` each partial transcript of a live utterance still being spoken (never after that
+    /// utterance's final job was submitted; called with the queue's lock held, so it must only hand it on).
     public init(store: ModelStore, count: Int, threads: Int, queueDepth: Int, logger: Logger,
-                observer: UtteranceObserver? = nil, onLiveResult: @escaping @Sendable (LiveResult) -> Void) {
+                observer: UtteranceObserver? = nil, onLiveResult: @escaping @Sendable (LiveResult) -> Void,
+                onLivePartial: @escaping @Sendable (LiveTranscript) -> Void = { _ in }) {
         self.store = store
         self.threads = threads
         self.queueDepth = queueDepth
         self.logger = logger
         self.observer = observer
         self.onLiveResult = onLiveResult
+        self.onLivePartial = onLivePartial
+        workerCount = count
         store.onSwap { [weak self] _ in self?.wakeIdleWorkers() }
         for index in 0..<count { startThread(index: index) }
     }
@@ -211,6 +238,7 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         if refusal == nil {
             if requests[request.client, default: []].isEmpty { turn.append(request.client) }
             requests[request.client, default: []].append(request)
+            makeRoomForFinalJob()
             condition.signal()
         }
         condition.unlock()
@@ -239,13 +267,116 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
             }
         }
         live.append(Live(utterance: utterance, epoch: liveEpoch))
+        // The utterance is over: its partial pass, waiting or running, has nothing left to say.
+        let stale = dropPartials(of: Self.liveSource)
+        makeRoomForFinalJob()
         condition.signal()
         condition.unlock()
+        stale.forEach { $0.audio.wipe() }
         if let droppedUtterance {
             droppedUtterance.wipe()
             logger.warning("live utterance dropped: transcription is behind", metadata: ["queue_depth": "\(queueDepth)"])
         }
         pushedOut?.reply(.failure(TranscriptionQueueError.busy(queueDepth: queueDepth)))
+    }
+
+    /// Queues a partial pass over a copy of a live utterance still being spoken (`Utterance.EndReason.inProgress`);
+    /// its transcript goes to `onLivePartial` unless the utterance's final job is submitted first. Never blocks.
+    public func submit(partial utterance: Utterance) {
+        let (start, end) = (utterance.startTime, utterance.endTime)
+        submit(Partial(id: takeID(), source: Self.liveSource, audio: utterance, language: nil,
+                       cancellation: Cancellation(), deliver: { [onLivePartial] transcript in
+            guard let transcript else { return }
+            onLivePartial(LiveTranscript(
+                text: transcript.text.trimmingCharacters(in: .whitespacesAndNewlines), start: start, end: end,
+                language: transcript.language, partial: true))
+        }))
+    }
+
+    /// A partial pass over `samples`, the audio so far of a request from `source` (a connection): its transcript,
+    /// or nil when it was dropped (a final job needed the worker, a newer pass from `source` replaced it, the
+    /// daemon is stopping) or the calling task was cancelled.
+    public func transcribePartial(samples: [Float], language: String?, source: String) async -> Transcript? {
+        let id = takeID()
+        let cancellation = Cancellation()
+        let audio = Utterance(samples: samples, endReason: .inProgress)
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                submit(Partial(id: id, source: source, audio: audio, language: language, cancellation: cancellation,
+                               deliver: { continuation.resume(returning: $0) }))
+            }
+        } onCancel: {
+            cancellation.cancel()
+            self.cancelPartial(id)
+        }
+    }
+
+    private static let liveSource = "live"
+
+    private func takeID() -> UInt64 {
+        condition.lock()
+        defer { condition.unlock() }
+        nextID += 1
+        return nextID
+    }
+
+    private func submit(_ partial: Partial) {
+        condition.lock()
+        guard !stopping, !partial.cancellation.isCancelled else {
+            partial.deliver(nil)
+            condition.unlock()
+            partial.audio.wipe()
+            return
+        }
+        var replaced: Partial?
+        if let index = partials.firstIndex(where: { $0.source == partial.source }) {
+            replaced = partials.remove(at: index)
+            replaced?.deliver(nil)
+        }
+        partials.append(partial)
+        condition.signal()
+        condition.unlock()
+        replaced?.audio.wipe()
+    }
+
+    /// Drops `id`'s partial pass if it waits, or stops it if it runs; its `deliver` gets nil.
+    private func cancelPartial(_ id: UInt64) {
+        condition.lock()
+        var removed: Partial?
+        if let index = partials.firstIndex(where: { $0.id == id }) {
+            removed = partials.remove(at: index)
+            removed?.deliver(nil)
+        } else if let running = runningPartials.removeValue(forKey: id) {
+            running.cancellation.cancel()
+            running.deliver(nil)
+        }
+        condition.unlock()
+        removed?.audio.wipe()
+    }
+
+    // Called with `condition` held: drops the waiting partial pass of `source` and stops its running one (their
+    // `deliver` gets nil); returns the dropped waiting ones, whose audio the caller wipes once the lock is released.
+    private func dropPartials(of source: String) -> [Partial] {
+        let dropped = partials.filter { $0.source == source }
+        partials.removeAll { $0.source == source }
+        for (id, running) in runningPartials where running.source == source {
+            running.cancellation.cancel()
+            running.deliver(nil)
+            runningPartials[id] = nil
+        }
+        for partial in dropped { partial.deliver(nil) }
+        return dropped
+    }
+
+    // Called with `condition` held, after a final job was queued: when no worker is idle, running partial passes
+    // stop at their next step, so the final job gets a worker at once.
+    private func makeRoomForFinalJob() {
+        guard busyWorkers >= workerCount else { return }
+        for running in runningPartials.values {
+            running.cancellation.cancel()
+            running.deliver(nil)
+        }
+        runningPartials.removeAll()
     }
 
     /// Wipes the live utterances waiting and keeps the one being transcribed from the observer (`forget`).
@@ -254,8 +385,10 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         liveEpoch += 1
         let waiting = live
         live.removeAll()
+        let partialsWaiting = dropPartials(of: Self.liveSource)
         condition.unlock()
         for item in waiting { item.utterance.wipe() }
+        for partial in partialsWaiting { partial.audio.wipe() }
     }
 
     /// Stops the workers: waiting requests fail with `shuttingDown`, waiting utterances are wiped, running jobs
@@ -265,13 +398,17 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         stopping = true
         let pending = requests.values.flatMap { $0 }
         let pendingLive = live
+        let pendingPartials = partials
         requests.removeAll()
         turn.removeAll()
         live.removeAll()
+        partials.removeAll()
+        for partial in pendingPartials { partial.deliver(nil) }
         condition.broadcast()
         condition.unlock()
         for request in pending { request.reply(.failure(TranscriptionQueueError.shuttingDown)) }
         for item in pendingLive { item.utterance.wipe() }
+        for partial in pendingPartials { partial.audio.wipe() }
         finished.wait()
     }
 
@@ -333,6 +470,12 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
                 busyWorkers += 1
                 return .job(.request(request))
             }
+            if !partials.isEmpty {
+                let partial = partials.removeFirst()
+                runningPartials[partial.id] = partial
+                busyWorkers += 1
+                return .job(.partial(partial))
+            }
             if let generation, store.current?.generation != generation { return .release }
             condition.wait()
         }
@@ -389,6 +532,7 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
                 switch job {
                 case .request(let request): run(request, recognizer: recognizer)
                 case .live(let item): runLive(item, recognizer: recognizer)
+                case .partial(let partial): runPartial(partial, recognizer: recognizer)
                 }
             }
         }
@@ -398,6 +542,7 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         switch job {
         case .request(let request): request.reply(.failure(error))
         case .live(let item): item.utterance.wipe()
+        case .partial(let partial): finishPartial(partial, with: nil)
         }
     }
 
@@ -453,6 +598,41 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         onLiveResult(LiveResult(
             transcript: LiveTranscript(text: text, start: start, end: end, language: transcript.language),
             audioSeconds: duration, processingSeconds: took))
+    }
+
+    /// Partial passes: the first temperature only, and a short window whose text stands even when its average
+    /// log-probability is low (speech cut mid-word often is); the loop guards stay.
+    static let partialOptions: TranscriptionOptions = {
+        var options = TranscriptionOptions()
+        options.fallback.temperatures = [0]
+        options.shortWindow?.minAvgLogProb = nil
+        return options
+    }()
+
+    private func runPartial(_ partial: Partial, recognizer: SpeechRecognizer) {
+        var options = Self.partialOptions
+        options.decoding.language = partial.language
+        options.decoding.cancellation = partial.cancellation
+        let started = DispatchTime.now()
+        var samples = partial.audio.withUnsafeSamples { Array($0) }
+        let transcript = try? recognizer.transcribe(samples: samples, options: options)
+        logger.debug(transcript == nil ? "partial pass stopped" : "partial pass transcribed", metadata: [
+            "audio_s": "\(String(format: "%.2f", Double(samples.count) / 16000))",
+            "took_s": "\(String(format: "%.3f", Self.seconds(since: started)))",
+        ])
+        samples.withUnsafeMutableBytes { raw in
+            if let base = raw.baseAddress { explicit_bzero(base, raw.count) }
+        }
+        finishPartial(partial, with: transcript)
+    }
+
+    /// Hands the pass's transcript on unless it was dropped meanwhile (under the lock, so a live partial never
+    /// follows its utterance's final job), then wipes its audio.
+    private func finishPartial(_ partial: Partial, with transcript: Transcript?) {
+        condition.lock()
+        if runningPartials.removeValue(forKey: partial.id) != nil { partial.deliver(transcript) }
+        condition.unlock()
+        partial.audio.wipe()
     }
 
     static func seconds(since start: DispatchTime) -> Double {

@@ -58,6 +58,21 @@ public protocol TranscriptionBackend: Sendable {
     /// The servers cancel the calling task when the client that asked goes away: stop work then (throw
     /// `CancellationError`). Throw `ControlError` (for example code `busy`) to give the client a specific error code.
     func transcribe(samples: [Float], language: String?, origin: RequestOrigin) async throws -> TranscriptResult
+    /// Seconds of audio between two partial transcripts of a streamed request (0: none); the Wyoming server asks
+    /// for one each time this much more audio has arrived.
+    var partialInterval: Double { get }
+    /// A partial transcript of `samples`, the audio of a request so far, or nil when the backend dropped it
+    /// (partials never delay final results). The server cancels the calling task when it no longer needs it.
+    func transcribePartial(samples: [Float], language: String?, origin: RequestOrigin) async -> TranscriptResult?
+}
+
+extension TranscriptionBackend {
+    /// No partial transcripts.
+    public var partialInterval: Double { 0 }
+    /// No partial transcripts.
+    public func transcribePartial(samples: [Float], language: String?, origin: RequestOrigin) async -> TranscriptResult? {
+        nil
+    }
 }
 
 /// State of the microphone capture, as reported by `status`.
@@ -235,17 +250,25 @@ public struct LiveTranscript: Sendable, Codable, Equatable {
     public var text: String
     /// Start of the utterance, in seconds since the daemon started capturing.
     public var start: Double
-    /// End of the utterance, in seconds since the daemon started capturing.
+    /// End of the utterance, in seconds since the daemon started capturing (of a partial: of the audio so far).
     public var end: Double
     /// Language of the text, if known.
     public var language: String?
+    /// A partial transcript of an utterance still being spoken (the `partial` event); its final transcript
+    /// follows. Not in the JSON object: the event's name says it.
+    public var partial = false
 
     /// Creates a live transcript.
-    public init(text: String, start: Double, end: Double, language: String? = nil) {
+    public init(text: String, start: Double, end: Double, language: String? = nil, partial: Bool = false) {
         self.text = text
         self.start = start
         self.end = end
         self.language = language
+        self.partial = partial
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case text, start, end, language
     }
 }
 

@@ -141,14 +141,17 @@ public final class ControlClient {
         return try decode(request(.transcribe, arguments: arguments), as: TranscriptResult.self)
     }
 
-    /// Streams live transcripts to `onTranscript` until it returns false or the daemon closes the stream.
+    /// Streams live transcripts (partial ones marked `partial`) to `onTranscript` until it returns false or the
+    /// daemon closes the stream.
     public func listen(_ onTranscript: (LiveTranscript) throws -> Bool) throws {
         _ = try request(.listen)
         while true {
             let line: [String: JSONValue]
             do { line = try readResponse(timeout: nil) } catch ControlClientError.connectionClosed { return }
-            guard line["event"]?.stringValue == "transcript" else { continue }
-            let transcript = try decode(.object(line), as: LiveTranscript.self)
+            let event = line["event"]?.stringValue
+            guard event == "transcript" || event == "partial" else { continue }
+            var transcript = try decode(.object(line), as: LiveTranscript.self)
+            transcript.partial = event == "partial"
             if try !onTranscript(transcript) { return }
         }
     }

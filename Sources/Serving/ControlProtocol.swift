@@ -29,10 +29,11 @@ public enum ControlWire {
         line(["id": id, "ok": false, "error": ["code": .string(code), "message": .string(message)]])
     }
 
-    /// A pushed `transcript` event line for `listen` clients (without the newline).
+    /// A pushed `transcript` (or, for a partial transcript, `partial`) event line for `listen` clients (without
+    /// the newline).
     public static func event(_ transcript: LiveTranscript) -> [UInt8] {
         var object: [String: JSONValue] = [
-            "event": "transcript", "text": .string(transcript.text),
+            "event": transcript.partial ? "partial" : "transcript", "text": .string(transcript.text),
             "start": .number(transcript.start), "end": .number(transcript.end),
         ]
         if let language = transcript.language { object["language"] = .string(language) }

@@ -134,6 +134,9 @@ public final class WyomingServer: Sendable {
 
 /// One Wyoming connection: converts the audio of a `transcribe` request to 16 kHz as its chunks arrive (off the
 /// event loop, charging the samples to the connection's memory account first) and answers with a transcript.
+/// While the audio streams in, every `backend.partialInterval` seconds of it are transcribed (when the backend has
+/// an idle worker) and the words two partial transcripts in a row agree on are sent as `transcript-chunk`s after a
+/// `transcript-start`; `audio-stop` brings the rest and the final `transcript`.
 final class WyomingSessionHandler: ChannelDuplexHandler {
     typealias InboundIn = Received<WyomingFrame>
     typealias OutboundIn = ByteBuffer
@@ -147,11 +150,23 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
         /// Most samples this stream may make (`maxAudioSeconds` at its rate).
         let maxSamples: Int
         var samples: [Float] = []
+        // Partial transcripts; touched on the event loop only.
+        /// Samples between two partial passes (0: none), and the count at which the next is due.
+        let partialStep: Int
+        var nextPartial: Int
+        var partialTask: Task<Void, Never>?
+        /// The latest partial transcript's words, and the words sent as chunks so far.
+        var hypothesis: [Substring] = []
+        var committed: [Substring] = []
+        /// Whether `transcript-start` was sent.
+        var started = false
 
-        init(converter: PCMConverter, charge: ClientMemoryCharge, maxSamples: Int) {
+        init(converter: PCMConverter, charge: ClientMemoryCharge, maxSamples: Int, partialStep: Int) {
             self.converter = converter
             self.charge = charge
             self.maxSamples = maxSamples
+            self.partialStep = partialStep
+            nextPartial = partialStep
         }
 
         /// Makes room for `more` samples, charging the growth before allocating it (capacity doubles, up to
@@ -213,12 +228,14 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         requestTask?.cancel()  // the client is gone: its transcription need not be carried out
+        stream?.partialTask?.cancel()
         queue.removeAll()
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         requestTask?.cancel()
+        stream?.partialTask?.cancel()
     }
 
     private func resumeReadingIfPossible(context: ChannelHandlerContext) {
@@ -268,12 +285,18 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
         if flush { context.flush() }
     }
 
+    /// Forgets the request's audio, stopping its partial pass.
+    private func dropStream() {
+        stream?.partialTask?.cancel()
+        stream = nil
+    }
+
     /// Closes once everything written so far has gone out.
     private func closeAfterFlush(context: ChannelHandlerContext) {
         guard !closing else { return }
         closing = true
         queue.removeAll()
-        stream = nil
+        dropStream()
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in
             loopBound.value.close(promise: nil)
@@ -302,11 +325,11 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
             send(WyomingEvent(type: "pong", data: data), context: context)
         case "transcribe":
             language = event.data["language"]?.stringValue
-            stream = nil
+            dropStream()
             discarding = false
         case "audio-start":
             discarding = false
-            stream = nil
+            dropStream()
             startStream(event, context: context)
         case "audio-chunk":
             if discarding { return }
@@ -315,7 +338,7 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
         case "audio-stop":
             if discarding {
                 discarding = false
-                stream = nil
+                dropStream()
                 language = nil
                 return
             }
@@ -352,7 +375,8 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
             let converter = try PCMConverter(format: format)
             let charge = try connection.memory.charge(converter.workingBytes)
             let maxFrames = Int(configuration.maxAudioSeconds * Double(format.sampleRate))
-            stream = Stream(converter: converter, charge: charge, maxSamples: converter.outputCount(frames: maxFrames))
+            stream = Stream(converter: converter, charge: charge, maxSamples: converter.outputCount(frames: maxFrames),
+                            partialStep: Int(max(0, backend.partialInterval) * 16000))
             return true
         } catch let error as ClientMemoryError {
             fail(error.description, code: Self.code(error), context: context)
@@ -414,14 +438,68 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
     /// Sends an error and ignores the rest of this request's audio.
     private func fail(_ text: String, code: String, context: ChannelHandlerContext) {
         send(.error(text, code: code), context: context)
-        stream = nil
+        dropStream()
         discarding = true
+    }
+
+    /// Starts a partial pass over the audio so far when the stream is due one and none runs. On the event loop,
+    /// while no intake job touches the samples.
+    private func startPartialIfDue(context: ChannelHandlerContext) {
+        guard !busy, !closing, let current = stream, current.partialStep > 0, current.partialTask == nil,
+              current.samples.count >= current.nextPartial else { return }
+        current.nextPartial = (current.samples.count / current.partialStep + 1) * current.partialStep
+        // The copy is charged to the connection like the audio itself; without room, no partial this time.
+        guard let charge = try? connection.memory.charge(current.samples.count * MemoryLayout<Float>.size) else { return }
+        let samples = current.samples.withUnsafeBufferPointer { Array($0) }
+        let (backend, origin, language) = (self.backend, connection.origin, self.language)
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        current.partialTask = Task {
+            let result = await backend.transcribePartial(samples: samples, language: language, origin: origin)
+            charge.release()
+            eventLoop.execute {
+                let (handler, context) = loopBound.value
+                handler.partialFinished(result, stream: current, context: context)
+            }
+        }
+    }
+
+    /// Sends the words the new partial transcript agrees on with the one before, beyond those already sent.
+    private func partialFinished(_ result: TranscriptResult?, stream current: Stream, context: ChannelHandlerContext) {
+        current.partialTask = nil
+        guard current === stream, !closing else { return }
+        if let result {
+            let words = result.text.split(separator: " ")
+            let agreed = zip(current.hypothesis, words).prefix { Self.sameWord($0, $1) }.count
+            current.hypothesis = words
+            if agreed > current.committed.count,
+               zip(current.committed, words).allSatisfy({ Self.sameWord($0, $1) }) {
+                if !current.started {
+                    current.started = true
+                    var data: [String: JSONValue] = [:]
+                    if let language = result.language ?? language { data["language"] = .string(language) }
+                    send(WyomingEvent(type: "transcript-start", data: data), context: context, flush: false)
+                }
+                let piece = words[current.committed.count..<agreed].joined(separator: " ")
+                send(WyomingEvent(type: "transcript-chunk",
+                                  data: ["text": .string(current.committed.isEmpty ? piece : " " + piece)]),
+                     context: context)
+                current.committed = Array(words[..<agreed])
+            }
+        }
+        startPartialIfDue(context: context)
+    }
+
+    /// Words equal but for case and punctuation (a partial transcript often ends a word before its comma).
+    static func sameWord(_ a: Substring, _ b: Substring) -> Bool {
+        func bare(_ word: Substring) -> String { word.lowercased().filter { $0.isLetter || $0.isNumber } }
+        return bare(a) == bare(b)
     }
 
     private func finish(context: ChannelHandlerContext) {
         let requestedLanguage = language
         let collected = stream
-        stream = nil
+        dropStream()
         language = nil
         busy = true
         let backend = self.backend
@@ -452,13 +530,13 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
             collected?.charge.release()
             eventLoop.execute {
                 let (handler, context) = loopBound.value
-                handler.transcriptionFinished(result, language: requestedLanguage, context: context)
+                handler.transcriptionFinished(result, language: requestedLanguage, streamed: collected, context: context)
             }
         }
     }
 
     private func transcriptionFinished(
-        _ result: Result<TranscriptResult, Error>, language: String?, context: ChannelHandlerContext
+        _ result: Result<TranscriptResult, Error>, language: String?, streamed: Stream?, context: ChannelHandlerContext
     ) {
         requestTask = nil
         switch result {
@@ -471,9 +549,20 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
                 stopData["language"] = .string(lang)
             }
             // Order from the Wyoming spec: transcript-start, transcript-chunk(s), transcript (for older
-            // clients), transcript-stop.
-            send(WyomingEvent(type: "transcript-start", data: startData), context: context, flush: false)
-            let pieces = transcript.segments.isEmpty ? [transcript.text] : transcript.segments.map(\.text)
+            // clients), transcript-stop. After chunks from partial transcripts, the rest of the final text follows
+            // when it begins with what was sent (else the final `transcript` alone corrects it).
+            if streamed?.started != true {
+                send(WyomingEvent(type: "transcript-start", data: startData), context: context, flush: false)
+            }
+            let pieces: [String]
+            if let committed = streamed?.committed, !committed.isEmpty {
+                let words = transcript.text.split(separator: " ")
+                let continues = words.count > committed.count
+                    && zip(committed, words).allSatisfy { Self.sameWord($0, $1) }
+                pieces = continues ? [" " + words[committed.count...].joined(separator: " ")] : []
+            } else {
+                pieces = transcript.segments.isEmpty ? [transcript.text] : transcript.segments.map(\.text)
+            }
             for piece in pieces {
                 send(WyomingEvent(type: "transcript-chunk", data: ["text": .string(piece)]), context: context,
                      flush: false)
@@ -495,6 +584,7 @@ final class WyomingSessionHandler: ChannelDuplexHandler {
     /// The work in progress is done: handle what arrived meanwhile, then read on (or close if asked to).
     private func idle(context: ChannelHandlerContext) {
         busy = false
+        startPartialIfDue(context: context)
         while !busy, !queue.isEmpty, context.channel.isActive, !closing {
             handle(queue.removeFirst(), context: context)
         }

@@ -163,18 +163,28 @@ extension MyQASRControl {
         @Option(name: .long, help: "Exit after this many transcripts.")
         var count: Int?
 
+        @Flag(name: .long, help: "Also print partial transcripts of speech still going on (marked '...'; in JSON, \"partial\": true).")
+        var partials = false
+
         func run() throws {
             setvbuf(stdout, nil, _IOLBF, 0)
             try reporting {
                 let client = try connection.connect()
                 var printed = 0
                 try client.listen { transcript in
+                    if transcript.partial && !partials { return true }
                     if json {
-                        let value = try JSONValue(encoding: transcript)
+                        var value = try JSONValue(encoding: transcript)
+                        if transcript.partial, case .object(var object) = value {
+                            object["partial"] = true
+                            value = .object(object)
+                        }
                         print(String(decoding: try value.jsonData(), as: UTF8.self))
                     } else {
-                        print(String(format: "[%7.2f - %7.2f] ", transcript.start, transcript.end) + transcript.text)
+                        print(String(format: "[%7.2f - %7.2f] ", transcript.start, transcript.end)
+                              + (transcript.partial ? "... " : "") + transcript.text)
                     }
+                    if transcript.partial { return true }
                     printed += 1
                     return count.map { printed < $0 } ?? true
                 }

@@ -43,6 +43,47 @@ final class SegmenterTests: XCTestCase {
         assertSameSamples(first.samples, Array(samples[start..<(start + first.sampleCount)]), "utterance audio")
     }
 
+    /// The partial schedule (the capture thread's pace for partial transcripts) with the segmenter: a copy of the
+    /// utterance being spoken after each second of its speech, the same samples as the stream, starting where the
+    /// final utterance starts; none while idle, none with the interval 0.
+    func testPartialCopiesFollowEachSecondOfSpeech() throws {
+        let samples = signal(seconds: 8, bursts: [(1.0, 3.5)])
+        for interval in [1.0, 0.0] {
+            let segmenter = try UtteranceSegmenter()
+            var schedule = CapturePipeline.PartialSchedule(interval: interval)
+            var copies: [Utterance] = []
+            var finals: [Utterance] = []
+            var speechAtCopy: [Double] = []
+            var position = 0
+            while position < samples.count {
+                let end = min(samples.count, position + 800)
+                finals += segmenter.process(Array(samples[position..<end]), at: Int64(position))
+                if schedule.due(utterance: segmenter.confirmedUtteranceStart, speech: segmenter.confirmedSpeechDuration),
+                   let copy = segmenter.snapshot() {
+                    copies.append(copy)
+                    speechAtCopy.append(segmenter.confirmedSpeechDuration)
+                }
+                if segmenter.confirmedUtteranceStart == nil { XCTAssertNil(segmenter.snapshot()) }
+                position = end
+            }
+            XCTAssertEqual(finals.count, 1)
+            guard interval > 0 else {
+                XCTAssertEqual(copies.count, 0)
+                continue
+            }
+            // 3.5 s of speech and 0.6 s of hang-over: copies after 1, 2, 3 and 4 s.
+            XCTAssertEqual(copies.count, 4, "\(speechAtCopy)")
+            for (copy, speech) in zip(copies, speechAtCopy) {
+                XCTAssertEqual(copy.endReason, .inProgress)
+                XCTAssertEqual(copy.streamPosition, finals[0].streamPosition)
+                XCTAssertLessThan(copy.sampleCount, finals[0].sampleCount)
+                XCTAssertEqual(speech, Double(copies.firstIndex { $0 === copy }! + 1), accuracy: 0.06)
+                let start = Int(copy.streamPosition)
+                assertSameSamples(copy.samples, Array(samples[start..<(start + copy.sampleCount)]), "copy audio")
+            }
+        }
+    }
+
     func testClicksShorterThanMinimumSpeechAreIgnored() throws {
         let samples = signal(seconds: 3, bursts: [(1.0, 0.06), (2.0, 0.05)])
         XCTAssertEqual(try segment(samples).count, 0)

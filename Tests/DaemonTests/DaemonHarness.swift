@@ -24,7 +24,8 @@ final class DaemonHarness {
     /// The configuration file text for these directories; `extra` is appended inside [model].
     static func configText(model: String, runtime: String, state: String, fifo: String?, budget: String = "none",
                            modelSettings: String = "", extraVAD: String = "", limits: String = "",
-                           logLevel: String = "info", captureSection: String? = nil, sockets: String = "") -> String {
+                           logLevel: String = "info", captureSection: String? = nil, sockets: String = "",
+                           capture: String = "") -> String {
         var text = """
             [model]
             name = "\(model)"
@@ -59,6 +60,7 @@ final class DaemonHarness {
                     format "raw"
                 }
                 '''
+                \(capture)
 
                 [vad]
                 hangover = 0.8
@@ -80,7 +82,7 @@ final class DaemonHarness {
     /// `stateFiles` are written into the state directory before the daemon starts.
     init(microphone: Data?, speed: Double = 2, budget: String = "none", modelSettings: String = "", limits: String = "",
          logLevel: String = "info", extraEnvironment: [String: String] = [:], launcher: [String] = [],
-         captureSection: String? = nil, sockets: String = "", stateFiles: [String: Data] = [:],
+         captureSection: String? = nil, sockets: String = "", capture: String = "", stateFiles: [String: Data] = [:],
          prepare: (ScratchDirectory) throws -> Void = { _ in }) throws {
         signal(SIGPIPE, SIG_IGN)  // the FIFO writer must see EPIPE, not die, if capture closes the FIFO
         modelDirectory = try Fixtures.tinyModel()
@@ -102,7 +104,7 @@ final class DaemonHarness {
         }
         try Self.configText(model: modelDirectory, runtime: runtimeDirectory, state: stateDirectory, fifo: feeder?.path,
                             budget: budget, modelSettings: modelSettings, limits: limits, logLevel: logLevel,
-                            captureSection: captureSection, sockets: sockets)
+                            captureSection: captureSection, sockets: sockets, capture: capture)
             .write(toFile: configPath, atomically: true, encoding: .utf8)
         notify = try NotifyListener(path: scratch.sub("notify.sock"))
         var environment: [String: String] = [
@@ -164,6 +166,8 @@ final class DaemonHarness {
 /// nothing published afterwards can be missed. Transcripts are collected on a background thread.
 final class ListenCollector: @unchecked Sendable {
     let transcripts = Waiter<LiveTranscript>()
+    /// Partial and final transcripts, in the order they came.
+    let events = Waiter<LiveTranscript>()
     let acknowledged = Waiter<Bool>()
     let ended = Waiter<Bool>()
     private let fd: Int32
@@ -193,10 +197,14 @@ final class ListenCollector: @unchecked Sendable {
                     let line = Data(pending[0..<newline])
                     pending.removeFirst(newline + 1)
                     guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: line) else { continue }
-                    if object["event"]?.stringValue == "transcript" {
-                        self.transcripts.append(LiveTranscript(
+                    let event = object["event"]?.stringValue
+                    if event == "transcript" || event == "partial" {
+                        let transcript = LiveTranscript(
                             text: object["text"]?.stringValue ?? "", start: object["start"]?.doubleValue ?? 0,
-                            end: object["end"]?.doubleValue ?? 0, language: object["language"]?.stringValue))
+                            end: object["end"]?.doubleValue ?? 0, language: object["language"]?.stringValue,
+                            partial: event == "partial")
+                        self.events.append(transcript)
+                        if !transcript.partial { self.transcripts.append(transcript) }
                     } else if object["ok"]?.boolValue == true {
                         self.acknowledged.append(true)
                     }

@@ -248,6 +248,9 @@ final class PacedFIFOFeeder: @unchecked Sendable {
     private var chunkBytes = 0
     private var opened = false
     private var finished = false
+    /// Writing pauses once this many bytes of the audio are played, until `release()`.
+    private var holdAt: Int?
+    private let resume = DispatchSemaphore(value: 0)
     let written = Waiter<Int>()
 
     private var isFinished: Bool {
@@ -286,7 +289,7 @@ final class PacedFIFOFeeder: @unchecked Sendable {
 
     private func play(fd: Int32, chunk: Int) {
         let secondsPerChunk = Double(chunk / 2) / 16000 / speed
-        let began = Date()
+        var began = Date()
         var offset = 0
         var index = 0
         var noiseState: UInt64 = 0x2545_F491_4F6C_DD1D
@@ -294,7 +297,14 @@ final class PacedFIFOFeeder: @unchecked Sendable {
             var piece = [UInt8](repeating: 0, count: chunk)
             lock.lock()
             let audio = self.audio
+            let holdAt = self.holdAt
             lock.unlock()
+            if let holdAt, offset >= holdAt {
+                let held = Date()
+                resume.wait()
+                began = began.addingTimeInterval(Date().timeIntervalSince(held))
+                continue
+            }
             if offset < audio.count {
                 let length = min(chunk, audio.count - offset)  // the last chunk is padded with silence
                 piece.withUnsafeMutableBytes { raw in
@@ -324,6 +334,22 @@ final class PacedFIFOFeeder: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Pauses writing once `bytes` of the audio are played (rounded up to a period), until `release()`: capture
+    /// then waits in its read, as with a microphone that delivers nothing, and the speech so far stays open.
+    func hold(atByte bytes: Int) {
+        lock.lock()
+        holdAt = bytes
+        lock.unlock()
+    }
+
+    /// Ends `hold(atByte:)`.
+    func release() {
+        lock.lock()
+        holdAt = nil
+        lock.unlock()
+        resume.signal()
+    }
+
     /// Lets the writer go with `periodFrames` frames per write.
     func begin(periodFrames: Int) {
         lock.lock()
@@ -345,6 +371,7 @@ final class PacedFIFOFeeder: @unchecked Sendable {
         var fd: Int32 = -1
         if !wasOpened { fd = open(path, O_RDONLY | O_NONBLOCK) }  // lets a writer blocked in open(2) through
         start.signal()
+        resume.signal()
         done.wait()
         if fd >= 0 { close(fd) }
     }

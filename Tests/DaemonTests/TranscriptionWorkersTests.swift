@@ -197,3 +197,88 @@ extension Waiter {
         throw HarnessError("timed out after \(patient(timeout)) s waiting for \(what)")
     }
 }
+
+/// Partial passes: the lowest priority, never delaying or following a final job.
+final class PartialPassTests: XCTestCase {
+    private func speech() throws -> [Float] {
+        let pcm = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
+        return pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
+    }
+
+    private func tinyStore() throws -> ModelStore {
+        let provided = try BudgetModelProvider().provide(
+            ModelRequest(name: try Fixtures.tinyModel(), budgetBytes: nil, reloadFromDisk: false))
+        let store = ModelStore()
+        store.swap(to: provided, target: ModelTarget(source: "tiny.en", budget: Budget(bytes: nil, origin: .configuration)),
+                   reason: .start, check: nil)
+        return store
+    }
+
+    /// On an idle worker a partial pass runs and its transcript, marked partial, reaches `onLivePartial`, before
+    /// the utterance's final transcript.
+    func testPartialOnAnIdleWorkerIsPublishedBeforeTheFinal() throws {
+        let samples = try speech()
+        let events = Waiter<LiveTranscript>()
+        let workers = TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 4,
+                                           logger: .init(label: "test"), onLiveResult: { events.append($0.transcript) },
+                                           onLivePartial: { events.append($0) })
+        defer { workers.shutdown() }
+        let partial = Utterance(samples: Array(samples.prefix(3 * 16000)), streamPosition: 16000, endReason: .inProgress)
+        workers.submit(partial: partial)
+        let first = try events.wait(timeout: 60, what: "the partial transcript") { $0.first }
+        XCTAssertTrue(first.partial)
+        XCTAssertEqual(first.start, 1, accuracy: 1e-9)
+        XCTAssertEqual(first.end, 4, accuracy: 1e-9)
+        XCTAssertTrue(Fixtures.normalise(first.text).hasPrefix("and so"), first.text)
+        XCTAssertTrue(partial.isWiped, "a partial's copy of the audio is wiped after its pass")
+        workers.submit(live: Utterance(samples: samples, streamPosition: 16000))
+        let all = try events.wait(timeout: 60, what: "the final transcript") { $0.count == 2 ? $0 : nil }
+        XCTAssertFalse(all[1].partial)
+        XCTAssertTrue(Fixtures.normalise(all[1].text).contains(jfkPhrase), all[1].text)
+    }
+
+    /// With the worker busy, partials wait (a newer one replacing the older) and never count in the queue; the
+    /// utterance's final job drops the waiting one, so no partial follows (or precedes, here) the final.
+    func testWaitingPartialsAreReplacedAndDroppedByTheFinal() throws {
+        let samples = try speech()
+        let events = Waiter<LiveTranscript>()
+        let workers = TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 4,
+                                           logger: .init(label: "test"), onLiveResult: { events.append($0.transcript) },
+                                           onLivePartial: { events.append($0) })
+        defer { workers.shutdown() }
+        let busy = Task { try await workers.transcribe(samples: samples, language: "en", client: "a") }
+        _ = try Waiter<Int>.poll(timeout: 30, what: "the worker to be busy") { workers.load.running == 1 ? 1 : nil }
+        let partials = (1...3).map { Utterance(samples: Array(samples.prefix($0 * 16000)), endReason: .inProgress) }
+        for partial in partials { workers.submit(partial: partial) }
+        XCTAssertEqual(workers.load.waiting, 0, "partials are not in the queue's count")
+        XCTAssertEqual(partials.prefix(2).map(\.isWiped), [true, true], "a newer partial replaced the older ones")
+        workers.submit(live: Utterance(samples: samples))
+        XCTAssertTrue(partials[2].isWiped, "the final job dropped the waiting partial")
+        let all = try events.wait(timeout: 120, what: "the final transcript") { $0.isEmpty ? nil : $0 }
+        XCTAssertEqual(all.map(\.partial), [false])
+        _ = busy
+    }
+
+    /// A running partial stops at its next step when a final job finds no idle worker; the final job then runs
+    /// and the stopped partial is never published.
+    func testRunningPartialGivesWayToARequest() async throws {
+        let samples = try speech()
+        var long: [Float] = []
+        for _ in 0..<8 { long += samples }   // 88 s: three windows
+        let partials = Waiter<LiveTranscript>()
+        let workers = TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 4,
+                                           logger: .init(label: "test"), onLiveResult: { _ in },
+                                           onLivePartial: { partials.append($0) })
+        defer { workers.shutdown() }
+        let partial = Utterance(samples: long, endReason: .inProgress)
+        workers.submit(partial: partial)
+        _ = try Waiter<Int>.poll(timeout: 30, what: "the partial running") { workers.load.running == 1 ? 1 : nil }
+        let text = try await workers.transcribe(samples: samples, language: "en", client: "a").text
+        XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
+        XCTAssertTrue(partial.isWiped)
+        XCTAssertEqual(partials.all.count, 0, "the stopped partial is not published")
+        // A request's partial pass on the idle worker answers with the audio so far.
+        let soFar = await workers.transcribePartial(samples: Array(samples.prefix(3 * 16000)), language: "en", source: "c")
+        XCTAssertTrue(Fixtures.normalise(soFar?.text ?? "").hasPrefix("and so"), soFar?.text ?? "nil")
+    }
+}

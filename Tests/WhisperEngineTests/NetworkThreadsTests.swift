@@ -99,3 +99,20 @@ final class NetworkThreadsTests: XCTestCase {
         for (a, b) in zip(outputs[0].logits, outputs[1].logits) { XCTAssertEqual(a, b, accuracy: 1e-4) }
     }
 }
+
+/// The encoder gives way between blocks to a cancelled job, and is unchanged without a cancellation.
+final class EncoderCancellationTests: XCTestCase {
+    func testEncoderStopsWhenCancelledAndMatchesWithout() throws {
+        var rng = SeededGenerator(seed: 3)
+        let weights = RandomWhisper.make(rng: &rng)
+        let network = WhisperNetwork(weights: weights, threads: 2)
+        let dims = weights.dimensions
+        let mel = rng.floats(dims.nMels * 2 * dims.nAudioCtx, scale: 1)
+        let running = Cancellation()
+        XCTAssertEqual(try network.encode(mel: mel, cancellation: running).values, network.encode(mel: mel).values)
+        running.cancel()
+        XCTAssertThrowsError(try network.encode(mel: mel, cancellation: running)) { error in
+            XCTAssertEqual(error as? DecodingError, .cancelled)
+        }
+    }
+}

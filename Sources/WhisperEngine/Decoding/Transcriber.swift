@@ -175,7 +175,8 @@ public final class Transcriber {
         let language: String
         if decoding.language == nil && tokenizer.isMultilingual {
             let size = min(window, frameCount)
-            let audio = decoder.model.encode(mel: melWindow(seek: 0, size: size))
+            let audio = try decoder.model.encode(mel: melWindow(seek: 0, size: size),
+                                                 cancellation: options.decoding.cancellation)
             // The first decoding window is the same mel when the audio fills a window.
             if contentFrames >= window { firstWindowAudio = audio }
             language = try decoder.detectLanguage(audio: audio).code
@@ -211,7 +212,8 @@ public final class Transcriber {
             var shortResult: DecodingResult?
             if let policy = options.shortWindow,
                let width = policy.encodedFrames(contentFrames: segmentSize, windowFrames: window) {
-                var audio = decoder.model.encode(mel: melWindow(seek: seek, size: segmentSize, width: width))
+                var audio = try decoder.model.encode(mel: melWindow(seek: seek, size: segmentSize, width: width),
+                                                     cancellation: decoding.cancellation)
                 if policy.silentTail { audio = decoder.model.extendedWithSilence(audio) }
                 var attempt = windowOptions
                 attempt.temperature = options.fallback.temperatures.first ?? 0
@@ -234,7 +236,8 @@ public final class Transcriber {
                 if seek == 0, let cached = firstWindowAudio {
                     audio = cached
                 } else {
-                    audio = decoder.model.encode(mel: melWindow(seek: seek, size: segmentSize))
+                    audio = try decoder.model.encode(mel: melWindow(seek: seek, size: segmentSize),
+                                                     cancellation: decoding.cancellation)
                 }
                 result = try decoder.decodeWithFallback(audio: audio, options: windowOptions, policy: options.fallback)
             }

@@ -33,6 +33,17 @@ public final class WhisperNetwork: SpeechModel {
     /// is encoded as its own window: the first `frames` positional embeddings, and attention over
     /// those positions only (the short window of `ShortWindowPolicy`).
     public func encode(mel: [Float]) -> EncodedAudio {
+        encode(mel: mel, stopping: nil)!  // nil only when cancelled, and there is no cancellation here
+    }
+
+    /// `encode(mel:)` that stops between blocks once `cancellation` is set (throwing `DecodingError.cancelled`):
+    /// a job that gives way to another waits for at most one block, not a whole encoder pass.
+    public func encode(mel: [Float], cancellation: Cancellation?) throws -> EncodedAudio {
+        guard let audio = encode(mel: mel, stopping: cancellation) else { throw DecodingError.cancelled }
+        return audio
+    }
+
+    private func encode(mel: [Float], stopping cancellation: Cancellation?) -> EncodedAudio? {
         let dims = weights.dimensions
         let d = dims.nState, nMels = dims.nMels
         let inFrames = mel.count / nMels           // 3000 for a whole window
@@ -98,6 +109,7 @@ public final class WhisperNetwork: SpeechModel {
 
         var scratch = EncoderScratch(frames: frames, width: d)
         for block in weights.encoderBlocks {
+            if cancellation?.isCancelled == true { return nil }
             encoderBlock(block, x: &x, frames: frames, scratch: &scratch)
         }
         var out = [Float](repeating: 0, count: frames * d)

@@ -70,6 +70,16 @@ public protocol DecoderSession: AnyObject {
     func reorder(_ sources: [Int])
 }
 
+extension SpeechModel {
+    /// Checks `cancellation` before and after the whole pass.
+    public func encode(mel: [Float], cancellation: Cancellation?) throws -> EncodedAudio {
+        try cancellation?.check()
+        let audio = encode(mel: mel)
+        try cancellation?.check()
+        return audio
+    }
+}
+
 /// The network as decoding sees it: audio features in, a decoder session out.
 public protocol SpeechModel: AnyObject {
     /// Sizes of the network.
@@ -77,6 +87,9 @@ public protocol SpeechModel: AnyObject {
     /// Runs the encoder on one window of log-mel features, `[nMels, 2 * frames]` row-major with
     /// `frames` in `1...nAudioCtx` (`nAudioCtx` for a whole 30 s window); returns `[frames, nState]`.
     func encode(mel: [Float]) -> EncodedAudio
+    /// `encode(mel:)`, throwing `DecodingError.cancelled` once `cancellation` is set (checked at least before
+    /// and after the pass).
+    func encode(mel: [Float], cancellation: Cancellation?) throws -> EncodedAudio
     /// `audio` (a short window's encoding) followed, for the decoder, by the positions of an encoded
     /// silent window from `audio.frames` on: decoding then attends over a whole window's positions.
     func extendedWithSilence(_ audio: EncodedAudio) -> EncodedAudio
