@@ -9,7 +9,8 @@ import Foundation
 /// for all the chunk's rows at once, with OpenBLAS `sgemm`:
 ///
 ///     HW  = W_b H_b           [rows, size]   once per chunk (the weights do not change)
-///     Y_g = Q_g H_b[g, :]     [rows, size]   for each group g of the block (Q_g: its codes)
+///     Y_g = Q_g H_b[g, g...]  [rows, ≤ size]  for each group g of the block (Q_g: its codes;
+///                                             the columns of groups k >= g: QᵀHQ is symmetric)
 ///     (QᵀHQ)[g, k] = Σ_{i in group k} Y_g[r, i] q_i      (QᵀHw)[g] = Σ_{i in group g} q_i HW[r, i]
 ///
 /// and then per row the small system (`groups × groups`, 0 between blocks) with LAPACK `dposv`.
@@ -69,22 +70,25 @@ struct ScaleRefit {
                                     for k in 0..<size { q[r * size + k] = Float(codes[r * rowCodes + start + k]) }
                                 }
                                 let g0 = start / groupSize, g1 = (start + size + groupSize - 1) / groupSize
-                                // A group's columns in the block: [c0, c1).
+                                // A group's first column in the block, and its number of columns.
                                 func columns(_ g: Int) -> (c0: Int, count: Int32) {
                                     let c0 = g * groupSize - start
                                     return (c0, Int32(min(size, c0 + groupSize) - c0))
                                 }
                                 block.damped.withUnsafeBufferPointer { h in
                                     for g in g0..<g1 {
-                                        let (c0, count) = columns(g)
-                                        // y[m, size] = q[:, group g] · H_b[group g, :]
-                                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(size), count, 1,
-                                                    q + c0, Int32(size), h.baseAddress! + c0 * size, Int32(size), 0, y, Int32(size))
+                                        let (c0, count) = columns(g), rest = size - c0
+                                        // y[m, rest] = q[:, group g] · H_b[group g, c0...]: the system is
+                                        // symmetric, so only groups k >= g are needed.
+                                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(rest), count, 1,
+                                                    q + c0, Int32(size), h.baseAddress! + c0 * size + c0, Int32(size), 0, y, Int32(rest))
                                         for r in 0..<m {
-                                            let qr = q + r * size, yr = y + r * size, ar = a + r * groups * groups
-                                            for k in g0..<g1 {
+                                            let qr = q + r * size, yr = y + r * rest, ar = a + r * groups * groups
+                                            for k in g..<g1 {
                                                 let (d0, width) = columns(k)
-                                                ar[g * groups + k] = Double(cblas_sdot(width, yr + d0, 1, qr + d0, 1))
+                                                let v = Double(cblas_sdot(width, yr + (d0 - c0), 1, qr + d0, 1))
+                                                ar[g * groups + k] = v
+                                                ar[k * groups + g] = v
                                             }
                                             b[r * groups + g] = Double(cblas_sdot(count, qr + c0, 1, hw + r * n + start + c0, 1))
                                         }
