@@ -1,5 +1,4 @@
 import CKernels
-import COpenBLAS
 import Foundation
 
 /// Error-compensated rounding (the GPTQ procedure, Frantar et al., ICLR 2023), written here
@@ -12,7 +11,10 @@ import Foundation
 ///
 /// With `U` the upper Cholesky factor of `H⁻¹` (`H⁻¹ = Uᵀ U`), column `i` of a row is
 /// rounded, its error `e = (w_i − ŵ_i) / U_ii` is spread as `w_j −= e · U_ij` for `j > i`.
-/// Rows are independent (they share `H`), so they run in parallel.
+/// Rows are independent (they share `H`): they are rounded in chunks of `rowChunk` rows, with
+/// GPTQ's lazy batch updates (`LazyBatchRounding`), and the chunks run in parallel.
+/// Features that `H` does not couple (its diagonal blocks, `MomentBlock`) are independent too:
+/// each block is factorised and compensated on its own.
 ///
 /// Order and scales: by default the features are visited in decreasing `H_ii` (GPTQ's "act
 /// order", measured better on tiny.en) and each group's scale is fixed beforehand from the
@@ -22,12 +24,12 @@ import Foundation
 /// the weights *as updated* when its first column is reached.
 ///
 /// Scale refit (not in GPTQ): with a row's codes fixed, the group scales that minimise the
-/// same objective solve a small linear system (`refitScales`). `passes` alternates the two:
+/// same objective solve a small linear system (`ScaleRefit`). `passes` alternates the two:
 /// round the codes for the scales, refit the scales for the codes, round again with the
 /// refit scales, and so on; each step lowers the objective for the other's choice.
 ///
-/// Written by hand: no Debian or Swift library implements it; the linear algebra (Cholesky,
-/// inverse) is LAPACK's from OpenBLAS.
+/// Written by hand: no Debian or Swift library implements it; the linear algebra (products,
+/// Cholesky, inverse, small solves) is OpenBLAS and its LAPACK.
 public struct ErrorCompensatedRounding: Sendable {
     /// Damping added to `H`'s diagonal, as a fraction of its mean diagonal (GPTQ uses 0.01),
     /// before the share that grows with `inFeatures / rows` (see `quantize`).
@@ -38,7 +40,7 @@ public struct ErrorCompensatedRounding: Sendable {
     public var activationOrder: Bool
 
     /// Rounding passes per row, each followed by a least-squares refit of the row's group
-    /// scales for the codes it chose (`refitScales`); every pass after the first rounds with
+    /// scales for the codes it chose (`ScaleRefit`); every pass after the first rounds with
     /// the scales the previous one refit. 0 rounds once with the initial scales and no refit
     /// (plain GPTQ). Default 3 (measured on tiny.en, docs/myqasr-method.md section 9).
     public var passes: Int
@@ -54,48 +56,9 @@ public struct ErrorCompensatedRounding: Sendable {
         self.threads = max(1, threads)
     }
 
-    /// The upper Cholesky factor `U` of `(H + λI)⁻¹`, row-major `[n, n]` (lower part 0), or
-    /// `nil` if `H` is not positive definite even after damping ten times harder.
-    /// Input features that never varied (`H_ii = 0`) get `H_ii = 1`: their weights are
-    /// rounded to nearest and receive no compensation they could not use.
-    func inverseFactor(secondMoment h: [Double], n: Int, dampening: Double) -> [Float]? {
-        precondition(h.count == n * n)
-        var meanDiagonal = 0.0
-        for i in 0..<n { meanDiagonal += h[i * n + i] }
-        meanDiagonal /= Double(n)
-        guard meanDiagonal > 0, meanDiagonal.isFinite else { return nil }
-        for attempt in 0..<3 {
-            // Symmetric, so row- and column-major agree.
-            var a = Self.damped(h, n: n, by: dampening * pow(10, Double(attempt)) * meanDiagonal)
-            var info: Int32 = 0
-            var size = Int32(n), lda = Int32(n)
-            var upper = CChar(UInt8(ascii: "U"))
-            // Column-major 'U' factor of H, then H⁻¹ (upper triangle), then its 'U' factor.
-            dpotrf_(&upper, &size, &a, &lda, &info)
-            guard info == 0 else { continue }
-            dpotri_(&upper, &size, &a, &lda, &info)
-            guard info == 0 else { continue }
-            dpotrf_(&upper, &size, &a, &lda, &info)
-            guard info == 0 else { continue }
-            // Column-major upper element (i, j), i <= j, is a[i + j*n]; store row-major.
-            var u = [Float](repeating: 0, count: n * n)
-            for j in 0..<n {
-                for i in 0...j { u[i * n + j] = Float(a[i + j * n]) }
-            }
-            return u
-        }
-        return nil
-    }
-
-    /// `h` with `damp` added to its diagonal, a zero (or negative) diagonal entry first set to 1.
-    static func damped(_ h: [Double], n: Int, by damp: Double) -> [Double] {
-        var a = h
-        for i in 0..<n {
-            if a[i * n + i] <= 0 { a[i * n + i] = 1 }
-            a[i * n + i] += damp
-        }
-        return a
-    }
+    /// Rows rounded together: one matrix product per column batch updates all of them.
+    /// Chunks start at fixed rows (multiples of this), so the codes do not depend on `threads`.
+    static let rowChunk = 128
 
     /// Quantizes row-major `values[outFeatures, inFeatures]` at `bits` with groups of
     /// `groupSize` input features, compensating each rounding error through `secondMoment`
@@ -109,8 +72,14 @@ public struct ErrorCompensatedRounding: Sendable {
     ///
     /// With `rotated`, the codes quantize `W·Rᵀ` (see `QuantizedMatrix.rotated`): the weights
     /// and the second moment move to the rotated basis first (`R H Rᵀ`, the moment of `R x`).
+    ///
+    /// `columnBatch` (GPTQ's "lazy batch"): columns rounded, and their errors spread inside the
+    /// batch, before the rest of the row takes the batch's errors in one matrix product
+    /// (`LazyBatchRounding`); rounded up to whole groups. Any value gives the same codes up to
+    /// the order of float sums; `inFeatures` or more rounds column by column.
     public func quantize(values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                         secondMoment: [Double], rows: Int, rotated: Bool = false) throws -> QuantizedMatrix? {
+                         secondMoment: [Double], rows: Int, rotated: Bool = false,
+                         columnBatch: Int = 64) throws -> QuantizedMatrix? {
         guard values.count == outFeatures * inFeatures else {
             throw QuantizedMatrixError.valueCount(expected: outFeatures * inFeatures, actual: values.count)
         }
@@ -126,91 +95,43 @@ public struct ErrorCompensatedRounding: Sendable {
             values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.baseAddress!, $0.count, 0) }
             secondMoment = Self.rotatedBothSides(secondMoment, n: n)
         }
-        // Column visiting order; the second moment is permuted to match.
+        // Column visiting order: decreasing H_ii (act order) or input order.
         let order: [Int] = activationOrder
             ? (0..<n).sorted { secondMoment[$0 * n + $0] > secondMoment[$1 * n + $1] } : Array(0..<n)
-        var permuted = secondMoment
-        if activationOrder {
-            for a in 0..<n { for b in 0..<n { permuted[a * n + b] = secondMoment[order[a] * n + order[b]] } }
-        }
         let damping = dampening + Double(n) / Double(max(rows, 1))
-        guard let u = inverseFactor(secondMoment: permuted, n: n, dampening: damping) else { return nil }
-        // The damped H in input order, for the scale refit ([n, n], empty without it).
-        var meanDiagonal = 0.0
-        for i in 0..<n { meanDiagonal += secondMoment[i * n + i] / Double(n) }
-        let hRefit = passes > 0 ? Self.damped(secondMoment, n: n, by: damping * meanDiagonal).map { Float($0) } : []
+        let spans = MomentBlock.spans(of: secondMoment, n: n, groupSize: groupSize)
+        guard let blocks = MomentBlock.factorise(secondMoment, n: n, spans: spans, order: order, damping: damping,
+                                                 forRefit: passes > 0) else { return nil }
         let groups = (n + groupSize - 1) / groupSize
         let rowCodes = groups * groupSize   // whole groups are whole 32-code blocks
-        let limit = Float(QuantizedMatrix.codeLimit(bits: bits))
         var codes = [Int8](repeating: 0, count: outFeatures * rowCodes)
         var halfScales = [UInt16](repeating: 0, count: outFeatures * groups)
-        let workers = max(1, min(threads, outFeatures / 64))
-        let rowsPerWorker = (outFeatures + workers - 1) / workers
+        let batch = (max(1, columnBatch) + groupSize - 1) / groupSize * groupSize
+        let chunks = (outFeatures + Self.rowChunk - 1) / Self.rowChunk
+        let workers = max(1, min(threads, chunks))
         values.withUnsafeBufferPointer { w in
-            u.withUnsafeBufferPointer { u in
-                codes.withUnsafeMutableBufferPointer { c in
-                    halfScales.withUnsafeMutableBufferPointer { s in
-                        let c = c, s = s
-                        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-                            var row = [Float](repeating: 0, count: n)
-                            var hw = [Float](repeating: 0, count: passes > 0 ? n : 0)   // H w of the row, for the refit
-                            let r0 = worker * rowsPerWorker, r1 = min(outFeatures, r0 + rowsPerWorker)
-                            guard r0 < r1 else { return }
-                            var scales = [Float](repeating: 0, count: groups)
-                            row.withUnsafeMutableBufferPointer { row in
-                                for r in r0..<r1 {
-                                    let wr = w.baseAddress! + r * n
-                                    for g in 0..<groups where activationOrder {
-                                        let c0 = g * groupSize, c1 = min(n, c0 + groupSize)
-                                        let extreme = QuantizedMatrix.extreme(UnsafeBufferPointer(start: wr + c0, count: c1 - c0))
-                                        let (half, scale) = QuantizedMatrix.groupScale(extreme: extreme, clipRatio: 1, bits: bits)
-                                        s[r * groups + g] = half
-                                        scales[g] = scale
-                                    }
-                                    if passes > 0 {   // the same for every pass: the codes change, w does not
-                                        hRefit.withUnsafeBufferPointer { h in
-                                            hw.withUnsafeMutableBufferPointer {
-                                                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(n), 1, h.baseAddress!,
-                                                            Int32(n), wr, 1, 0, $0.baseAddress!, 1)
-                                            }
-                                        }
-                                    }
-                                    for pass in 0..<max(1, passes) {
-                                        if pass > 0 {   // round again with the scales refit last pass
-                                            scales.withUnsafeMutableBufferPointer {
-                                                mq_f16_to_f32(s.baseAddress! + r * groups, $0.baseAddress!, groups)
-                                            }
-                                        }
-                                        // row[k] is the weight of input feature order[k].
-                                        for k in 0..<n { row[k] = wr[order[k]] }
-                                        for k in 0..<n {
-                                            let i = order[k]
-                                            if !activationOrder && pass == 0 && i % groupSize == 0 {
-                                                // Scale from the weights as updated so far (columns in order).
-                                                let g = i / groupSize, c1 = min(n, i + groupSize)
-                                                let extreme = QuantizedMatrix.extreme(UnsafeBufferPointer(rebasing: row[i..<c1]))
-                                                let (half, scale) = QuantizedMatrix.groupScale(extreme: extreme, clipRatio: 1, bits: bits)
-                                                s[r * groups + g] = half
-                                                scales[g] = scale
-                                            }
-                                            let scale = scales[i / groupSize]
-                                            let q = scale == 0 ? 0 : max(-limit, min(limit - 1, (row[k] / scale).rounded()))
-                                            c[r * rowCodes + i] = Int8(q)
-                                            let e = (row[k] - q * scale) / u[k * n + k]
-                                            // Spread the error over the features not yet rounded.
-                                            let uk = u.baseAddress! + k * n
-                                            for j in (k + 1)..<n { row[j] -= e * uk[j] }
-                                        }
-                                        guard passes > 0 else { break }
-                                        hRefit.withUnsafeBufferPointer { h in
-                                            hw.withUnsafeBufferPointer { hw in
-                                                Self.refitScales(codes: c.baseAddress! + r * rowCodes, hw: hw.baseAddress!,
-                                                                 h: h.baseAddress!, n: n, groupSize: groupSize,
-                                                                 halfScales: s.baseAddress! + r * groups)
-                                            }
-                                        }
-                                    }
-                                }
+            codes.withUnsafeMutableBufferPointer { c in
+                halfScales.withUnsafeMutableBufferPointer { s in
+                    let c = c, s = s
+                    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+                        var rounding = LazyBatchRounding(blocks: blocks, n: n, groupSize: groupSize, bits: bits,
+                                                         batch: batch, maxRows: Self.rowChunk)
+                        var refit = passes > 0 ? ScaleRefit(blocks: blocks, n: n, groupSize: groupSize,
+                                                            maxRows: Self.rowChunk) : nil
+                        for chunk in stride(from: worker, to: chunks, by: workers) {
+                            let r0 = chunk * Self.rowChunk, r1 = min(outFeatures, r0 + Self.rowChunk)
+                            let weights = w.baseAddress! + r0 * n, chunkCodes = c.baseAddress! + r0 * rowCodes
+                            let chunkScales = s.baseAddress! + r0 * groups
+                            refit?.prepare(weights: weights, rows: r1 - r0)   // H w per row: w stays, the codes change
+                            for pass in 0..<max(1, passes) {
+                                // Pass 0 in act order: every group's scale from the original weights, as
+                                // round-to-nearest sets it; in input order each group's scale is set when its
+                                // first column is reached. Later passes: the scales the last refit chose.
+                                let scales: LazyBatchRounding.Scales = pass > 0 ? .given
+                                    : activationOrder ? .fromWeights : .fromUpdatedWeights
+                                rounding.round(weights: weights, rows: r1 - r0, scales: scales,
+                                               codes: chunkCodes, rowCodes: rowCodes, halfScales: chunkScales)
+                                refit?.refit(codes: chunkCodes, rowCodes: rowCodes, rows: r1 - r0, halfScales: chunkScales)
                             }
                         }
                     }
@@ -219,54 +140,6 @@ public struct ErrorCompensatedRounding: Sendable {
         }
         return try QuantizedMatrix(codes: codes, halfScales: halfScales, outFeatures: outFeatures,
                                    inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
-    }
-
-    /// Least-squares scales for one row's codes: with `Q[n, groups]` holding code i in column
-    /// `i / groupSize`, the scales s minimising `(w − Q s)ᵀ H (w − Q s)` solve
-    /// `(Qᵀ H Q) s = Qᵀ H w`. The codes stay; a group whose codes are all zero keeps its scale.
-    /// If the system cannot be solved, or a scale does not fit a half float, the row keeps
-    /// its scales. `hw` is `H w` for the row's weights w, `h` is `[n, n]`; `halfScales` is the
-    /// row's `[groups]`.
-    static func refitScales(codes: UnsafePointer<Int8>, hw: UnsafePointer<Float>, h: UnsafePointer<Float>,
-                            n: Int, groupSize: Int, halfScales: UnsafeMutablePointer<UInt16>) {
-        let groups = (n + groupSize - 1) / groupSize
-        var m = [Double](repeating: 0, count: groups * groups)   // Qᵀ H Q  [groups, groups]
-        var b = [Double](repeating: 0, count: groups)            // Qᵀ H w  [groups]
-        // With OpenBLAS (float sums in Swift do not vectorise): Y[:, g] = H[:, g] q_g, the
-        // product with group g's codes alone; then row g of QᵀHQ is q_gᵀ Y[g rows, :].
-        let scratch = n + n * groups + groups
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: scratch) { buffer in
-            let q = buffer.baseAddress!        // codes as floats [n]
-            let y = q + n                      // [n, groups]
-            let row = y + n * groups           // [groups]
-            for j in 0..<n { q[j] = Float(codes[j]) }
-            let size = Int32(n), width = Int32(groups)
-            for g in 0..<groups {
-                let c0 = g * groupSize, count = Int32(min(n, c0 + groupSize) - c0)
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, size, count, 1, h + c0, size, q + c0, 1, 0, y + g, width)
-            }
-            for g in 0..<groups {
-                let c0 = g * groupSize, count = Int32(min(n, c0 + groupSize) - c0)
-                cblas_sgemv(CblasRowMajor, CblasTrans, count, width, 1, y + c0 * groups, width, q + c0, 1, 0, row, 1)
-                for k in 0..<groups { m[g * groups + k] = Double(row[k]) }
-                b[g] = Double(cblas_sdot(count, q + c0, 1, hw + c0, 1))
-            }
-        }
-        let active = (0..<groups).filter { m[$0 * groups + $0] > 0 }
-        guard !active.isEmpty else { return }
-        var size = Int32(active.count), one: Int32 = 1, info: Int32 = 0
-        var a = active.flatMap { g in active.map { m[g * groups + $0] } }   // symmetric: either major
-        var x = active.map { b[$0] }
-        var upper = CChar(UInt8(ascii: "U"))
-        dposv_(&upper, &size, &one, &a, &size, &x, &size, &info)
-        guard info == 0 else { return }
-        var fitted = x.map { Float($0) }
-        var halves = [UInt16](repeating: 0, count: active.count)
-        mq_f32_to_f16(&fitted, &halves, active.count)
-        var back = [Float](repeating: 0, count: active.count)
-        mq_f16_to_f32(&halves, &back, active.count)
-        guard back.allSatisfy({ $0.isFinite }) else { return }
-        for (k, g) in active.enumerated() { halfScales[g] = halves[k] }
     }
 
     /// `R H Rᵀ` for a symmetric `h[n, n]`: each row rotated (`H Rᵀ`), the result transposed
