@@ -109,8 +109,12 @@ public struct ErrorCompensatedRounding: Sendable {
     ///
     /// With `rotated`, the codes quantize `W·Rᵀ` (see `QuantizedMatrix.rotated`): the weights
     /// and the second moment move to the rotated basis first (`R H Rᵀ`, the moment of `R x`).
+    ///
+    /// Memory: `secondMoment` is taken (`consuming`: pass a fresh array, not one kept elsewhere) and each
+    /// `[n, n]` form of it is dropped once the next is made, so at most three are held at once (19 MB
+    /// each in double precision for tiny.en's 1536-input layers) besides the factor.
     public func quantize(values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                         secondMoment: [Double], rows: Int, rotated: Bool = false) throws -> QuantizedMatrix? {
+                         secondMoment: consuming [Double], rows: Int, rotated: Bool = false) throws -> QuantizedMatrix? {
         guard values.count == outFeatures * inFeatures else {
             throw QuantizedMatrixError.valueCount(expected: outFeatures * inFeatures, actual: values.count)
         }
@@ -121,24 +125,25 @@ public struct ErrorCompensatedRounding: Sendable {
         guard !rotated || QuantizedMatrix.canRotate(inFeatures: n) else {
             throw QuantizedMatrixError.rotationNeedsWholeBlocks(inFeatures: n)
         }
-        var values = values, secondMoment = secondMoment
+        var values = values
         if rotated {
             values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.baseAddress!, $0.count, 0) }
-            secondMoment = Self.rotatedBothSides(secondMoment, n: n)
+            secondMoment = Self.rotatedBothSides(consume secondMoment, n: n)
         }
         // Column visiting order; the second moment is permuted to match.
         let order: [Int] = activationOrder
             ? (0..<n).sorted { secondMoment[$0 * n + $0] > secondMoment[$1 * n + $1] } : Array(0..<n)
-        var permuted = secondMoment
-        if activationOrder {
-            for a in 0..<n { for b in 0..<n { permuted[a * n + b] = secondMoment[order[a] * n + order[b]] } }
-        }
         let damping = dampening + Double(n) / Double(max(rows, 1))
-        guard let u = inverseFactor(secondMoment: permuted, n: n, dampening: damping) else { return nil }
         // The damped H in input order, for the scale refit ([n, n], empty without it).
         var meanDiagonal = 0.0
         for i in 0..<n { meanDiagonal += secondMoment[i * n + i] / Double(n) }
         let hRefit = passes > 0 ? Self.damped(secondMoment, n: n, by: damping * meanDiagonal).map { Float($0) } : []
+        var permuted = copy secondMoment
+        if activationOrder {
+            for a in 0..<n { for b in 0..<n { permuted[a * n + b] = secondMoment[order[a] * n + order[b]] } }
+        }
+        _ = consume secondMoment   // only the permuted form is needed from here, and only for the factor
+        guard let u = inverseFactor(secondMoment: consume permuted, n: n, dampening: damping) else { return nil }
         let groups = (n + groupSize - 1) / groupSize
         let rowCodes = groups * groupSize   // whole groups are whole 32-code blocks
         let limit = Float(QuantizedMatrix.codeLimit(bits: bits))
@@ -271,8 +276,8 @@ public struct ErrorCompensatedRounding: Sendable {
 
     /// `R H Rᵀ` for a symmetric `h[n, n]`: each row rotated (`H Rᵀ`), the result transposed
     /// (`R H`, as H is symmetric) and its rows rotated again.
-    static func rotatedBothSides(_ h: [Double], n: Int) -> [Double] {
-        var a = h
+    static func rotatedBothSides(_ h: consuming [Double], n: Int) -> [Double] {
+        var a = consume h
         a.withUnsafeMutableBufferPointer { mq_rotate_blocks_f64($0.baseAddress!, $0.count) }
         var t = [Double](repeating: 0, count: n * n)
         for i in 0..<n { for j in 0..<n { t[j * n + i] = a[i * n + j] } }

@@ -310,16 +310,17 @@ public enum Quantizer {
             let groups = (layer.inFeatures + options.groupSize - 1) / options.groupSize
             let ratios = calibration?.clipRatios(outFeatures: layer.outFeatures, groupsPerRow: groups)
                 ?? [Float](repeating: 1, count: layer.outFeatures * groups)
-            // The second moment is read once per layer, whatever the number of chunks.
-            let secondMoment = options.rounding == .compensated ? covariance?.secondMoment(of: layer.name) : nil
+            let compensates = options.rounding == .compensated && (covariance?.rows(of: layer.name) ?? 0) > 0
             var compensated = false
             let rowsPerChunk = options.calibrate ? layer.outFeatures : max(1, options.chunkBytes / (4 * layer.inFeatures))
             let q = try quantizeRows(of: layer, rowsPerChunk: rowsPerChunk, bits: bits, groupSize: options.groupSize,
                                      rotated: rotated) { values, rows in
-                if let secondMoment, let covariance, let matrix = try ErrorCompensatedRounding(threads: options.threads).quantize(
+                // The dense second moment is made for each chunk and handed over (ErrorCompensatedRounding drops
+                // each of its forms as it goes): the chunked embedding's is small, and no copy outlives its use.
+                if compensates, let covariance, let matrix = try ErrorCompensatedRounding(threads: options.threads).quantize(
                     values: values, outFeatures: rows.count, inFeatures: layer.inFeatures, bits: bits,
-                    groupSize: options.groupSize, secondMoment: secondMoment, rows: covariance.rows(of: layer.name),
-                    rotated: rotated) {
+                    groupSize: options.groupSize, secondMoment: covariance.secondMoment(of: layer.name)!,
+                    rows: covariance.rows(of: layer.name), rotated: rotated) {
                     compensated = true
                     return matrix
                 }
