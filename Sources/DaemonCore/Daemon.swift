@@ -305,7 +305,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         await control?.shutdown()
         await wyoming?.shutdown()
         await service.shutdown()
-        // Not awaited: a build under way (up to half a minute of one idle-priority core with compensated rounding)
+        // Not awaited: a build under way (about 9 s of one idle-priority core for tiny.en, 18 s for base)
         // is dropped; its result would serve nobody, and it ends with the process.
         task?.cancel()
         await Self.offThePool { self.workers.shutdown() }

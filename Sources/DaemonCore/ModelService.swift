@@ -186,7 +186,7 @@ public actor ModelService {
         for await _ in wakeups {
             while state == .running, let (target, buildRevision) = nextBuild() {
                 let started = DispatchTime.now()
-                let outcome = await buildAndCheck(target, serving: store.current)
+                let outcome = await buildAndCheck(target, serving: store.current, atIdlePriority: isBackground(target))
                 guard state == .running else { break }
                 settle(target, revision: buildRevision, outcome: outcome, started: started)
             }
@@ -346,7 +346,7 @@ public actor ModelService {
         return (desired, revision)
     }
 
-    private func buildAndCheck(_ target: ModelTarget, serving: ModelStore.Entry?, atIdlePriority: Bool = true) async
+    private func buildAndCheck(_ target: ModelTarget, serving: ModelStore.Entry?, atIdlePriority: Bool) async
         -> Result<(Candidate, CheckReport?), ModelServiceError>
     {
         let pipeline = self.pipeline
@@ -473,6 +473,18 @@ public actor ModelService {
         } else if desired.statisticsRound == target.statisticsRound && target.statisticsRound != built.target.statisticsRound {
             desired.statisticsRound = built.target.statisticsRound
             samplesAtRefusal = samples
+        }
+    }
+
+    /// Whether the build for `target` is background work, run at idle CPU and I/O priority: a statistics round,
+    /// or a budget that followed free memory. A build someone waits for (start-up, a reload, `forget`, a `budget`
+    /// command) runs at normal priority on one thread: at SCHED_IDLE a busy machine starved a reload for
+    /// minutes, and `systemctl reload` waits for its READY=1.
+    private func isBackground(_ target: ModelTarget) -> Bool {
+        switch reason(for: target) {
+        case .statistics: return true
+        case .budget: return target.budget.origin == .auto
+        case .start, .reload, .forget: return false
         }
     }
 

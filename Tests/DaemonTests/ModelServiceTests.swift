@@ -382,7 +382,7 @@ final class ModelServiceTests: XCTestCase {
 
     /// Issue 20 item 5: builds and checks after start-up run on a thread at idle CPU and I/O priority, never on
     /// the callers' or Dispatch's threads; the first model is built at normal priority.
-    func testBuildsAndChecksRunAtIdlePriority() async throws {
+    func testBackgroundBuildsAndChecksRunAtIdlePriority() async throws {
         let scripted = ScriptedPipeline()
         final class Seen: @unchecked Sendable {  // @unchecked: guarded by `lock`
             let lock = NSLock()
@@ -400,15 +400,20 @@ final class ModelServiceTests: XCTestCase {
         try await service.start()
         let run = Task { await service.run() }
         defer { run.cancel() }
+        // Someone waits for these: start-up, a budget command, forget, a reload.
         try await service.setBudget(Budget(bytes: 20 * mib, origin: .command))
+        try await service.forget()
+        try await service.reload(source: "m", budget: Budget(bytes: 24 * mib, origin: .configuration))
+        XCTAssertEqual(seen.all.count, 8, "four builds, four checks")
+        for p in seen.all { XCTAssertFalse(p.cpu, "a build someone waits for ran at SCHED_IDLE") }
+        // Background: a budget that followed free memory.
+        try await service.setBudget(Budget(bytes: 18 * mib, origin: .auto))
         await service.shutdown()
-        let priorities = seen.all
-        XCTAssertEqual(priorities.count, 4, "two builds, two checks")
-        // The first model (start-up) is built at normal priority: nothing serves until it exists.
-        for p in priorities.prefix(2) { XCTAssertFalse(p.cpu, "start-up's build ran at SCHED_IDLE") }
-        for p in priorities.dropFirst(2) {
-            XCTAssertTrue(p.cpu, "a build ran outside SCHED_IDLE")
-            XCTAssertTrue(p.io, "a build ran outside the idle I/O class")
+        let background = seen.all.dropFirst(8)
+        XCTAssertEqual(background.count, 2, "one build, one check")
+        for p in background {
+            XCTAssertTrue(p.cpu, "a background build ran outside SCHED_IDLE")
+            XCTAssertTrue(p.io, "a background build ran outside the idle I/O class")
         }
     }
 
