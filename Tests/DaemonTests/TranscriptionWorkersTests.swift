@@ -5,6 +5,22 @@ import Serving
 import WhisperEngine
 import XCTest
 
+/// JFK as 16 kHz float samples.
+private func speech() throws -> [Float] {
+    let pcm = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
+    return pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
+}
+
+/// A store serving tiny.en at full precision.
+private func tinyStore() throws -> ModelStore {
+    let provided = try BudgetModelProvider().provide(
+        ModelRequest(name: try Fixtures.tinyModel(), budgetBytes: nil, reloadFromDisk: false))
+    let store = ModelStore()
+    store.swap(to: provided, target: ModelTarget(source: "tiny.en", budget: Budget(bytes: nil, origin: .configuration)),
+               reason: .start, check: nil)
+    return store
+}
+
 /// Records what the utterance hook saw, on the worker thread.
 final class RecordingObserver: UtteranceObserver, @unchecked Sendable {
     struct Seen {
@@ -26,11 +42,6 @@ final class RecordingObserver: UtteranceObserver, @unchecked Sendable {
 
 /// The worker pool in process with the real tiny.en model.
 final class TranscriptionWorkersTests: XCTestCase {
-    private func speech() throws -> [Float] {
-        let pcm = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
-        return pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
-    }
-
     /// Each live utterance is offered to the hook once, with its audio intact, then wiped; a model swap while a
     /// transcription runs does not interrupt it (it finishes on the old model) and the next job uses the new one.
     func testHookSeesAudioBeforeWipeAndSwapWaitsForRunningJob() throws {
@@ -73,15 +84,6 @@ final class TranscriptionWorkersTests: XCTestCase {
         XCTAssertEqual(live[0].audioSeconds, Double(samples.count) / 16000, accuracy: 1e-6)
         XCTAssertTrue(one.isWiped && two.isWiped, "utterances are wiped after the hook")
         XCTAssertEqual(one.withUnsafeSamples { $0.contains { $0 != 0 } }, false)
-    }
-
-    private func tinyStore() throws -> ModelStore {
-        let provided = try BudgetModelProvider().provide(
-            ModelRequest(name: try Fixtures.tinyModel(), budgetBytes: nil, reloadFromDisk: false))
-        let store = ModelStore()
-        store.swap(to: provided, target: ModelTarget(source: "tiny.en", budget: Budget(bytes: nil, origin: .configuration)),
-                   reason: .start, check: nil)
-        return store
     }
 
     /// Requests beyond the queue depth are refused as busy instead of waiting without bound.
@@ -200,18 +202,10 @@ extension Waiter {
 
 /// Partial passes: the lowest priority, never delaying or following a final job.
 final class PartialPassTests: XCTestCase {
-    private func speech() throws -> [Float] {
-        let pcm = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
-        return pcm.withUnsafeBytes { raw in raw.bindMemory(to: Int16.self).map { Float($0) / 32768 } }
-    }
-
-    private func tinyStore() throws -> ModelStore {
-        let provided = try BudgetModelProvider().provide(
-            ModelRequest(name: try Fixtures.tinyModel(), budgetBytes: nil, reloadFromDisk: false))
-        let store = ModelStore()
-        store.swap(to: provided, target: ModelTarget(source: "tiny.en", budget: Budget(bytes: nil, origin: .configuration)),
-                   reason: .start, check: nil)
-        return store
+    /// One worker on tiny.en whose live transcripts, partial and final, go to `events`.
+    private func oneWorker(publishingTo events: Waiter<LiveTranscript>) throws -> TranscriptionWorkers {
+        TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 4, logger: .init(label: "test"),
+                             onLiveResult: { events.append($0.transcript) }, onLivePartial: { events.append($0) })
     }
 
     /// On an idle worker a partial pass runs and its transcript, marked partial, reaches `onLivePartial`, before
@@ -219,9 +213,7 @@ final class PartialPassTests: XCTestCase {
     func testPartialOnAnIdleWorkerIsPublishedBeforeTheFinal() throws {
         let samples = try speech()
         let events = Waiter<LiveTranscript>()
-        let workers = TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 4,
-                                           logger: .init(label: "test"), onLiveResult: { events.append($0.transcript) },
-                                           onLivePartial: { events.append($0) })
+        let workers = try oneWorker(publishingTo: events)
         defer { workers.shutdown() }
         let partial = Utterance(samples: Array(samples.prefix(3 * 16000)), streamPosition: 16000, endReason: .inProgress)
         workers.submit(partial: partial)
@@ -242,9 +234,7 @@ final class PartialPassTests: XCTestCase {
     func testWaitingPartialsAreReplacedAndDroppedByTheFinal() throws {
         let samples = try speech()
         let events = Waiter<LiveTranscript>()
-        let workers = TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 4,
-                                           logger: .init(label: "test"), onLiveResult: { events.append($0.transcript) },
-                                           onLivePartial: { events.append($0) })
+        let workers = try oneWorker(publishingTo: events)
         defer { workers.shutdown() }
         let busy = Task { try await workers.transcribe(samples: samples, language: "en", client: "a") }
         _ = try Waiter<Int>.poll(timeout: 30, what: "the worker to be busy") { workers.load.running == 1 ? 1 : nil }
