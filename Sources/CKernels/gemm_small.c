@@ -12,6 +12,7 @@
 // from 429 to 150-200 us a step on keys in cache, and from 438 to 382 us on a real step's
 // 9 MB of keys, where memory is the limit.
 // Elsewhere a portable loop.
+#include <stdatomic.h>
 #include "ckernels.h"
 
 #if defined(__x86_64__)
@@ -112,9 +113,14 @@ __attribute__((target("avx2,fma"))) static void gemm_avx2(const float *x, size_t
 void mq_gemm_nt_small(const float *x, size_t m, size_t ldx, const float *w, size_t n, size_t ldw,
                       size_t k, float alpha, float *y, size_t ldy) {
 #if defined(__x86_64__)
-    static int hasAVX2 = -1;
-    if (hasAVX2 < 0) hasAVX2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (hasAVX2) {
+    // -1: not asked yet. Threads may race to fill it with the same value: an atomic, so that is defined.
+    static _Atomic int hasAVX2 = -1;
+    int avx2 = atomic_load_explicit(&hasAVX2, memory_order_relaxed);
+    if (avx2 < 0) {
+        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        atomic_store_explicit(&hasAVX2, avx2, memory_order_relaxed);
+    }
+    if (avx2) {
         gemm_avx2(x, m, ldx, w, n, ldw, k, alpha, y, ldy);
         return;
     }

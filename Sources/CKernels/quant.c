@@ -18,6 +18,7 @@
 #include <math.h>
 #include <string.h>
 
+#include <stdatomic.h>
 #include "clones.h"
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -429,19 +430,20 @@ static int cpu_best_kernel(void) {
 #endif
 }
 
-// -1: not chosen yet. Written once with the same value by any thread that races here.
-static volatile int q8_kernel = -1;
-static volatile int cpu_kernel = -1;
+// -1: not chosen yet. Written with the same value by any thread that races here: atomics, so that is defined
+// (ThreadSanitizer reported the plain form).
+static _Atomic int q8_kernel = -1;
+static _Atomic int cpu_kernel = -1;
 
 static int cpu_kernel_cached(void) {
-    int k = cpu_kernel;
-    if (k < 0) { k = cpu_best_kernel(); cpu_kernel = k; }
+    int k = atomic_load_explicit(&cpu_kernel, memory_order_relaxed);
+    if (k < 0) { k = cpu_best_kernel(); atomic_store_explicit(&cpu_kernel, k, memory_order_relaxed); }
     return k;
 }
 
 int mq_q8_kernel(void) {
-    int k = q8_kernel;
-    if (k < 0) { k = cpu_kernel_cached(); q8_kernel = k; }
+    int k = atomic_load_explicit(&q8_kernel, memory_order_relaxed);
+    if (k < 0) { k = cpu_kernel_cached(); atomic_store_explicit(&q8_kernel, k, memory_order_relaxed); }
     return k;
 }
 
