@@ -1,5 +1,6 @@
 import CKernels
 import Foundation
+import WhisperEngine
 
 /// Error-compensated rounding (the GPTQ procedure, Frantar et al., ICLR 2023), written here
 /// for this project's grid: every weight still ends on its group's grid (scale times an
@@ -86,6 +87,7 @@ public struct ErrorCompensatedRounding: Sendable {
         if let bad = values.firstIndex(where: { !$0.isFinite }) {
             throw QuantizedMatrixError.nonFiniteWeight(row: bad / inFeatures, column: bad % inFeatures)
         }
+        OpenBLASThreads.keepOnCallingThread()   // the rows below are split across `threads` here
         let n = inFeatures
         guard !rotated || QuantizedMatrix.canRotate(inFeatures: n) else {
             throw QuantizedMatrixError.rotationNeedsWholeBlocks(inFeatures: n)

@@ -60,6 +60,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         precondition(blockSize >= 0, "InputCovariance: negative block size")
         self.blockSize = blockSize
         self.accepts = accepts
+        OpenBLASThreads.keepOnCallingThread()
     }
 
     /// The name under which `layer`'s second moment is kept: itself, or for the decoder's

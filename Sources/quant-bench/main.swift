@@ -24,7 +24,7 @@ func bestTime(_ runs: Int, _ body: () -> Void) -> Double {
 }
 
 // Products split themselves across threads; OpenBLAS stays single-threaded, as in the network.
-openblas_set_num_threads(1)
+OpenBLASThreads.keepOnCallingThread()
 
 let args = CommandLine.arguments.dropFirst()
 if let myq = option("--encoder", in: args) {

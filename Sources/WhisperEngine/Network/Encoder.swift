@@ -19,7 +19,7 @@ public final class WhisperNetwork: SpeechModel {
                 silentWindows: SilentWindowStore = SilentWindowStore()) {
         self.weights = weights
         self.threads = max(1, threads)
-        Kernels.blasOnCallingThread
+        OpenBLASThreads.keepOnCallingThread()
         self.observer = observer
         self.silentWindows = silentWindows
     }

@@ -3,18 +3,27 @@ import COpenBLAS
 import Dispatch
 import Foundation
 
-/// Float kernels of the network. Matrix products go to OpenBLAS (Debian's libopenblas);
-/// the element-wise passes are the C kernels of `CKernels`.
+/// OpenBLAS runs on its caller's thread, in every part of the process that calls it (the network,
+/// the quantizer): each caller splits its own work across the threads it is given, never through a
+/// global. OpenBLAS's own workers spin on `sched_yield` between calls, which on two cores took time
+/// from the decoder's threads (12 % of `perf` samples in a whole-file transcription), and made the
+/// quantizer's row chunks (already run in parallel) 4x slower. A product's float sums also depend on
+/// how many threads OpenBLAS split it across, so a model quantized before and after the first network
+/// was built differed; with one setting for the whole process the codes do not.
+public enum OpenBLASThreads {
+    private static let once: Void = openblas_set_num_threads(1)
+
+    /// Sets OpenBLAS to one thread, once per process; every entry point that calls OpenBLAS calls this.
+    public static func keepOnCallingThread() { once }
+}
+
+/// Float kernels of the network. Matrix products go to OpenBLAS (Debian's libopenblas, kept on the
+/// calling thread: `OpenBLASThreads`); the element-wise passes are the C kernels of `CKernels`.
 /// Every buffer is row-major; `ld*` are row strides in elements.
 ///
-/// Threads: OpenBLAS runs single-threaded and the network splits its products itself
-/// (rows of x across the `threads` each call is given, Dispatch's pool). OpenBLAS's own workers spin on
-/// `sched_yield` between calls, which on two cores took time from the decoder's threads
-/// (12 % of `perf` samples in a whole-file transcription).
+/// Threads: the network splits its products itself (rows of x across the `threads` each call is
+/// given, Dispatch's pool).
 enum Kernels {
-    /// Keeps OpenBLAS on the calling thread, once per process (`WhisperNetwork.init` touches it):
-    /// each product's threads come from its caller's `threads` argument, never from a global.
-    static let blasOnCallingThread: Void = openblas_set_num_threads(1)
 
     /// Rows of x each part of a split product gets at least: below this, one sgemm call.
     static let minRowsPerPart = 32
