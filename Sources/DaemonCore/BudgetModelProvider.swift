@@ -46,15 +46,20 @@ public struct ModelRequest: Sendable {
     public var serving: ProvidedModel?
     /// The `name` `serving` was made from.
     public var servingName: String?
+    /// No layer below this width, above the budget if need be, and no personal statistics (0: the budget
+    /// decides). The model service asks for it when the model without statistics failed its self-check at the
+    /// budget after a `forget`, which must not leave the personal model in service.
+    public var lowestBits: Int
 
     /// Creates a request.
     public init(name: String, budgetBytes: Int?, reloadFromDisk: Bool, serving: ProvidedModel? = nil,
-                servingName: String? = nil) {
+                servingName: String? = nil, lowestBits: Int = 0) {
         self.name = name
         self.budgetBytes = budgetBytes
         self.reloadFromDisk = reloadFromDisk
         self.serving = serving
         self.servingName = servingName
+        self.lowestBits = lowestBits
     }
 }
 
@@ -186,10 +191,17 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
 
     /// The precision to serve at: float when it fits (or without a budget), else the highest uniform width that
     /// fits. Throws `impossibleBudget` (naming the smallest reachable size) when even the lowest does not.
-    public static func plan(model: String, budget: Int?, footprint: ModelFootprint) throws -> PrecisionPlan {
+    /// With `lowestBits` above 0: the highest width that fits and is at least that, else the lowest width that is
+    /// (float above 8), over the budget.
+    public static func plan(model: String, budget: Int?, footprint: ModelFootprint, lowestBits: Int = 0) throws
+        -> PrecisionPlan
+    {
         guard let budget, footprint.floatBytes > budget else { return .float }
-        for bits in uniformWidths {
+        for bits in uniformWidths where bits >= lowestBits {
             if let bytes = footprint.uniformBytes[bits], bytes <= budget { return .uniform(bits: bits) }
+        }
+        if lowestBits > 0 {
+            return uniformWidths.filter { $0 >= lowestBits }.min().map { .uniform(bits: $0) } ?? .float
         }
         let lowest = uniformWidths.last!
         throw ModelProviderError.impossibleBudget(model: model, budget: budget,
@@ -224,8 +236,9 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
             locked { self.footprint = knownFootprint }
         }
         let sizes = knownFootprint!.value
-        var plan = try Self.plan(model: knownFootprint!.modelName, budget: request.budgetBytes, footprint: sizes)
-        let statistics = plan == .float ? nil : personalStatistics?(knownFootprint!.identity)
+        var plan = try Self.plan(model: knownFootprint!.modelName, budget: request.budgetBytes, footprint: sizes,
+                                 lowestBits: request.lowestBits)
+        let statistics = plan == .float || request.lowestBits > 0 ? nil : personalStatistics?(knownFootprint!.identity)
         if case .uniform = plan, let statistics, let budget = request.budgetBytes {
             plan = .personalised(budget: budget, samples: statistics.sampleCount)
         }

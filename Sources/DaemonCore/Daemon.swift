@@ -182,11 +182,11 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         let provider = BudgetModelProvider(personalStatistics: personalStatistics)
         let check = ModelCheck()
         return ModelPipeline(
-            build: { target, serving in
+            build: { target, serving, lowestBits in
                 try provider.candidate(for: ModelRequest(
                     name: target.source, budgetBytes: target.budget.bytes,
                     reloadFromDisk: serving.map { $0.target.reloadEpoch != target.reloadEpoch } ?? true,
-                    serving: serving?.provided, servingName: serving?.target.source))
+                    serving: serving?.provided, servingName: serving?.target.source, lowestBits: lowestBits))
             },
             check: { candidate in check.check(candidate) })
     }

@@ -45,13 +45,14 @@ public enum ModelServiceError: Error, Equatable, CustomStringConvertible {
 /// its build thread (idle CPU and I/O priority). `build` is `BudgetModelProvider` and `check` is `ModelCheck` in the daemon; tests give their own.
 public struct ModelPipeline: Sendable {
     /// Makes the candidate for a target, given what serves now (which it may reuse: the same model object is
-    /// not checked again). Throws `ModelProviderError` or a load error.
-    public var build: @Sendable (_ target: ModelTarget, _ serving: ModelStore.Entry?) throws -> Candidate
+    /// not checked again), with no layer below `lowestBits` (0: as the budget decides; `ModelRequest.lowestBits`).
+    /// Throws `ModelProviderError` or a load error.
+    public var build: @Sendable (_ target: ModelTarget, _ serving: ModelStore.Entry?, _ lowestBits: Int) throws -> Candidate
     /// Judges a candidate before it may serve (nil: nothing to check, the candidate is the full-precision model).
     public var check: @Sendable (Candidate) -> CheckReport?
 
     /// Creates a pipeline from its two stages.
-    public init(build: @escaping @Sendable (ModelTarget, ModelStore.Entry?) throws -> Candidate,
+    public init(build: @escaping @Sendable (ModelTarget, ModelStore.Entry?, Int) throws -> Candidate,
                 check: @escaping @Sendable (Candidate) -> CheckReport?) {
         self.build = build
         self.check = check
@@ -186,7 +187,8 @@ public actor ModelService {
         for await _ in wakeups {
             while state == .running, let (target, buildRevision) = nextBuild() {
                 let started = DispatchTime.now()
-                let outcome = await buildAndCheck(target, serving: store.current, atIdlePriority: isBackground(target))
+                let outcome = await buildAndCheck(target, serving: store.current, atIdlePriority: isBackground(target),
+                                                  mustReplace: onlyForgets(target))
                 guard state == .running else { break }
                 settle(target, revision: buildRevision, outcome: outcome, started: started)
             }
@@ -346,33 +348,55 @@ public actor ModelService {
         return (desired, revision)
     }
 
-    private func buildAndCheck(_ target: ModelTarget, serving: ModelStore.Entry?, atIdlePriority: Bool) async
-        -> Result<(Candidate, CheckReport?), ModelServiceError>
+    /// Whether `target` differs from the served model's only by a `forget` (and perhaps a statistics round): then
+    /// the personal model must leave service even if no model without statistics passes its check at the budget.
+    private func onlyForgets(_ target: ModelTarget) -> Bool {
+        guard let built = built?.target else { return false }
+        return target.forgetEpoch != built.forgetEpoch && target.budget == built.budget && target.source == built.source
+            && target.reloadEpoch == built.reloadEpoch
+    }
+
+    /// Builds and checks a candidate for `target`. With `mustReplace` (a `forget`), a uniform candidate that fails
+    /// its check is built again one width higher, above the budget if need be, until one passes: the model in
+    /// service holds the user's statistics and may not stay (its budget shows as not met until statistics
+    /// gathered again make a personal model within it).
+    private func buildAndCheck(_ target: ModelTarget, serving: ModelStore.Entry?, atIdlePriority: Bool,
+                               mustReplace: Bool = false) async -> Result<(Candidate, CheckReport?), ModelServiceError>
     {
         let pipeline = self.pipeline
         let buildThread = self.buildThread
+        let logger = self.logger
         return await withCheckedContinuation { continuation in
             let run = { (job: @escaping () -> Void) in
                 if atIdlePriority { buildThread.async(job) } else { DispatchQueue.global(qos: .userInitiated).async(execute: job) }
             }
             run {
-                // Candidate -> check. (The place for a shadow comparison on the user's own utterances, issue 20.)
+                // Candidate -> check.
                 var candidate: Candidate
-                do {
-                    candidate = try pipeline.build(target, serving)
-                } catch let error as ModelProviderError {
-                    continuation.resume(returning: .failure(.build(error)))
-                    return
-                } catch {
-                    continuation.resume(returning: .failure(.unavailable(model: target.source, reason: "\(error)")))
-                    return
-                }
-                // The model already in service was checked when it went in.
-                let report = candidate.provided.model === serving?.provided.model ? serving?.check : pipeline.check(candidate)
-                // The full-precision network the candidate came from is not needed any more: its pages go back now.
-                if candidate.fullPrecision != nil {
-                    candidate.fullPrecision = nil
-                    WhisperModel.releaseFreedMemory()
+                var report: CheckReport?
+                var lowestBits = 0
+                while true {
+                    do {
+                        candidate = try pipeline.build(target, serving, lowestBits)
+                    } catch let error as ModelProviderError {
+                        continuation.resume(returning: .failure(.build(error)))
+                        return
+                    } catch {
+                        continuation.resume(returning: .failure(.unavailable(model: target.source, reason: "\(error)")))
+                        return
+                    }
+                    // The model already in service was checked when it went in.
+                    report = candidate.provided.model === serving?.provided.model ? serving?.check : pipeline.check(candidate)
+                    // The full-precision network the candidate came from is not needed any more: its pages go back now.
+                    if candidate.fullPrecision != nil {
+                        candidate.fullPrecision = nil
+                        WhisperModel.releaseFreedMemory()
+                    }
+                    guard mustReplace, let failed = report, !failed.passed, case let .uniform(bits) = candidate.provided.plan
+                    else { break }
+                    logger.warning("forget: the model without your statistics fails its self-check at this budget; trying a wider one, above the budget",
+                                   metadata: ["precision": "\(bits)-bit", "check": "\(failed)"])
+                    lowestBits = bits + 1
                 }
                 if let report, !report.passed {
                     continuation.resume(returning: .failure(.checkFailed(report)))

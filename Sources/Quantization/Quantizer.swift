@@ -213,6 +213,7 @@ public enum Quantizer {
                                 covariance: InputCovariance? = nil,
                                 decoderSecondMoments: ((WhisperWeights) throws -> InputCovariance)? = nil,
                                 progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
+        OpenBLASThreads.keepOnCallingThread()   // the clip search and the rounding split their own work
         var covariance = covariance ?? statistics?.secondMoments
         if options.rounding == .compensated {
             guard covariance != nil else { throw QuantizerError.covarianceRequired }

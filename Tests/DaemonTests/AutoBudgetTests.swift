@@ -213,8 +213,8 @@ final class BudgetFollowerTests: XCTestCase {
         // Models whose weights take their whole budget, as the real provider's do (float: 100 MiB).
         let inner = scripted.pipeline
         let pipeline = ModelPipeline(
-            build: { target, serving in
-                var candidate = try inner.build(target, serving)
+            build: { target, serving, lowestBits in
+                var candidate = try inner.build(target, serving, lowestBits)
                 candidate.provided.weightBytes = target.budget.bytes ?? scripted.floatBytes
                 return candidate
             },

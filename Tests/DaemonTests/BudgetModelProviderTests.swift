@@ -36,6 +36,21 @@ final class BudgetModelProviderTests: XCTestCase {
         }
     }
 
+    /// With a lowest width (a forget whose model failed its check at the budget): the highest width at or above
+    /// it that fits, else the lowest width at or above it, over the budget; above 8 bits, float.
+    func testPlanWithALowestWidthGoesOverTheBudgetOnlyWhenItMust() throws {
+        let footprint = ModelFootprint(floatBytes: 100, uniformBytes: [8: 40, 6: 31, 5: 27, 4: 23, 3: 18, 2: 14])
+        func plan(_ budget: Int?, _ lowest: Int) throws -> PrecisionPlan {
+            try BudgetModelProvider.plan(model: "m", budget: budget, footprint: footprint, lowestBits: lowest)
+        }
+        XCTAssertEqual(try plan(26, 3), .uniform(bits: 4), "4 bits fit")
+        XCTAssertEqual(try plan(15, 3), .uniform(bits: 3), "over the budget")
+        XCTAssertEqual(try plan(1, 3), .uniform(bits: 3), "no impossible budget: the forget must serve")
+        XCTAssertEqual(try plan(15, 7), .uniform(bits: 8))
+        XCTAssertEqual(try plan(15, 9), .float)
+        XCTAssertEqual(try plan(nil, 3), .float)
+    }
+
     /// tiny.en: no budget serves float; 24 MiB serves every layer at 4 bits within the budget and still
     /// recognises JFK; a budget at exactly the 5-bit size gets 5 bits; a change that keeps the width reuses the
     /// model; a budget below the 2-bit size is refused with that size.

@@ -64,13 +64,16 @@ enum SmallModels {
 }
 
 /// A pipeline whose builds a test can hold, fail and count. A budget below `floatBytes` gets a quantized model
-/// (`uniform(4)`, or personalised from `statistics` samples when there are some), else float; each new model is
-/// named after its budget, and the check refuses the budgets in `refused`.
+/// (`uniform(uniformBits)`, or personalised from `statistics` samples when there are some; `uniform(lowestBits)`
+/// when the service asks for wider layers, over the budget above `uniformBits`), else float; each new model is
+/// named after its budget, and the check refuses the budgets in `refused` and the widths in `refusedBits`.
 final class ScriptedPipeline: @unchecked Sendable {  // @unchecked: state guarded by `condition`
     let condition = NSCondition()
     var builds: [ModelTarget] = []
     var held: Set<Int> = []
     var refused: Set<Int> = []
+    var refusedBits: Set<Int> = []
+    var uniformBits = 4
     var statistics = 0
     var seed: UInt64 = 10
     let floatBytes = 100 << 20
@@ -98,18 +101,19 @@ final class ScriptedPipeline: @unchecked Sendable {  // @unchecked: state guarde
 
     var pipeline: ModelPipeline {
         ModelPipeline(
-            build: { [self] target, serving in
+            build: { [self] target, serving, lowestBits in
                 condition.lock()
                 builds.append(target)
                 condition.broadcast()
                 while let bytes = target.budget.bytes, held.contains(bytes) { condition.wait() }
-                let samples = statistics
+                let samples = lowestBits > 0 ? 0 : statistics
+                let bits = max(uniformBits, lowestBits)
                 seed += 1
                 let seed = self.seed
                 condition.unlock()
                 let plan: PrecisionPlan
                 if let bytes = target.budget.bytes, bytes < floatBytes {
-                    plan = samples > 0 ? .personalised(budget: bytes, samples: samples) : .uniform(bits: 4)
+                    plan = samples > 0 ? .personalised(budget: bytes, samples: samples) : .uniform(bits: bits)
                 } else {
                     plan = .float
                 }
@@ -118,11 +122,15 @@ final class ScriptedPipeline: @unchecked Sendable {  // @unchecked: state guarde
                     return Candidate(provided: serving.provided, fullPrecision: nil)
                 }
                 let model = try SmallModels.make(seed: seed, name: "budget-\(target.budget.bytes.map(String.init) ?? "none")")
-                return Candidate(provided: SmallModels.provided(model, plan: plan, samples: plan.isQuantized ? samples : 0),
-                                 fullPrecision: nil)
+                var provided = SmallModels.provided(model, plan: plan, samples: plan.isQuantized ? samples : 0)
+                provided.budgetMet = bits <= locked { uniformBits }
+                return Candidate(provided: provided, fullPrecision: nil)
             },
             check: { [self] candidate in
-                let refuse = locked { refused.contains { candidate.provided.model.name == "budget-\($0)" } }
+                let refuse = locked {
+                    if case let .uniform(bits) = candidate.provided.plan, refusedBits.contains(bits) { return true }
+                    return refused.contains { candidate.provided.model.name == "budget-\($0)" }
+                }
                 return CheckReport(divergence: refuse ? 5 : 0.1, agreement: 1, producedTokens: refuse ? 0 : 3,
                                    referenceTokens: 3, bound: 1)
             })
@@ -295,6 +303,40 @@ final class ModelServiceTests: XCTestCase {
         await service.shutdown()
     }
 
+    /// A forget whose model without statistics fails its self-check at the budget (the real daemon's 2-bit model at
+    /// 15 MiB, which only the user's statistics made good) still takes the personal model out of service: the
+    /// lowest wider model that passes serves, shown over the budget. A budget command that fails the same way is
+    /// refused as before (the personal model may stay for that). Before, the forget was refused and the personal
+    /// model kept serving (found by DaemonStressTests in CI).
+    func testAForgetWhoseModelFailsAtTheBudgetServesAWiderOneAboveIt() async throws {
+        let mib = self.mib
+        let scripted = ScriptedPipeline()
+        scripted.locked {
+            scripted.statistics = 7
+            scripted.uniformBits = 2
+            scripted.refusedBits = [2, 3]
+        }
+        let (service, run) = try await makeService(scripted, budget: 15 * mib, forget: { [scripted] in scripted.locked { scripted.statistics = 0 } })
+        defer { run.cancel() }
+        XCTAssertEqual(service.store.current?.provided.plan, .personalised(budget: 15 * mib, samples: 7))
+        let entry = try await service.forget()
+        XCTAssertEqual(entry.provided.plan, .uniform(bits: 4), "2 and 3 bits failed their checks")
+        XCTAssertEqual(entry.provided.statisticsSamples, 0)
+        XCTAssertFalse(entry.provided.budgetMet)
+        XCTAssertEqual(entry.reason, .forget)
+        XCTAssertEqual(entry.target.budget.bytes, 15 * mib, "the budget stays, shown as not met")
+        XCTAssertEqual(scripted.locked { scripted.builds.count }, 4, "start, then 2, 3 and 4 bits")
+        // A budget command is refused by the same check: no model above the budget for it.
+        do {
+            try await service.setBudget(Budget(bytes: 14 * mib, origin: .command))
+            XCTFail("a budget whose model fails its check is refused")
+        } catch let error as ModelServiceError {
+            XCTAssertEqual(error.code, "check_failed")
+        }
+        XCTAssertEqual(service.store.current?.generation, entry.generation)
+        await service.shutdown()
+    }
+
     private func drift(_ nats: Double) -> NextTokenDivergence {
         var d = NextTokenDivergence()
         d.positions = 10
@@ -393,7 +435,7 @@ final class ModelServiceTests: XCTestCase {
         let seen = Seen()
         let inner = scripted.pipeline
         let record = { seen.add() }
-        let pipeline = ModelPipeline(build: { record(); return try inner.build($0, $1) },
+        let pipeline = ModelPipeline(build: { record(); return try inner.build($0, $1, $2) },
                                      check: { record(); return inner.check($0) })
         let service = ModelService(source: "m", budget: Budget(bytes: 30 * mib, origin: .configuration),
                                    requantizeAfter: 0, pipeline: pipeline, logger: Logger(label: "test"))

@@ -32,7 +32,7 @@ final class ShadowEvaluationTests: XCTestCase {
         }
         let builds = Builds()
         let pipeline = ModelPipeline(
-            build: { _, _ in
+            build: { _, _, _ in
                 let round = builds.next()   // the start, then each statistics round
                 let model = models[round]
                 let plan: PrecisionPlan = round == 0 ? .uniform(bits: 4) : .personalised(budget: 30 * mib, samples: round)
