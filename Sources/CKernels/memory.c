@@ -1,5 +1,8 @@
 // Heap housekeeping for a long-running process that drops large models.
 #include <malloc.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "ckernels.h"
 
@@ -21,4 +24,23 @@ void mq_keep_freed_heap(void) {
     // 18 in the repeated window, the same peak RSS. mq_release_free_heap still returns it all.
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
+}
+
+void mq_release_mapped_pages(const void *start, size_t length, const void *mapping, size_t mappingLength) {
+    // Drops this process's page-table entries for the pages of [start, start + length) of a
+    // read-only file mapping: RSS (RssFile, and so VmHWM) stops counting them, the page cache keeps
+    // them, and the next read maps them again with a minor fault. Only for file mappings: on
+    // anonymous memory MADV_DONTNEED discards the contents. The range is widened by 64 KiB on each
+    // side (within the mapping): a read fault maps the pages around the one read as well (the
+    // kernel's fault-around, 64 KiB by default), which would otherwise stay resident.
+    if (length == 0) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), margin = 64 << 10;
+    const uintptr_t first = (uintptr_t)mapping, end = first + mappingLength;
+    uintptr_t lo = (uintptr_t)start, hi = (uintptr_t)start + length;
+    lo = lo - first > margin ? lo - margin : first;
+    hi = end - hi > margin ? hi + margin : end;
+    lo &= ~(page - 1);
+    hi = (hi + page - 1) & ~(page - 1);
+    if (lo < (first & ~(page - 1))) lo = first & ~(page - 1);
+    madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }

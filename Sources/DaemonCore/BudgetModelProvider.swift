@@ -130,7 +130,8 @@ public enum PrecisionPlan: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// What a model's weights take at each precision the provider can serve, worked out once per load from the
-/// float network's shapes (exact `QuantizedMatrix` sizes, scales and unquantized tensors included).
+/// float network's shapes (exact `QuantizedMatrix` sizes, scales and unquantized tensors included); the
+/// network may hold its matrices mapped (`WhisperModel.loadMapped`): only their shapes are read.
 public struct ModelFootprint: Sendable, Equatable {
     /// Bytes of the float weights (`weights.byteSize`).
     public var floatBytes: Int
@@ -146,8 +147,8 @@ public struct ModelFootprint: Sendable, Equatable {
     /// The footprint of a float network, for `widths`, with scales per `groupSize` input features.
     public init(floatWeights weights: WhisperWeights, widths: [Int], groupSize: Int) throws {
         let layers = weights.linearLayers
-        let floatBytes = weights.byteSize
-        let fixed = floatBytes - layers.reduce(0) { $0 + $1.weight.byteSize }
+        let floatBytes = weights.floatByteSize
+        let fixed = weights.byteSize - layers.reduce(0) { $0 + $1.weight.byteSize }
         let allocator = try BitAllocator(
             layers: layers.map { AllocationLayer(name: $0.name, outFeatures: $0.outFeatures, inFeatures: $0.inFeatures, sensitivity: 0) },
             fixedBytes: fixed, groupSize: groupSize)
@@ -168,9 +169,13 @@ public struct ModelFootprint: Sendable, Equatable {
 /// (`ModelProviderError.fileAboveBudget`).
 ///
 /// It keeps no model: the model in service comes with each request (`ModelRequest.serving`) and is reused when the
-/// plan does not change. Memory: the float weights stay only while they are served; a quantized build reads the
-/// model files, and the float network it read goes with the candidate to the self-check and is then released, so
-/// the budget bounds the weights the process holds. Thread-safe; meant to be called off the serving path.
+/// plan does not change. Memory: the float32 weights are loaded only to be served. Everything else reads the model
+/// file mapped, float16 matrices in place (`WhisperModel.loadMapped`): the footprint (shapes only), the identity and
+/// a quantized build, which widens one layer (at most `QuantizationOptions.chunkBytes` of it) at a time, each
+/// layer's file pages leaving the resident set once read (`HalfMatrix`). The mapped network goes with the
+/// candidate to the self-check, whose passes release their pages in the same way, and is then dropped; so a
+/// build holds the quantized weights plus a bounded scratch (tiny.en under 24 MiB: docs/daemon.md, "Memory").
+/// Thread-safe; meant to be called off the serving path.
 public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: the caches are guarded by `lock`
     /// The widths tried, highest first (`QuantizedMatrix` has no 7-bit format).
     public static let uniformWidths = [8, 6, 5, 4, 3, 2]
@@ -222,14 +227,22 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
         let fresh = request.reloadFromDisk
         let serving = request.servingName == name && !fresh ? request.serving : nil
         // The float network in service is the source; otherwise the files are read (once per build).
-        var floatModel = serving?.plan == .float ? serving?.model : nil
+        let floatModel = serving?.plan == .float ? serving?.model : nil
+        // The source network with its float16 matrices left in the file's mapping, mapped at most once per call.
+        var mappedModel: WhisperModel?
+        func mapped() throws -> WhisperModel {
+            if let mappedModel { return mappedModel }
+            let model = try WhisperModel.loadMapped(name)
+            mappedModel = model
+            return model
+        }
         var knownFootprint = locked { self.footprint }
         if knownFootprint?.name != name || fresh { knownFootprint = nil }
 
-        // The footprint (and so the plan) needs the float network once per load.
+        // The footprint (and so the plan) needs the network's shapes once per load (and its identity, a pass over
+        // every weight, when there may be statistics).
         if knownFootprint == nil {
-            let model = try floatModel ?? WhisperModel.load(name)
-            floatModel = model
+            let model = try floatModel ?? mapped()
             // The identity (a pass over every weight) only matters when there may be statistics for it.
             knownFootprint = (name, model.name, personalStatistics == nil ? "" : ModelIdentity.of(model),
                               try ModelFootprint(floatWeights: model.weights, widths: Self.uniformWidths, groupSize: groupSize))
@@ -248,18 +261,19 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
             return Candidate(provided: provided, fullPrecision: nil)
         }
 
-        let source = try floatModel ?? WhisperModel.load(name)
         let provided: ProvidedModel
         switch plan {
         case .file:   // `plan` never returns it: files take `provideFile`.
             return try provideFile(request)
         case .float:
+            let source = try floatModel ?? WhisperModel.load(name)
             var bits: [String: Int] = [:]
             for layer in source.weights.linearLayers { bits[layer.name] = 32 }
             provided = ProvidedModel(model: source, layerBits: bits, weightBytes: source.weights.byteSize,
                                      budgetMet: request.budgetBytes.map { sizes.floatBytes <= $0 } ?? true, plan: plan)
             return Candidate(provided: provided, fullPrecision: nil)
         case let .uniform(bits):
+            let source = try floatModel ?? mapped()
             let result = try Quantizer.quantize(
                 model: source, statistics: nil,
                 options: QuantizationOptions(target: .uniform(bits: bits), groupSize: groupSize, calibrate: false))
@@ -271,6 +285,7 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
             provided = ProvidedModel(model: source.withWeights(result.weights), layerBits: layerBits, weightBytes: actual,
                                      budgetMet: request.budgetBytes.map { actual <= $0 } ?? true, plan: plan)
         case let .personalised(budget, samples):
+            let source = try floatModel ?? mapped()
             // One thread: the build runs on the model service's idle-priority thread and stays there.
             let result = try Quantizer.personalise(model: source, statistics: statistics!, budget: budget, threads: 1)
             let actual = result.weights.byteSize
@@ -280,8 +295,8 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
             provided = ProvidedModel(model: source.withWeights(result.weights), layerBits: layerBits, weightBytes: actual,
                                      budgetMet: true, plan: plan, statisticsSamples: samples)
         }
-        // The float network is kept only as long as the check needs it (the budget bounds what stays).
-        return Candidate(provided: provided, fullPrecision: source)
+        // The full-precision network (mapped, or the float model in service) is kept only as long as the check needs it.
+        return Candidate(provided: provided, fullPrecision: try floatModel ?? mapped())
     }
 
     /// A `.myq` file (read again on `reloadFromDisk`), served as stored when it fits the budget.

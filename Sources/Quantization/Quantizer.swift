@@ -37,6 +37,11 @@ public struct QuantizationOptions: Sendable {
     /// Threads for compensated rounding and the clip search (the daemon's background builds use 1, on its
     /// idle-priority thread).
     public var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+    /// Float32 bytes of a layer's weights held at once: a larger layer (tiny.en's and base's token embedding
+    /// only, 80 / 106 MB as float32) is quantized this much at a time (at least 128 rows), a bounded run of
+    /// whole chunks of compensated rounding's rows (`ErrorCompensatedRounding.rowChunk`), so the codes are the
+    /// same. Not with the clip search or widths by expected error, which read whole layers (offline only).
+    public var chunkBytes: Int = 8 << 20
 
     /// The group size `target` gets unless told otherwise: `QuantizedMatrix.defaultGroupSize` (32), except
     /// under a budget with codes rounded to nearest, where groups of 64 save scale bytes that let the sweep keep
@@ -220,7 +225,9 @@ public enum Quantizer {
             guard !options.calibrate else { throw QuantizerError.compensatedWithClipSearch }
         }
         let layers = floatWeights.linearLayers
-        for l in layers where !(l.weight is FloatMatrix) { throw QuantizerError.modelNotFloat(layer: l.name) }
+        for l in layers where !(l.weight is FloatMatrix || l.weight is HalfMatrix) {
+            throw QuantizerError.modelNotFloat(layer: l.name)
+        }
         let identity = ModelIdentity.of(name: name, weights: floatWeights)
         if let statistics, statistics.modelIdentity != identity {
             throw QuantizerError.statisticsForAnotherModel(model: identity, statistics: statistics.modelIdentity)
@@ -239,8 +246,8 @@ public enum Quantizer {
             }
         }
 
-        let floatBytes = floatWeights.byteSize
-        let fixedBytes = floatBytes - layers.reduce(0) { $0 + $1.weight.byteSize }
+        let floatBytes = floatWeights.floatByteSize
+        let fixedBytes = floatWeights.byteSize - layers.reduce(0) { $0 + $1.weight.byteSize }
         let allocationLayers = layers.map {
             AllocationLayer(name: $0.name, outFeatures: $0.outFeatures, inFeatures: $0.inFeatures,
                             sensitivity: layerStats[$0.name]?.medianAbsOutput ?? 0)
@@ -260,7 +267,7 @@ public enum Quantizer {
                 let errors = layers.map { layer in
                     let s = layerStats[layer.name]!
                     return ExpectedError.relative(
-                        values: (layer.weight as! FloatMatrix).values, outFeatures: layer.outFeatures,
+                        values: floatValues(of: layer), outFeatures: layer.outFeatures,
                         inFeatures: layer.inFeatures, groupSize: options.groupSize,
                         rotated: options.rotate && QuantizedMatrix.canRotate(inFeatures: layer.inFeatures),
                         secondMoment: covariance?.secondMoment(of: layer.name), meanSquare: s.inputMeanSquare,
@@ -286,14 +293,16 @@ public enum Quantizer {
             }
             let bits = allocation.bits[i]
             let rotated = options.rotate && QuantizedMatrix.canRotate(inFeatures: layer.inFeatures)
-            let values = (layer.weight as! FloatMatrix).values
             var calibration: LayerCalibration?
             if options.calibrate {
+                // The clip search reads the whole layer as float32 (offline only).
+                let floatLayer = layer.weight is FloatMatrix ? layer : layer.replacingWeight(
+                    FloatMatrix(outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, values: floatValues(of: layer)))
                 if let activations, case let (rows, n) = activations.inputs(of: layer.name), n > 0 {
-                    calibration = try calibrator.calibrate(layer: layer, bits: bits, groupSize: options.groupSize,
+                    calibration = try calibrator.calibrate(layer: floatLayer, bits: bits, groupSize: options.groupSize,
                                                            inputs: rows, rows: n, rotated: rotated)
                 } else if let s = layerStats[layer.name] {
-                    calibration = try calibrator.calibrate(layer: layer, bits: bits, groupSize: options.groupSize,
+                    calibration = try calibrator.calibrate(layer: floatLayer, bits: bits, groupSize: options.groupSize,
                                                            meanSquare: s.inputMeanSquare, rotated: rotated)
                 } else {
                     throw QuantizerError.statisticsRequired(reason: "calibrate layer \(layer.name), which no activation reached")
@@ -302,26 +311,40 @@ public enum Quantizer {
             let groups = (layer.inFeatures + options.groupSize - 1) / options.groupSize
             let ratios = calibration?.clipRatios(outFeatures: layer.outFeatures, groupsPerRow: groups)
                 ?? [Float](repeating: 1, count: layer.outFeatures * groups)
-            var compensated: QuantizedMatrix?
-            if options.rounding == .compensated, let covariance, let h = covariance.secondMoment(of: layer.name) {
-                compensated = try ErrorCompensatedRounding(threads: options.threads).quantize(
-                    values: values, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
-                    groupSize: options.groupSize, secondMoment: h, rows: covariance.rows(of: layer.name), rotated: rotated)
+            let compensates = options.rounding == .compensated && (covariance?.rows(of: layer.name) ?? 0) > 0
+            var compensated = false
+            // Whole chunks of compensated rounding's rows, so that every row is rounded beside the same rows as in
+            // one piece (the float sums of its products, and so the codes, are then the same to the bit).
+            let rowChunk = ErrorCompensatedRounding.rowChunk
+            let rowsPerChunk = options.calibrate ? layer.outFeatures
+                : max(1, options.chunkBytes / (4 * layer.inFeatures) / rowChunk) * rowChunk
+            let q = try quantizeRows(of: layer, rowsPerChunk: rowsPerChunk, bits: bits, groupSize: options.groupSize,
+                                     rotated: rotated) { values, rows in
+                // The dense second moment is made for each chunk and handed over (ErrorCompensatedRounding drops
+                // each of its forms as it goes): the chunked embedding's is small, and no copy outlives its use.
+                if compensates, let covariance, let matrix = try ErrorCompensatedRounding(threads: options.threads).quantize(
+                    values: values, outFeatures: rows.count, inFeatures: layer.inFeatures, bits: bits,
+                    groupSize: options.groupSize, secondMoment: covariance.secondMoment(of: layer.name)!,
+                    rows: covariance.rows(of: layer.name), rotated: rotated) {
+                    compensated = true
+                    return matrix
+                }
+                return try QuantizedMatrix(quantizing: values, outFeatures: rows.count, inFeatures: layer.inFeatures,
+                                           bits: bits, groupSize: options.groupSize,
+                                           clipRatios: Array(ratios[rows.lowerBound * groups ..< rows.upperBound * groups]),
+                                           rotated: rotated)
             }
-            let q = try compensated ?? QuantizedMatrix(quantizing: values, outFeatures: layer.outFeatures,
-                                                       inFeatures: layer.inFeatures, bits: bits,
-                                                       groupSize: options.groupSize, clipRatios: ratios, rotated: rotated)
             replacements[layer.name] = q
             let meanRatio = ratios.reduce(0, +) / Float(ratios.count)
             let report = QuantizedLayerReport(
                 name: layer.name, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
-                bytes: q.byteSize, floatBytes: layer.weight.byteSize, sensitivity: layerStats[layer.name]?.medianAbsOutput,
+                bytes: q.byteSize, floatBytes: layer.outFeatures * layer.inFeatures * 4, sensitivity: layerStats[layer.name]?.medianAbsOutput,
                 clipRatio: calibration?.groupClipRatios == nil ? (calibration?.clipRatio ?? 1) : meanRatio,
                 unclippedError: calibration?.unclippedError, calibratedError: calibration?.calibratedError,
                 expectedError: expectedErrors.map { $0[i][allocator.allowedBits.firstIndex(of: bits)!] })
             reports.append(report)
             progress?(String(format: "%@: %d bits, clip %.2f%@", layer.name, bits, report.clipRatio,
-                             compensated == nil ? "" : ", compensated"))
+                             compensated ? ", compensated" : ""))
         }
         let weights = floatWeights.replacing(replacements)
         let actual = weights.byteSize
@@ -335,6 +358,49 @@ public enum Quantizer {
         let report = QuantizationReport(layers: reports, fixedBytes: fixedBytes, totalBytes: actual, floatBytes: floatBytes,
                                         budget: budget, exactCalibration: activations != nil && options.calibrate)
         return QuantizationResult(weights: weights, metadata: metadata, report: report)
+    }
+
+    /// A full-precision layer's weights as float32, `[outFeatures, inFeatures]` (a `HalfMatrix` widened: a copy).
+    private static func floatValues(of layer: Linear) -> [Float] {
+        if let f = layer.weight as? FloatMatrix { return f.values }
+        return (layer.weight as! HalfMatrix).floats(rows: 0..<layer.outFeatures)
+    }
+
+    /// Quantizes `layer` (a `FloatMatrix` or a mapped `HalfMatrix`) `rowsPerChunk` rows at a time: `quantize` gets
+    /// each run of rows as float32 (`[rows.count, inFeatures]`, widened from the mapping and released after it) and
+    /// returns those rows quantized; their codes and scales are laid one after the other (rows are stored in order,
+    /// `QuantizedMatrix`), so only one chunk's float32 rows are held at a time. One chunk: its matrix as returned.
+    private static func quantizeRows(of layer: Linear, rowsPerChunk: Int, bits: Int, groupSize: Int, rotated: Bool,
+                                     _ quantize: (_ values: [Float], _ rows: Range<Int>) throws -> QuantizedMatrix)
+        throws -> QuantizedMatrix
+    {
+        let out = layer.outFeatures, k = layer.inFeatures
+        func rows(_ range: Range<Int>) -> [Float] {
+            if let f = layer.weight as? FloatMatrix {
+                return range.count == out ? f.values : Array(f.values[range.lowerBound * k ..< range.upperBound * k])
+            }
+            return (layer.weight as! HalfMatrix).floats(rows: range)
+        }
+        if out <= rowsPerChunk { return try quantize(rows(0..<out), 0..<out) }
+        let packedPerRow = QuantizedMatrix.packedByteCount(outFeatures: 1, inFeatures: k, bits: bits, groupSize: groupSize)
+        let scalesPerRow = QuantizedMatrix.scaleByteCount(outFeatures: 1, inFeatures: k, groupSize: groupSize)
+        var scales = [UInt8](repeating: 0, count: out * scalesPerRow)
+        let packed = try ByteStorage(count: out * packedPerRow) { packedBytes in
+            try scales.withUnsafeMutableBytes { scaleBytes in
+                for r0 in stride(from: 0, to: out, by: rowsPerChunk) {
+                    let range = r0 ..< min(out, r0 + rowsPerChunk)
+                    let chunk = try quantize(rows(range), range)
+                    chunk.packed.withUnsafeBytes {
+                        (packedBytes.baseAddress! + r0 * packedPerRow).copyMemory(from: $0.baseAddress!, byteCount: $0.count)
+                    }
+                    chunk.scales.withUnsafeBytes {
+                        (scaleBytes.baseAddress! + r0 * scalesPerRow).copyMemory(from: $0.baseAddress!, byteCount: $0.count)
+                    }
+                }
+            }
+        }
+        return try QuantizedMatrix(outFeatures: out, inFeatures: k, bits: bits, groupSize: groupSize, packed: packed,
+                                   scales: ByteStorage(scales), rotated: rotated)
     }
 }
 

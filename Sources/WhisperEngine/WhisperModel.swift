@@ -66,7 +66,7 @@ public final class WhisperModel: @unchecked Sendable {
     /// The vocabulary and configuration of `directory` with `weights`, checking that they fit.
     static func load(directory: ModelDirectory, weights: WhisperWeights) throws -> WhisperModel {
         let config = try ModelConfig(contentsOf: directory.configJSON)
-        let tokenizer = try WhisperTokenizer(vocabularyFile: directory.vocabulary, tokenizerJSON: directory.tokenizerJSON)
+        let tokenizer = try SharedTokenizers.shared.tokenizer(for: directory)
         guard tokenizer.vocabularySize == weights.dimensions.nVocab else {
             throw ModelFileError.badConfig(
                 path: directory.vocabulary,
@@ -170,5 +170,44 @@ public final class SpeechRecognizer {
                                    paddingSamples: WhisperAudio.nSamples)
         let audio = network.encode(mel: mel.window(atFrame: 0).values)
         return try transcriber.decoder.detectLanguage(audio: audio)
+    }
+}
+
+/// The vocabularies loaded in this process, one per set of files while any model holds it: a tokenizer is about
+/// 12 MB resident for Whisper's 51,865 tokens, and the daemon holds its model's source mapped beside the model it
+/// serves (statistics passes, the self-check), so each load of the same files shares the one already in memory.
+/// A file changed on disk (other size, time or inode) is read again.
+final class SharedTokenizers: @unchecked Sendable {  // @unchecked: `loaded` is guarded by `lock`
+    static let shared = SharedTokenizers()
+
+    private final class Entry {
+        weak var tokenizer: WhisperTokenizer?
+        init(_ tokenizer: WhisperTokenizer) { self.tokenizer = tokenizer }
+    }
+
+    private let lock = NSLock()
+    private var loaded: [String: Entry] = [:]
+
+    /// The tokenizer of `directory`'s vocabulary files, read unless a model still holds it.
+    func tokenizer(for directory: ModelDirectory) throws -> WhisperTokenizer {
+        let key = ([directory.vocabulary] + (directory.tokenizerJSON.map { [$0] } ?? [])).map(Self.identity).joined(separator: "|")
+        lock.lock()
+        let known = loaded[key]?.tokenizer
+        lock.unlock()
+        if let known { return known }
+        let tokenizer = try WhisperTokenizer(vocabularyFile: directory.vocabulary, tokenizerJSON: directory.tokenizerJSON)
+        lock.lock()
+        defer { lock.unlock() }
+        loaded = loaded.filter { $0.value.tokenizer != nil }
+        if let raced = loaded[key]?.tokenizer { return raced }
+        loaded[key] = Entry(tokenizer)
+        return tokenizer
+    }
+
+    /// A file's path with its inode, size and modification time (the path alone when it cannot be read).
+    private static func identity(_ path: String) -> String {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return path }
+        return "\(path):\(info.st_ino):\(info.st_size):\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)"
     }
 }

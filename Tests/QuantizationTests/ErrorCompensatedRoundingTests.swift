@@ -287,6 +287,27 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
                                                  outFeatures: 2, inFeatures: 32, bits: 3, groupSize: 32))
     }
 
+    /// A layer quantized a bounded run of rows at a time (`QuantizationOptions.chunkBytes`: how the daemon's build
+    /// reads the token embedding) gets the same codes and scales as in one piece, rounded to nearest or compensated.
+    func testLayersQuantizedInRunsOfRowsAreTheSame() throws {
+        let weights = QuantizerTests.randomWeights()
+        let covariance = InputCovariance()
+        QuantizerTests.run(weights, observer: covariance, utterances: 3)
+        for rounding in [RoundingMethod.nearest, .compensated] {
+            let whole = QuantizationOptions(target: .uniform(bits: 3), groupSize: 32, rounding: rounding)
+            var chunked = whole
+            chunked.chunkBytes = 7 * 4 * 64   // 7 rows, rounded up to one chunk of 128: the 256-row layers in two
+            let a = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: whole, covariance: covariance)
+            let b = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: chunked, covariance: covariance)
+            for (x, y) in zip(a.weights.linearLayers, b.weights.linearLayers) {
+                let p = x.weight as! QuantizedMatrix, q = y.weight as! QuantizedMatrix
+                XCTAssertEqual(p.codes(), q.codes(), "\(rounding) \(x.name)")
+                XCTAssertEqual(p.scaleValues(), q.scaleValues(), "\(rounding) \(x.name)")
+                XCTAssertEqual(p.rotated, q.rotated)
+            }
+        }
+    }
+
     func testPipelineUsesCompensationOnlyWithSecondMoments() throws {
         let weights = QuantizerTests.randomWeights()
         let covariance = InputCovariance()

@@ -92,6 +92,9 @@ public struct StoredVariable: @unchecked Sendable {
     let range: Range<Int>
     /// The mapped file the values live in.
     let file: Data
+    /// Whether `file` is a read-only mapping of the file on disk (its pages can be handed back to the page
+    /// cache, `HalfMatrix`), rather than bytes held in memory.
+    let fileMapped: Bool
 
     /// Number of elements (1 for a scalar).
     public var count: Int { shape.reduce(1, *) }
@@ -157,13 +160,16 @@ public struct ModelFile: @unchecked Sendable {
     public let variables: [String: StoredVariable]
     /// Alias name -> target name, as stored.
     public let aliases: [String: String]
+    /// Whether the bytes are a read-only mapping of the file (one file read with `init(path:)`), not a copy.
+    public let isFileMapped: Bool
 
     /// Reads and validates the file at `path`. Several paths are concatenated in order
     /// (a model split into parts).
     public init(path: String, parts: [String]? = nil) throws {
         let data: Data
+        let mapped = !(parts.map { $0.count > 1 } ?? false)
         do {
-            if let parts, parts.count > 1 {
+            if !mapped, let parts {
                 var joined = Data()
                 for p in parts { joined.append(try Data(contentsOf: URL(fileURLWithPath: p))) }
                 data = joined
@@ -173,12 +179,17 @@ public struct ModelFile: @unchecked Sendable {
         } catch {
             throw ModelFileError.unreadable(path: path, reason: (error as NSError).localizedDescription)
         }
-        try self.init(data: data, path: path)
+        try self.init(data: data, path: path, fileMapped: mapped)
     }
 
     /// Parses a model held in memory; `path` is used for messages only.
     public init(data: Data, path: String) throws {
+        try self.init(data: data, path: path, fileMapped: false)
+    }
+
+    private init(data: Data, path: String, fileMapped: Bool) throws {
         self.path = path
+        isFileMapped = fileMapped
         var reader = ByteReader(data: data, path: path)
         let version = try reader.u32("binary version")
         guard version == 5 || version == 6 else {
@@ -205,7 +216,8 @@ public struct ModelFile: @unchecked Sendable {
                                                   dtype: dtype.description, bytes: bytes)
             }
             let range = try reader.skip(bytes, "values of '\(name)'")
-            vars[name] = StoredVariable(name: name, shape: shape, dtype: dtype, range: range, file: data)
+            vars[name] = StoredVariable(name: name, shape: shape, dtype: dtype, range: range, file: data,
+                                        fileMapped: fileMapped)
         }
         var aliasTable: [String: String] = [:]
         let aliasCount = try reader.u32("alias count")

@@ -127,6 +127,12 @@ public final class WhisperWeights: @unchecked Sendable {
         return total
     }
 
+    /// Bytes the weights take with every linear layer's matrix as float32: `byteSize` of the float
+    /// network, whatever form its matrices are held in (a mapped `HalfMatrix` holds two bytes a weight).
+    public var floatByteSize: Int {
+        byteSize + linearLayers.reduce(0) { $0 + $1.outFeatures * $1.inFeatures * MemoryLayout<Float>.size - $1.weight.byteSize }
+    }
+
     /// Assembles weights from parts (tests and the quantizer build networks this way).
     public init(dimensions: ModelDimensions, conv1: Linear, conv2: Linear, encoderPositions: [Float],
          encoderBlocks: [EncoderBlock], encoderNorm: LayerNormWeights, tokenEmbedding: Linear,

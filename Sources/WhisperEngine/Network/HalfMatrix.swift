@@ -5,8 +5,17 @@ import Foundation
 /// made, so its pages belong to the page cache (shared, and given back under memory pressure)
 /// rather than to the process. Products convert tiles of rows to float32 in a small scratch
 /// buffer and multiply them with OpenBLAS; slower than `FloatMatrix`, meant for passes that run
-/// beside a quantized model (the daemon's statistics of the full-precision model). The values
-/// are exactly the float32 ones `FloatMatrix` would hold (float16 widens exactly).
+/// beside a quantized model (the daemon's statistics of the full-precision model, its self-check
+/// and shadow evaluation) and for the quantizer's source. The values are exactly the float32 ones
+/// `FloatMatrix` would hold (float16 widens exactly).
+///
+/// Once a tile (or an embedding row) has been read, its pages leave the process's resident set
+/// again (`mq_release_mapped_pages`, madvise MADV_DONTNEED on the file mapping): mapped file pages
+/// count in RSS, and a pass over every matrix would otherwise leave the whole file (75 MB for
+/// tiny.en) resident until the model is dropped. The page cache keeps them, so the next pass maps
+/// them again with minor faults (cost measured in docs/daemon.md, "Memory"). Chosen over reading
+/// each tile with pread into the scratch: the same bound, without a file descriptor and offsets
+/// kept beside the mapping, and no copy besides the widening itself.
 public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
     /// Rows converted per tile in `multiply` (64 KiB-ish of scratch per 128 input features).
     static let tileRows = 128
@@ -18,6 +27,8 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
     /// The mapped file and the byte offset of row 0: `outFeatures · inFeatures` little-endian halves.
     private let file: Data
     private let offset: Int
+    /// Whether `file` is a file mapping whose pages may be released (never for bytes held in memory).
+    private let releasesPages: Bool
 
     /// The float16 values of `variable` in place, shaped `[outFeatures, inFeatures]`.
     init(variable: StoredVariable, outFeatures: Int, inFeatures: Int) {
@@ -26,6 +37,7 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
         self.inFeatures = inFeatures
         file = variable.file
         offset = variable.range.lowerBound
+        releasesPages = variable.fileMapped
     }
 
     /// Two bytes per weight, mapped from the file.
@@ -33,6 +45,12 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
 
     private func withHalves<R>(_ body: (UnsafePointer<UInt16>) -> R) -> R {
         file.withUnsafeBytes { raw in body(raw.baseAddress!.advanced(by: offset).assumingMemoryBound(to: UInt16.self)) }
+    }
+
+    /// Releases the pages of `count` halves from `first` (and their fault-around neighbours) when the file is mapped.
+    private func release(_ first: UnsafePointer<UInt16>, count: Int) {
+        guard releasesPages else { return }
+        file.withUnsafeBytes { raw in mq_release_mapped_pages(first, count * 2, raw.baseAddress!, raw.count) }
     }
 
     /// Calls `body` with consecutive tiles of up to `tileRows` rows widened to float32: the first
@@ -47,10 +65,26 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
                 while r0 < outFeatures {
                     let rows = min(Self.tileRows, outFeatures - r0)
                     mq_f16_to_f32(w + r0 * k, t.baseAddress!, rows * k)
+                    release(w + r0 * k, count: rows * k)
                     body(r0, rows, UnsafeBufferPointer(rebasing: t[0..<rows * k]))
                     r0 += rows
                 }
             }
+        }
+    }
+
+    /// Rows `rows` widened to float32, `[rows.count, inFeatures]` row-major (their pages released as
+    /// the tiles' are): what the quantizer reads a layer by, a bounded chunk at a time.
+    public func floats(rows: Range<Int>) -> [Float] {
+        precondition(rows.lowerBound >= 0 && rows.upperBound <= outFeatures)
+        let n = rows.count * inFeatures
+        return [Float](unsafeUninitializedCapacity: n) { out, count in
+            withHalves { w in
+                let first = w + rows.lowerBound * inFeatures
+                mq_f16_to_f32(first, out.baseAddress!, n)
+                release(first, count: n)
+            }
+            count = n
         }
     }
 
@@ -65,6 +99,9 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
 
     /// Row `index` widened to float32 (the embedding lookup).
     public func copyRow(_ index: Int, into out: UnsafeMutablePointer<Float>) {
-        withHalves { w in mq_f16_to_f32(w + index * inFeatures, out, inFeatures) }
+        withHalves { w in
+            mq_f16_to_f32(w + index * inFeatures, out, inFeatures)
+            release(w + index * inFeatures, count: inFeatures)
+        }
     }
 }
