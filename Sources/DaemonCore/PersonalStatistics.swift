@@ -18,8 +18,8 @@ import WhisperEngine
 /// published without waiting for it. The full-precision model is the one in service when that is the float
 /// model; while a quantized model serves, it is the source model with its float16 weights left in the file's
 /// mapping (`WhisperModel.loadMapped`: page cache, not a float32 copy the budget would have to hold). At most
-/// one pass runs at a time: an utterance that arrives meanwhile is not gathered (statistics need a sample, not
-/// every sample).
+/// one pass runs at a time; the newest utterance that arrives meanwhile waits for the next pass (an older one
+/// waiting is wiped and not gathered: statistics need a sample, not every sample).
 ///
 /// The statistics file (`statistics.myqs`, mode 0600) is rewritten atomically after each pass; a file that cannot
 /// be read at start is set aside as `statistics.myqs.corrupt` and gathering starts afresh. Temporary files an
@@ -38,6 +38,9 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     // Guarded by `lock`.
     private var statistics: ActivationStatistics?
     private var passRunning = false
+    /// The newest utterance that arrived while a pass ran (a copy, with the model that served it): the next pass
+    /// takes it. At most one waits; a newer one replaces (and wipes) it.
+    private var pending: (copy: SampleCopy, served: WhisperModel)?
     /// One more at every `forget`: a pass that began before it is not merged.
     private var epoch = 0
     private var sourceModel: String?
@@ -94,28 +97,52 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         locked { alsoDuringPass = body }
     }
 
-    /// Starts a statistics pass over `utterance` unless one is running.
+    /// Starts a statistics pass over `utterance`, or, while one runs, keeps a copy of it for the next (replacing
+    /// and wiping an older one waiting): under load the passes fall behind the utterances, and the newest one is
+    /// gathered (and measured, for a candidate in shadow) instead of none. At most two copies exist at once.
     public func observe(utterance: Utterance, transcript: Transcript, model: WhisperModel) {
-        guard let startEpoch = locked({ () -> Int? in
-            if passRunning { return nil }
+        let copy = SampleCopy(utterance.withUnsafeSamples { Array($0) })
+        let startEpoch = locked { () -> Int? in
+            guard !passRunning else {
+                pending?.copy.wipe()
+                pending = (copy, model)
+                return nil
+            }
             passRunning = true
             return epoch
-        }) else { return }
-        let copy = SampleCopy(utterance.withUnsafeSamples { Array($0) })
+        }
+        guard let startEpoch else { return }
         passDone.enter()
+        run(copy, served: model, epoch: startEpoch)
+    }
+
+    /// One pass on the statistics queue, then the utterance waiting, if any; `passDone` is left when none waits.
+    private func run(_ copy: SampleCopy, served: WhisperModel, epoch startEpoch: Int) {
         queue.async { [self] in
-            defer {
-                copy.wipe()
-                locked { passRunning = false }
+            gather(samples: copy.values, served: served, epoch: startEpoch)
+            copy.wipe()
+            WhisperModel.releaseFreedMemory()   // the pass's activations and caches
+            let next = locked { () -> (SampleCopy, WhisperModel, Int)? in
+                guard let waiting = pending else {
+                    passRunning = false
+                    return nil
+                }
+                pending = nil
+                return (waiting.copy, waiting.served, epoch)
+            }
+            if let (copy, served, epoch) = next {
+                run(copy, served: served, epoch: epoch)
+            } else {
                 passDone.leave()
             }
-            gather(samples: copy.values, served: model, epoch: startEpoch)
-            WhisperModel.releaseFreedMemory()   // the pass's activations and caches
         }
     }
 
-    /// Waits until the running pass (if any) has finished.
+    /// Waits until the running pass (if any) and the utterance waiting for the next have finished.
     public func waitForPass() { passDone.wait() }
+
+    /// Whether an utterance waits for the next pass (for tests).
+    var hasWaitingUtterance: Bool { locked { pending != nil } }
 
     /// Forgets the statistics (a pass still running is not merged) and deletes their file, one set aside as
     /// corrupt and any temporary file.
@@ -123,6 +150,8 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         locked {
             epoch += 1
             statistics = nil
+            pending?.copy.wipe()
+            pending = nil
         }
         waitForPass()
         guard let path else { return }
@@ -216,9 +245,9 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     }
 }
 
-/// The one copy of an utterance's samples a statistics pass holds; `wipe` zeroes it in place (the pass has
-/// returned by then, so the array is not shared and is not copied on write).
-private final class SampleCopy: @unchecked Sendable {  // @unchecked: written by the pass, then wiped after it ends
+/// The copy of an utterance's samples a statistics pass holds (or waits with); `wipe` zeroes it in place (the
+/// pass has returned, or never started, by then, so the array is not shared and is not copied on write).
+private final class SampleCopy: @unchecked Sendable {  // @unchecked: read by one pass, then wiped after it ends
     var values: [Float]
 
     init(_ values: [Float]) { self.values = values }

@@ -1,0 +1,86 @@
+import Capture
+@testable import DaemonCore
+import Foundation
+import Logging
+import Quantization
+import WhisperEngine
+import XCTest
+
+/// The statistics passes run one at a time; the newest utterance that arrives during a pass waits for the next.
+final class PersonalStatisticsTests: XCTestCase {
+    /// Utterances 0.2 and 0.3 arrive while the pass over 0.1 is held: 0.3 replaces 0.2 and is gathered next, so
+    /// under load the passes fall behind without losing the newest speech. (Before, both were dropped, and a
+    /// candidate in shadow on a busy machine could wait for its second measured utterance forever:
+    /// DaemonEndToEndTests.testStatisticsBehindAQuantizedModelTriggerRequantization hung in a fresh-clone run
+    /// beside a busy loop.)
+    func testTheNewestUtteranceDuringAPassIsGatheredNext() throws {
+        let model = try SmallModels.make(seed: 3)
+        let personal = PersonalStatistics(directory: nil, logger: Logger(label: "test"))
+        let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        final class Seen: @unchecked Sendable {  // @unchecked: guarded by `lock`
+            let lock = NSLock()
+            var firstSamples: [Float] = []
+        }
+        let seen = Seen()
+        personal.duringPass { samples, _, _ in
+            seen.lock.withLock { seen.firstSamples.append(samples[0]) }
+            if samples[0] == 0.1 {   // hold the first pass until the other two have arrived
+                held.signal()
+                release.wait()
+            }
+        }
+        let transcript = Transcript(segments: [], language: "en", text: "")
+        func offer(_ value: Float) {
+            personal.observe(utterance: Utterance(samples: [Float](repeating: value, count: 16_000)),
+                             transcript: transcript, model: model)
+        }
+        offer(0.1)
+        XCTAssertEqual(held.wait(timeout: .now() + patient(600)), .success, "the first pass ran")
+        offer(0.2)
+        offer(0.3)
+        release.signal()
+        personal.waitForPass()
+        XCTAssertEqual(seen.lock.withLock { seen.firstSamples }, [0.1, 0.3])
+        XCTAssertEqual(personal.statistics(for: ModelIdentity.of(model))?.sampleCount, 2)
+    }
+
+    /// `forget` during a pass wipes the utterance waiting for the next one: nothing of it is gathered.
+    func testForgetDropsTheWaitingUtterance() throws {
+        let model = try SmallModels.make(seed: 4)
+        let personal = PersonalStatistics(directory: nil, logger: Logger(label: "test"))
+        let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let passes = ManagedAtomicCounter()
+        personal.duringPass { samples, _, _ in
+            passes.increment()
+            if samples[0] == 0.1 {
+                held.signal()
+                release.wait()
+            }
+        }
+        let transcript = Transcript(segments: [], language: "en", text: "")
+        personal.observe(utterance: Utterance(samples: [Float](repeating: 0.1, count: 16_000)), transcript: transcript, model: model)
+        XCTAssertEqual(held.wait(timeout: .now() + patient(600)), .success, "the first pass ran")
+        personal.observe(utterance: Utterance(samples: [Float](repeating: 0.2, count: 16_000)), transcript: transcript, model: model)
+        let forgotten = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            personal.forget()
+            forgotten.signal()
+        }
+        // forget() takes the waiting utterance before it waits for the pass; give it that moment by polling.
+        let deadline = Date().addingTimeInterval(patient(60))
+        while personal.hasWaitingUtterance, Date() < deadline { usleep(1000) }
+        XCTAssertFalse(personal.hasWaitingUtterance, "forget wiped the waiting utterance")
+        release.signal()
+        XCTAssertEqual(forgotten.wait(timeout: .now() + patient(600)), .success)
+        XCTAssertEqual(passes.value, 1, "only the pass that was running ran")
+        XCTAssertNil(personal.statistics(for: ModelIdentity.of(model)))
+    }
+}
+
+/// A counter shared with a pass's hook.
+private final class ManagedAtomicCounter: @unchecked Sendable {  // @unchecked: guarded by `lock`
+    private let lock = NSLock()
+    private var count = 0
+    func increment() { lock.withLock { count += 1 } }
+    var value: Int { lock.withLock { count } }
+}
