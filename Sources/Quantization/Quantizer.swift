@@ -360,10 +360,14 @@ public enum Quantizer {
         return QuantizationResult(weights: weights, metadata: metadata, report: report)
     }
 
-    /// A full-precision layer's weights as float32, `[outFeatures, inFeatures]` (a `HalfMatrix` widened: a copy).
-    private static func floatValues(of layer: Linear) -> [Float] {
-        if let f = layer.weight as? FloatMatrix { return f.values }
-        return (layer.weight as! HalfMatrix).floats(rows: 0..<layer.outFeatures)
+    /// Rows `rows` (all by default) of a full-precision layer's weights as float32, `[rows.count, inFeatures]` (a
+    /// `HalfMatrix` widened, its pages released: a copy; a whole `FloatMatrix`: its array, shared).
+    private static func floatValues(of layer: Linear, rows: Range<Int>? = nil) -> [Float] {
+        let rows = rows ?? 0..<layer.outFeatures, k = layer.inFeatures
+        if let f = layer.weight as? FloatMatrix {
+            return rows.count == layer.outFeatures ? f.values : Array(f.values[rows.lowerBound * k ..< rows.upperBound * k])
+        }
+        return (layer.weight as! HalfMatrix).floats(rows: rows)
     }
 
     /// Quantizes `layer` (a `FloatMatrix` or a mapped `HalfMatrix`) `rowsPerChunk` rows at a time: `quantize` gets
@@ -375,12 +379,7 @@ public enum Quantizer {
         throws -> QuantizedMatrix
     {
         let out = layer.outFeatures, k = layer.inFeatures
-        func rows(_ range: Range<Int>) -> [Float] {
-            if let f = layer.weight as? FloatMatrix {
-                return range.count == out ? f.values : Array(f.values[range.lowerBound * k ..< range.upperBound * k])
-            }
-            return (layer.weight as! HalfMatrix).floats(rows: range)
-        }
+        func rows(_ range: Range<Int>) -> [Float] { floatValues(of: layer, rows: range) }
         if out <= rowsPerChunk { return try quantize(rows(0..<out), 0..<out) }
         let packedPerRow = QuantizedMatrix.packedByteCount(outFeatures: 1, inFeatures: k, bits: bits, groupSize: groupSize)
         let scalesPerRow = QuantizedMatrix.scaleByteCount(outFeatures: 1, inFeatures: k, groupSize: groupSize)
