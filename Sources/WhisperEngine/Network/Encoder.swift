@@ -107,7 +107,7 @@ public final class WhisperNetwork: SpeechModel {
         }
         cols2 = []
 
-        var scratch = EncoderScratch(frames: frames, width: d)
+        var scratch = EncoderScratch(frames: frames, width: d, threads: threads)
         for block in weights.encoderBlocks {
             if cancellation?.isCancelled == true { return nil }
             encoderBlock(block, x: &x, frames: frames, scratch: &scratch)
@@ -155,51 +155,71 @@ public final class WhisperNetwork: SpeechModel {
                 layerNorm(x, rows: frames, width: d, block.attentionNorm, into: normed)
                 // [frames, 3d]
                 block.qkv.forward(normed, rows: frames, into: qkv, threads: threads, observer: observer)
-                // Per head: S = Q_h K_hᵀ * scale  [frames, frames]; softmax; O_h = S V_h,
-                // each thread on its own rows of S (queries) from start to end.
-                let scores = scratch.scores
+                // Per head: S = Q_h K_hᵀ * scale  [frames, frames]; softmax; O_h = S V_h, a block of
+                // `queryRows` queries at a time; each thread takes every `workers`-th block and has
+                // its own `[queryRows, frames]` of scores.
+                let workers = min(threads, scratch.scoreBlocks), scores = scratch.scores
+                let queryRows = EncoderScratch.queryRows
                 for h in 0..<heads {
                     let q = qkv + h * dh, k = qkv + d + h * dh, v = qkv + 2 * d + h * dh
-                    Kernels.parallelRows(frames, threads: threads) { r in
-                        let s = scores + r.lowerBound * frames   // [r.count, frames]
-                        Kernels.gemmABt(m: r.count, n: frames, k: dh, alpha: scale, a: q + r.lowerBound * 3 * d,
-                                        lda: 3 * d, b: k, ldb: 3 * d, c: s, ldc: frames, threads: 1)
-                        Kernels.softmaxRows(s, rows: r.count, cols: frames, ld: frames)
-                        Kernels.gemmAB(m: r.count, n: dh, k: frames, a: s, lda: frames,
-                                       b: v, ldb: 3 * d, c: attn + r.lowerBound * d + h * dh, ldc: d)
+                    Kernels.parallelParts(workers) { worker in
+                        let s = scores + worker * queryRows * frames
+                        for r0 in stride(from: worker * queryRows, to: frames, by: workers * queryRows) {
+                            let rows = min(queryRows, frames - r0)   // s: [rows, frames]
+                            Kernels.gemmABt(m: rows, n: frames, k: dh, alpha: scale, a: q + r0 * 3 * d,
+                                            lda: 3 * d, b: k, ldb: 3 * d, c: s, ldc: frames, threads: 1)
+                            Kernels.softmaxRows(s, rows: rows, cols: frames, ld: frames)
+                            Kernels.gemmAB(m: rows, n: dh, k: frames, a: s, lda: frames,
+                                           b: v, ldb: 3 * d, c: attn + r0 * d + h * dh, ldc: d)
+                        }
                     }
                 }
                 block.attentionOut.forward(attn, rows: frames, into: projected, threads: threads, observer: observer)
                 Kernels.add(x, projected, count: frames * d)
 
                 layerNorm(x, rows: frames, width: d, block.mlpNorm, into: normed)
-                // [frames, 4d]
-                block.mlpUp.forward(normed, rows: frames, into: hidden, threads: threads, observer: observer)
-                gelu(hidden, rows: frames, width: 4 * d)
-                block.mlpDown.forward(hidden, rows: frames, into: projected, threads: threads, observer: observer)
+                // `hiddenRows` rows at a time, so that the [rows, 4d] hidden activations stay small.
+                for r0 in stride(from: 0, to: frames, by: EncoderScratch.hiddenRows) {
+                    let rows = min(EncoderScratch.hiddenRows, frames - r0)
+                    // [rows, 4d]
+                    block.mlpUp.forward(normed + r0 * d, rows: rows, into: hidden, threads: threads, observer: observer)
+                    gelu(hidden, rows: rows, width: 4 * d)
+                    block.mlpDown.forward(hidden, rows: rows, into: projected + r0 * d, threads: threads,
+                                          observer: observer)
+                }
                 Kernels.add(x, projected, count: frames * d)
             }}}}}
         }
     }
 }
 
-/// Buffers reused across encoder blocks (the encoder's scratch state).
+/// Buffers reused across encoder blocks (the encoder's scratch state). The attention scores and
+/// the MLP's hidden activations are made in row blocks: whole, a 30 s window's `[1500, 1500]` scores
+/// of one head and `[1500, 4d]` hidden rows were 9 MB each for tiny.en, at the peak of every window.
 private struct EncoderScratch {
+    /// Queries whose scores one thread holds at a time.
+    static let queryRows = 64
+    /// Rows whose MLP hidden activations are held at a time.
+    static let hiddenRows = 256
+
     var normed: [Float]      // [frames, d]
     var qkv: [Float]         // [frames, 3d]
     var attention: [Float]   // [frames, d]
     var projected: [Float]   // [frames, d]
-    var hidden: [Float]      // [frames, 4d]
-    let scores: UnsafeMutablePointer<Float>   // [frames, frames], one head at a time
+    var hidden: [Float]      // [min(frames, hiddenRows), 4d]
+    /// Blocks of `queryRows` queries, and so the most threads the scores can use.
+    let scoreBlocks: Int
+    let scores: UnsafeMutablePointer<Float>   // [threads, queryRows, frames]: a block of one head per thread
     private let scoreStorage: ScoreStorage
 
-    init(frames: Int, width d: Int) {
+    init(frames: Int, width d: Int, threads: Int) {
         normed = [Float](repeating: 0, count: frames * d)
         qkv = [Float](repeating: 0, count: frames * 3 * d)
         attention = [Float](repeating: 0, count: frames * d)
         projected = [Float](repeating: 0, count: frames * d)
-        hidden = [Float](repeating: 0, count: frames * 4 * d)
-        scoreStorage = ScoreStorage(count: frames * frames)
+        hidden = [Float](repeating: 0, count: min(frames, Self.hiddenRows) * 4 * d)
+        scoreBlocks = (frames + Self.queryRows - 1) / Self.queryRows
+        scoreStorage = ScoreStorage(count: max(1, min(threads, scoreBlocks)) * Self.queryRows * frames)
         scores = scoreStorage.pointer
     }
 }

@@ -90,6 +90,12 @@ enum Kernels {
         mq_add(a, b, count)
     }
 
+    /// Runs `body(part)` for `part` in `0..<parts`, on as many threads (the caller's among them).
+    static func parallelParts(_ parts: Int, _ body: (Int) -> Void) {
+        if parts <= 1 { return body(0) }
+        DispatchQueue.concurrentPerform(iterations: parts, execute: body)
+    }
+
     /// Splits `0..<rows` into one contiguous range per thread and runs `body` on each.
     static func parallelRows(_ rows: Int, threads: Int, _ body: (Range<Int>) -> Void) {
         let parts = Swift.min(threads, rows)
