@@ -154,6 +154,44 @@ final class NetworkReferenceTests: XCTestCase {
         assertClose(Array(logits[(2 * v)...]), reference.logits(tokens: [2, 4, 10, 11, 7], audio: audio.values), tolerance: 1e-4)
     }
 
+    /// The self-attention cache starts at 64 positions and grows as the sequences do: beams that
+    /// outgrow it twice (64 -> 128 -> 140) still attend over every position they saw, and a reorder
+    /// after a growth reads the grown caches.
+    func testBeamsKeepTheirPositionsWhenTheCacheGrows() {
+        let dims = ModelDimensions(nMels: 6, nAudioCtx: 10, nState: 16, nHeads: 2,
+                                   nAudioLayers: 1, nTextLayers: 2, nTextCtx: 140, nVocab: 29)
+        var rng = SeededGenerator(seed: 5)
+        let weights = RandomWhisper.make(dims, rng: &rng)
+        let network = WhisperNetwork(weights: weights, threads: 1)
+        let mel = (0..<(dims.nMels * 2 * dims.nAudioCtx)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let audio = network.encode(mel: mel)
+        let reference = Reference(weights)
+        let v = dims.nVocab
+
+        let session = network.makeDecoderSession(audio: audio)
+        var beams = [(0..<60).map { ($0 * 7) % v }]
+        _ = session.step(beams)
+        session.reorder([0, 0])
+        beams = [beams[0], beams[0]]
+        var logits: [Float] = []
+        for position in 60..<139 {
+            if position == 100 {                            // after the first growth: swap the beams
+                session.reorder([1, 0])
+                beams = [beams[1], beams[0]]
+            }
+            let next = [[(position * 3) % v], [(position * 5 + 1) % v]]
+            beams[0].append(next[0][0])
+            beams[1].append(next[1][0])
+            logits = session.step(next)
+            if position == 64 {                             // the step that outgrew 64 positions
+                assertClose(Array(logits[v...]), reference.logits(tokens: beams[1], audio: audio.values), tolerance: 1e-4)
+            }
+        }
+        XCTAssertEqual(session.length, 139)
+        assertClose(Array(logits[0..<v]), reference.logits(tokens: beams[0], audio: audio.values), tolerance: 1e-4)
+        assertClose(Array(logits[v...]), reference.logits(tokens: beams[1], audio: audio.values), tolerance: 1e-4)
+    }
+
     func testObserverSeesEveryLinearLayer() {
         var rng = SeededGenerator(seed: 4)
         let weights = RandomWhisper.make(Self.dims, rng: &rng)

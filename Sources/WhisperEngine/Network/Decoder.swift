@@ -54,10 +54,15 @@ final class WhisperDecoderSession: DecoderSession {
     /// A silent window whose positions `audioFrames ..< tail.frames` cross-attention reads after
     /// the window's own (`EncodedAudio.silentTail`); without it cross-attention reads `audioFrames` positions.
     private let tail: SilentWindow?
-    /// Per block: `[batch, nTextCtx, d]` keys and values of the positions seen so far (the
+    /// Per block: `[batch, capacity, d]` keys and values of the positions seen so far (the
     /// arrays may hold more sequences than the batch after it shrank).
     private var selfK: [[Float]]
     private var selfV: [[Float]]
+    /// Positions each sequence's cache holds: it doubles as the sequence grows, up to `nTextCtx`.
+    /// Made for all 448 positions at once, beam 5's caches and their spares were 55 MB for tiny.en,
+    /// where a command's few dozen tokens need a tenth of that.
+    private var capacity: Int
+    static let initialCapacity = 64
     /// Per block: the arrays `reorder` last replaced, written by the next `reorder` and swapped
     /// in, so that beam search's reorder after every step allocates nothing (at beam 5 a
     /// fresh zeroed cache was 27 MB a step).
@@ -71,8 +76,8 @@ final class WhisperDecoderSession: DecoderSession {
         self.crossKV = crossKV
         self.tail = tail
         let dims = network.weights.dimensions
-        let perSequence = dims.nTextCtx * dims.nState
-        selfK = Array(repeating: [Float](repeating: 0, count: perSequence), count: dims.nTextLayers)
+        capacity = min(dims.nTextCtx, Self.initialCapacity)
+        selfK = Array(repeating: [Float](repeating: 0, count: capacity * dims.nState), count: dims.nTextLayers)
         selfV = selfK
         spareK = Array(repeating: [], count: dims.nTextLayers)
         spareV = spareK
@@ -80,7 +85,7 @@ final class WhisperDecoderSession: DecoderSession {
 
     func reorder(_ sources: [Int]) {
         let dims = network.weights.dimensions
-        let perSequence = dims.nTextCtx * dims.nState
+        let perSequence = capacity * dims.nState
         let used = length * dims.nState
         for s in sources { precondition(s >= 0 && s < batchSize, "reorder: source \(s) out of range") }
         // Sequence i of the new cache continues sequence sources[i] of the old one.
@@ -102,6 +107,32 @@ final class WhisperDecoderSession: DecoderSession {
         batchSize = sources.count
     }
 
+    /// Grows every sequence's cache to hold `positions` (at least doubling, at most `nTextCtx`),
+    /// keeping the positions seen so far; the spares are dropped (the next `reorder` makes them anew).
+    private func reserve(_ positions: Int) {
+        guard positions > capacity else { return }
+        let d = network.weights.dimensions.nState
+        let grown = min(network.weights.dimensions.nTextCtx, max(positions, 2 * capacity))
+        func regrow(_ cache: inout [Float]) {
+            var bigger = [Float](repeating: 0, count: batchSize * grown * d)
+            cache.withUnsafeBufferPointer { src in
+                bigger.withUnsafeMutableBufferPointer { dst in
+                    for b in 0..<batchSize {
+                        (dst.baseAddress! + b * grown * d).update(from: src.baseAddress! + b * capacity * d, count: length * d)
+                    }
+                }
+            }
+            cache = bigger
+        }
+        for l in selfK.indices {
+            regrow(&selfK[l])
+            regrow(&selfV[l])
+            spareK[l] = []
+            spareV[l] = []
+        }
+        capacity = grown
+    }
+
     func step(_ tokens: [[Int]]) -> [Float] {
         let weights = network.weights
         let observer = network.observer, threads = network.threads
@@ -115,6 +146,8 @@ final class WhisperDecoderSession: DecoderSession {
         let rows = batch * n
         let total = length + n
         let scale = 1 / Float(dh).squareRoot()
+        reserve(total)
+        let capacity = self.capacity
 
         // x[b*n + j] = embedding[tokens[b][j]] + positions[length + j]     [rows, d]
         var x = [Float](repeating: 0, count: rows * d)
@@ -165,13 +198,13 @@ final class WhisperDecoderSession: DecoderSession {
                 for b in 0..<batch {
                     for j in 0..<n {
                         let src = qkv + (b * n + j) * 3 * d
-                        let slot = (b * ctx + length + j) * d
+                        let slot = (b * capacity + length + j) * d
                         (kCache + slot).update(from: src + d, count: d)
                         (vCache + slot).update(from: src + 2 * d, count: d)
                     }
                 }
                 for b in 0..<batch {
-                    let keys = kCache + b * ctx * d, values = vCache + b * ctx * d
+                    let keys = kCache + b * capacity * d, values = vCache + b * capacity * d
                     for h in 0..<heads {
                         // s[n, total] = q_h · K_hᵀ * scale, then mask the future.
                         Kernels.gemmABt(m: n, n: total, k: dh, alpha: scale, a: qkv + b * n * 3 * d + h * dh,
