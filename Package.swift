@@ -94,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "myqasrd",
             dependencies: [
-                "DaemonCore", "Serving", "SystemdSupport", "Units",
+                "DaemonCore", "Serving", "SystemdSupport", "Units", "WhisperEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -26,6 +26,16 @@ void mq_keep_freed_heap(void) {
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
 }
 
+void mq_use_one_heap(void) {
+    // glibc gives threads that contend for the heap arenas of their own. malloc_trim returns the free
+    // pages inside every arena's free chunks, but the top of a thread arena's heap goes back only when
+    // it exceeds the trim threshold, which mq_keep_freed_heap sets to 256 MiB (beyond a thread heap's
+    // 64 MiB): after two transcriptions, one thread heap of the daemon kept 10.7 MB of free memory
+    // resident. With every thread on the main heap, malloc_trim reaches all of it: RssAnon after two
+    // transcriptions 52.3 MiB instead of 65-76 MiB, and the same speed (docs/daemon.md).
+    mallopt(M_ARENA_MAX, 1);
+}
+
 void mq_release_mapped_pages(const void *start, size_t length, const void *mapping, size_t mappingLength) {
     // Drops this process's page-table entries for the pages of [start, start + length) of a
     // read-only file mapping: RSS (RssFile, and so VmHWM) stops counting them, the page cache keeps

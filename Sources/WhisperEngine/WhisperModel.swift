@@ -43,6 +43,13 @@ public final class WhisperModel: @unchecked Sendable {
         mq_release_free_heap()
     }
 
+    /// For a long-running process (the daemon), before its threads allocate: every thread's C heap
+    /// allocations go to one heap, so that `releaseFreedMemory` can return all that is free
+    /// (see `mq_use_one_heap`).
+    public static func useOneHeap() {
+        mq_use_one_heap()
+    }
+
     /// Set once per process by the first `SpeechRecognizer`: the C heap keeps the scratch that
     /// each window frees for the next one instead of faulting it in again (see `mq_keep_freed_heap`;
     /// `releaseFreedMemory` still returns it).

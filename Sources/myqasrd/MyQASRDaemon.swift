@@ -6,6 +6,7 @@ import Glibc
 #endif
 import Logging
 import Units
+import WhisperEngine
 
 /// `myqasrd`: the on-device speech-recognition daemon (microphone -> Whisper -> Unix sockets).
 @main
@@ -48,6 +49,18 @@ struct MyQASRDaemon: AsyncParsableCommand {
 
     @Flag(name: .long, help: "Check the configuration, the model and the memory budget as start-up does, print the settings, and exit.")
     var checkConfig = false
+
+    /// ArgumentParser's entry point, after one thing that must come before any other thread exists.
+    static func main() async {
+        // One C heap for every thread, which idle trims can return in full (`mq_use_one_heap`).
+        WhisperModel.useOneHeap()
+        do {
+            var command = try parseAsRoot()
+            if let daemon = command as? MyQASRDaemon { try await daemon.run() } else { try command.run() }
+        } catch {
+            exit(withError: error)
+        }
+    }
 
     func run() async throws {
         // First of all, so that a SIGHUP or SIGTERM during model loading does not kill the process.

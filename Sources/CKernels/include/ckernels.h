@@ -36,6 +36,11 @@ void mq_release_free_heap(void);
 /// the system at once (glibc mallopt: mmap threshold 32 MiB, trim threshold 256 MiB).
 void mq_keep_freed_heap(void);
 
+/// Keeps every thread's allocations in the main heap (glibc M_ARENA_MAX 1), so that
+/// mq_release_free_heap reaches all free memory; for a long-running process, called before its
+/// threads allocate.
+void mq_use_one_heap(void);
+
 /// Takes the pages of [start, start + length) of a read-only *file* mapping [mapping, mapping +
 /// mappingLength), and those within 64 KiB of it (what the kernel's fault-around maps with them),
 /// out of the process's resident set (madvise MADV_DONTNEED; the page cache keeps them and a later
