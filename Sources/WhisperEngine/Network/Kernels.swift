@@ -101,7 +101,7 @@ enum Kernels {
         let parts = Swift.min(threads, rows)
         guard parts > 1 else { return body(0..<rows) }
         let chunk = (rows + parts - 1) / parts
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
+        parallelParts(parts) { part in
             let start = part * chunk
             let end = Swift.min(rows, start + chunk)
             if start < end { body(start..<end) }
