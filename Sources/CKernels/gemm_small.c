@@ -12,6 +12,11 @@
 // from 429 to 150-200 us a step on keys in cache, and from 438 to 382 us on a real step's
 // 9 MB of keys, where memory is the limit.
 // Elsewhere a portable loop.
+//
+// The same product with w in half precision (`mq_gemm_nt_small_h`), and a product with a
+// half-precision right-hand side not transposed (`mq_gemm_nn_small_h`), serve the decoder's
+// cross-attention over a model's silent window, kept in half precision (SilentWindow.swift),
+// as whisper.cpp keeps its cross-attention keys and values.
 #include <stdatomic.h>
 #include "ckernels.h"
 
@@ -22,38 +27,15 @@
 #define MAX_ROWS 8
 #define MQ_INLINE static inline __attribute__((always_inline))
 
-// Portable: dot products of one row of w with `rows` rows of x.
-MQ_INLINE void dot_rows_portable(const float *w, const float *x, size_t k, size_t ldx, int rows,
-                                 float out[MAX_ROWS]) {
-    for (int r = 0; r < rows; r++) {
-        const float *xr = x + (size_t)r * ldx;
-        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        size_t t = 0;
-        for (; t + 4 <= k; t += 4) {
-            s0 += w[t] * xr[t];
-            s1 += w[t + 1] * xr[t + 1];
-            s2 += w[t + 2] * xr[t + 2];
-            s3 += w[t + 3] * xr[t + 3];
-        }
-        for (; t < k; t++) s0 += w[t] * xr[t];
-        out[r] = (s0 + s1) + (s2 + s3);
-    }
-}
-
-static void gemm_portable(const float *x, size_t m, size_t ldx, const float *w, size_t n, size_t ldw,
-                          size_t k, float alpha, float *y, size_t ldy) {
-    for (size_t r0 = 0; r0 < m; r0 += MAX_ROWS) {
-        int rows = (int)(m - r0 < MAX_ROWS ? m - r0 : MAX_ROWS);
-        for (size_t j = 0; j < n; j++) {
-            float out[MAX_ROWS];
-            dot_rows_portable(w + j * ldw, x + r0 * ldx, k, ldx, rows, out);
-            for (int r = 0; r < rows; r++) y[(r0 + (size_t)r) * ldy + j] = alpha * out[r];
-        }
-    }
-}
-
+// One kernel family per element type of w: float32 (`f32`) and float16 (`f16`). WTYPE is the C
+// type of w's elements; LOAD8 loads eight of them widened to float32 (x86-64 only).
 #if defined(__x86_64__)
+#define LOAD8_f32(p) _mm256_loadu_ps(p)
+#define LOAD8_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#endif
+
 // The eight sums of eight 8-lane accumulators, in one vector: [Σa0, Σa1, …, Σa7].
+#if defined(__x86_64__)
 __attribute__((target("avx2,fma"))) MQ_INLINE __m256 hsum8x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3,
                                                              __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
     // Per 128-bit half: pairs, then quads; the halves then hold the low and high four lanes' sums.
@@ -61,69 +43,186 @@ __attribute__((target("avx2,fma"))) MQ_INLINE __m256 hsum8x8(__m256 a0, __m256 a
     __m256 s4567 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
     return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
+#endif
 
-// y[j..j+8) of one x row: dot products with eight rows of w starting at w0.
-__attribute__((target("avx2,fma"))) MQ_INLINE void dot8_avx2(const float *w0, size_t ldw, const float *xr, size_t k,
-                                                             float alpha, float *y) {
-    size_t k8 = k & ~(size_t)7;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    for (size_t t = 0; t < k8; t += 8) {
-        __m256 q = _mm256_loadu_ps(xr + t);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + t), q, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + ldw + t), q, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + 2 * ldw + t), q, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + 3 * ldw + t), q, a3);
-        a4 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + 4 * ldw + t), q, a4);
-        a5 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + 5 * ldw + t), q, a5);
-        a6 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + 6 * ldw + t), q, a6);
-        a7 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + 7 * ldw + t), q, a7);
-    }
-    __m256 s = hsum8x8(a0, a1, a2, a3, a4, a5, a6, a7);
-    if (k8 < k) {
-        float tail[8];
-        for (int u = 0; u < 8; u++) {
-            float e = 0;
-            for (size_t t = k8; t < k; t++) e += w0[(size_t)u * ldw + t] * xr[t];
-            tail[u] = e;
-        }
-        s = _mm256_add_ps(s, _mm256_loadu_ps(tail));
-    }
-    _mm256_storeu_ps(y, _mm256_mul_ps(s, _mm256_set1_ps(alpha)));
-}
+#define DEFINE_GEMM_NT(T, WTYPE)                                                                              \
+    /* Portable: dot products of one row of w with `rows` rows of x. */                                      \
+    MQ_INLINE void dot_rows_portable_##T(const WTYPE *w, const float *x, size_t k, size_t ldx, int rows,     \
+                                         float out[MAX_ROWS]) {                                             \
+        for (int r = 0; r < rows; r++) {                                                                     \
+            const float *xr = x + (size_t)r * ldx;                                                           \
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                            \
+            size_t t = 0;                                                                                    \
+            for (; t + 4 <= k; t += 4) {                                                                     \
+                s0 += (float)w[t] * xr[t];                                                                   \
+                s1 += (float)w[t + 1] * xr[t + 1];                                                           \
+                s2 += (float)w[t + 2] * xr[t + 2];                                                           \
+                s3 += (float)w[t + 3] * xr[t + 3];                                                           \
+            }                                                                                                \
+            for (; t < k; t++) s0 += (float)w[t] * xr[t];                                                    \
+            out[r] = (s0 + s1) + (s2 + s3);                                                                  \
+        }                                                                                                    \
+    }                                                                                                        \
+                                                                                                             \
+    static void gemm_portable_##T(const float *x, size_t m, size_t ldx, const WTYPE *w, size_t n, size_t ldw, \
+                                  size_t k, float alpha, float *y, size_t ldy) {                             \
+        for (size_t r0 = 0; r0 < m; r0 += MAX_ROWS) {                                                        \
+            int rows = (int)(m - r0 < MAX_ROWS ? m - r0 : MAX_ROWS);                                         \
+            for (size_t j = 0; j < n; j++) {                                                                 \
+                float out[MAX_ROWS];                                                                         \
+                dot_rows_portable_##T(w + j * ldw, x + r0 * ldx, k, ldx, rows, out);                         \
+                for (int r = 0; r < rows; r++) y[(r0 + (size_t)r) * ldy + j] = alpha * out[r];               \
+            }                                                                                                \
+        }                                                                                                    \
+    }                                                                                                        \
+    DEFINE_GEMM_NT_AVX2(T, WTYPE)
 
-__attribute__((target("avx2,fma"))) static void gemm_avx2(const float *x, size_t m, size_t ldx, const float *w,
-                                                          size_t n, size_t ldw, size_t k, float alpha, float *y,
-                                                          size_t ldy) {
-    size_t j = 0;
-    // Eight rows of w (8 k floats) stay in cache while every x row passes them.
-    for (; j + 8 <= n; j += 8) {
-        for (size_t r = 0; r < m; r++) dot8_avx2(w + j * ldw, ldw, x + r * ldx, k, alpha, y + r * ldy + j);
+#if defined(__x86_64__)
+#define DEFINE_GEMM_NT_AVX2(T, WTYPE)                                                                         \
+    /* y[j..j+8) of one x row: dot products with eight rows of w starting at w0. */                          \
+    __attribute__((target("avx2,fma,f16c"))) MQ_INLINE void dot8_avx2_##T(const WTYPE *w0, size_t ldw,       \
+                                                                          const float *xr, size_t k,         \
+                                                                          float alpha, float *y) {           \
+        size_t k8 = k & ~(size_t)7;                                                                          \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;      \
+        for (size_t t = 0; t < k8; t += 8) {                                                                 \
+            __m256 q = _mm256_loadu_ps(xr + t);                                                              \
+            a0 = _mm256_fmadd_ps(LOAD8_##T(w0 + t), q, a0);                                                  \
+            a1 = _mm256_fmadd_ps(LOAD8_##T(w0 + ldw + t), q, a1);                                            \
+            a2 = _mm256_fmadd_ps(LOAD8_##T(w0 + 2 * ldw + t), q, a2);                                        \
+            a3 = _mm256_fmadd_ps(LOAD8_##T(w0 + 3 * ldw + t), q, a3);                                        \
+            a4 = _mm256_fmadd_ps(LOAD8_##T(w0 + 4 * ldw + t), q, a4);                                        \
+            a5 = _mm256_fmadd_ps(LOAD8_##T(w0 + 5 * ldw + t), q, a5);                                        \
+            a6 = _mm256_fmadd_ps(LOAD8_##T(w0 + 6 * ldw + t), q, a6);                                        \
+            a7 = _mm256_fmadd_ps(LOAD8_##T(w0 + 7 * ldw + t), q, a7);                                        \
+        }                                                                                                    \
+        __m256 s = hsum8x8(a0, a1, a2, a3, a4, a5, a6, a7);                                                  \
+        if (k8 < k) {                                                                                        \
+            float tail[8];                                                                                   \
+            for (int u = 0; u < 8; u++) {                                                                    \
+                float e = 0;                                                                                 \
+                for (size_t t = k8; t < k; t++) e += (float)w0[(size_t)u * ldw + t] * xr[t];                 \
+                tail[u] = e;                                                                                 \
+            }                                                                                                \
+            s = _mm256_add_ps(s, _mm256_loadu_ps(tail));                                                     \
+        }                                                                                                    \
+        _mm256_storeu_ps(y, _mm256_mul_ps(s, _mm256_set1_ps(alpha)));                                        \
+    }                                                                                                        \
+                                                                                                             \
+    __attribute__((target("avx2,fma,f16c"))) static void gemm_avx2_##T(                                      \
+        const float *x, size_t m, size_t ldx, const WTYPE *w, size_t n, size_t ldw, size_t k, float alpha,   \
+        float *y, size_t ldy) {                                                                              \
+        size_t j = 0;                                                                                        \
+        /* Eight rows of w (8 k values) stay in cache while every x row passes them. */                      \
+        for (; j + 8 <= n; j += 8) {                                                                         \
+            for (size_t r = 0; r < m; r++) dot8_avx2_##T(w + j * ldw, ldw, x + r * ldx, k, alpha, y + r * ldy + j); \
+        }                                                                                                    \
+        for (; j < n; j++) {                                                                                 \
+            for (size_t r = 0; r < m; r += MAX_ROWS) {                                                       \
+                int rows = (int)(m - r < MAX_ROWS ? m - r : MAX_ROWS);                                       \
+                float out[MAX_ROWS];                                                                         \
+                dot_rows_portable_##T(w + j * ldw, x + r * ldx, k, ldx, rows, out);                          \
+                for (int i = 0; i < rows; i++) y[(r + (size_t)i) * ldy + j] = alpha * out[i];                \
+            }                                                                                                \
+        }                                                                                                    \
     }
-    for (; j < n; j++) {
-        for (size_t r = 0; r < m; r += MAX_ROWS) {
-            int rows = (int)(m - r < MAX_ROWS ? m - r : MAX_ROWS);
-            float out[MAX_ROWS];
-            dot_rows_portable(w + j * ldw, x + r * ldx, k, ldx, rows, out);
-            for (int i = 0; i < rows; i++) y[(r + (size_t)i) * ldy + j] = alpha * out[i];
-        }
+#else
+#define DEFINE_GEMM_NT_AVX2(T, WTYPE)
+#endif
+
+DEFINE_GEMM_NT(f32, float)
+DEFINE_GEMM_NT(f16, _Float16)
+
+// Whether the CPU has AVX2, FMA and F16C. -1: not asked yet. Threads may race to fill it with the
+// same value: an atomic, so that is defined.
+#if defined(__x86_64__)
+static int has_avx2(void) {
+    static _Atomic int known = -1;
+    int avx2 = atomic_load_explicit(&known, memory_order_relaxed);
+    if (avx2 < 0) {
+        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        atomic_store_explicit(&known, avx2, memory_order_relaxed);
     }
+    return avx2;
 }
 #endif
 
 void mq_gemm_nt_small(const float *x, size_t m, size_t ldx, const float *w, size_t n, size_t ldw,
                       size_t k, float alpha, float *y, size_t ldy) {
 #if defined(__x86_64__)
-    // -1: not asked yet. Threads may race to fill it with the same value: an atomic, so that is defined.
-    static _Atomic int hasAVX2 = -1;
-    int avx2 = atomic_load_explicit(&hasAVX2, memory_order_relaxed);
-    if (avx2 < 0) {
-        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        atomic_store_explicit(&hasAVX2, avx2, memory_order_relaxed);
-    }
-    if (avx2) {
-        gemm_avx2(x, m, ldx, w, n, ldw, k, alpha, y, ldy);
+    if (has_avx2()) {
+        gemm_avx2_f32(x, m, ldx, w, n, ldw, k, alpha, y, ldy);
         return;
     }
 #endif
-    gemm_portable(x, m, ldx, w, n, ldw, k, alpha, y, ldy);
+    gemm_portable_f32(x, m, ldx, w, n, ldw, k, alpha, y, ldy);
+}
+
+void mq_gemm_nt_small_h(const float *x, size_t m, size_t ldx, const unsigned short *w, size_t n, size_t ldw,
+                        size_t k, float alpha, float *y, size_t ldy) {
+    const _Float16 *wh = (const _Float16 *)w;
+#if defined(__x86_64__)
+    if (has_avx2()) {
+        gemm_avx2_f16(x, m, ldx, wh, n, ldw, k, alpha, y, ldy);
+        return;
+    }
+#endif
+    gemm_portable_f16(x, m, ldx, wh, n, ldw, k, alpha, y, ldy);
+}
+
+// y[m, n] += x[m, k] · v[k, n], v in half precision; few rows m and narrow n (a head's 64 features).
+static void gemm_nn_h_portable(const float *x, size_t m, size_t ldx, const _Float16 *v, size_t k, size_t n,
+                               size_t ldv, float *y, size_t ldy) {
+    for (size_t r = 0; r < m; r++) {
+        float *yr = y + r * ldy;
+        for (size_t t = 0; t < k; t++) {
+            float a = x[r * ldx + t];
+            const _Float16 *vt = v + t * ldv;
+            for (size_t j = 0; j < n; j++) yr[j] += a * (float)vt[j];
+        }
+    }
+}
+
+#if defined(__x86_64__)
+// Eight columns of y at a time for up to MAX_ROWS rows, one accumulator per row, while the k rows
+// of v pass once; v's eight-column slices are widened as they are read.
+__attribute__((target("avx2,fma,f16c"))) static void gemm_nn_h_avx2(const float *x, size_t m, size_t ldx,
+                                                                    const _Float16 *v, size_t k, size_t n,
+                                                                    size_t ldv, float *y, size_t ldy) {
+    size_t n8 = n & ~(size_t)7;
+    for (size_t r0 = 0; r0 < m; r0 += MAX_ROWS) {
+        int rows = (int)(m - r0 < MAX_ROWS ? m - r0 : MAX_ROWS);
+        const float *xb = x + r0 * ldx;
+        float *yb = y + r0 * ldy;
+        for (size_t c = 0; c < n8; c += 8) {
+            __m256 acc[MAX_ROWS];
+            for (int r = 0; r < rows; r++) acc[r] = _mm256_loadu_ps(yb + (size_t)r * ldy + c);
+            for (size_t t = 0; t < k; t++) {
+                __m256 vt = LOAD8_f16(v + t * ldv + c);
+                for (int r = 0; r < rows; r++) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb[(size_t)r * ldx + t]), vt, acc[r]);
+            }
+            for (int r = 0; r < rows; r++) _mm256_storeu_ps(yb + (size_t)r * ldy + c, acc[r]);
+        }
+        if (n8 < n) {
+            for (int r = 0; r < rows; r++) {
+                for (size_t t = 0; t < k; t++) {
+                    float a = xb[(size_t)r * ldx + t];
+                    for (size_t j = n8; j < n; j++) yb[(size_t)r * ldy + j] += a * (float)v[t * ldv + j];
+                }
+            }
+        }
+    }
+}
+#endif
+
+void mq_gemm_nn_small_h(const float *x, size_t m, size_t ldx, const unsigned short *v, size_t k, size_t n,
+                        size_t ldv, float *y, size_t ldy) {
+    const _Float16 *vh = (const _Float16 *)v;
+#if defined(__x86_64__)
+    if (has_avx2()) {
+        gemm_nn_h_avx2(x, m, ldx, vh, k, n, ldv, y, ldy);
+        return;
+    }
+#endif
+    gemm_nn_h_portable(x, m, ldx, vh, k, n, ldv, y, ldy);
 }

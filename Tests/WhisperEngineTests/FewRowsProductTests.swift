@@ -2,19 +2,38 @@ import CKernels
 import XCTest
 import WhisperEngine
 
-/// The few-rows product kernel (`mq_gemm_nt_small`: the decoder's cross-attention scores and
-/// float layers) against a double-precision loop, over the shapes that exercise its blocks of
-/// eight w rows, its tails in both dimensions and strided operands.
+/// The few-rows product kernels (`mq_gemm_nt_small`: the decoder's cross-attention scores and
+/// float layers; `mq_gemm_nt_small_h` and `mq_gemm_nn_small_h`: cross-attention over the silent
+/// window's half-precision keys and values) against a double-precision loop, over the shapes that
+/// exercise their blocks of eight, their tails in both dimensions and strided operands.
 final class FewRowsProductTests: XCTestCase {
+    static let shapes = [(1, 8), (7, 5), (8, 64), (13, 61), (1500, 64), (40, 384)]
+    static let rowCounts = [1, 2, 5, 8, 9, 17]
+
     func testMatchesADirectProductForEveryShape() {
+        checkTransposedProduct(half: false)
+    }
+
+    /// With w in half precision: the product of w's half values, widened exactly.
+    func testHalfMatchesADirectProductOfTheHalfValues() {
+        checkTransposedProduct(half: true)
+    }
+
+    private func checkTransposedProduct(half: Bool) {
         var rng = SeededGenerator(seed: 9)
-        for (n, k) in [(1, 8), (7, 5), (8, 64), (13, 61), (1500, 64), (40, 384)] {
-            for m in [1, 2, 5, 8, 9] {
+        for (n, k) in Self.shapes {
+            for m in Self.rowCounts {
                 let ldx = k + 3, ldw = k + 5, ldy = n + 2
                 let x = (0..<(m * ldx)).map { _ in Float.random(in: -1...1, using: &rng) }
-                let w = (0..<(n * ldw)).map { _ in Float.random(in: -1...1, using: &rng) }
+                var w = (0..<(n * ldw)).map { _ in Float.random(in: -1...1, using: &rng) }
                 var y = [Float](repeating: .nan, count: m * ldy)
-                mq_gemm_nt_small(x, m, ldx, w, n, ldw, k, 0.5, &y, ldy)
+                if half {
+                    let bits = w.map { Float16($0).bitPattern }
+                    w = bits.map { Float(Float16(bitPattern: $0)) }
+                    mq_gemm_nt_small_h(x, m, ldx, bits, n, ldw, k, 0.5, &y, ldy)
+                } else {
+                    mq_gemm_nt_small(x, m, ldx, w, n, ldw, k, 0.5, &y, ldy)
+                }
                 var worst = 0.0
                 for i in 0..<m {
                     for j in 0..<n {
@@ -23,6 +42,31 @@ final class FewRowsProductTests: XCTestCase {
                         worst = max(worst, abs(Double(y[i * ldy + j]) - 0.5 * direct))
                     }
                     // Columns past n are left alone.
+                    XCTAssertTrue(y[(i * ldy + n)..<(i * ldy + ldy)].allSatisfy(\.isNaN), "m \(m) n \(n) k \(k): wrote past n")
+                }
+                XCTAssertLessThan(worst, 1e-4, "m \(m) n \(n) k \(k)")
+            }
+        }
+    }
+
+    /// y += x · v with v in half precision: the product of v's half values added to what y held.
+    func testHalfRightHandSideAccumulatesADirectProduct() {
+        var rng = SeededGenerator(seed: 10)
+        for (k, n) in Self.shapes {
+            for m in Self.rowCounts {
+                let ldx = k + 3, ldv = n + 5, ldy = n + 2
+                let x = (0..<(m * ldx)).map { _ in Float.random(in: 0...1, using: &rng) }
+                let bits = (0..<(k * ldv)).map { _ in Float16(Float.random(in: -1...1, using: &rng)).bitPattern }
+                let start = (0..<(m * ldy)).map { j in j % ldy < n ? Float.random(in: -1...1, using: &rng) : .nan }
+                var y = start
+                mq_gemm_nn_small_h(x, m, ldx, bits, k, n, ldv, &y, ldy)
+                var worst = 0.0
+                for i in 0..<m {
+                    for j in 0..<n {
+                        var direct = Double(start[i * ldy + j])
+                        for t in 0..<k { direct += Double(x[i * ldx + t]) * Double(Float16(bitPattern: bits[t * ldv + j])) }
+                        worst = max(worst, abs(Double(y[i * ldy + j]) - direct) / max(1, abs(direct)))
+                    }
                     XCTAssertTrue(y[(i * ldy + n)..<(i * ldy + ldy)].allSatisfy(\.isNaN), "m \(m) n \(n) k \(k): wrote past n")
                 }
                 XCTAssertLessThan(worst, 1e-4, "m \(m) n \(n) k \(k)")

@@ -25,6 +25,19 @@ void mq_add(float *a, const float *b, size_t count);
 void mq_gemm_nt_small(const float *x, size_t m, size_t ldx, const float *w, size_t n, size_t ldw,
                       size_t k, float alpha, float *y, size_t ldy);
 
+/// mq_gemm_nt_small with w in IEEE half precision (bit patterns).
+void mq_gemm_nt_small_h(const float *x, size_t m, size_t ldx, const unsigned short *w, size_t n, size_t ldw,
+                        size_t k, float alpha, float *y, size_t ldy);
+
+/// y[i, j] += Σ_t x[i, t] · v[t, j] for i < m, j < n, t < k, with v in IEEE half precision (bit
+/// patterns): x is [m, k] with rows `ldx` apart, v is [k, n] with rows `ldv` apart, y rows are
+/// `ldy` apart. For few rows and narrow n (one attention head's features); reads v once.
+void mq_gemm_nn_small_h(const float *x, size_t m, size_t ldx, const unsigned short *v, size_t k, size_t n,
+                        size_t ldv, float *y, size_t ldy);
+
+/// dst[i] = src[i] rounded to the nearest IEEE half (bit patterns).
+void mq_f32_to_f16(const float *src, unsigned short *dst, size_t count);
+
 /// dst[i] = (float)src[i] for IEEE half-precision bit patterns (model loading).
 void mq_f16_to_f32(const unsigned short *src, float *dst, size_t count);
 

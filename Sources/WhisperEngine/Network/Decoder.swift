@@ -226,9 +226,9 @@ final class WhisperDecoderSession: DecoderSession {
                 // q: [rows, d]
                 block.crossQuery.forward(normed, rows: rows, into: qkv, threads: threads, observer: observer)
                 // Heads split across the threads: each reads its [audioFrames, dh] keys and values
-                // (then the silent tail's [tailFrames, dh], rows audioFrames ..< window of the silent
+                // (then the silent tail's [tailFrames, dh] in half precision, rows audioFrames ..< window of the silent
                 // window's [heads, window, dh]) and writes its own columns of attn.
-                func crossAttention(tailKeys: UnsafePointer<Float>?, tailValues: UnsafePointer<Float>?) {
+                func crossAttention(tailKeys: UnsafePointer<UInt16>?, tailValues: UnsafePointer<UInt16>?) {
                     Kernels.parallelRows(heads, threads: threads) { hr in
                         for h in hr {
                             let sh = s + h * scoreStride   // [rows, window]
@@ -236,17 +236,17 @@ final class WhisperDecoderSession: DecoderSession {
                             Kernels.gemmFewRowsABt(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
                                                    b: headKeys, ldb: dh, c: sh, ldc: window)
                             if let tailKeys {
-                                Kernels.gemmFewRowsABt(m: rows, n: tailFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
-                                                       b: tailKeys + (h * window + audioFrames) * dh, ldb: dh,
-                                                       c: sh + audioFrames, ldc: window)
+                                Kernels.gemmFewRowsABtHalf(m: rows, n: tailFrames, k: dh, alpha: scale, a: qkv + h * dh,
+                                                           lda: d, b: tailKeys + (h * window + audioFrames) * dh, ldb: dh,
+                                                           c: sh + audioFrames, ldc: window)
                             }
                             Kernels.softmaxRows(sh, rows: rows, cols: window, ld: window)
                             Kernels.gemmAB(m: rows, n: dh, k: audioFrames, a: sh, lda: window,
                                            b: headValues, ldb: dh, c: attn + h * dh, ldc: d)
                             if let tailValues {
-                                Kernels.gemmAB(m: rows, n: dh, k: tailFrames, a: sh + audioFrames, lda: window,
-                                               b: tailValues + (h * window + audioFrames) * dh, ldb: dh,
-                                               beta: 1, c: attn + h * dh, ldc: d)
+                                Kernels.gemmFewRowsABHalf(m: rows, n: dh, k: tailFrames, a: sh + audioFrames, lda: window,
+                                                          b: tailValues + (h * window + audioFrames) * dh, ldb: dh,
+                                                          c: attn + h * dh, ldc: d)
                             }
                         }
                     }

@@ -68,6 +68,21 @@ enum Kernels {
         mq_gemm_nt_small(a, m, lda, b, n, ldb, k, alpha, c, ldc)
     }
 
+    /// `gemmFewRowsABt` with B in half precision (bit patterns), widened as it is read.
+    @inline(__always)
+    static func gemmFewRowsABtHalf(m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+                                   b: UnsafePointer<UInt16>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        mq_gemm_nt_small_h(a, m, lda, b, n, ldb, k, alpha, c, ldc)
+    }
+
+    /// C[m, n] += A[m, k] · B[k, n] for few rows m and narrow n, B in half precision (bit patterns),
+    /// widened as it is read once.
+    @inline(__always)
+    static func gemmFewRowsABHalf(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+                                  b: UnsafePointer<UInt16>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        mq_gemm_nn_small_h(a, m, lda, b, k, n, ldb, c, ldc)
+    }
+
     /// out[r, :] = LayerNorm(x[r, :]) * gamma + beta over `cols` features, eps 1e-5.
     static func layerNorm(_ x: UnsafePointer<Float>, rows: Int, cols: Int,
                           gamma: [Float], beta: [Float], into out: UnsafeMutablePointer<Float>) {

@@ -1,8 +1,9 @@
+import CKernels
 import Foundation
 
 /// The decoder's view of a silent 30 s window (an all-zero log-mel, what follows the audio in a
 /// window Whisper pads): every decoder block's cross-attention keys and values at all `nAudioCtx`
-/// positions.
+/// positions, in half precision.
 ///
 /// A short window (`ShortWindowPolicy`) is encoded over its own frames only; with `silentTail` its
 /// decoder attends over those frames' keys and values followed by this window's, from the same
@@ -10,20 +11,33 @@ import Foundation
 /// to. Without them a short window's decoder loses the silence after the speech (it repeats the
 /// utterance more often, and its words drift further from the whole window's; docs/evaluation.md).
 /// Made once per set of weights and shared (`SilentWindowStore`); weights-derived and immutable.
+/// Kept in half precision, as whisper.cpp keeps its cross-attention keys and values: it stays in
+/// memory as long as its model serves (18 MiB in float32 for tiny.en, 9 MiB in half), and the
+/// decoder reads it through kernels that widen as they go (`Kernels.gemmFewRowsABtHalf`,
+/// `gemmFewRowsABHalf`). Same transcripts on the samples and corpus (docs/evaluation.md).
 public final class SilentWindow: @unchecked Sendable {
     /// Positions (`nAudioCtx`, 1500).
     public let frames: Int
-    /// Per decoder block: keys and values, each `[heads, frames, dh]` (the session's layout).
-    let crossKV: [(keys: [Float], values: [Float])]
+    /// Per decoder block: keys and values, each `[heads, frames, dh]` (the session's layout), IEEE
+    /// half-precision bit patterns.
+    let crossKV: [(keys: [UInt16], values: [UInt16])]
 
+    /// Rounds `crossKV` (float32, `[heads, frames, dh]` per block) to half precision.
     init(frames: Int, crossKV: [(keys: [Float], values: [Float])]) {
         self.frames = frames
-        self.crossKV = crossKV
+        self.crossKV = crossKV.map { (keys: Self.halves($0.keys), values: Self.halves($0.values)) }
     }
 
-    /// Bytes held: two `[frames, d]` float arrays per decoder block (18 MiB for tiny, 37 MiB for base).
+    private static func halves(_ values: [Float]) -> [UInt16] {
+        [UInt16](unsafeUninitializedCapacity: values.count) { out, count in
+            mq_f32_to_f16(values, out.baseAddress!, values.count)
+            count = values.count
+        }
+    }
+
+    /// Bytes held: two `[frames, d]` half arrays per decoder block (9 MiB for tiny, 18 MiB for base).
     public var byteSize: Int {
-        crossKV.reduce(0) { $0 + ($1.keys.count + $1.values.count) * MemoryLayout<Float>.size }
+        crossKV.reduce(0) { $0 + ($1.keys.count + $1.values.count) * MemoryLayout<UInt16>.size }
     }
 }
 
