@@ -81,6 +81,20 @@ public struct ErrorCompensatedRounding: Sendable {
     public func quantize(values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
                          secondMoment: [Double], rows: Int, rotated: Bool = false,
                          columnBatch: Int = 64) throws -> QuantizedMatrix? {
+        guard secondMoment.count == inFeatures * inFeatures else {
+            throw QuantizedMatrixError.valueCount(expected: inFeatures * inFeatures, actual: secondMoment.count)
+        }
+        return try quantize(values: values, outFeatures: outFeatures, inFeatures: inFeatures, bits: bits,
+                            groupSize: groupSize, secondMoment: SecondMoment(dense: secondMoment, width: inFeatures),
+                            rows: rows, rotated: rotated, columnBatch: columnBatch)
+    }
+
+    /// The same with the second moment given by its diagonal blocks (the statistics' form): each
+    /// block is rotated and factorised on its own, and the dense `[n, n]` matrix is never made. Blocks
+    /// whose boundaries split a group are merged first.
+    public func quantize(values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
+                         secondMoment: SecondMoment, rows: Int, rotated: Bool = false,
+                         columnBatch: Int = 64) throws -> QuantizedMatrix? {
         guard values.count == outFeatures * inFeatures else {
             throw QuantizedMatrixError.valueCount(expected: outFeatures * inFeatures, actual: values.count)
         }
@@ -92,18 +106,22 @@ public struct ErrorCompensatedRounding: Sendable {
         guard !rotated || QuantizedMatrix.canRotate(inFeatures: n) else {
             throw QuantizedMatrixError.rotationNeedsWholeBlocks(inFeatures: n)
         }
-        var values = values, secondMoment = secondMoment
+        guard secondMoment.width == n else {
+            throw QuantizedMatrixError.valueCount(expected: n, actual: secondMoment.width)
+        }
+        var values = values
+        var moment = secondMoment.blockBoundaries(fallOnMultiplesOf: groupSize) ? secondMoment : secondMoment.asOneBlock
         if rotated {
             values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.baseAddress!, $0.count, 0) }
-            secondMoment = Self.rotatedBothSides(secondMoment, n: n)
+            if !moment.blockBoundaries(fallOnMultiplesOf: 32) { moment = moment.asOneBlock }
+            moment = moment.rotated()
         }
         // Column visiting order: decreasing H_ii (act order) or input order.
-        let order: [Int] = activationOrder
-            ? (0..<n).sorted { secondMoment[$0 * n + $0] > secondMoment[$1 * n + $1] } : Array(0..<n)
+        let diagonal = moment.diagonal
+        let order: [Int] = activationOrder ? (0..<n).sorted { diagonal[$0] > diagonal[$1] } : Array(0..<n)
         let damping = dampening + Double(n) / Double(max(rows, 1))
-        let spans = MomentBlock.spans(of: secondMoment, n: n, groupSize: groupSize)
-        guard let blocks = MomentBlock.factorise(secondMoment, n: n, spans: spans, order: order, damping: damping,
-                                                 forRefit: passes > 0) else { return nil }
+        guard let blocks = MomentBlock.factorise(moment, spans: moment.spans(groupSize: groupSize), order: order,
+                                                 damping: damping, forRefit: passes > 0) else { return nil }
         let groups = (n + groupSize - 1) / groupSize
         let rowCodes = groups * groupSize   // whole groups are whole 32-code blocks
         var codes = [Int8](repeating: 0, count: outFeatures * rowCodes)
@@ -142,16 +160,5 @@ public struct ErrorCompensatedRounding: Sendable {
         }
         return try QuantizedMatrix(codes: codes, halfScales: halfScales, outFeatures: outFeatures,
                                    inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
-    }
-
-    /// `R H Rᵀ` for a symmetric `h[n, n]`: each row rotated (`H Rᵀ`), the result transposed
-    /// (`R H`, as H is symmetric) and its rows rotated again.
-    static func rotatedBothSides(_ h: [Double], n: Int) -> [Double] {
-        var a = h
-        a.withUnsafeMutableBufferPointer { mq_rotate_blocks_f64($0.baseAddress!, $0.count) }
-        var t = [Double](repeating: 0, count: n * n)
-        for i in 0..<n { for j in 0..<n { t[j * n + i] = a[i * n + j] } }
-        t.withUnsafeMutableBufferPointer { mq_rotate_blocks_f64($0.baseAddress!, $0.count) }
-        return t
     }
 }

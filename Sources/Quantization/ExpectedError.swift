@@ -21,17 +21,16 @@ enum ExpectedError {
     /// The relative expected output error of the layer at each of `widths`.
     /// - Parameters:
     ///   - values: row-major `[outFeatures, inFeatures]` float weights.
-    ///   - secondMoment: `E[x xᵀ]`, `[inFeatures, inFeatures]` (block-diagonal is fine), or nil to
+    ///   - secondMoment: `E[x xᵀ]` of the `inFeatures` inputs, or nil to
     ///     use `meanSquare` (the diagonal alone; rotated, each block's features then share their mean).
     ///   - outputEnergy: `E‖y‖²` per row (`outFeatures` times the mean square output).
     static func relative(values: [Float], outFeatures: Int, inFeatures: Int, groupSize: Int, rotated: Bool,
-                         secondMoment: [Double]?, meanSquare: [Double], outputEnergy: Double, widths: [Int]) -> [Double] {
+                         secondMoment: SecondMoment?, meanSquare: [Double], outputEnergy: Double, widths: [Int]) -> [Double] {
         let n = inFeatures
         var w = values
         var h = [Double](repeating: 0, count: n)   // diagonal of H in the codes' basis
         if let m = secondMoment {
-            let basis = rotated ? ErrorCompensatedRounding.rotatedBothSides(m, n: n) : m
-            for k in 0..<n { h[k] = basis[k * n + k] }
+            h = (rotated ? (m.blockBoundaries(fallOnMultiplesOf: 32) ? m : m.asOneBlock).rotated() : m).diagonal
         } else {
             h = meanSquare
             if rotated {

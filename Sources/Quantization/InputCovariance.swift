@@ -234,22 +234,28 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         return (e.width, total, means)
     }
 
-    /// `E[x xᵀ]` of `layer`'s inputs (through `key(for:)`) as a full symmetric
-    /// `[width, width]` matrix in double precision, 0 between blocks; `nil` if no rows were seen.
-    public func secondMoment(of layer: String) -> [Double]? {
+    /// `E[x xᵀ]` of `layer`'s inputs (through `key(for:)`) as its diagonal blocks in double
+    /// precision; `nil` if no rows were seen.
+    public func moment(of layer: String) -> SecondMoment? {
         guard let (n, _, means) = locked({ packedMeans(Self.key(for: layer)) }) else { return nil }
-        var m = [Double](repeating: 0, count: n * n)
         var k = 0
-        for (start, size) in Self.blocks(width: n, blockSize: blockSize) {
-            for i in start..<(start + size) {
-                for j in i..<(start + size) {
-                    m[i * n + j] = means[k]
-                    m[j * n + i] = means[k]
+        let blocks = Self.blocks(width: n, blockSize: blockSize).map { start, size -> SecondMoment.Block in
+            var m = [Double](repeating: 0, count: size * size)
+            for i in 0..<size {
+                for j in i..<size {
+                    m[i * size + j] = means[k]
+                    m[j * size + i] = means[k]
                     k += 1
                 }
             }
+            return SecondMoment.Block(start: start, size: size, values: m)
         }
-        return m
+        return SecondMoment(width: n, blocks: blocks)
+    }
+
+    /// `moment(of:)` as a full symmetric `[width, width]` matrix, 0 between blocks.
+    public func secondMoment(of layer: String) -> [Double]? {
+        moment(of: layer)?.dense
     }
 
     // MARK: - The kept form

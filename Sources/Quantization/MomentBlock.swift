@@ -5,7 +5,7 @@ import Foundation
 /// (`ErrorCompensatedRounding`) uses it: the features `[start, start + size)`, which `H` couples
 /// with no feature outside the block. The objective `Σ_rows (w − ŵ)ᵀ H (w − ŵ)` then splits into
 /// one per block, and each block is factorised and compensated on its own. A full `H` is one
-/// block; the statistics' moments (`InputCovariance`, blocks of 384 features) give several, and
+/// block; the statistics' moments (`InputCovariance`, blocks of 384 features, `SecondMoment`) give several, and
 /// a block's factor costs `size³` instead of `n³` (tiny.en's MLP output layers: four blocks of
 /// 384 instead of one of 1536, 16 times less).
 struct MomentBlock: Sendable {
@@ -19,50 +19,30 @@ struct MomentBlock: Sendable {
     /// `H_b + λI` in feature order, row-major `[size, size]`, for the scale refit (empty without it).
     let damped: [Float]
 
-    /// The finest split of `[0, n)` into consecutive spans that `h` (`[n, n]`, symmetric) couples
-    /// with nothing outside, each ending on a group boundary (or at `n`).
-    static func spans(of h: [Double], n: Int, groupSize: Int) -> [(start: Int, size: Int)] {
-        var spans: [(start: Int, size: Int)] = []
-        var start = 0, end = 0
-        for i in 0..<n {
-            // The last feature that row i is coupled with (h is symmetric: looking right is enough).
-            var last = i
-            for j in stride(from: n - 1, to: i, by: -1) where h[i * n + j] != 0 {
-                last = j
-                break
-            }
-            end = max(end, last + 1)
-            if i + 1 == end && (end % groupSize == 0 || end == n) {
-                spans.append((start, end - start))
-                start = end
-            }
-        }
-        return spans
-    }
-
-    /// The blocks of `h` (`[n, n]`) on `spans`: each with `order` restricted to it, the factor of
-    /// its damped block and, with `forRefit`, the damped block itself. The damping is `damping`
-    /// times the mean of `h`'s whole diagonal, so the split changes nothing. A zero (or negative)
-    /// diagonal entry, a feature that never varied, is first set to 1: its weights are rounded to
-    /// nearest and receive no compensation they could not use. If a block is not positive
-    /// definite, all are factorised again with ten times the damping, twice; then `nil`.
-    static func factorise(_ h: [Double], n: Int, spans: [(start: Int, size: Int)], order: [Int], damping: Double,
-                          forRefit: Bool) -> [MomentBlock]? {
-        precondition(h.count == n * n && order.count == n)
-        var meanDiagonal = 0.0
-        for i in 0..<n { meanDiagonal += h[i * n + i] }
-        meanDiagonal /= Double(n)
+    /// The blocks of `moment` on `spans` (`SecondMoment.spans`): each with `order` (every feature in
+    /// visiting order) restricted to it, the factor of its damped block and, with `forRefit`, the
+    /// damped block itself. The damping is `damping` times the mean of the whole diagonal, so the
+    /// split changes nothing. A zero (or negative) diagonal entry, a feature that never varied, is
+    /// first set to 1: its weights are rounded to nearest and receive no compensation they could
+    /// not use. If a block is not positive definite, all are factorised again with ten times the
+    /// damping, twice; then `nil`.
+    static func factorise(_ moment: SecondMoment, spans: [(start: Int, size: Int, block: Int)], order: [Int],
+                          damping: Double, forRefit: Bool) -> [MomentBlock]? {
+        precondition(order.count == moment.width)
+        let meanDiagonal = moment.diagonal.reduce(0, +) / Double(moment.width)
         guard meanDiagonal > 0, meanDiagonal.isFinite else { return nil }
         attempts: for attempt in 0..<3 {
             let lambda = damping * pow(10, Double(attempt)) * meanDiagonal
             var blocks: [MomentBlock] = []
-            for (start, size) in spans {
+            for (start, size, index) in spans {
+                let b = moment.blocks[index]
                 let features = order.filter { $0 >= start && $0 < start + size }
-                guard let u = inverseFactor(h, n: n, features: features, lambda: lambda) else { continue attempts }
+                let local = features.map { $0 - b.start }
+                guard let u = inverseFactor(b.values, n: b.size, features: local, lambda: lambda) else { continue attempts }
                 var damped: [Float] = []
                 if forRefit {   // always the first damping, in feature order
-                    let block = Array(start..<(start + size))
-                    damped = dampedBlock(h, n: n, features: block, lambda: damping * meanDiagonal).map { Float($0) }
+                    let inOrder = Array((start - b.start)..<(start - b.start + size))
+                    damped = dampedBlock(b.values, n: b.size, features: inOrder, lambda: damping * meanDiagonal).map { Float($0) }
                 }
                 blocks.append(MomentBlock(start: start, size: size, order: features, factor: u, damped: damped))
             }

@@ -270,7 +270,7 @@ public enum Quantizer {
                         values: floatValues(of: layer), outFeatures: layer.outFeatures,
                         inFeatures: layer.inFeatures, groupSize: options.groupSize,
                         rotated: options.rotate && QuantizedMatrix.canRotate(inFeatures: layer.inFeatures),
-                        secondMoment: covariance?.secondMoment(of: layer.name), meanSquare: s.inputMeanSquare,
+                        secondMoment: covariance?.moment(of: layer.name), meanSquare: s.inputMeanSquare,
                         outputEnergy: s.outputEnergy, widths: allocator.allowedBits)
                 }
                 expectedErrors = errors
@@ -320,11 +320,10 @@ public enum Quantizer {
                 : max(1, options.chunkBytes / (4 * layer.inFeatures) / rowChunk) * rowChunk
             let q = try quantizeRows(of: layer, rowsPerChunk: rowsPerChunk, bits: bits, groupSize: options.groupSize,
                                      rotated: rotated) { values, rows in
-                // The dense second moment is made for each chunk and handed over (ErrorCompensatedRounding drops
-                // each of its forms as it goes): the chunked embedding's is small, and no copy outlives its use.
+                // The second moment's blocks are made for each chunk and handed over: no copy outlives its use.
                 if compensates, let covariance, let matrix = try ErrorCompensatedRounding(threads: options.threads).quantize(
                     values: values, outFeatures: rows.count, inFeatures: layer.inFeatures, bits: bits,
-                    groupSize: options.groupSize, secondMoment: covariance.secondMoment(of: layer.name)!,
+                    groupSize: options.groupSize, secondMoment: covariance.moment(of: layer.name)!,
                     rows: covariance.rows(of: layer.name), rotated: rotated) {
                     compensated = true
                     return matrix

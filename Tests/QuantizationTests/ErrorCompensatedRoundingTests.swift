@@ -39,8 +39,8 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
         return total / Double(rows)
     }
 
-    private func covariance(of x: [Float], rows: Int, n: Int, layer: String = "l") -> InputCovariance {
-        let c = InputCovariance()
+    private func covariance(of x: [Float], rows: Int, n: Int, layer: String = "l", blockSize: Int = 0) -> InputCovariance {
+        let c = InputCovariance(blockSize: blockSize)
         // Fed in uneven batches, as the network does.
         var r0 = 0
         for batch in [1, 7, 64, rows] where r0 < rows {
@@ -211,6 +211,39 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
         return codes
     }
 
+    /// The statistics' moments by their diagonal blocks (`InputCovariance.moment(of:)`, what the daemon's builds
+    /// read) give, to the bit, the codes and scales of the dense block-diagonal matrix they stand for, rotated or
+    /// not, while the dense matrix is never made.
+    func testMomentBlocksGiveTheDenseMatrixsCodesAndScales() throws {
+        let out = 130, n = 224, rows = 3000   // blocks of 96: 96, 96 and a last one of 32
+        var rng = Rng(state: 43)
+        let w = (0..<(out * n)).map { _ in rng.normal() * 0.1 }
+        let x = correlatedInputs(rows: rows, n: n, seed: 44)
+        for blockSize in [64, 96] {
+            let c = covariance(of: x, rows: rows, n: n, blockSize: blockSize)
+            let blocks = try XCTUnwrap(c.moment(of: "l")), dense = try XCTUnwrap(c.secondMoment(of: "l"))
+            XCTAssertEqual(blocks.blocks.map(\.size).reduce(0, +), n)
+            XCTAssertEqual(blocks.blocks.count, (n + blockSize - 1) / blockSize)
+            XCTAssertEqual(blocks.dense, dense)
+            for (rotated, groupSize) in [(false, 32), (true, 32), (true, 64)] {
+                let a = try XCTUnwrap(try ErrorCompensatedRounding(threads: 2).quantize(
+                    values: w, outFeatures: out, inFeatures: n, bits: 3, groupSize: groupSize, secondMoment: dense,
+                    rows: rows, rotated: rotated))
+                let b = try XCTUnwrap(try ErrorCompensatedRounding(threads: 2).quantize(
+                    values: w, outFeatures: out, inFeatures: n, bits: 3, groupSize: groupSize, secondMoment: blocks,
+                    rows: rows, rotated: rotated))
+                XCTAssertEqual(a.codes(), b.codes(), "blocks of \(blockSize), rotated \(rotated), groups of \(groupSize)")
+                XCTAssertEqual(a.scaleValues(), b.scaleValues(), "blocks of \(blockSize), rotated \(rotated)")
+                // Not the same as ignoring the correlations: the blocks are used.
+                let diagonalOnly = SecondMoment(dense: (0..<(n * n)).map { $0 / n == $0 % n ? dense[$0] : 0 }, width: n)
+                let d = try XCTUnwrap(try ErrorCompensatedRounding(threads: 2).quantize(
+                    values: w, outFeatures: out, inFeatures: n, bits: 3, groupSize: groupSize, secondMoment: diagonalOnly,
+                    rows: rows, rotated: rotated))
+                XCTAssertNotEqual(d.codes(), b.codes())
+            }
+        }
+    }
+
     func testLazyBatchUpdatesAndBlocksGiveTheColumnByColumnCodes() throws {
         // 300 rows (three row chunks, the last one short), 192 inputs: batches of 32 columns, and
         // H whole or in blocks of 64 or 96 features.
@@ -221,7 +254,7 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
         let full = try XCTUnwrap(covariance(of: x, rows: rows, n: n).secondMoment(of: "l"))
         for blockSize in [n, 64, 96] {
             let h = blockDiagonal(full, n: n, blockSize: blockSize)
-            XCTAssertEqual(MomentBlock.spans(of: h, n: n, groupSize: groupSize).map(\.size),
+            XCTAssertEqual(SecondMoment(dense: h, width: n).spans(groupSize: groupSize).map(\.size),
                            [Int](repeating: blockSize, count: n / blockSize))
             let reference = try referenceCodes(w, out: out, n: n, bits: bits, groupSize: groupSize, h: h, rows: rows)
             for (batch, threads) in [(32, 1), (64, 2), (n, 1)] {
