@@ -11,35 +11,38 @@ extension WhisperNetwork {
 
     /// Each decoder block's cross-attention keys and values of `audio`'s rows, each `[heads, frames, dh]`.
     func crossKeysValues(_ audio: EncodedAudio) -> [(keys: [Float], values: [Float])] {
+        weights.decoderBlocks.map { crossKeysValues(audio, block: $0) }
+    }
+
+    /// One decoder block's cross-attention keys and values of `audio`'s rows, each `[heads, frames, dh]`.
+    func crossKeysValues(_ audio: EncodedAudio, block: DecoderBlock) -> (keys: [Float], values: [Float]) {
         let d = weights.dimensions.nState, heads = weights.dimensions.nHeads, dh = d / heads
         let frames = audio.frames
-        return weights.decoderBlocks.map { block -> (keys: [Float], values: [Float]) in
-            var kv = [Float](repeating: 0, count: frames * 2 * d)   // [frames, 2d]: keys, then values
-            audio.values.withUnsafeBufferPointer { a in
-                kv.withUnsafeMutableBufferPointer { o in
-                    block.crossKV.forward(a.baseAddress!, rows: frames, into: o.baseAddress!, threads: threads,
-                                          observer: observer)
-                }
+        var kv = [Float](repeating: 0, count: frames * 2 * d)   // [frames, 2d]: keys, then values
+        audio.values.withUnsafeBufferPointer { a in
+            kv.withUnsafeMutableBufferPointer { o in
+                block.crossKV.forward(a.baseAddress!, rows: frames, into: o.baseAddress!, threads: threads,
+                                      observer: observer)
             }
-            // Each head's keys and values contiguous, [heads, frames, dh]: every decoding step
-            // reads all of them, and a head's 1500 rows of 64 floats strided 2d apart cost a
-            // page (and a TLB entry) every few rows.
-            var keys = [Float](repeating: 0, count: frames * d), values = keys
-            kv.withUnsafeBufferPointer { src in
-                keys.withUnsafeMutableBufferPointer { k in
-                    values.withUnsafeMutableBufferPointer { v in
-                        for h in 0..<heads {
-                            for f in 0..<frames {
-                                let from = src.baseAddress! + f * 2 * d + h * dh, to = (h * frames + f) * dh
-                                (k.baseAddress! + to).update(from: from, count: dh)
-                                (v.baseAddress! + to).update(from: from + d, count: dh)
-                            }
+        }
+        // Each head's keys and values contiguous, [heads, frames, dh]: every decoding step
+        // reads all of them, and a head's 1500 rows of 64 floats strided 2d apart cost a
+        // page (and a TLB entry) every few rows.
+        var keys = [Float](repeating: 0, count: frames * d), values = keys
+        kv.withUnsafeBufferPointer { src in
+            keys.withUnsafeMutableBufferPointer { k in
+                values.withUnsafeMutableBufferPointer { v in
+                    for h in 0..<heads {
+                        for f in 0..<frames {
+                            let from = src.baseAddress! + f * 2 * d + h * dh, to = (h * frames + f) * dh
+                            (k.baseAddress! + to).update(from: from, count: dh)
+                            (v.baseAddress! + to).update(from: from + d, count: dh)
                         }
                     }
                 }
             }
-            return (keys, values)
         }
+        return (keys, values)
     }
 }
 

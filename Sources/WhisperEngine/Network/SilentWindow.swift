@@ -22,13 +22,13 @@ public final class SilentWindow: @unchecked Sendable {
     /// half-precision bit patterns.
     let crossKV: [(keys: [UInt16], values: [UInt16])]
 
-    /// Rounds `crossKV` (float32, `[heads, frames, dh]` per block) to half precision.
-    init(frames: Int, crossKV: [(keys: [Float], values: [Float])]) {
+    init(frames: Int, crossKV: [(keys: [UInt16], values: [UInt16])]) {
         self.frames = frames
-        self.crossKV = crossKV.map { (keys: Self.halves($0.keys), values: Self.halves($0.values)) }
+        self.crossKV = crossKV
     }
 
-    private static func halves(_ values: [Float]) -> [UInt16] {
+    /// `values` rounded to half precision.
+    static func halves(_ values: [Float]) -> [UInt16] {
         [UInt16](unsafeUninitializedCapacity: values.count) { out, count in
             mq_f32_to_f16(values, out.baseAddress!, values.count)
             count = values.count
@@ -77,7 +77,12 @@ extension WhisperNetwork {
             let plain = WhisperNetwork(weights: weights, threads: threads)
             let dims = weights.dimensions
             let zeros = plain.encode(mel: [Float](repeating: 0, count: dims.nMels * 2 * dims.nAudioCtx))
-            return SilentWindow(frames: zeros.frames, crossKV: plain.crossKeysValues(zeros))
+            // Block by block, so that one block's float32 keys and values are held at a time (2.3 MB for tiny.en).
+            let crossKV = weights.decoderBlocks.map { block -> (keys: [UInt16], values: [UInt16]) in
+                let kv = plain.crossKeysValues(zeros, block: block)
+                return (SilentWindow.halves(kv.keys), SilentWindow.halves(kv.values))
+            }
+            return SilentWindow(frames: zeros.frames, crossKV: crossKV)
         }
     }
 
