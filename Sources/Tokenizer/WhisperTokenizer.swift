@@ -47,11 +47,10 @@ public final class WhisperTokenizer: @unchecked Sendable {
     public static let englishOnlyVocabularySize = 51864
 
     private let tokens: [String]
-    private let ids: [String: Int]
     /// Byte value -> id of its single-byte symbol.
     private let byteIDs: [Int]
-    /// (left id, right id) packed into one Int -> (rank, merged id).
-    private let merges: [Int: (rank: Int, merged: Int)]
+    /// (left id, right id) -> (rank, merged id), for encoding.
+    private let merges: MergeTable
     private let languageByToken: [Int: String]
     private let tokenByLanguage: [String: Int]
 
@@ -100,10 +99,10 @@ public final class WhisperTokenizer: @unchecked Sendable {
     private init(tokens: [String], merges: [(String, String)], completing: Bool) throws {
         guard !tokens.isEmpty else { throw TokenizerError.emptyVocabulary }
         self.tokens = tokens
+        // String -> id, for building only: decoding needs `tokens`, encoding the merges (kept as a table of ids).
         var ids: [String: Int] = [:]
         ids.reserveCapacity(tokens.count)
         for (id, token) in tokens.enumerated() where ids[token] == nil { ids[token] = id }
-        self.ids = ids
 
         var byteIDs: [Int] = []
         for byte in 0..<256 {
@@ -156,13 +155,13 @@ public final class WhisperTokenizer: @unchecked Sendable {
             for id in 0..<specials.endOfText where !byteSet.contains(id) && !produced.contains(id) {
                 let bytes = ByteLevel.decode(tokens[id])
                 guard bytes.count >= 2 else { continue }
-                let parts = WhisperTokenizer.bpe(bytes.map { byteIDs[Int($0)] }, table, maxRank: id)
+                let parts = WhisperTokenizer.bpe(bytes.map { byteIDs[Int($0)] }, maxRank: id) { table[$0] }
                 guard parts.count == 2 else { continue }
                 let key = WhisperTokenizer.pairKey(parts[0], parts[1])
                 if table[key] == nil { table[key] = (id, id) }
             }
         }
-        self.merges = table
+        self.merges = MergeTable(table)
 
         var byToken: [Int: String] = [:]
         var byLanguage: [String: Int] = [:]
@@ -243,7 +242,8 @@ public final class WhisperTokenizer: @unchecked Sendable {
     }
 
     /// The id of a raw vocabulary string, if present.
-    public func id(ofToken token: String) -> Int? { ids[token] }
+    /// The id of a raw vocabulary string, if present (a search of the vocabulary: for tests and tools).
+    public func id(ofToken token: String) -> Int? { tokens.firstIndex(of: token) }
 
     /// True for `<|0.00|>` ... `<|30.00|>`.
     public func isTimestamp(_ id: Int) -> Bool {
@@ -384,20 +384,19 @@ public final class WhisperTokenizer: @unchecked Sendable {
     public func encode(_ text: String) -> [Int] {
         var out: [Int] = []
         for piece in PreTokenizer.split(text) {
-            out.append(contentsOf: WhisperTokenizer.bpe(piece.utf8.map { byteIDs[Int($0)] }, merges))
+            out.append(contentsOf: WhisperTokenizer.bpe(piece.utf8.map { byteIDs[Int($0)] }) { merges[$0] })
         }
         return out
     }
 
     /// Applies the merges to a sequence of symbol ids: repeatedly merge every occurrence of the
     /// adjacent pair with the lowest rank (below `maxRank`), left to right, until none applies.
-    private static func bpe(_ start: [Int], _ merges: [Int: (rank: Int, merged: Int)],
-                            maxRank: Int = .max) -> [Int] {
+    private static func bpe(_ start: [Int], maxRank: Int = .max, merges: (Int) -> (rank: Int, merged: Int)?) -> [Int] {
         var symbols = start
         while symbols.count > 1 {
             var best: (rank: Int, merged: Int, left: Int, right: Int)?
             for i in 0..<(symbols.count - 1) {
-                if let m = merges[pairKey(symbols[i], symbols[i + 1])], m.rank < maxRank,
+                if let m = merges(pairKey(symbols[i], symbols[i + 1])), m.rank < maxRank,
                    best == nil || m.rank < best!.rank {
                     best = (m.rank, m.merged, symbols[i], symbols[i + 1])
                 }
@@ -418,5 +417,32 @@ public final class WhisperTokenizer: @unchecked Sendable {
             symbols = next
         }
         return symbols
+    }
+}
+
+/// The merges as two sorted arrays, looked up by binary search: 16 bytes per merge (0.8 MB for Whisper's
+/// 50,000) where a dictionary of `Int` to `(Int, Int)` took 3 MB at its load factor. Encoding (prompts) is rare
+/// and short, decoding never reads it, and the daemon holds the tokenizer for as long as it runs.
+struct MergeTable: Sendable {
+    /// Packed pair keys (`pairKey`), ascending.
+    private let keys: [Int]
+    /// Per key: rank in the high 32 bits, merged id in the low 32.
+    private let values: [UInt64]
+
+    init(_ table: [Int: (rank: Int, merged: Int)]) {
+        let sorted = table.sorted { $0.key < $1.key }
+        keys = sorted.map(\.key)
+        values = sorted.map { UInt64(UInt32(truncatingIfNeeded: $0.value.rank)) << 32 | UInt64(UInt32(truncatingIfNeeded: $0.value.merged)) }
+    }
+
+    subscript(key: Int) -> (rank: Int, merged: Int)? {
+        var low = 0, high = keys.count
+        while low < high {
+            let mid = (low + high) / 2
+            if keys[mid] < key { low = mid + 1 } else { high = mid }
+        }
+        guard low < keys.count, keys[low] == key else { return nil }
+        let v = values[low]
+        return (Int(v >> 32), Int(v & 0xFFFF_FFFF))
     }
 }

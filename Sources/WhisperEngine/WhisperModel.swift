@@ -180,8 +180,9 @@ public final class SpeechRecognizer {
     }
 }
 
-/// The vocabularies loaded in this process, one per set of files while any model holds it: a tokenizer is about
-/// 12 MB resident for Whisper's 51,865 tokens, and the daemon holds its model's source mapped beside the model it
+/// The vocabularies loaded in this process, one per set of files while any model holds it: a tokenizer holds
+/// Whisper's 51,865 token strings and 50,000 merges (a few MB), and reading its files takes more for a while; the
+/// daemon holds its model's source mapped beside the model it
 /// serves (statistics passes, the self-check), so each load of the same files shares the one already in memory.
 /// A file changed on disk (other size, time or inode) is read again.
 final class SharedTokenizers: @unchecked Sendable {  // @unchecked: `loaded` is guarded by `lock`
