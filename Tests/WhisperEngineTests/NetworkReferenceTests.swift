@@ -79,8 +79,7 @@ final class NetworkReferenceTests: XCTestCase {
     }
 
     /// With a silent tail the decoder attends over the short window's rows followed by the encoded
-    /// silent window's rows from the same position on: the reference's logits over that whole window,
-    /// with the silent rows' cross-attention keys and values rounded to half precision.
+    /// silent window's rows from the same position on: the reference's logits over that whole window.
     func testSilentTailIsTheSilentWindowsPositionsAfterTheShortFrames() {
         var rng = SeededGenerator(seed: 8)
         let weights = RandomWhisper.make(Self.dims, rng: &rng)
@@ -96,12 +95,12 @@ final class NetworkReferenceTests: XCTestCase {
         let whole = short.values + Array(silence.values[(positions * d)...])   // [nAudioCtx, d]
         let reference = Reference(weights)
         let session = network.makeDecoderSession(audio: extended)
-        assertClose(session.step([[3, 7]]), reference.logits(tokens: [3, 7], audio: whole, halfFrom: positions), tolerance: 1e-5)
+        assertClose(session.step([[3, 7]]), reference.logits(tokens: [3, 7], audio: whole), tolerance: 1e-5)
         session.reorder([0, 0])
         let two = session.step([[1], [5]])
         let v = Self.dims.nVocab
-        assertClose(Array(two[0..<v]), reference.logits(tokens: [3, 7, 1], audio: whole, halfFrom: positions), tolerance: 1e-5)
-        assertClose(Array(two[v...]), reference.logits(tokens: [3, 7, 5], audio: whole, halfFrom: positions), tolerance: 1e-5)
+        assertClose(Array(two[0..<v]), reference.logits(tokens: [3, 7, 1], audio: whole), tolerance: 1e-5)
+        assertClose(Array(two[v...]), reference.logits(tokens: [3, 7, 5], audio: whole), tolerance: 1e-5)
         // The silent window is made once per store, and shared.
         let other = WhisperNetwork(weights: weights, threads: 1, silentWindows: store)
         XCTAssertTrue(other.extendedWithSilence(short).silentTail === extended.silentTail)
@@ -320,9 +319,8 @@ private struct Reference {
         return norm(w.encoderNorm, x).flatMap { $0.map(Float.init) }
     }
 
-    /// With `halfFrom`, the cross-attention keys and values of positions from `halfFrom` on are rounded
-    /// to half precision (the silent window's).
-    func logits(tokens: [Int], audio: [Float], halfFrom: Int? = nil) -> [Float] {
+    /// The cross-attention keys and values are rounded to half precision, as the network keeps them.
+    func logits(tokens: [Int], audio: [Float]) -> [Float] {
         let frames = audio.count / d
         let encoded = (0..<frames).map { t in (0..<d).map { Double(audio[t * d + $0]) } }
         let embedding = matrix(w.tokenEmbedding)
@@ -334,10 +332,7 @@ private struct Reference {
             let q = qkv.map { Array($0[0..<d]) }, k = qkv.map { Array($0[d..<(2 * d)]) }, v = qkv.map { Array($0[(2 * d)...]) }
             x = add(x, linear(b.selfOut, attention(q: q, k: k, v: v, causalOffset: 0)))
             let cq = linear(b.crossQuery, norm(b.crossAttentionNorm, x))
-            var kv = linear(b.crossKV, encoded)
-            if let halfFrom {
-                for t in halfFrom..<kv.count { kv[t] = kv[t].map { Double(Float16(Float($0))) } }
-            }
+            let kv = linear(b.crossKV, encoded).map { $0.map { Double(Float16(Float($0))) } }
             let ck = kv.map { Array($0[0..<d]) }, cv = kv.map { Array($0[d...]) }
             x = add(x, linear(b.crossOut, attention(q: cq, k: ck, v: cv, causalOffset: nil)))
             x = add(x, linear(b.mlpDown, gelu(linear(b.mlpUp, norm(b.mlpNorm, x)))))

@@ -1,3 +1,5 @@
+import CKernels
+
 extension WhisperNetwork {
     /// Starts a decoder over `audio`: computes each block's cross-attention keys and
     /// values once and returns a session with one empty sequence. With `audio.silentTail` the
@@ -9,13 +11,27 @@ extension WhisperNetwork {
                                      tail: audio.silentTail.flatMap { $0.frames > audio.frames ? $0 : nil })
     }
 
-    /// Each decoder block's cross-attention keys and values of `audio`'s rows, each `[heads, frames, dh]`.
-    func crossKeysValues(_ audio: EncodedAudio) -> [(keys: [Float], values: [Float])] {
-        weights.decoderBlocks.map { crossKeysValues(audio, block: $0) }
+    /// Each decoder block's cross-attention keys and values of `audio`'s rows, each `[heads, frames, dh]`, in half
+    /// precision (IEEE bit patterns), as whisper.cpp keeps them: a whole window's are 9.2 MB for tiny.en instead of
+    /// 18.4, and a decoding step reads half the bytes. Made one block at a time, so that one block's float32 values
+    /// are held at once.
+    func crossKeysValues(_ audio: EncodedAudio) -> [(keys: [UInt16], values: [UInt16])] {
+        weights.decoderBlocks.map { block in
+            let kv = crossKeysValues(audio, block: block)
+            return (Self.halves(kv.keys), Self.halves(kv.values))
+        }
+    }
+
+    /// `values` rounded to half precision.
+    static func halves(_ values: [Float]) -> [UInt16] {
+        [UInt16](unsafeUninitializedCapacity: values.count) { out, count in
+            mq_f32_to_f16(values, out.baseAddress!, values.count)
+            count = values.count
+        }
     }
 
     /// One decoder block's cross-attention keys and values of `audio`'s rows, each `[heads, frames, dh]`.
-    func crossKeysValues(_ audio: EncodedAudio, block: DecoderBlock) -> (keys: [Float], values: [Float]) {
+    private func crossKeysValues(_ audio: EncodedAudio, block: DecoderBlock) -> (keys: [Float], values: [Float]) {
         let d = weights.dimensions.nState, heads = weights.dimensions.nHeads, dh = d / heads
         let frames = audio.frames
         var kv = [Float](repeating: 0, count: frames * 2 * d)   // [frames, 2d]: keys, then values
@@ -51,9 +67,9 @@ extension WhisperNetwork {
 final class WhisperDecoderSession: DecoderSession {
     private let network: WhisperNetwork
     private let audioFrames: Int
-    /// Per block: the window's keys and values, each `[heads, audioFrames, dh]`; `audioFrames` is
-    /// the encoded positions (1500 for a whole window, fewer for a short one).
-    private let crossKV: [(keys: [Float], values: [Float])]
+    /// Per block: the window's keys and values, each `[heads, audioFrames, dh]` in half precision;
+    /// `audioFrames` is the encoded positions (1500 for a whole window, fewer for a short one).
+    private let crossKV: [(keys: [UInt16], values: [UInt16])]
     /// A silent window whose positions `audioFrames ..< tail.frames` cross-attention reads after
     /// the window's own (`EncodedAudio.silentTail`); without it cross-attention reads `audioFrames` positions.
     private let tail: SilentWindow?
@@ -73,7 +89,7 @@ final class WhisperDecoderSession: DecoderSession {
     private(set) var batchSize = 1
     private(set) var length = 0
 
-    init(network: WhisperNetwork, audioFrames: Int, crossKV: [(keys: [Float], values: [Float])], tail: SilentWindow?) {
+    init(network: WhisperNetwork, audioFrames: Int, crossKV: [(keys: [UInt16], values: [UInt16])], tail: SilentWindow?) {
         self.network = network
         self.audioFrames = audioFrames
         self.crossKV = crossKV
@@ -229,23 +245,24 @@ final class WhisperDecoderSession: DecoderSession {
                 // q: [rows, d]
                 block.crossQuery.forward(normed, rows: rows, into: qkv, threads: threads, observer: observer)
                 // Heads split across the threads: each reads its [audioFrames, dh] keys and values
-                // (then the silent tail's [tailFrames, dh] in half precision, rows audioFrames ..< window of the silent
-                // window's [heads, window, dh]) and writes its own columns of attn.
+                // (then the silent tail's [tailFrames, dh], rows audioFrames ..< window of the silent
+                // window's [heads, window, dh]), all in half precision, and writes its own columns of attn.
                 func crossAttention(tailKeys: UnsafePointer<UInt16>?, tailValues: UnsafePointer<UInt16>?) {
                     Kernels.parallelRows(heads, threads: threads) { hr in
                         for h in hr {
                             let sh = s + h * scoreStride   // [rows, window]
                             let headKeys = crossKeys + h * audioFrames * dh, headValues = crossValues + h * audioFrames * dh
-                            Kernels.gemmFewRowsABt(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh, lda: d,
-                                                   b: headKeys, ldb: dh, c: sh, ldc: window)
+                            Kernels.gemmFewRowsABtHalf(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh,
+                                                       lda: d, b: headKeys, ldb: dh, c: sh, ldc: window)
                             if let tailKeys {
                                 Kernels.gemmFewRowsABtHalf(m: rows, n: tailFrames, k: dh, alpha: scale, a: qkv + h * dh,
                                                            lda: d, b: tailKeys + (h * window + audioFrames) * dh, ldb: dh,
                                                            c: sh + audioFrames, ldc: window)
                             }
                             Kernels.softmaxRows(sh, rows: rows, cols: window, ld: window)
-                            Kernels.gemmAB(m: rows, n: dh, k: audioFrames, a: sh, lda: window,
-                                           b: headValues, ldb: dh, c: attn + h * dh, ldc: d)
+                            for r in 0..<rows { (attn + r * d + h * dh).update(repeating: 0, count: dh) }
+                            Kernels.gemmFewRowsABHalf(m: rows, n: dh, k: audioFrames, a: sh, lda: window,
+                                                      b: headValues, ldb: dh, c: attn + h * dh, ldc: d)
                             if let tailValues {
                                 Kernels.gemmFewRowsABHalf(m: rows, n: dh, k: tailFrames, a: sh + audioFrames, lda: window,
                                                           b: tailValues + (h * window + audioFrames) * dh, ldb: dh,

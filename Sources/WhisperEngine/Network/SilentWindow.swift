@@ -11,10 +11,10 @@ import Foundation
 /// to. Without them a short window's decoder loses the silence after the speech (it repeats the
 /// utterance more often, and its words drift further from the whole window's; docs/evaluation.md).
 /// Made once per set of weights and shared (`SilentWindowStore`); weights-derived and immutable.
-/// Kept in half precision, as whisper.cpp keeps its cross-attention keys and values: it stays in
+/// Kept in half precision, as every window's keys and values are (`crossKeysValues`): it stays in
 /// memory as long as its model serves (18 MiB in float32 for tiny.en, 9 MiB in half), and the
 /// decoder reads it through kernels that widen as they go (`Kernels.gemmFewRowsABtHalf`,
-/// `gemmFewRowsABHalf`). Same transcripts on the samples and corpus (docs/evaluation.md).
+/// `gemmFewRowsABHalf`). Transcripts and speed against float32: docs/evaluation.md.
 public final class SilentWindow: @unchecked Sendable {
     /// Positions (`nAudioCtx`, 1500).
     public let frames: Int
@@ -25,14 +25,6 @@ public final class SilentWindow: @unchecked Sendable {
     init(frames: Int, crossKV: [(keys: [UInt16], values: [UInt16])]) {
         self.frames = frames
         self.crossKV = crossKV
-    }
-
-    /// `values` rounded to half precision.
-    static func halves(_ values: [Float]) -> [UInt16] {
-        [UInt16](unsafeUninitializedCapacity: values.count) { out, count in
-            mq_f32_to_f16(values, out.baseAddress!, values.count)
-            count = values.count
-        }
     }
 
     /// Bytes held: two `[frames, d]` half arrays per decoder block (9 MiB for tiny, 18 MiB for base).
@@ -77,12 +69,7 @@ extension WhisperNetwork {
             let plain = WhisperNetwork(weights: weights, threads: threads)
             let dims = weights.dimensions
             let zeros = plain.encode(mel: [Float](repeating: 0, count: dims.nMels * 2 * dims.nAudioCtx))
-            // Block by block, so that one block's float32 keys and values are held at a time (2.3 MB for tiny.en).
-            let crossKV = weights.decoderBlocks.map { block -> (keys: [UInt16], values: [UInt16]) in
-                let kv = plain.crossKeysValues(zeros, block: block)
-                return (SilentWindow.halves(kv.keys), SilentWindow.halves(kv.values))
-            }
-            return SilentWindow(frames: zeros.frames, crossKV: crossKV)
+            return SilentWindow(frames: zeros.frames, crossKV: plain.crossKeysValues(zeros))
         }
     }
 
