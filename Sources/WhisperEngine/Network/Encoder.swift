@@ -145,23 +145,23 @@ public final class WhisperNetwork: SpeechModel {
         let scale = 1 / Float(dh).squareRoot()
         x.withUnsafeMutableBufferPointer { xb in
             let x = xb.baseAddress!
-            scratch.normed.withUnsafeMutableBufferPointer { nb in
-            scratch.qkv.withUnsafeMutableBufferPointer { qb in
-            scratch.attention.withUnsafeMutableBufferPointer { ab in
-            scratch.projected.withUnsafeMutableBufferPointer { pb in
+            scratch.narrow.withUnsafeMutableBufferPointer { nb in
+            scratch.wide.withUnsafeMutableBufferPointer { wb in
             scratch.hidden.withUnsafeMutableBufferPointer { hb in
-                let normed = nb.baseAddress!, qkv = qb.baseAddress!, attn = ab.baseAddress!
-                let projected = pb.baseAddress!, hidden = hb.baseAddress!
-                layerNorm(x, rows: frames, width: d, block.attentionNorm, into: normed)
-                // [frames, 3d]
-                block.qkv.forward(normed, rows: frames, into: qkv, threads: threads, observer: observer)
+                let narrow = nb.baseAddress!, wide = wb.baseAddress!, hidden = hb.baseAddress!
+                // normed = narrow: [frames, d]
+                layerNorm(x, rows: frames, width: d, block.attentionNorm, into: narrow)
+                // qkv = wide: [frames, 3d]
+                block.qkv.forward(narrow, rows: frames, into: wide, threads: threads, observer: observer)
                 // Per head: S = Q_h K_hᵀ * scale  [frames, frames]; softmax; O_h = S V_h, a block of
                 // `queryRows` queries at a time; each thread takes every `workers`-th block and has
-                // its own `[queryRows, frames]` of scores.
+                // its own `[queryRows, frames]` of scores. O goes to `narrow`, whose normed rows
+                // the product above has used: [frames, d].
                 let workers = min(threads, scratch.scoreBlocks), scores = scratch.scores
                 let queryRows = EncoderScratch.queryRows
+                let attn = narrow
                 for h in 0..<heads {
-                    let q = qkv + h * dh, k = qkv + d + h * dh, v = qkv + 2 * d + h * dh
+                    let q = wide + h * dh, k = wide + d + h * dh, v = wide + 2 * d + h * dh
                     Kernels.parallelParts(workers) { worker in
                         let s = scores + worker * queryRows * frames
                         for r0 in stride(from: worker * queryRows, to: frames, by: workers * queryRows) {
@@ -174,38 +174,42 @@ public final class WhisperNetwork: SpeechModel {
                         }
                     }
                 }
-                block.attentionOut.forward(attn, rows: frames, into: projected, threads: threads, observer: observer)
-                Kernels.add(x, projected, count: frames * d)
+                // projected = wide's first [frames, d], now that Q, K and V are used.
+                block.attentionOut.forward(attn, rows: frames, into: wide, threads: threads, observer: observer)
+                Kernels.add(x, wide, count: frames * d)
 
-                layerNorm(x, rows: frames, width: d, block.mlpNorm, into: normed)
-                // `hiddenRows` rows at a time, so that the [rows, 4d] hidden activations stay small.
+                layerNorm(x, rows: frames, width: d, block.mlpNorm, into: narrow)
+                // `hiddenRows` rows at a time, so that the [rows, 4d] hidden activations stay small; each
+                // block's output goes to wide's rows r0 ..< r0 + rows and is added to x.
                 for r0 in stride(from: 0, to: frames, by: EncoderScratch.hiddenRows) {
                     let rows = min(EncoderScratch.hiddenRows, frames - r0)
                     // [rows, 4d]
-                    block.mlpUp.forward(normed + r0 * d, rows: rows, into: hidden, threads: threads, observer: observer)
+                    block.mlpUp.forward(narrow + r0 * d, rows: rows, into: hidden, threads: threads, observer: observer)
                     gelu(hidden, rows: rows, width: 4 * d)
-                    block.mlpDown.forward(hidden, rows: rows, into: projected + r0 * d, threads: threads,
+                    block.mlpDown.forward(hidden, rows: rows, into: wide + r0 * d, threads: threads,
                                           observer: observer)
                 }
-                Kernels.add(x, projected, count: frames * d)
-            }}}}}
+                Kernels.add(x, wide, count: frames * d)
+            }}}
         }
     }
 }
 
-/// Buffers reused across encoder blocks (the encoder's scratch state). The attention scores and
-/// the MLP's hidden activations are made in row blocks: whole, a 30 s window's `[1500, 1500]` scores
-/// of one head and `[1500, 4d]` hidden rows were 9 MB each for tiny.en, at the peak of every window.
+/// Buffers reused across encoder blocks (the encoder's scratch state), each holding in turn what
+/// the block no longer needs: a 30 s window's scratch is 11.6 MB for tiny.en (with separate buffers for
+/// the attention's output and the projections' it was 16.2 MB). The attention scores and the MLP's
+/// hidden activations are made in row blocks: whole, a 30 s window's `[1500, 1500]` scores of one
+/// head and `[1500, 4d]` hidden rows were 9 MB each, at the peak of every window.
 private struct EncoderScratch {
     /// Queries whose scores one thread holds at a time.
     static let queryRows = 64
     /// Rows whose MLP hidden activations are held at a time.
     static let hiddenRows = 256
 
-    var normed: [Float]      // [frames, d]
-    var qkv: [Float]         // [frames, 3d]
-    var attention: [Float]   // [frames, d]
-    var projected: [Float]   // [frames, d]
+    /// `[frames, d]`: the normed input of the attention, then the heads' outputs, then the normed input of the MLP.
+    var narrow: [Float]
+    /// `[frames, 3d]`: the queries, keys and values, then (first `[frames, d]`) the projections' outputs.
+    var wide: [Float]
     var hidden: [Float]      // [min(frames, hiddenRows), 4d]
     /// Blocks of `queryRows` queries, and so the most threads the scores can use.
     let scoreBlocks: Int
@@ -213,10 +217,8 @@ private struct EncoderScratch {
     private let scoreStorage: ScoreStorage
 
     init(frames: Int, width d: Int, threads: Int) {
-        normed = [Float](repeating: 0, count: frames * d)
-        qkv = [Float](repeating: 0, count: frames * 3 * d)
-        attention = [Float](repeating: 0, count: frames * d)
-        projected = [Float](repeating: 0, count: frames * d)
+        narrow = [Float](repeating: 0, count: frames * d)
+        wide = [Float](repeating: 0, count: frames * 3 * d)
         hidden = [Float](repeating: 0, count: min(frames, Self.hiddenRows) * 4 * d)
         scoreBlocks = (frames + Self.queryRows - 1) / Self.queryRows
         scoreStorage = ScoreStorage(count: max(1, min(threads, scoreBlocks)) * Self.queryRows * frames)
