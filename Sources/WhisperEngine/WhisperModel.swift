@@ -134,19 +134,20 @@ public final class SpeechRecognizer {
 
     /// The decoder's next-token log-probabilities after each of `tokens`, fed one at a time as
     /// decoding feeds them, over the first 30 s window of `samples` cut as `transcribe` cuts it
-    /// (content frames, then zeros): `[tokens.count, nVocab]` row-major. Two models given the same
-    /// tokens can be compared position by position (`myqasr compare`).
-    public func logProbabilities(samples: [Float], following tokens: [Int]) -> [Float] {
+    /// (content frames, then zeros): `body(position, row)` for each position in turn, `row` the
+    /// `[nVocab]` log-probabilities after `tokens[position]` (valid during the call only). Two models
+    /// given the same tokens can be compared position by position (`myqasr compare`).
+    public func forEachLogProbabilities(samples: [Float], following tokens: [Int],
+                                        _ body: (_ position: Int, _ row: UnsafeBufferPointer<Float>) -> Void) {
         let audio = network.encode(mel: firstWindow(samples: samples))
         let session = network.makeDecoderSession(audio: audio)
-        var out: [Float] = []
-        out.reserveCapacity(tokens.count * network.dimensions.nVocab)
-        for token in tokens {
+        for (position, token) in tokens.enumerated() {
             var row = session.step([[token]])
-            row.withUnsafeMutableBufferPointer { _ = LogitMath.logSoftmaxInPlace($0) }
-            out += row
+            row.withUnsafeMutableBufferPointer {
+                _ = LogitMath.logSoftmaxInPlace($0)
+                body(position, UnsafeBufferPointer($0))
+            }
         }
-        return out
     }
 
     /// The log-mel window `transcribe` decodes first for `samples` (their frames, then zeros):
@@ -159,7 +160,7 @@ public final class SpeechRecognizer {
 
     /// The tokens one greedy decode of the first window of `samples` gives, after the prompt it
     /// decodes them from (`WindowDecoder.initialTokens`: start of transcript, then language and
-    /// task for a multilingual model): what `logProbabilities(samples:following:)` is fed to
+    /// task for a multilingual model): what `forEachLogProbabilities(samples:following:_:)` is fed to
     /// compare two models on the same tokens. `promptLength` counts the prompt's tokens; `maxTokens` caps the
     /// tokens sampled (nil: half the decoder context, as `transcribe`).
     public func greedyTokens(samples: [Float], maxTokens: Int? = nil) throws -> (tokens: [Int], promptLength: Int) {

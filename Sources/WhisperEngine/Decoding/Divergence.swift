@@ -50,7 +50,7 @@ public struct NextTokenDivergence: Sendable, Equatable {
     public var topOneAgreement: Double { Double(agreeing) / Double(max(positions, 1)) }
 
     /// Adds one position: `p` the reference's log-probabilities, `q` the model's.
-    public mutating func add(reference p: ArraySlice<Float>, model q: ArraySlice<Float>) {
+    public mutating func add(reference p: ArraySlice<Float>, model q: UnsafeBufferPointer<Float>) {
         var kl = 0.0
         for (logP, logQ) in zip(p, q) { kl += Foundation.exp(Double(logP)) * Double(logP - logQ) }
         kl = Swift.max(kl, 0)
@@ -58,7 +58,7 @@ public struct NextTokenDivergence: Sendable, Equatable {
         klMax = Swift.max(klMax, kl)
         positions += 1
         if p.indices.max(by: { p[$0] < p[$1] }).map({ $0 - p.startIndex })
-            == q.indices.max(by: { q[$0] < q[$1] }).map({ $0 - q.startIndex }) {
+            == q.indices.max(by: { q[$0] < q[$1] }) {
             agreeing += 1
         }
     }
@@ -78,9 +78,12 @@ extension SpeechRecognizer {
     public func referenceDistributions(samples: [Float], maxTokens: Int? = nil) throws -> ReferenceDistributions {
         let (tokens, promptLength) = try greedyTokens(samples: samples, maxTokens: maxTokens)
         let vocabulary = network.dimensions.nVocab
-        let all = logProbabilities(samples: samples, following: tokens)   // [tokens, nVocab]
-        return ReferenceDistributions(tokens: tokens, promptLength: promptLength,
-                                      logProbabilities: Array(all[((promptLength - 1) * vocabulary)...]),
+        var kept: [Float] = []   // [tokens.count - promptLength + 1, nVocab]
+        kept.reserveCapacity((tokens.count - promptLength + 1) * vocabulary)
+        forEachLogProbabilities(samples: samples, following: tokens) { position, row in
+            if position >= promptLength - 1 { kept.append(contentsOf: row) }
+        }
+        return ReferenceDistributions(tokens: tokens, promptLength: promptLength, logProbabilities: kept,
                                       vocabularySize: vocabulary)
     }
 
@@ -89,13 +92,13 @@ extension SpeechRecognizer {
     public func divergence(from reference: ReferenceDistributions, samples: [Float]) -> NextTokenDivergence {
         let vocabulary = reference.vocabularySize
         precondition(vocabulary == network.dimensions.nVocab, "divergence: the vocabularies differ")
-        let q = logProbabilities(samples: samples, following: reference.tokens)   // [tokens, nVocab]
         var result = NextTokenDivergence()
         let first = reference.promptLength - 1
-        for position in first..<reference.tokens.count {
+        // Position by position: this model's rows are compared as they come, not held.
+        forEachLogProbabilities(samples: samples, following: reference.tokens) { position, row in
+            guard position >= first else { return }
             let p = (position - first) * vocabulary
-            let row = position * vocabulary
-            result.add(reference: reference.logProbabilities[p..<(p + vocabulary)], model: q[row..<(row + vocabulary)])
+            result.add(reference: reference.logProbabilities[p..<(p + vocabulary)], model: row)
         }
         return result
     }
