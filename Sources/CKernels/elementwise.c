@@ -126,9 +126,3 @@ void mq_f16_to_f32(const unsigned short *src, float *dst, size_t count) {
     const _Float16 *half = (const _Float16 *)src;
     for (size_t i = 0; i < count; i++) dst[i] = (float)half[i];
 }
-
-MQ_CLONES
-void mq_f32_to_f16(const float *src, unsigned short *dst, size_t count) {
-    _Float16 *half = (_Float16 *)dst;
-    for (size_t i = 0; i < count; i++) half[i] = (_Float16)src[i];
-}

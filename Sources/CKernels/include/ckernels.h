@@ -35,9 +35,6 @@ void mq_gemm_nt_small_h(const float *x, size_t m, size_t ldx, const unsigned sho
 void mq_gemm_nn_small_h(const float *x, size_t m, size_t ldx, const unsigned short *v, size_t k, size_t n,
                         size_t ldv, float *y, size_t ldy);
 
-/// dst[i] = src[i] rounded to the nearest IEEE half (bit patterns).
-void mq_f32_to_f16(const float *src, unsigned short *dst, size_t count);
-
 /// dst[i] = (float)src[i] for IEEE half-precision bit patterns (model loading).
 void mq_f16_to_f32(const unsigned short *src, float *dst, size_t count);
 
