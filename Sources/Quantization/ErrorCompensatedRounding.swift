@@ -113,7 +113,6 @@ public struct ErrorCompensatedRounding: Sendable {
         var moment = secondMoment.blockBoundaries(fallOnMultiplesOf: groupSize) ? secondMoment : secondMoment.asOneBlock
         if rotated {
             values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.baseAddress!, $0.count, 0) }
-            if !moment.blockBoundaries(fallOnMultiplesOf: 32) { moment = moment.asOneBlock }
             moment = moment.rotated()
         }
         // Column visiting order: decreasing H_ii (act order) or input order.

@@ -30,7 +30,7 @@ enum ExpectedError {
         var w = values
         var h = [Double](repeating: 0, count: n)   // diagonal of H in the codes' basis
         if let m = secondMoment {
-            h = (rotated ? (m.blockBoundaries(fallOnMultiplesOf: 32) ? m : m.asOneBlock).rotated() : m).diagonal
+            h = (rotated ? m.rotated() : m).diagonal
         } else {
             h = meanSquare
             if rotated {

@@ -67,9 +67,11 @@ public struct SecondMoment: Sendable {
     }
 
     /// `R H Rᵀ`, the moment in the rotated basis (`QuantizedMatrix.rotated`: 32-feature Hadamard
-    /// blocks), block by block; every block must start and end on a multiple of 32.
+    /// blocks), block by block; blocks whose boundaries split a rotation block are merged first. The
+    /// width must be a multiple of 32 (`QuantizedMatrix.canRotate`).
     public func rotated() -> SecondMoment {
-        precondition(blocks.allSatisfy { $0.start % 32 == 0 && $0.size % 32 == 0 }, "SecondMoment: blocks split a rotation")
+        precondition(width % 32 == 0, "SecondMoment: width \(width) is not whole rotation blocks")
+        guard blockBoundaries(fallOnMultiplesOf: 32) else { return asOneBlock.rotated() }
         return SecondMoment(width: width, blocks: blocks.map {
             Block(start: $0.start, size: $0.size, values: Self.rotatedBothSides($0.values, n: $0.size))
         })
