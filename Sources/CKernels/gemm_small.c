@@ -27,8 +27,34 @@
 #define MAX_ROWS 8
 #define MQ_INLINE static inline __attribute__((always_inline))
 
-// One kernel family per element type of w: float32 (`f32`) and float16 (`f16`). WTYPE is the C
-// type of w's elements; LOAD8 loads eight of them widened to float32 (x86-64 only).
+// Whether the CPU has AVX2, FMA and F16C. -1: not asked yet. Threads may race to fill it with the
+// same value: an atomic, so that is defined.
+#if defined(__x86_64__)
+static int has_avx2(void) {
+    static _Atomic int known = -1;
+    int avx2 = atomic_load_explicit(&known, memory_order_relaxed);
+    if (avx2 < 0) {
+        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        atomic_store_explicit(&known, avx2, memory_order_relaxed);
+    }
+    return avx2;
+}
+#endif
+
+// IF_AVX2(call): `call`, then return, when the CPU has AVX2, FMA and F16C (x86-64 only).
+#if defined(__x86_64__)
+#define IF_AVX2(call) \
+    if (has_avx2()) { \
+        call;         \
+        return;       \
+    }
+#else
+#define IF_AVX2(call)
+#endif
+
+// One kernel family per element type of w, with its public entry point NAME: float32 (`f32`,
+// mq_gemm_nt_small) and float16 (`f16`, mq_gemm_nt_small_h). WTYPE is the C type of w's elements,
+// PTYPE the one the entry point takes; LOAD8 loads eight of them widened to float32 (x86-64 only).
 #if defined(__x86_64__)
 #define LOAD8_f32(p) _mm256_loadu_ps(p)
 #define LOAD8_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
@@ -45,7 +71,7 @@ __attribute__((target("avx2,fma"))) MQ_INLINE __m256 hsum8x8(__m256 a0, __m256 a
 }
 #endif
 
-#define DEFINE_GEMM_NT(T, WTYPE)                                                                              \
+#define DEFINE_GEMM_NT(T, WTYPE, NAME, PTYPE)                                                                 \
     /* Portable: dot products of one row of w with `rows` rows of x. */                                      \
     MQ_INLINE void dot_rows_portable_##T(const WTYPE *w, const float *x, size_t k, size_t ldx, int rows,     \
                                          float out[MAX_ROWS]) {                                             \
@@ -75,7 +101,14 @@ __attribute__((target("avx2,fma"))) MQ_INLINE __m256 hsum8x8(__m256 a0, __m256 a
             }                                                                                                \
         }                                                                                                    \
     }                                                                                                        \
-    DEFINE_GEMM_NT_AVX2(T, WTYPE)
+    DEFINE_GEMM_NT_AVX2(T, WTYPE)                                                                            \
+                                                                                                             \
+    void NAME(const float *x, size_t m, size_t ldx, const PTYPE *w, size_t n, size_t ldw, size_t k,           \
+              float alpha, float *y, size_t ldy) {                                                           \
+        const WTYPE *wt = (const WTYPE *)w;                                                                  \
+        IF_AVX2(gemm_avx2_##T(x, m, ldx, wt, n, ldw, k, alpha, y, ldy))                                      \
+        gemm_portable_##T(x, m, ldx, wt, n, ldw, k, alpha, y, ldy);                                          \
+    }
 
 #if defined(__x86_64__)
 #define DEFINE_GEMM_NT_AVX2(T, WTYPE)                                                                         \
@@ -130,45 +163,8 @@ __attribute__((target("avx2,fma"))) MQ_INLINE __m256 hsum8x8(__m256 a0, __m256 a
 #define DEFINE_GEMM_NT_AVX2(T, WTYPE)
 #endif
 
-DEFINE_GEMM_NT(f32, float)
-DEFINE_GEMM_NT(f16, _Float16)
-
-// Whether the CPU has AVX2, FMA and F16C. -1: not asked yet. Threads may race to fill it with the
-// same value: an atomic, so that is defined.
-#if defined(__x86_64__)
-static int has_avx2(void) {
-    static _Atomic int known = -1;
-    int avx2 = atomic_load_explicit(&known, memory_order_relaxed);
-    if (avx2 < 0) {
-        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-        atomic_store_explicit(&known, avx2, memory_order_relaxed);
-    }
-    return avx2;
-}
-#endif
-
-void mq_gemm_nt_small(const float *x, size_t m, size_t ldx, const float *w, size_t n, size_t ldw,
-                      size_t k, float alpha, float *y, size_t ldy) {
-#if defined(__x86_64__)
-    if (has_avx2()) {
-        gemm_avx2_f32(x, m, ldx, w, n, ldw, k, alpha, y, ldy);
-        return;
-    }
-#endif
-    gemm_portable_f32(x, m, ldx, w, n, ldw, k, alpha, y, ldy);
-}
-
-void mq_gemm_nt_small_h(const float *x, size_t m, size_t ldx, const unsigned short *w, size_t n, size_t ldw,
-                        size_t k, float alpha, float *y, size_t ldy) {
-    const _Float16 *wh = (const _Float16 *)w;
-#if defined(__x86_64__)
-    if (has_avx2()) {
-        gemm_avx2_f16(x, m, ldx, wh, n, ldw, k, alpha, y, ldy);
-        return;
-    }
-#endif
-    gemm_portable_f16(x, m, ldx, wh, n, ldw, k, alpha, y, ldy);
-}
+DEFINE_GEMM_NT(f32, float, mq_gemm_nt_small, float)
+DEFINE_GEMM_NT(f16, _Float16, mq_gemm_nt_small_h, unsigned short)
 
 // y[m, n] += x[m, k] · v[k, n], v in half precision; few rows m and narrow n (a head's 64 features).
 static void gemm_nn_h_portable(const float *x, size_t m, size_t ldx, const _Float16 *v, size_t k, size_t n,
@@ -218,11 +214,6 @@ __attribute__((target("avx2,fma,f16c"))) static void gemm_nn_h_avx2(const float 
 void mq_gemm_nn_small_h(const float *x, size_t m, size_t ldx, const unsigned short *v, size_t k, size_t n,
                         size_t ldv, float *y, size_t ldy) {
     const _Float16 *vh = (const _Float16 *)v;
-#if defined(__x86_64__)
-    if (has_avx2()) {
-        gemm_nn_h_avx2(x, m, ldx, vh, k, n, ldv, y, ldy);
-        return;
-    }
-#endif
+    IF_AVX2(gemm_nn_h_avx2(x, m, ldx, vh, k, n, ldv, y, ldy))
     gemm_nn_h_portable(x, m, ldx, vh, k, n, ldv, y, ldy);
 }
