@@ -1,6 +1,9 @@
 // Heap housekeeping for a long-running process that drops large models.
+#define _GNU_SOURCE
+#include <link.h>
 #include <malloc.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -11,6 +14,44 @@ void mq_release_free_heap(void) {
     // every arena back to the system (malloc_trim also releases pages inside the heap, not only
     // at its top, since glibc 2.8).
     malloc_trim(0);
+}
+
+// For dl_iterate_phdr: drops the resident pages of one loaded object's read-only segments.
+static int release_read_only_segments(struct dl_phdr_info *info, size_t size, void *unused) {
+    (void)size;
+    (void)unused;
+    // The vDSO is the kernel's, not a file mapping.
+    if (info->dlpi_name != NULL && strstr(info->dlpi_name, "vdso") != NULL) return 0;
+    // Text relocations would make private, written copies of code pages: those must stay.
+    for (ElfW(Half) i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_DYNAMIC) continue;
+        for (const ElfW(Dyn) *d = (const ElfW(Dyn) *)(info->dlpi_addr + ph->p_vaddr); d->d_tag != DT_NULL; d++) {
+            if (d->d_tag == DT_TEXTREL || (d->d_tag == DT_FLAGS && (d->d_un.d_val & DF_TEXTREL))) return 0;
+        }
+    }
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (ElfW(Half) i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        // Writable segments (data, and the relocated read-only data that RELRO protects afterwards) hold
+        // the process's own copies: never these.
+        if (ph->p_type != PT_LOAD || (ph->p_flags & PF_W) || ph->p_filesz != ph->p_memsz) continue;
+        const uintptr_t lo = (info->dlpi_addr + ph->p_vaddr) & ~(page - 1);
+        const uintptr_t hi = (info->dlpi_addr + ph->p_vaddr + ph->p_memsz + page - 1) & ~(page - 1);
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
+    return 0;
+}
+
+void mq_release_code_pages(void) {
+    // A daemon's start-up runs code it never runs again (argument and configuration parsing, model
+    // loading, quantization, the self-check), and each page of code it runs maps 64 KiB around it (the
+    // kernel's fault-around): the static myqasrd kept 17 MiB of its 19 MB of code resident at rest, of
+    // which serving a command touched 2.9 MiB (smaps' Referenced after clear_refs). Dropping the page-table
+    // entries of every loaded object's read-only segments (code, constants) takes them out of RSS; the
+    // page cache keeps them, and the code still in use maps back with minor faults. Only read-only
+    // file-backed segments: their contents are the file's, so nothing is lost.
+    dl_iterate_phdr(release_read_only_segments, NULL);
 }
 
 void mq_keep_freed_heap(void) {

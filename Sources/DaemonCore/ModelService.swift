@@ -385,6 +385,9 @@ public actor ModelService {
                         continuation.resume(returning: .failure(.unavailable(model: target.source, reason: "\(error)")))
                         return
                     }
+                    // Loading and quantizing are over: what they leave resident (their code pages) goes back before
+                    // the check's passes.
+                    WhisperModel.releaseFreedMemory()
                     // The model already in service was checked when it went in.
                     report = candidate.provided.model === serving?.provided.model ? serving?.check : pipeline.check(candidate)
                     // The full-precision network the candidate came from is not needed any more: its pages go back now.

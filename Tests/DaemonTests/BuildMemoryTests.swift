@@ -18,7 +18,7 @@ final class BuildMemoryTests: XCTestCase {
     private static let childFlag = "MYQASR_BUILD_MEMORY_CHILD"
     /// What the build and its self-check may hold besides the weights they make. Measured 57 MiB (VmHWM growth
     /// 80 MiB for 22.9 MiB of weights): the build's vocabulary (12 MiB), norms and position tables (3 MiB) and
-    /// at most 8 MiB of one layer's float32 rows (`QuantizationOptions.chunkBytes`) with their codes; then the
+    /// at most 2 MiB of one layer's float32 rows (`QuantizationOptions.chunkBytes`) with their codes; then the
     /// check's two full-window passes (about 50 MiB of encoder activations each, freed between them). Before the
     /// build read the mapped file, the float32 network alone was 144 MiB.
     static let scratchAllowance = 72 << 20
@@ -50,6 +50,11 @@ final class BuildMemoryTests: XCTestCase {
         XCTAssertLessThanOrEqual(growth, weights + Self.scratchAllowance,
                                  "the build's peak grew by \(growth >> 20) MiB for \(weights >> 20) MiB of weights: \(line)")
         XCTAssertLessThanOrEqual(try XCTUnwrap(figures["file"]), 4 << 20, "model.bin's pages left resident: \(line)")
+        // Loading and quantizing ran a good part of this bundle's code; releasing it took those pages out of the
+        // resident set, and the check that ran next (its passes' code mapped back) still passed.
+        let codeBefore = try XCTUnwrap(figures["code-before"]), codeAfter = try XCTUnwrap(figures["code-after"])
+        XCTAssertGreaterThan(codeBefore, 1 << 20, String(line))
+        XCTAssertLessThan(codeAfter, codeBefore / 2, "the bundle's code pages stayed resident: \(line)")
     }
 
     /// The child's part (does nothing unless run by the test above): the daemon's provider builds tiny.en for a
@@ -64,23 +69,30 @@ final class BuildMemoryTests: XCTestCase {
         var candidate = try provider.candidate(for: ModelRequest(name: try Fixtures.tinyModel(), budgetBytes: 24 << 20,
                                                                  reloadFromDisk: true))
         let built = Self.status("VmHWM")
+        // What the daemon does once a model is built (`ModelService`): the pages of code that loading and quantizing
+        // ran go back before the check, whose passes then run with their code mapped again.
+        let executable = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).resolvingSymlinksInPath().path
+        let codeBefore = Self.mappedResident(suffix: executable, readOnly: true)
+        WhisperModel.releaseFreedMemory()
+        let codeAfter = Self.mappedResident(suffix: executable, readOnly: true)
         let report = try XCTUnwrap(ModelCheck(threads: 1).check(candidate))
         XCTAssertTrue(report.passed, "\(report)")
         let checked = Self.status("VmHWM")
         let file = Self.mappedResident(suffix: "/model.bin")
         candidate.fullPrecision = nil
         print("build-memory weights=\(candidate.provided.weightBytes) before=\(before) built=\(built - before) "
-              + "growth=\(checked - before) file=\(file)")
+              + "growth=\(checked - before) file=\(file) code-before=\(codeBefore) code-after=\(codeAfter)")
     }
 
-    /// Resident bytes of the mappings of files whose path ends with `suffix` (/proc/self/smaps).
-    private static func mappedResident(suffix: String) -> Int {
+    /// Resident bytes of the mappings of files whose path ends with `suffix` (/proc/self/smaps); with `readOnly`,
+    /// of those not writable only (code and constants).
+    private static func mappedResident(suffix: String, readOnly: Bool = false) -> Int {
         guard let smaps = FileHandle(forReadingAtPath: "/proc/self/smaps") else { return 0 }
         var inside = false, total = 0
         for line in String(decoding: smaps.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n") {
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
             if fields.count >= 5, fields[0].contains("-"), !fields[0].hasSuffix(":") {   // a mapping's header
-                inside = line.hasSuffix(suffix)
+                inside = line.hasSuffix(suffix) && !(readOnly && fields[1].contains("w"))
             } else if inside, fields.first == "Rss:", fields.count > 1 {
                 total += (Int(fields[1]) ?? 0) * 1024
             }

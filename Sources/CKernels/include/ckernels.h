@@ -42,6 +42,12 @@ void mq_f16_to_f32(const unsigned short *src, float *dst, size_t count);
 /// has just dropped a large model.
 void mq_release_free_heap(void);
 
+/// Takes the pages of every loaded object's read-only segments (code and constants, the program's and
+/// its shared libraries') out of the process's resident set (madvise MADV_DONTNEED): for a
+/// long-running process after a phase whose code it will not run again. The page cache keeps them;
+/// code still in use maps back with minor faults.
+void mq_release_code_pages(void);
+
 /// Has the C heap keep the memory freed between windows for reuse instead of returning it to
 /// the system at once (glibc mallopt: mmap threshold 32 MiB, trim threshold 256 MiB).
 void mq_keep_freed_heap(void);
