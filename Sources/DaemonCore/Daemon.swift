@@ -275,6 +275,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             "control": "\(locked { ownSocketPaths }.first ?? "activated")",
             "capture": "\(config.captureEnabled ? config.captureDevice : "off")",
         ])
+        // Start-up's code (configuration, the servers' set-up) does not run again: its pages go back.
+        WhisperModel.releaseFreedMemory()
     }
 
     /// Whether every event loop of the socket servers runs a task within `timeout`.
