@@ -40,10 +40,12 @@ public struct QuantizationOptions: Sendable {
     /// Float32 bytes of a layer's weights held at once: a larger layer (tiny.en's and base's token embedding
     /// only, 80 / 106 MB as float32) is quantized this much at a time (at least 128 rows), a bounded run of
     /// whole chunks of compensated rounding's rows (`ErrorCompensatedRounding.rowChunk`), so the codes are the
-    /// same. Not with the clip search or widths by expected error, which read whole layers (offline only). 2 MiB:
+    /// same. Not with the clip search or widths by expected error, which read whole layers (offline only). 4 MiB:
     /// with 8 MiB, one chunk of the embedding with its codes made the daemon's start-up peak (tiny.en under 24 MiB:
-    /// VmHWM 74-75 MiB, against 62.5-63.9 MiB with 2 MiB; the models are the same to the byte).
-    public var chunkBytes: Int = 2 << 20
+    /// VmHWM 74-75 MiB, against 65-67 MiB with 4 MiB and 62.5-64 MiB with 2 MiB); 2 MiB splits tiny.en's 1536-wide
+    /// layers too, and each chunk factorises the second moment again (about 0.4 s more per personal build).
+    /// The models are the same to the byte.
+    public var chunkBytes: Int = 4 << 20
 
     /// The group size `target` gets unless told otherwise: `QuantizedMatrix.defaultGroupSize` (32), except
     /// under a budget with codes rounded to nearest, where groups of 64 save scale bytes that let the sweep keep

@@ -18,7 +18,7 @@ final class BuildMemoryTests: XCTestCase {
     private static let childFlag = "MYQASR_BUILD_MEMORY_CHILD"
     /// What the build and its self-check may hold besides the weights they make. Measured 57 MiB (VmHWM growth
     /// 80 MiB for 22.9 MiB of weights): the build's vocabulary (12 MiB), norms and position tables (3 MiB) and
-    /// at most 2 MiB of one layer's float32 rows (`QuantizationOptions.chunkBytes`) with their codes; then the
+    /// at most 4 MiB of one layer's float32 rows (`QuantizationOptions.chunkBytes`) with their codes; then the
     /// check's two full-window passes (about 50 MiB of encoder activations each, freed between them). Before the
     /// build read the mapped file, the float32 network alone was 144 MiB.
     static let scratchAllowance = 72 << 20
