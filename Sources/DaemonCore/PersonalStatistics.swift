@@ -36,7 +36,12 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     private let lock = NSLock()
     private let passDone = DispatchGroup()
     // Guarded by `lock`.
+    /// The statistics while no file holds them: in memory only (no directory), from a pass until its write ends,
+    /// or after a write failed.
     private var statistics: ActivationStatistics?
+    /// What the statistics file holds when it holds the statistics: they are read from it when a pass or a build
+    /// needs them, and not kept between passes (11.5 MiB for tiny.en that an idle daemon would hold).
+    private var saved: (identity: String, samples: Int)?
     private var passRunning = false
     /// The newest utterance that arrived while a pass ran (a copy, with the model that served it): the next pass
     /// takes it. At most one waits; a newer one replaces (and wipes) it.
@@ -57,8 +62,9 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         guard let path, FileManager.default.fileExists(atPath: path) else { return }
         chmod(path, 0o600)  // a file an older version wrote with the umask's mode
         do {
-            statistics = try StatisticsFile.load(path: path)
-            logger.info("personal statistics loaded", metadata: ["samples": "\(statistics?.sampleCount ?? 0)"])
+            let loaded = try StatisticsFile.load(path: path)
+            saved = (loaded.modelIdentity, loaded.sampleCount)
+            logger.info("personal statistics loaded", metadata: ["samples": "\(loaded.sampleCount)"])
         } catch {
             let aside = path + ".corrupt"
             _ = try? FileManager.default.removeItem(atPath: aside)
@@ -68,13 +74,37 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     }
 
     /// Utterances gathered so far.
-    public var statisticsSamples: Int { locked { statistics?.sampleCount ?? 0 } }
+    public var statisticsSamples: Int { locked { statistics?.sampleCount ?? saved?.samples ?? 0 } }
 
-    /// A copy of the statistics if they were gathered on the model with `modelIdentity` (`ModelIdentity.of`).
+    /// A copy of the statistics if they were gathered on the model with `modelIdentity` (`ModelIdentity.of`): read
+    /// from their file when it holds them.
     public func statistics(for modelIdentity: String) -> ActivationStatistics? {
-        locked { () -> ActivationStatistics? in
-            guard let statistics, statistics.modelIdentity == modelIdentity, statistics.sampleCount > 0 else { return nil }
-            return statistics.copy()
+        let onFile = locked { () -> Bool? in
+            if let statistics {
+                return statistics.modelIdentity == modelIdentity && statistics.sampleCount > 0 ? false : nil
+            }
+            guard let saved, saved.identity == modelIdentity, saved.samples > 0 else { return nil }
+            return true
+        }
+        switch onFile {
+        case nil: return nil
+        case true?: return readSaved()
+        case false?:
+            return locked { () -> ActivationStatistics? in
+                guard let statistics, statistics.modelIdentity == modelIdentity else { return nil }
+                return statistics.copy()
+            }
+        }
+    }
+
+    /// The statistics file's contents (nil when it is gone, e.g. forgotten meanwhile, or unreadable).
+    private func readSaved() -> ActivationStatistics? {
+        guard let path else { return nil }
+        do {
+            return try StatisticsFile.load(path: path)
+        } catch {
+            if FileManager.default.fileExists(atPath: path) { logger.error("personal statistics unreadable: \(error)") }
+            return nil
         }
     }
 
@@ -141,6 +171,9 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// Waits until the running pass (if any) and the utterance waiting for the next have finished.
     public func waitForPass() { passDone.wait() }
 
+    /// Whether the statistics are held in memory (for tests): only while no file holds them.
+    var holdsStatisticsInMemory: Bool { locked { statistics != nil } }
+
     /// Whether an utterance waits for the next pass (for tests).
     var hasWaitingUtterance: Bool { locked { pending != nil } }
 
@@ -150,6 +183,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         locked {
             epoch += 1
             statistics = nil
+            saved = nil
             pending?.copy.wipe()
             pending = nil
         }
@@ -211,11 +245,17 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
             logger.error("statistics pass failed: \(error)")
             return
         }
+        // The statistics so far: in memory, or read from their file (passes run one at a time, so no other pass
+        // writes it meanwhile; a `forget` meanwhile changes the epoch, and this pass is dropped).
+        let onFile = locked { statistics == nil && saved != nil }
+        let read = onFile ? readSaved() : nil
         let merged = locked { () -> (ActivationStatistics, (@Sendable (Int) -> Void)?)? in
             guard epoch == startEpoch else { return nil }   // forgotten meanwhile
+            let kept = statistics ?? read
             // Statistics of another model (the configured one changed) are replaced, not mixed.
-            let mergedIntoKept = statistics.map { $0.modelIdentity == identity && (try? $0.merge(pass)) != nil } ?? false
-            if !mergedIntoKept { statistics = pass }
+            let mergedIntoKept = kept.map { $0.modelIdentity == identity && (try? $0.merge(pass)) != nil } ?? false
+            statistics = mergedIntoKept ? kept : pass
+            saved = nil
             return (statistics!, onSamplesGrew)
         }
         guard let (merged, notify) = merged else {
@@ -226,6 +266,12 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
             do {
                 try StatisticsFile.write(merged, to: path)
                 chmod(path, 0o600)
+                // The file holds them now: they leave memory until the next pass or build reads them.
+                locked {
+                    guard epoch == startEpoch, statistics === merged else { return }
+                    statistics = nil
+                    saved = (merged.modelIdentity, merged.sampleCount)
+                }
             } catch {
                 logger.error("personal statistics not saved: \(error)")
             }

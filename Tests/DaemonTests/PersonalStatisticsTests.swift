@@ -77,6 +77,47 @@ final class PersonalStatisticsTests: XCTestCase {
     }
 }
 
+extension PersonalStatisticsTests {
+    /// With a state directory the statistics live in their file between passes: none of them stays in memory, a
+    /// build reads them from the file, the next pass merges into what the file holds, and a restart finds them.
+    /// Without a directory they stay in memory.
+    func testBetweenPassesTheStatisticsAreOnlyInTheirFile() throws {
+        let model = try SmallModels.make(seed: 5)
+        let identity = ModelIdentity.of(model)
+        let scratch = try ScratchDirectory()
+        let directory = try scratch.makeDirectory("state")
+        let transcript = Transcript(segments: [], language: "en", text: "")
+        func gather(_ personal: PersonalStatistics, _ value: Float) {
+            personal.observe(utterance: Utterance(samples: [Float](repeating: value, count: 16_000)),
+                             transcript: transcript, model: model)
+            personal.waitForPass()
+        }
+        let personal = PersonalStatistics(directory: directory, logger: Logger(label: "test"))
+        gather(personal, 0.1)
+        XCTAssertFalse(personal.holdsStatisticsInMemory)
+        XCTAssertEqual(personal.statisticsSamples, 1)
+        XCTAssertEqual(personal.statistics(for: identity)?.sampleCount, 1)
+        gather(personal, 0.2)
+        XCTAssertFalse(personal.holdsStatisticsInMemory)
+        XCTAssertEqual(personal.statisticsSamples, 2)
+        XCTAssertEqual(personal.statistics(for: identity)?.sampleCount, 2)
+        XCTAssertNil(personal.statistics(for: "another model"))
+
+        let restarted = PersonalStatistics(directory: directory, logger: Logger(label: "test"))
+        XCTAssertFalse(restarted.holdsStatisticsInMemory)
+        XCTAssertEqual(restarted.statisticsSamples, 2)
+        XCTAssertEqual(restarted.statistics(for: identity)?.sampleCount, 2)
+        restarted.forget()
+        XCTAssertEqual(restarted.statisticsSamples, 0)
+        XCTAssertNil(restarted.statistics(for: identity))
+
+        let inMemory = PersonalStatistics(directory: nil, logger: Logger(label: "test"))
+        gather(inMemory, 0.1)
+        XCTAssertTrue(inMemory.holdsStatisticsInMemory)
+        XCTAssertEqual(inMemory.statistics(for: identity)?.sampleCount, 1)
+    }
+}
+
 /// A counter shared with a pass's hook.
 private final class ManagedAtomicCounter: @unchecked Sendable {  // @unchecked: guarded by `lock`
     private let lock = NSLock()
