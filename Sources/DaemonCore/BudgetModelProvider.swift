@@ -187,7 +187,8 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
     private let personalStatistics: (@Sendable (String) -> ActivationStatistics?)?
 
     /// Creates a provider; quantized layers get one scale per `groupSize` input features.
-    /// `personalStatistics` returns the statistics gathered on the model with the given `ModelIdentity`, if any.
+    /// `personalStatistics` returns the statistics gathered on the model with the given `ModelIdentity`, if any: a
+    /// copy the build owns (a personal build drops their second moments as it quantizes the layers that read them).
     public init(groupSize: Int = QuantizedMatrix.defaultGroupSize,
                 personalStatistics: (@Sendable (String) -> ActivationStatistics?)? = nil) {
         self.groupSize = groupSize
@@ -286,8 +287,10 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
                                      budgetMet: request.budgetBytes.map { actual <= $0 } ?? true, plan: plan)
         case let .personalised(budget, samples):
             let source = try floatModel ?? mapped()
-            // One thread: the build runs on the model service's idle-priority thread and stays there.
-            let result = try Quantizer.personalise(model: source, statistics: statistics!, budget: budget, threads: 1)
+            // One thread: the build runs on the model service's idle-priority thread and stays there. The statistics
+            // are this build's own copy: their moments go as the layers are done.
+            let result = try Quantizer.personalise(model: source, statistics: statistics!, budget: budget, threads: 1,
+                                                   releasingMoments: true)
             let actual = result.weights.byteSize
             guard actual <= budget else { throw ModelProviderError.sizeMismatch(planned: budget, actual: actual) }
             var layerBits: [String: Int] = [:]

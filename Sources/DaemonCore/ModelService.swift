@@ -371,6 +371,8 @@ public actor ModelService {
                 if atIdlePriority { buildThread.async(job) } else { DispatchQueue.global(qos: .userInitiated).async(execute: job) }
             }
             run {
+                // What the daemon ran since it last went idle (its code pages) goes back before the build's peak.
+                WhisperModel.releaseFreedMemory()
                 // Candidate -> check.
                 var candidate: Candidate
                 var report: CheckReport?

@@ -17,12 +17,11 @@ extension DaemonConfiguration {
     public func checkModelAndBudget(environment: [String: String] = ProcessInfo.processInfo.environment) async throws {
         let path = (resolvedStateDirectory(environment: environment) as NSString)
             .appendingPathComponent(PersonalStatistics.fileName)
-        // As `PersonalStatistics` keeps them: without second moments, used only for the model they came from.
-        let saved = (try? StatisticsFile.load(path: path)).map {
-            ActivationStatistics(modelIdentity: $0.modelIdentity, sampleCount: $0.sampleCount, layers: $0.layers)
-        }
+        // As `PersonalStatistics` hands them out: a copy for each build (which drops their moments as it goes), used
+        // only for the model they came from.
+        let saved = try? StatisticsFile.load(path: path)
         let statistics: (@Sendable (String) -> ActivationStatistics?)? = saved.map { saved in
-            { identity in saved.modelIdentity == identity && saved.sampleCount > 0 ? saved : nil }
+            { identity in saved.modelIdentity == identity && saved.sampleCount > 0 ? saved.copy() : nil }
         }
         let quiet = Logger(label: "myqasrd.check", factory: { _ in SwiftLogNoOpLogHandler() })
         // With `memory_budget = "auto"`, free memory is read now, as start-up reads it.

@@ -253,6 +253,12 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         return SecondMoment(width: n, blocks: blocks)
     }
 
+    /// Drops what is held for `layer` (through `key(for:)`): for a build that owns these statistics, once the last
+    /// layer that reads that moment is quantized.
+    public func release(_ layer: String) {
+        locked { entries[Self.key(for: layer)] = nil }
+    }
+
     /// `moment(of:)` as a full symmetric `[width, width]` matrix, 0 between blocks.
     public func secondMoment(of layer: String) -> [Double]? {
         moment(of: layer)?.dense

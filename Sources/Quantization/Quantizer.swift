@@ -46,6 +46,11 @@ public struct QuantizationOptions: Sendable {
     /// layers too, and each chunk factorises the second moment again (about 0.4 s more per personal build).
     /// The models are the same to the byte.
     public var chunkBytes: Int = 4 << 20
+    /// Compensated rounding drops each second moment from the statistics once the last layer that reads it is
+    /// quantized (`InputCovariance.release`): for a caller that owns the statistics and does not read them after,
+    /// as the daemon's builds do (tiny.en's moments are 11.5 MiB, which the build's peak would otherwise hold to
+    /// its end). The model is the same.
+    public var releasesMomentsAsUsed = false
 
     /// The group size `target` gets unless told otherwise: `QuantizedMatrix.defaultGroupSize` (32), except
     /// under a budget with codes rounded to nearest, where groups of 64 save scale bytes that let the sweep keep
@@ -289,6 +294,9 @@ public enum Quantizer {
                                         perGroup: options.perGroupClip && activations == nil)
         var replacements: [String: any WeightMatrix] = [:]
         var reports: [QuantizedLayerReport] = []
+        // The last layer that reads each second moment (layers may share one: `InputCovariance.key(for:)`).
+        var lastReader: [String: Int] = [:]
+        for (i, layer) in layers.enumerated() { lastReader[InputCovariance.key(for: layer.name)] = i }
         for (i, layer) in layers.enumerated() {
             if let decoderSecondMoments, options.rounding == .compensated, i > 0,
                layer.name.hasPrefix("decoder/"), !layers[i - 1].name.hasPrefix("decoder/") {
@@ -338,6 +346,9 @@ public enum Quantizer {
                                            rotated: rotated)
             }
             replacements[layer.name] = q
+            if options.releasesMomentsAsUsed, let covariance, lastReader[InputCovariance.key(for: layer.name)] == i {
+                covariance.release(layer.name)
+            }
             let meanRatio = ratios.reduce(0, +) / Float(ratios.count)
             let report = QuantizedLayerReport(
                 name: layer.name, outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, bits: bits,
@@ -419,9 +430,11 @@ extension Quantizer {
     /// threads (the codes do not depend on it).
     public static func personalise(model: WhisperModel, statistics: ActivationStatistics, budget: Int,
                                    threads: Int = ProcessInfo.processInfo.activeProcessorCount,
+                                   releasingMoments: Bool = false,
                                    progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
         var options = personalOptions(budget: budget, statistics: statistics)
         options.threads = threads
+        options.releasesMomentsAsUsed = releasingMoments
         return try quantize(model: model, statistics: statistics, options: options, progress: progress)
     }
 }

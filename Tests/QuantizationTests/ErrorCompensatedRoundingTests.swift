@@ -370,4 +370,27 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
         }
         XCTAssertLessThan(encoderError(compensated.weights), encoderError(plain.weights))
     }
+
+    /// A build that owns its statistics drops each moment once the last layer reading it is done (the daemon's
+    /// builds): the same codes, and no moment left at the end; the shared cross-attention key/value moment stays
+    /// until the last decoder block's projection has read it.
+    func testReleasingMomentsAsUsedGivesTheSameModel() throws {
+        let weights = QuantizerTests.randomWeights()
+        let covariance = InputCovariance()
+        QuantizerTests.run(weights, observer: covariance, utterances: 3)
+        XCTAssertFalse(covariance.layerNames.isEmpty)
+        var options = QuantizationOptions(target: .uniform(bits: 3), groupSize: 32, rounding: .compensated)
+        let kept = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: options,
+                                          covariance: covariance)
+        XCTAssertFalse(covariance.layerNames.isEmpty, "without the option the moments stay")
+        options.releasesMomentsAsUsed = true
+        let released = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: options,
+                                              covariance: covariance)
+        XCTAssertEqual(covariance.layerNames, [])
+        for (a, b) in zip(kept.weights.linearLayers, released.weights.linearLayers) {
+            let qa = try XCTUnwrap(a.weight as? QuantizedMatrix), qb = try XCTUnwrap(b.weight as? QuantizedMatrix)
+            XCTAssertEqual(qa.codes(), qb.codes(), a.name)
+            XCTAssertEqual(qa.scales.withUnsafeBytes { Array($0) }, qb.scales.withUnsafeBytes { Array($0) }, a.name)
+        }
+    }
 }
