@@ -106,6 +106,7 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         let audio: Utterance
         let language: String?
         let cancellation: Cancellation
+        /// Called once, with `condition` held: it must not wait for anything (no continuation resumed inline).
         let deliver: @Sendable (Transcript?) -> Void
     }
 
@@ -302,8 +303,15 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         let audio = Utterance(samples: samples, endReason: .inProgress)
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
+                // A partial's `deliver` runs with `condition` held (so that a live partial never follows its
+                // utterance's final result), and resuming a continuation takes its task's status lock, which a
+                // cancellation holds while its handler below waits for `condition`: resumed inline, a worker
+                // finishing this pass and the client's connection closing meanwhile deadlocked (found in a
+                // fresh-clone run of LoadTests: two Wyoming clients waited forever). So it resumes on another thread.
                 submit(Partial(id: id, source: source, audio: audio, language: language, cancellation: cancellation,
-                               deliver: { continuation.resume(returning: $0) }))
+                               deliver: { transcript in
+                                   DispatchQueue.global().async { continuation.resume(returning: transcript) }
+                               }))
             }
         } onCancel: {
             cancellation.cancel()
