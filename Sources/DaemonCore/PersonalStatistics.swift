@@ -79,22 +79,14 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// A copy of the statistics if they were gathered on the model with `modelIdentity` (`ModelIdentity.of`): read
     /// from their file when it holds them.
     public func statistics(for modelIdentity: String) -> ActivationStatistics? {
-        let onFile = locked { () -> Bool? in
+        let (copy, onFile) = locked { () -> (ActivationStatistics?, Bool) in
             if let statistics {
-                return statistics.modelIdentity == modelIdentity && statistics.sampleCount > 0 ? false : nil
+                let wanted = statistics.modelIdentity == modelIdentity && statistics.sampleCount > 0
+                return (wanted ? statistics.copy() : nil, false)
             }
-            guard let saved, saved.identity == modelIdentity, saved.samples > 0 else { return nil }
-            return true
+            return (nil, saved.map { $0.identity == modelIdentity && $0.samples > 0 } ?? false)
         }
-        switch onFile {
-        case nil: return nil
-        case true?: return readSaved()
-        case false?:
-            return locked { () -> ActivationStatistics? in
-                guard let statistics, statistics.modelIdentity == modelIdentity else { return nil }
-                return statistics.copy()
-            }
-        }
+        return onFile ? readSaved() : copy
     }
 
     /// The statistics file's contents (nil when it is gone, e.g. forgotten meanwhile, or unreadable).
