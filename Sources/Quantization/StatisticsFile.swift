@@ -142,6 +142,12 @@ public enum StatisticsFile {
     /// The canonical payload encoding of `statistics` (what the file stores and the digest hashes).
     public static func payload(_ statistics: ActivationStatistics) -> [UInt8] {
         var w = ByteWriter()
+        writePayload(statistics, to: &w)
+        return w.bytes
+    }
+
+    /// Writes the payload of `statistics` into `w` (which may pass it on in pieces: `ByteWriter(drain:)`).
+    static func writePayload(_ statistics: ActivationStatistics, to w: inout ByteWriter) {
         w.string(statistics.modelIdentity)
         w.u64(UInt64(statistics.sampleCount))
         let layers = statistics.layers
@@ -171,9 +177,8 @@ public enum StatisticsFile {
             w.u32(UInt32(k.width))
             w.u64(k.rows)
             for v in k.diagonal { w.u64(v.bitPattern) }
-            k.correlations.withUnsafeBytes { w.bytes += $0 }
+            k.correlations.withUnsafeBytes { w.append($0) }
         }
-        return w.bytes
     }
 
     /// The whole file image of `statistics`.
@@ -191,25 +196,47 @@ public enum StatisticsFile {
     /// Writes `statistics` to `path`, readable by the owner only (0600): into
     /// `temporaryPath(for: path)` (created 0600, or truncated and set to 0600 if an earlier write
     /// left it), synced to disk, then renamed over `path`; the directory is synced too. A crash leaves
-    /// either the old file or the new one, and possibly the temporary file.
+    /// either the old file or the new one, and possibly the temporary file. The payload goes to the file
+    /// in pieces of `ByteWriter.drainBytes` as it is encoded (the header, which holds its length, last):
+    /// no image of the file (10.5 MB for tiny.en) is made in memory.
     public static func write(_ statistics: ActivationStatistics, to path: String) throws {
-        let bytes = encode(statistics)
         let temporary = temporaryPath(for: path)
         func failure(_ what: String) -> StatisticsFileError {
             .cannotWrite(path: path, reason: "\(what) \(temporary): \(String(cString: strerror(errno)))")
         }
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw failure("cannot create") }
-        var written = 0
-        let ok = bytes.withUnsafeBytes { raw -> Bool in
-            guard fchmod(fd, 0o600) == 0 else { return false }
-            while written < raw.count {
-                let n = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
+        func written(_ raw: UnsafeRawBufferPointer, at offset: Int) -> Bool {
+            var done = 0
+            while done < raw.count {
+                let n = pwrite(fd, raw.baseAddress! + done, raw.count - done, off_t(offset + done))
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else { return false }
-                written += n
+                done += n
             }
-            return fsync(fd) == 0
+            return true
+        }
+        let headerBytes = magic.count + 4 + 8
+        var payloadCRC = crc32(0, nil, 0), length = 0, failed = false
+        var body = ByteWriter { raw in
+            guard !failed else { return }
+            payloadCRC = crc32(payloadCRC, raw.bindMemory(to: Bytef.self).baseAddress, uInt(raw.count))
+            failed = !written(raw, at: headerBytes + length)
+            length += raw.count
+        }
+        var ok = fchmod(fd, 0o600) == 0
+        if ok {
+            writePayload(statistics, to: &body)
+            body.flush()
+            var header = ByteWriter()
+            header.append(magic)
+            header.u32(version)
+            header.u64(UInt64(length))
+            // The checksum covers the header and the payload: the header's CRC extended by the payload's.
+            var tail = ByteWriter()
+            tail.u32(UInt32(truncatingIfNeeded: crc32_combine(uLong(crc(header.bytes)), payloadCRC, off_t(length))))
+            ok = !failed && header.bytes.withUnsafeBytes { written($0, at: 0) }
+                && tail.bytes.withUnsafeBytes { written($0, at: headerBytes + length) } && fsync(fd) == 0
         }
         let error = ok ? nil : failure("cannot write")
         close(fd)
@@ -230,24 +257,38 @@ public enum StatisticsFile {
         }
     }
 
-    /// Reads a statistics file, rejecting foreign, truncated or corrupt files.
+    /// Reads a statistics file, rejecting foreign, truncated or corrupt files. The file is mapped, and its pages
+    /// leave the resident set again once read (`mq_release_mapped_pages`): what stays is the statistics decoded,
+    /// not a copy of the file beside them.
     public static func load(path: String) throws -> ActivationStatistics {
-        let data: Data
+        let file: ByteStorage
         do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path))
+            file = try ByteStorage.mapping(file: path)
         } catch {
-            throw StatisticsFileError.cannotRead(path: path, reason: error.localizedDescription)
+            throw StatisticsFileError.cannotRead(path: path, reason: "\(error)")
         }
-        return try decode([UInt8](data), path: path)
+        return try file.withUnsafeBytes { try decode($0, path: path, mapped: file.isMemoryMapped) }
     }
 
     /// Parses a file image; `path` only names the file in errors. Every count and size is checked
     /// against the bytes left before anything is allocated or converted.
     public static func decode(_ bytes: [UInt8], path: String) throws -> ActivationStatistics {
+        try bytes.withUnsafeBytes { try decode($0, path: path, mapped: false) }
+    }
+
+    /// Parses the file image `bytes`; with `mapped` (a read-only file mapping), each part's pages are released
+    /// once read.
+    private static func decode(_ bytes: UnsafeRawBufferPointer, path: String, mapped: Bool) throws -> ActivationStatistics {
+        var released = 0
+        func release(upTo end: Int) {
+            guard mapped, end > released else { return }
+            mq_release_mapped_pages(bytes.baseAddress! + released, end - released, bytes.baseAddress!, bytes.count)
+            released = end
+        }
         guard bytes.count >= 4 else {
             throw bytes.isEmpty ? StatisticsFileError.truncated(path: path) : .notStatisticsFile(path: path)
         }
-        guard Array(bytes[0..<4]) == magic else { throw StatisticsFileError.notStatisticsFile(path: path) }
+        guard bytes.prefix(4).elementsEqual(magic) else { throw StatisticsFileError.notStatisticsFile(path: path) }
         var header = ByteReader(bytes: bytes, path: path, position: 4)
         let fileVersion = try header.u32()
         guard fileVersion == version else { throw StatisticsFileError.unsupportedVersion(path: path, version: fileVersion) }
@@ -262,9 +303,16 @@ public enum StatisticsFile {
         }
         var tail = ByteReader(bytes: bytes, path: path, position: bodyEnd)
         let stored = try tail.u32()
-        let computed = bytes.withUnsafeBufferPointer { crc(UnsafeBufferPointer(rebasing: $0[0..<bodyEnd])) }
-        guard stored == computed else {
-            throw StatisticsFileError.checksumMismatch(path: path, stored: stored, computed: computed)
+        // The checksum a MiB at a time, each MiB's pages released after it.
+        var computed = crc32(0, nil, 0)
+        for start in stride(from: 0, to: bodyEnd, by: 1 << 20) {
+            let end = min(bodyEnd, start + (1 << 20))
+            computed = crc32(computed, bytes.baseAddress!.advanced(by: start).assumingMemoryBound(to: Bytef.self), uInt(end - start))
+            release(upTo: end)
+        }
+        released = 0
+        guard stored == UInt32(truncatingIfNeeded: computed) else {
+            throw StatisticsFileError.checksumMismatch(path: path, stored: stored, computed: UInt32(truncatingIfNeeded: computed))
         }
         func corrupt(_ reason: String) -> StatisticsFileError { .corrupt(path: path, reason: reason) }
         var r = ByteReader(bytes: bytes, path: path, position: bodyStart, end: bodyEnd)
@@ -359,6 +407,7 @@ public enum StatisticsFile {
             }
             secondMoments!.setKept(name, InputCovariance.Kept(width: width, rows: rows, diagonal: diagonal,
                                                               correlations: correlations))
+            release(upTo: r.position)
         }
         guard r.position == bodyEnd else { throw corrupt("\(bodyEnd - r.position) unread payload bytes") }
         return ActivationStatistics(modelIdentity: identity, sampleCount: samples, layers: layers,
@@ -368,13 +417,18 @@ public enum StatisticsFile {
     /// A stable digest of a statistics set: `myqs1-` + CRC32 + FNV-1a-64 of the canonical
     /// payload, in hex. Equal statistics give equal digests on every machine.
     public static func digest(_ statistics: ActivationStatistics) -> String {
-        let body = payload(statistics)
+        var crc = crc32(0, nil, 0)
         var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in body {
-            fnv ^= UInt64(b)
-            fnv = fnv &* 0x0000_0100_0000_01b3
+        var w = ByteWriter { raw in
+            crc = crc32(crc, raw.bindMemory(to: Bytef.self).baseAddress, uInt(raw.count))
+            for b in raw {
+                fnv ^= UInt64(b)
+                fnv = fnv &* 0x0000_0100_0000_01b3
+            }
         }
-        return "myqs1-" + String(format: "%08x", crc(body)) + String(format: "%016llx", fnv)
+        writePayload(statistics, to: &w)
+        w.flush()
+        return "myqs1-" + String(format: "%08x", UInt32(truncatingIfNeeded: crc)) + String(format: "%016llx", fnv)
     }
 
     static func crc(_ bytes: [UInt8]) -> UInt32 {
@@ -386,40 +440,66 @@ public enum StatisticsFile {
     }
 }
 
-/// Little-endian writer.
+/// Little-endian writer. Without `drain`, the bytes collect in `bytes`; with it, they are handed to `drain` in
+/// pieces of about `drainBytes` as they come (`flush` hands over the rest), so that a writer of a 10 MB file or
+/// digest never holds it whole.
 struct ByteWriter {
+    static let drainBytes = 1 << 16
     var bytes: [UInt8] = []
-    mutating func u8(_ v: UInt8) { bytes.append(v) }
-    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
-    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
-    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    private let drain: ((UnsafeRawBufferPointer) -> Void)?
+
+    init(drain: ((UnsafeRawBufferPointer) -> Void)? = nil) {
+        self.drain = drain
+    }
+
+    mutating func append(_ raw: UnsafeRawBufferPointer) {
+        if let drain, bytes.count + raw.count > Self.drainBytes {
+            flush()
+            if raw.count >= Self.drainBytes { return drain(raw) }
+        }
+        bytes.append(contentsOf: raw)
+    }
+
+    mutating func append(_ array: [UInt8]) { array.withUnsafeBytes { append($0) } }
+
+    /// Hands what is collected to `drain` (nothing without one).
+    mutating func flush() {
+        guard let drain, !bytes.isEmpty else { return }
+        bytes.withUnsafeBytes { drain($0) }
+        bytes.removeAll(keepingCapacity: true)
+    }
+
+    mutating func u8(_ v: UInt8) { withUnsafeBytes(of: v) { append($0) } }
+    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { append($0) } }
+    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { append($0) } }
+    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { append($0) } }
     mutating func string(_ s: String) {
         let utf8 = Array(s.utf8)
         u32(UInt32(utf8.count))
-        bytes += utf8
+        append(utf8)
     }
     /// Little-endian f32 values in one copy (every supported host is little-endian).
-    mutating func floats(_ v: [Float]) { v.withUnsafeBytes { bytes += $0 } }
+    mutating func floats(_ v: [Float]) { v.withUnsafeBytes { append($0) } }
 }
 
 /// Little-endian reader that reports running off the end as a truncated file.
 struct ByteReader {
-    let bytes: [UInt8]
+    let bytes: UnsafeRawBufferPointer
     let path: String
     var position: Int
     var end: Int
 
-    init(bytes: [UInt8], path: String, position: Int, end: Int? = nil) {
+    init(bytes: UnsafeRawBufferPointer, path: String, position: Int, end: Int? = nil) {
         self.bytes = bytes
         self.path = path
         self.position = position
         self.end = end ?? bytes.count
     }
 
-    mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
+    mutating func take(_ n: Int) throws -> UnsafeRawBufferPointer {
         guard n >= 0, end - position >= n else { throw StatisticsFileError.truncated(path: path) }
         defer { position += n }
-        return bytes[position..<position + n]
+        return UnsafeRawBufferPointer(rebasing: bytes[position..<position + n])
     }
 
     mutating func uint(_ width: Int) throws -> UInt64 {
@@ -441,7 +521,7 @@ struct ByteReader {
         guard count >= 0, count <= (end - position) / 4 else { throw StatisticsFileError.truncated(path: path) }
         let raw = try take(count * 4)
         return [Float](unsafeUninitializedCapacity: count) { buffer, n in
-            raw.withUnsafeBytes { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
+            UnsafeMutableRawBufferPointer(buffer).copyMemory(from: raw)
             n = count
         }
     }
@@ -457,7 +537,7 @@ struct ByteReader {
         guard count >= 0, count <= (end - position) / 2 else { throw StatisticsFileError.truncated(path: path) }
         let raw = try take(count * 2)
         return [UInt16](unsafeUninitializedCapacity: count) { buffer, n in
-            raw.withUnsafeBytes { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
+            UnsafeMutableRawBufferPointer(buffer).copyMemory(from: raw)
             n = count
         }
     }

@@ -227,6 +227,34 @@ final class StatisticsFileTests: XCTestCase {
         }
     }
 
+    /// A file many times the writer's pieces (`ByteWriter.drainBytes`) is written in pieces, header last, and holds
+    /// exactly the encoded image; loaded (mapped, its pages released as they are read) it gives the same statistics,
+    /// and the digest made in pieces is the CRC32 and FNV-1a of the whole payload.
+    func testALargeFileIsWrittenInPiecesAndReadBack() throws {
+        let width = 600
+        var image = Image()
+        image.layers[0].inFeatures = UInt32(width)
+        image.layers[0].squareSums = [Double](repeating: 4, count: width)
+        image.layers[0].maxima = [Float](repeating: 2, count: width)
+        image.moments[0].width = UInt32(width)
+        image.moments[0].diagonal = (0..<width).map { 1 + Double($0) }
+        image.moments[0].correlations = (0..<(width * (width - 1) / 2)).map { UInt16($0 % 0x3C00) }   // [0, 1)
+        let bytes = image.bytes
+        XCTAssertGreaterThan(bytes.count, 4 * ByteWriter.drainBytes)
+        let statistics = try decode(image)
+        let path = NSTemporaryDirectory() + "myqs-large-\(UUID().uuidString).myqs"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try StatisticsFile.write(statistics, to: path)
+        XCTAssertEqual([UInt8](try Data(contentsOf: URL(fileURLWithPath: path))), bytes)
+        let loaded = try StatisticsFile.load(path: path)
+        XCTAssertEqual(StatisticsFile.encode(loaded), bytes)
+        let payload = bytes[16..<(bytes.count - 4)]
+        var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in payload { fnv = (fnv ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+        XCTAssertEqual(StatisticsFile.digest(loaded),
+                       "myqs1-" + String(format: "%08x%016llx", StatisticsFile.crc(Array(payload)), fnv))
+    }
+
     /// The file is the owner's alone, written through `<path>.tmp` (which a kill mid-write leaves behind,
     /// to be deleted by its owner) and renamed over the old one.
     func testWriteIsPrivateAndGoesThroughTheNamedTemporaryFile() throws {
