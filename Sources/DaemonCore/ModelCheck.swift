@@ -69,8 +69,7 @@ public struct CheckReport: Sendable, Equatable, CustomStringConvertible {
 /// | uniform 2 bits (14.1 MiB) | 3.469 | 0.04 | nothing (the probe too: one timestamp, then the end) |
 ///
 /// so `defaultBound` is 1.5 nats: every build that still transcribes jfk.wav passes, with room, and the two that
-/// do not are refused. The check costs two encoder passes and about 50 decoder steps for each model, about
-/// 3-5 s for tiny.en on a busy 2-core machine.
+/// do not are refused. The check costs one encoder pass and about 50 decoder steps for each model.
 public struct ModelCheck: Sendable {
     /// The default largest mean divergence, in nats per position.
     public static let defaultBound = 1.5
@@ -111,8 +110,9 @@ public struct ModelCheck: Sendable {
     /// Checks `candidate` against the reference distributions of its full-precision model.
     public func check(_ candidate: WhisperModel, against reference: ReferenceDistributions) throws -> CheckReport {
         let recognizer = try SpeechRecognizer(model: candidate, threads: threads)
-        let divergence = recognizer.divergence(from: reference, samples: Self.probe)
-        let produced = try recognizer.greedyTokens(samples: Self.probe, maxTokens: Self.positions)
+        let audio = recognizer.encodeFirstWindow(samples: Self.probe)
+        let divergence = recognizer.divergence(from: reference, audio: audio)
+        let produced = try recognizer.greedyTokens(audio: audio, maxTokens: Self.positions)
         let endOfText = candidate.tokenizer.specials.endOfText
         func text(_ tokens: ArraySlice<Int>) -> Int { tokens.filter { $0 < endOfText }.count }
         return CheckReport(divergence: divergence.meanKL, agreement: divergence.topOneAgreement,

@@ -8,7 +8,7 @@ import WhisperEngine
 /// offline and the self-check bounds on its probe). Run by the statistics pass while it holds the utterance;
 /// only the aggregates leave it.
 ///
-/// Cost, on the pass's one thread: two encoder passes of the full-precision model and one per model measured.
+/// Cost, on the pass's one thread: one encoder pass per model (the full-precision one and each measured).
 public enum OwnSpeechDrift {
     /// Tokens of the full-precision decode compared (a short command has fewer; 64 covers most utterances).
     public static let positions = 64

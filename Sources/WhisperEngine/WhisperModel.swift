@@ -135,14 +135,19 @@ public final class SpeechRecognizer {
                                           options: options, onSegment: onSegment)
     }
 
+    /// The encoder's output for the first 30 s window of `samples` cut as `transcribe` cuts it (their frames, then
+    /// zeros): what `greedyTokens(audio:maxTokens:)` and `forEachLogProbabilities(audio:following:_:)` read, so that
+    /// one encoder pass serves both.
+    public func encodeFirstWindow(samples: [Float]) -> EncodedAudio {
+        network.encode(mel: firstWindow(samples: samples))
+    }
+
     /// The decoder's next-token log-probabilities after each of `tokens`, fed one at a time as
-    /// decoding feeds them, over the first 30 s window of `samples` cut as `transcribe` cuts it
-    /// (content frames, then zeros): `body(position, row)` for each position in turn, `row` the
-    /// `[nVocab]` log-probabilities after `tokens[position]` (valid during the call only). Two models
+    /// decoding feeds them, over `audio` (`encodeFirstWindow`): `body(position, row)` for each position in turn,
+    /// `row` the `[nVocab]` log-probabilities after `tokens[position]` (valid during the call only). Two models
     /// given the same tokens can be compared position by position (`myqasr compare`).
-    public func forEachLogProbabilities(samples: [Float], following tokens: [Int],
+    public func forEachLogProbabilities(audio: EncodedAudio, following tokens: [Int],
                                         _ body: (_ position: Int, _ row: UnsafeBufferPointer<Float>) -> Void) {
-        let audio = network.encode(mel: firstWindow(samples: samples))
         let session = network.makeDecoderSession(audio: audio)
         for (position, token) in tokens.enumerated() {
             var row = session.step([[token]])
@@ -161,16 +166,16 @@ public final class SpeechRecognizer {
         return mel.window(atFrame: 0, frameCount: content).window(atFrame: 0).values
     }
 
-    /// The tokens one greedy decode of the first window of `samples` gives, after the prompt it
+    /// The tokens one greedy decode of `audio` (`encodeFirstWindow`) gives, after the prompt it
     /// decodes them from (`WindowDecoder.initialTokens`: start of transcript, then language and
-    /// task for a multilingual model): what `forEachLogProbabilities(samples:following:_:)` is fed to
+    /// task for a multilingual model): what `forEachLogProbabilities(audio:following:_:)` is fed to
     /// compare two models on the same tokens. `promptLength` counts the prompt's tokens; `maxTokens` caps the
     /// tokens sampled (nil: half the decoder context, as `transcribe`).
-    public func greedyTokens(samples: [Float], maxTokens: Int? = nil) throws -> (tokens: [Int], promptLength: Int) {
+    public func greedyTokens(audio: EncodedAudio, maxTokens: Int? = nil) throws -> (tokens: [Int], promptLength: Int) {
         var options = DecodingOptions(beamSize: 1, sampleLength: maxTokens)
         if !model.tokenizer.isMultilingual { options.language = "en" }
         let decoder = transcriber.decoder
-        let result = try decoder.decode(audio: network.encode(mel: firstWindow(samples: samples)), options: options)
+        let result = try decoder.decode(audio: audio, options: options)
         let prompt = try decoder.initialTokens(options: options, languageToken: model.tokenizer.languageToken(result.language))
         return (prompt.tokens + result.tokens, prompt.tokens.count)
     }

@@ -74,13 +74,14 @@ public struct NextTokenDivergence: Sendable, Equatable {
 
 extension SpeechRecognizer {
     /// This model's greedy tokens (at most `maxTokens`) on the first window of `samples` and its distributions
-    /// after each (the reference others are measured against).
+    /// after each (the reference others are measured against), both over one encoder pass.
     public func referenceDistributions(samples: [Float], maxTokens: Int? = nil) throws -> ReferenceDistributions {
-        let (tokens, promptLength) = try greedyTokens(samples: samples, maxTokens: maxTokens)
+        let audio = encodeFirstWindow(samples: samples)
+        let (tokens, promptLength) = try greedyTokens(audio: audio, maxTokens: maxTokens)
         let vocabulary = network.dimensions.nVocab
         var kept: [Float] = []   // [tokens.count - promptLength + 1, nVocab]
         kept.reserveCapacity((tokens.count - promptLength + 1) * vocabulary)
-        forEachLogProbabilities(samples: samples, following: tokens) { position, row in
+        forEachLogProbabilities(audio: audio, following: tokens) { position, row in
             if position >= promptLength - 1 { kept.append(contentsOf: row) }
         }
         return ReferenceDistributions(tokens: tokens, promptLength: promptLength, logProbabilities: kept,
@@ -90,12 +91,17 @@ extension SpeechRecognizer {
     /// KL(reference || this model) at every position of `reference`, this model fed the reference's
     /// tokens over the same window of the same `samples`.
     public func divergence(from reference: ReferenceDistributions, samples: [Float]) -> NextTokenDivergence {
+        divergence(from: reference, audio: encodeFirstWindow(samples: samples))
+    }
+
+    /// `divergence(from:samples:)` over this model's encoding of the samples' first window (`encodeFirstWindow`).
+    public func divergence(from reference: ReferenceDistributions, audio: EncodedAudio) -> NextTokenDivergence {
         let vocabulary = reference.vocabularySize
         precondition(vocabulary == network.dimensions.nVocab, "divergence: the vocabularies differ")
         var result = NextTokenDivergence()
         let first = reference.promptLength - 1
         // Position by position: this model's rows are compared as they come, not held.
-        forEachLogProbabilities(samples: samples, following: reference.tokens) { position, row in
+        forEachLogProbabilities(audio: audio, following: reference.tokens) { position, row in
             guard position >= first else { return }
             let p = (position - first) * vocabulary
             result.add(reference: reference.logProbabilities[p..<(p + vocabulary)], model: row)
