@@ -16,7 +16,9 @@
 // The same product with w in half precision (`mq_gemm_nt_small_h`), and a product with a
 // half-precision right-hand side not transposed (`mq_gemm_nn_small_h`), serve the decoder's
 // cross-attention over a model's silent window, kept in half precision (SilentWindow.swift),
-// as whisper.cpp keeps its cross-attention keys and values.
+// as whisper.cpp keeps its cross-attention keys and values; the int8 forms (`mq_gemm_nt_small_q8`,
+// `mq_gemm_nn_small_q8`, one scale per row of 64 features) serve it once it is stored in int8.
+#include <math.h>
 #include <stdatomic.h>
 #include "ckernels.h"
 
@@ -58,6 +60,7 @@ static int has_avx2(void) {
 #if defined(__x86_64__)
 #define LOAD8_f32(p) _mm256_loadu_ps(p)
 #define LOAD8_f16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define LOAD8_q8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
 #endif
 
 // The eight sums of eight 8-lane accumulators, in one vector: [Σa0, Σa1, …, Σa7].
@@ -165,6 +168,16 @@ __attribute__((target("avx2,fma"))) MQ_INLINE __m256 hsum8x8(__m256 a0, __m256 a
 
 DEFINE_GEMM_NT(f32, float, mq_gemm_nt_small, float)
 DEFINE_GEMM_NT(f16, _Float16, mq_gemm_nt_small_h, unsigned short)
+// The int8 form's products of codes, before each column takes its row's scale (mq_gemm_nt_small_q8).
+DEFINE_GEMM_NT(q8, signed char, mq_gemm_nt_small_q8_codes, signed char)
+
+void mq_gemm_nt_small_q8(const float *x, size_t m, size_t ldx, const signed char *w, const float *wscale, size_t n,
+                         size_t ldw, size_t k, float alpha, float *y, size_t ldy) {
+    mq_gemm_nt_small_q8_codes(x, m, ldx, w, n, ldw, k, alpha, y, ldy);
+    for (size_t r = 0; r < m; r++) {
+        for (size_t j = 0; j < n; j++) y[r * ldy + j] *= wscale[j];
+    }
+}
 
 // y[m, n] += x[m, k] · v[k, n], v in half precision; few rows m and narrow n (a head's 64 features).
 static void gemm_nn_h_portable(const float *x, size_t m, size_t ldx, const _Float16 *v, size_t k, size_t n,
@@ -216,4 +229,68 @@ void mq_gemm_nn_small_h(const float *x, size_t m, size_t ldx, const unsigned sho
     const _Float16 *vh = (const _Float16 *)v;
     IF_AVX2(gemm_nn_h_avx2(x, m, ldx, vh, k, n, ldv, y, ldy))
     gemm_nn_h_portable(x, m, ldx, vh, k, n, ldv, y, ldy);
+}
+
+// y[m, n] += x[m, k] · (scale[t] · v[t, n]), v in int8 codes with one scale per row; few rows m and
+// narrow n. As the half form, with each x coefficient multiplied by its row's scale first.
+static void gemm_nn_q8_portable(const float *x, size_t m, size_t ldx, const signed char *v, const float *vscale,
+                                size_t k, size_t n, size_t ldv, float *y, size_t ldy) {
+    for (size_t r = 0; r < m; r++) {
+        float *yr = y + r * ldy;
+        for (size_t t = 0; t < k; t++) {
+            float a = x[r * ldx + t] * vscale[t];
+            const signed char *vt = v + t * ldv;
+            for (size_t j = 0; j < n; j++) yr[j] += a * (float)vt[j];
+        }
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma,f16c"))) static void gemm_nn_q8_avx2(const float *x, size_t m, size_t ldx,
+                                                                     const signed char *v, const float *vscale,
+                                                                     size_t k, size_t n, size_t ldv, float *y,
+                                                                     size_t ldy) {
+    size_t n8 = n & ~(size_t)7;
+    for (size_t r0 = 0; r0 < m; r0 += MAX_ROWS) {
+        int rows = (int)(m - r0 < MAX_ROWS ? m - r0 : MAX_ROWS);
+        const float *xb = x + r0 * ldx;
+        float *yb = y + r0 * ldy;
+        for (size_t c = 0; c < n8; c += 8) {
+            __m256 acc[MAX_ROWS];
+            for (int r = 0; r < rows; r++) acc[r] = _mm256_loadu_ps(yb + (size_t)r * ldy + c);
+            for (size_t t = 0; t < k; t++) {
+                __m256 vt = LOAD8_q8(v + t * ldv + c);
+                for (int r = 0; r < rows; r++) {
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb[(size_t)r * ldx + t] * vscale[t]), vt, acc[r]);
+                }
+            }
+            for (int r = 0; r < rows; r++) _mm256_storeu_ps(yb + (size_t)r * ldy + c, acc[r]);
+        }
+        if (n8 < n) {
+            for (int r = 0; r < rows; r++) {
+                for (size_t t = 0; t < k; t++) {
+                    float a = xb[(size_t)r * ldx + t] * vscale[t];
+                    for (size_t j = n8; j < n; j++) yb[(size_t)r * ldy + j] += a * (float)v[t * ldv + j];
+                }
+            }
+        }
+    }
+}
+#endif
+
+void mq_gemm_nn_small_q8(const float *x, size_t m, size_t ldx, const signed char *v, const float *vscale, size_t k,
+                         size_t n, size_t ldv, float *y, size_t ldy) {
+    IF_AVX2(gemm_nn_q8_avx2(x, m, ldx, v, vscale, k, n, ldv, y, ldy))
+    gemm_nn_q8_portable(x, m, ldx, v, vscale, k, n, ldv, y, ldy);
+}
+
+void mq_quantize_rows_q8(const float *x, size_t rows, size_t width, signed char *codes, float *scales) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * width;
+        float largest = 0;
+        for (size_t t = 0; t < width; t++) largest = fabsf(xr[t]) > largest ? fabsf(xr[t]) : largest;
+        float scale = largest / 127, inverse = largest > 0 ? 127 / largest : 0;
+        for (size_t t = 0; t < width; t++) codes[r * width + t] = (signed char)lrintf(xr[t] * inverse);
+        scales[r] = scale;
+    }
 }

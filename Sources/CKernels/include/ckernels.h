@@ -35,6 +35,18 @@ void mq_gemm_nt_small_h(const float *x, size_t m, size_t ldx, const unsigned sho
 void mq_gemm_nn_small_h(const float *x, size_t m, size_t ldx, const unsigned short *v, size_t k, size_t n,
                         size_t ldv, float *y, size_t ldy);
 
+/// mq_gemm_nt_small with w in int8 codes, one scale per row of w: w[j, t] = codes[j, t] · scale[j].
+void mq_gemm_nt_small_q8(const float *x, size_t m, size_t ldx, const signed char *w, const float *wscale, size_t n,
+                         size_t ldw, size_t k, float alpha, float *y, size_t ldy);
+
+/// mq_gemm_nn_small_h with v in int8 codes, one scale per row of v: v[t, j] = codes[t, j] · scale[t].
+void mq_gemm_nn_small_q8(const float *x, size_t m, size_t ldx, const signed char *v, const float *vscale, size_t k,
+                         size_t n, size_t ldv, float *y, size_t ldy);
+
+/// Each of `rows` rows of `width` floats as int8 codes with one scale, its largest magnitude / 127
+/// (0 for a row of zeros): codes[r, t] = round(x[r, t] / scale[r]).
+void mq_quantize_rows_q8(const float *x, size_t rows, size_t width, signed char *codes, float *scales);
+
 /// dst[i] = (float)src[i] for IEEE half-precision bit patterns (model loading).
 void mq_f16_to_f32(const unsigned short *src, float *dst, size_t count);
 

@@ -229,42 +229,45 @@ final class WhisperDecoderSession: DecoderSession {
                                   beta: block.crossAttentionNorm.beta, into: normed)
                 // q: [rows, d]
                 block.crossQuery.forward(normed, rows: rows, into: qkv, threads: threads, observer: observer)
-                // Heads split across the threads: each reads its [audioFrames, dh] keys and values
-                // (then the silent tail's [tailFrames, dh], rows audioFrames ..< window of the silent
-                // window's [heads, window, dh]), all in half precision, and writes its own columns of attn.
-                func crossAttention(tailKeys: UnsafePointer<UInt16>?, tailValues: UnsafePointer<UInt16>?) {
+                // Heads split across the threads: each reads its [audioFrames, dh] keys and values in half
+                // precision (then the silent tail's [tailFrames, dh], rows audioFrames ..< window of the silent
+                // window's [heads, window, dh], in int8 with a scale per row), and writes its own columns of attn.
+                func crossAttention(tail: (keys: SilentWindow.Int8Rows, values: SilentWindow.Int8Rows)?) {
                     Kernels.parallelRows(heads, threads: threads) { hr in
                         for h in hr {
                             let sh = s + h * scoreStride   // [rows, window]
                             let headKeys = crossKeys + h * audioFrames * dh, headValues = crossValues + h * audioFrames * dh
                             Kernels.gemmFewRowsABtHalf(m: rows, n: audioFrames, k: dh, alpha: scale, a: qkv + h * dh,
                                                        lda: d, b: headKeys, ldb: dh, c: sh, ldc: window)
-                            if let tailKeys {
-                                Kernels.gemmFewRowsABtHalf(m: rows, n: tailFrames, k: dh, alpha: scale, a: qkv + h * dh,
-                                                           lda: d, b: tailKeys + (h * window + audioFrames) * dh, ldb: dh,
-                                                           c: sh + audioFrames, ldc: window)
+                            let tailRow = h * window + audioFrames   // the tail's first row of this head
+                            if let tail {
+                                tail.keys.codes.withUnsafeBufferPointer { codes in
+                                    tail.keys.scales.withUnsafeBufferPointer { scales in
+                                        Kernels.gemmFewRowsABtInt8(m: rows, n: tailFrames, k: dh, alpha: scale, a: qkv + h * dh,
+                                                                   lda: d, b: codes.baseAddress! + tailRow * dh,
+                                                                   bScales: scales.baseAddress! + tailRow, ldb: dh,
+                                                                   c: sh + audioFrames, ldc: window)
+                                    }
+                                }
                             }
                             Kernels.softmaxRows(sh, rows: rows, cols: window, ld: window)
                             for r in 0..<rows { (attn + r * d + h * dh).update(repeating: 0, count: dh) }
                             Kernels.gemmFewRowsABHalf(m: rows, n: dh, k: audioFrames, a: sh, lda: window,
                                                       b: headValues, ldb: dh, c: attn + h * dh, ldc: d)
-                            if let tailValues {
-                                Kernels.gemmFewRowsABHalf(m: rows, n: dh, k: tailFrames, a: sh + audioFrames, lda: window,
-                                                          b: tailValues + (h * window + audioFrames) * dh, ldb: dh,
-                                                          c: attn + h * dh, ldc: d)
+                            if let tail {
+                                tail.values.codes.withUnsafeBufferPointer { codes in
+                                    tail.values.scales.withUnsafeBufferPointer { scales in
+                                        Kernels.gemmFewRowsABInt8(m: rows, n: dh, k: tailFrames, a: sh + audioFrames,
+                                                                  lda: window, b: codes.baseAddress! + tailRow * dh,
+                                                                  bScales: scales.baseAddress! + tailRow, ldb: dh,
+                                                                  c: attn + h * dh, ldc: d)
+                                    }
+                                }
                             }
                         }
                     }
                 }
-                if let silent = tail?.crossKV[l] {
-                    silent.keys.withUnsafeBufferPointer { tk in
-                        silent.values.withUnsafeBufferPointer { tv in
-                            crossAttention(tailKeys: tk.baseAddress!, tailValues: tv.baseAddress!)
-                        }
-                    }
-                } else {
-                    crossAttention(tailKeys: nil, tailValues: nil)
-                }
+                crossAttention(tail: tail?.crossKV[l])
                 block.crossOut.forward(attn, rows: rows, into: projected, threads: threads, observer: observer)
                 Kernels.add(x, projected, count: rows * d)
 

@@ -83,6 +83,22 @@ enum Kernels {
         mq_gemm_nn_small_h(a, m, lda, b, k, n, ldb, c, ldc)
     }
 
+    /// `gemmFewRowsABt` with B in int8 codes and one scale per row of B (`bScales[n]`).
+    @inline(__always)
+    static func gemmFewRowsABtInt8(m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+                                   b: UnsafePointer<Int8>, bScales: UnsafePointer<Float>, ldb: Int,
+                                   c: UnsafeMutablePointer<Float>, ldc: Int) {
+        mq_gemm_nt_small_q8(a, m, lda, b, bScales, n, ldb, k, alpha, c, ldc)
+    }
+
+    /// `gemmFewRowsABHalf` with B in int8 codes and one scale per row of B (`bScales[k]`).
+    @inline(__always)
+    static func gemmFewRowsABInt8(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+                                  b: UnsafePointer<Int8>, bScales: UnsafePointer<Float>, ldb: Int,
+                                  c: UnsafeMutablePointer<Float>, ldc: Int) {
+        mq_gemm_nn_small_q8(a, m, lda, b, bScales, k, n, ldb, c, ldc)
+    }
+
     /// out[r, :] = LayerNorm(x[r, :]) * gamma + beta over `cols` features, eps 1e-5.
     static func layerNorm(_ x: UnsafePointer<Float>, rows: Int, cols: Int,
                           gamma: [Float], beta: [Float], into out: UnsafeMutablePointer<Float>) {

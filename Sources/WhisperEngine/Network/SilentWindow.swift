@@ -11,25 +11,46 @@ import Foundation
 /// to. Without them a short window's decoder loses the silence after the speech (it repeats the
 /// utterance more often, and its words drift further from the whole window's; docs/evaluation.md).
 /// Made once per set of weights and shared (`SilentWindowStore`); weights-derived and immutable.
-/// Kept in half precision, as every window's keys and values are (`crossKeysValues`): it stays in
-/// memory as long as its model serves (18 MiB in float32 for tiny.en, 9 MiB in half), and the
-/// decoder reads it through kernels that widen as they go (`Kernels.gemmFewRowsABtHalf`,
-/// `gemmFewRowsABHalf`). Transcripts and speed against float32: docs/evaluation.md.
+/// Kept in int8 with one scale per position and head (`Int8Rows`, 64 values each): it stays in memory as
+/// long as its model serves (18 MiB in float32 for tiny.en, 9 MiB in half, 4.6 MiB in int8), and the
+/// decoder reads it through kernels that widen as they go (`Kernels.gemmFewRowsABtInt8`,
+/// `gemmFewRowsABInt8`). Transcripts and speed: docs/evaluation.md, "The silent window".
 public final class SilentWindow: @unchecked Sendable {
-    /// Positions (`nAudioCtx`, 1500).
-    public let frames: Int
-    /// Per decoder block: keys and values, each `[heads, frames, dh]` (the session's layout), IEEE
-    /// half-precision bit patterns.
-    let crossKV: [(keys: [UInt16], values: [UInt16])]
+    /// One block's keys or values, `[heads, frames, dh]`, as int8 codes with one scale per row of `dh`
+    /// (`[heads, frames]`): value ≈ code · scale, the scale the row's largest magnitude / 127.
+    struct Int8Rows: Sendable {
+        let codes: [Int8]
+        let scales: [Float]
 
-    init(frames: Int, crossKV: [(keys: [UInt16], values: [UInt16])]) {
-        self.frames = frames
-        self.crossKV = crossKV
+        /// `halves` (`[rows, width]` IEEE half bit patterns) rounded to int8 row by row.
+        init(halves: [UInt16], width: Int) {
+            let rows = halves.count / width
+            var widened = [Float](repeating: 0, count: halves.count)
+            mq_f16_to_f32(halves, &widened, halves.count)
+            var codes = [Int8](repeating: 0, count: halves.count), scales = [Float](repeating: 0, count: rows)
+            mq_quantize_rows_q8(widened, rows, width, &codes, &scales)
+            self.codes = codes
+            self.scales = scales
+        }
+
+        var byteSize: Int { codes.count + scales.count * MemoryLayout<Float>.size }
     }
 
-    /// Bytes held: two `[frames, d]` half arrays per decoder block (9 MiB for tiny, 18 MiB for base).
+    /// Positions (`nAudioCtx`, 1500).
+    public let frames: Int
+    /// Per decoder block: keys and values.
+    let crossKV: [(keys: Int8Rows, values: Int8Rows)]
+
+    /// The window from its keys and values in half precision (`WhisperNetwork.crossKeysValues`), `dh` per head.
+    init(frames: Int, crossKV: [(keys: [UInt16], values: [UInt16])], headWidth dh: Int) {
+        self.frames = frames
+        self.crossKV = crossKV.map { (Int8Rows(halves: $0.keys, width: dh), Int8Rows(halves: $0.values, width: dh)) }
+    }
+
+    /// Bytes held: per decoder block, two `[frames, d]` int8 arrays and their scales (4.6 MiB for tiny, 9.2 MiB
+    /// for base).
     public var byteSize: Int {
-        crossKV.reduce(0) { $0 + ($1.keys.count + $1.values.count) * MemoryLayout<UInt16>.size }
+        crossKV.reduce(0) { $0 + $1.keys.byteSize + $1.values.byteSize }
     }
 }
 
@@ -69,7 +90,8 @@ extension WhisperNetwork {
             let plain = WhisperNetwork(weights: weights, threads: threads)
             let dims = weights.dimensions
             let zeros = plain.encode(mel: [Float](repeating: 0, count: dims.nMels * 2 * dims.nAudioCtx))
-            return SilentWindow(frames: zeros.frames, crossKV: plain.crossKeysValues(zeros))
+            return SilentWindow(frames: zeros.frames, crossKV: plain.crossKeysValues(zeros),
+                                headWidth: dims.nState / dims.nHeads)
         }
     }
 
