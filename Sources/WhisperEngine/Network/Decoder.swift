@@ -13,37 +13,46 @@ extension WhisperNetwork {
 
     /// Each decoder block's cross-attention keys and values of `audio`'s rows, each `[heads, frames, dh]`, in half
     /// precision (IEEE bit patterns), as whisper.cpp keeps them: a whole window's are 9.2 MB for tiny.en instead of
-    /// 18.4, and a decoding step reads half the bytes. Made one block at a time, so that one block's float32
-    /// projections (`[frames, 2d]`) are held at once.
+    /// 18.4, and a decoding step reads half the bytes.
     func crossKeysValues(_ audio: EncodedAudio) -> [(keys: [UInt16], values: [UInt16])] {
         let d = weights.dimensions.nState, heads = weights.dimensions.nHeads, dh = d / heads
         let frames = audio.frames
-        return weights.decoderBlocks.map { block -> (keys: [UInt16], values: [UInt16]) in
-            var kv = [Float](repeating: 0, count: frames * 2 * d)   // [frames, 2d]: keys, then values
-            audio.values.withUnsafeBufferPointer { a in
-                kv.withUnsafeMutableBufferPointer { o in
-                    block.crossKV.forward(a.baseAddress!, rows: frames, into: o.baseAddress!, threads: threads,
-                                          observer: observer)
-                }
-            }
+        var blocks: [(keys: [UInt16], values: [UInt16])] = []
+        forEachBlockCrossKeysValues(audio) { kv in
             // Each head's keys and values contiguous, [heads, frames, dh], rounded to half as they are
             // moved: every decoding step reads all of them, and a head's 1500 rows of 64 values strided
             // 2d apart cost a page (and a TLB entry) every few rows.
             var keys = [UInt16](repeating: 0, count: frames * d), values = keys
-            kv.withUnsafeBufferPointer { src in
-                keys.withUnsafeMutableBufferPointer { k in
-                    values.withUnsafeMutableBufferPointer { v in
-                        for h in 0..<heads {
-                            for f in 0..<frames {
-                                let from = src.baseAddress! + f * 2 * d + h * dh, to = (h * frames + f) * dh
-                                mq_f32_to_f16(from, k.baseAddress! + to, dh)
-                                mq_f32_to_f16(from + d, v.baseAddress! + to, dh)
-                            }
+            keys.withUnsafeMutableBufferPointer { k in
+                values.withUnsafeMutableBufferPointer { v in
+                    for h in 0..<heads {
+                        for f in 0..<frames {
+                            let from = kv.baseAddress! + f * 2 * d + h * dh, to = (h * frames + f) * dh
+                            mq_f32_to_f16(from, k.baseAddress! + to, dh)
+                            mq_f32_to_f16(from + d, v.baseAddress! + to, dh)
                         }
                     }
                 }
             }
-            return (keys, values)
+            blocks.append((keys, values))
+        }
+        return blocks
+    }
+
+    /// Calls `body` with each decoder block's cross-attention keys and values of `audio`'s rows in float32,
+    /// `[frames, 2d]` (each row's keys, then its values; valid during the call only): one block's projections are
+    /// held at a time.
+    func forEachBlockCrossKeysValues(_ audio: EncodedAudio, _ body: (UnsafeBufferPointer<Float>) -> Void) {
+        let d = weights.dimensions.nState
+        var kv = [Float](repeating: 0, count: audio.frames * 2 * d)   // [frames, 2d]: keys, then values
+        for block in weights.decoderBlocks {
+            audio.values.withUnsafeBufferPointer { a in
+                kv.withUnsafeMutableBufferPointer { o in
+                    block.crossKV.forward(a.baseAddress!, rows: audio.frames, into: o.baseAddress!, threads: threads,
+                                          observer: observer)
+                }
+            }
+            kv.withUnsafeBufferPointer { body($0) }
         }
     }
 }

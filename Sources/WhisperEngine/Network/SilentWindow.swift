@@ -22,13 +22,22 @@ public final class SilentWindow: @unchecked Sendable {
         let codes: [Int8]
         let scales: [Float]
 
-        /// `halves` (`[rows, width]` IEEE half bit patterns) rounded to int8 row by row.
-        init(halves: [UInt16], width: Int) {
-            let rows = halves.count / width
-            var widened = [Float](repeating: 0, count: halves.count)
-            mq_f16_to_f32(halves, &widened, halves.count)
-            var codes = [Int8](repeating: 0, count: halves.count), scales = [Float](repeating: 0, count: rows)
-            mq_quantize_rows_q8(widened, rows, width, &codes, &scales)
+        /// Part `part` (0: keys, 1: values) of one block's cross-attention projections `kv` (`[frames, 2d]`, as
+        /// `WhisperNetwork.forEachBlockCrossKeysValues` gives them), laid out `[heads, frames, dh]` and rounded to
+        /// int8 one row of `dh` at a time.
+        init(_ kv: UnsafeBufferPointer<Float>, part: Int, frames: Int, heads: Int, headWidth dh: Int) {
+            let d = heads * dh
+            var codes = [Int8](repeating: 0, count: frames * d), scales = [Float](repeating: 0, count: frames * heads)
+            codes.withUnsafeMutableBufferPointer { c in
+                scales.withUnsafeMutableBufferPointer { s in
+                    for h in 0..<heads {
+                        for f in 0..<frames {
+                            mq_quantize_rows_q8(kv.baseAddress! + f * 2 * d + part * d + h * dh, 1, dh,
+                                                c.baseAddress! + (h * frames + f) * dh, s.baseAddress! + h * frames + f)
+                        }
+                    }
+                }
+            }
             self.codes = codes
             self.scales = scales
         }
@@ -41,10 +50,20 @@ public final class SilentWindow: @unchecked Sendable {
     /// Per decoder block: keys and values.
     let crossKV: [(keys: Int8Rows, values: Int8Rows)]
 
-    /// The window from its keys and values in half precision (`WhisperNetwork.crossKeysValues`), `dh` per head.
-    init(frames: Int, crossKV: [(keys: [UInt16], values: [UInt16])], headWidth dh: Int) {
-        self.frames = frames
-        self.crossKV = crossKV.map { (Int8Rows(halves: $0.keys, width: dh), Int8Rows(halves: $0.values, width: dh)) }
+    /// The silent window of `network`'s weights (`nAudioCtx` positions): one encoder pass over 30 s of zero mel, then
+    /// each decoder block's keys and values, rounded to int8 one block at a time.
+    init(network: WhisperNetwork) {
+        let dims = network.weights.dimensions
+        let zeros = network.encode(mel: [Float](repeating: 0, count: dims.nMels * 2 * dims.nAudioCtx))
+        var blocks: [(keys: Int8Rows, values: Int8Rows)] = []
+        network.forEachBlockCrossKeysValues(zeros) { kv in
+            func rows(_ part: Int) -> Int8Rows {
+                Int8Rows(kv, part: part, frames: zeros.frames, heads: dims.nHeads, headWidth: dims.nState / dims.nHeads)
+            }
+            blocks.append((rows(0), rows(1)))
+        }
+        frames = zeros.frames
+        crossKV = blocks
     }
 
     /// Bytes held: per decoder block, two `[frames, d]` int8 arrays and their scales (4.6 MiB for tiny, 9.2 MiB
@@ -86,13 +105,7 @@ extension WhisperNetwork {
     /// The silent window of these weights, from `silentWindows`: made on first use with this network's threads
     /// and no observer (it is not the user's speech).
     public func silentWindow() -> SilentWindow {
-        silentWindows.window {
-            let plain = WhisperNetwork(weights: weights, threads: threads)
-            let dims = weights.dimensions
-            let zeros = plain.encode(mel: [Float](repeating: 0, count: dims.nMels * 2 * dims.nAudioCtx))
-            return SilentWindow(frames: zeros.frames, crossKV: plain.crossKeysValues(zeros),
-                                headWidth: dims.nState / dims.nHeads)
-        }
+        silentWindows.window { SilentWindow(network: WhisperNetwork(weights: weights, threads: threads)) }
     }
 
     /// `audio`'s frames followed, for the decoder, by the silent window's positions after them: the
