@@ -43,10 +43,14 @@ final class ModelLoadingTests: XCTestCase {
             XCTAssertTrue(words.contains("ask not what your country can do for you"), out)
         }
 
-        // compare: a model against itself diverges nowhere; the 4-bit model somewhere, yet mostly agrees.
+        // compare: a model against itself diverges nowhere (but for the reference's rows kept in half precision:
+        // under 0.0001 nats per position); the 4-bit model somewhere, yet mostly agrees.
         (status, out, err) = try run(["compare", "--model", "tiny.en", "--reference", "tiny.en", jfk])
         XCTAssertEqual(status, 0, err)
-        XCTAssertTrue(out.contains("KL(reference || model) 0.00000 nats per position, top-1 agreement 100.00 %"), out)
+        let itself = out.split(separator: " ").compactMap { Double($0) }   // [files, positions, KL, agreement]
+        XCTAssertEqual(itself.count, 4, out)
+        XCTAssertLessThan(itself.count == 4 ? itself[2] : 1, 0.0001, out)
+        XCTAssertTrue(out.contains("top-1 agreement 100.00 %"), out)
         (status, out, err) = try run(["compare", "--model", myq, "--reference", "tiny.en", jfk])
         XCTAssertEqual(status, 0, err)
         let figures = out.split(separator: " ").compactMap { Double($0) }   // [files, positions, KL, agreement]
