@@ -227,7 +227,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             else { return }
             let shadow = service.store.shadow
             // Without a candidate, the served model's figure settles after a few utterances; measuring it on every
-            // utterance would halve how many the statistics gather (the measurement costs four encoder passes).
+            // utterance would halve how many the statistics gather (the measurement costs three encoder passes).
             if shadow == nil, let own = service.store.ownDrift, own.utterances >= Self.driftUtterancesWithoutCandidate {
                 return
             }

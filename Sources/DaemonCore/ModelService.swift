@@ -370,7 +370,7 @@ public actor ModelService {
             let run = { (job: @escaping () -> Void) in
                 if atIdlePriority { buildThread.async(job) } else { DispatchQueue.global(qos: .userInitiated).async(execute: job) }
             }
-            run {
+            run { BackgroundWork.inTurn {
                 // What the daemon ran since it last went idle (its code pages) goes back before the build's peak.
                 WhisperModel.releaseFreedMemory()
                 // Candidate -> check.
@@ -410,7 +410,7 @@ public actor ModelService {
                 // Short windows' silent window is made here, so that the first command served does not wait for it.
                 candidate.provided.model.prepareShortWindows()
                 continuation.resume(returning: .success((candidate, report)))
-            }
+            } }
         }
     }
 

@@ -141,9 +141,11 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// One pass on the statistics queue, then the utterance waiting, if any; `passDone` is left when none waits.
     private func run(_ copy: SampleCopy, served: WhisperModel, epoch startEpoch: Int) {
         queue.async { [self] in
-            gather(samples: copy.values, served: served, epoch: startEpoch)
-            copy.wipe()
-            WhisperModel.releaseFreedMemory()   // the pass's activations and caches
+            BackgroundWork.inTurn {
+                gather(samples: copy.values, served: served, epoch: startEpoch)
+                copy.wipe()
+                WhisperModel.releaseFreedMemory()   // the pass's activations and caches
+            }
             let next = locked { () -> (SampleCopy, WhisperModel, Int)? in
                 guard let waiting = pending else {
                     passRunning = false
