@@ -179,109 +179,79 @@ void mq_gemm_nt_small_q8(const float *x, size_t m, size_t ldx, const signed char
     }
 }
 
-// y[m, n] += x[m, k] · v[k, n], v in half precision; few rows m and narrow n (a head's 64 features).
-static void gemm_nn_h_portable(const float *x, size_t m, size_t ldx, const _Float16 *v, size_t k, size_t n,
-                               size_t ldv, float *y, size_t ldy) {
-    for (size_t r = 0; r < m; r++) {
-        float *yr = y + r * ldy;
-        for (size_t t = 0; t < k; t++) {
-            float a = x[r * ldx + t];
-            const _Float16 *vt = v + t * ldv;
-            for (size_t j = 0; j < n; j++) yr[j] += a * (float)vt[j];
-        }
-    }
-}
+// y[m, n] += x[m, k] · v[k, n] for few rows m and narrow n (a head's 64 features), one kernel pair per
+// element type of v: half precision (`f16`, mq_gemm_nn_small_h) and int8 codes with one scale per row of
+// v (`q8`, mq_gemm_nn_small_q8, each x coefficient multiplied by its row's scale: COEF_##T).
+#define COEF_f16(a, scale, t) (a)
+#define COEF_q8(a, scale, t) ((a) * (scale)[t])
+#define DEFINE_GEMM_NN(T, VTYPE)                                                                             \
+    static void gemm_nn_portable_##T(const float *x, size_t m, size_t ldx, const VTYPE *v, const float *vscale, \
+                                     size_t k, size_t n, size_t ldv, float *y, size_t ldy) {                 \
+        (void)vscale;                                                                                        \
+        for (size_t r = 0; r < m; r++) {                                                                     \
+            float *yr = y + r * ldy;                                                                         \
+            for (size_t t = 0; t < k; t++) {                                                                 \
+                float a = COEF_##T(x[r * ldx + t], vscale, t);                                               \
+                const VTYPE *vt = v + t * ldv;                                                               \
+                for (size_t j = 0; j < n; j++) yr[j] += a * (float)vt[j];                                    \
+            }                                                                                                \
+        }                                                                                                    \
+    }                                                                                                        \
+    DEFINE_GEMM_NN_AVX2(T, VTYPE)
 
 #if defined(__x86_64__)
 // Eight columns of y at a time for up to MAX_ROWS rows, one accumulator per row, while the k rows
 // of v pass once; v's eight-column slices are widened as they are read.
-__attribute__((target("avx2,fma,f16c"))) static void gemm_nn_h_avx2(const float *x, size_t m, size_t ldx,
-                                                                    const _Float16 *v, size_t k, size_t n,
-                                                                    size_t ldv, float *y, size_t ldy) {
-    size_t n8 = n & ~(size_t)7;
-    for (size_t r0 = 0; r0 < m; r0 += MAX_ROWS) {
-        int rows = (int)(m - r0 < MAX_ROWS ? m - r0 : MAX_ROWS);
-        const float *xb = x + r0 * ldx;
-        float *yb = y + r0 * ldy;
-        for (size_t c = 0; c < n8; c += 8) {
-            __m256 acc[MAX_ROWS];
-            for (int r = 0; r < rows; r++) acc[r] = _mm256_loadu_ps(yb + (size_t)r * ldy + c);
-            for (size_t t = 0; t < k; t++) {
-                __m256 vt = LOAD8_f16(v + t * ldv + c);
-                for (int r = 0; r < rows; r++) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb[(size_t)r * ldx + t]), vt, acc[r]);
-            }
-            for (int r = 0; r < rows; r++) _mm256_storeu_ps(yb + (size_t)r * ldy + c, acc[r]);
-        }
-        if (n8 < n) {
-            for (int r = 0; r < rows; r++) {
-                for (size_t t = 0; t < k; t++) {
-                    float a = xb[(size_t)r * ldx + t];
-                    for (size_t j = n8; j < n; j++) yb[(size_t)r * ldy + j] += a * (float)v[t * ldv + j];
-                }
-            }
-        }
+#define DEFINE_GEMM_NN_AVX2(T, VTYPE)                                                                        \
+    __attribute__((target("avx2,fma,f16c"))) static void gemm_nn_avx2_##T(                                   \
+        const float *x, size_t m, size_t ldx, const VTYPE *v, const float *vscale, size_t k, size_t n,       \
+        size_t ldv, float *y, size_t ldy) {                                                                  \
+        (void)vscale;                                                                                        \
+        size_t n8 = n & ~(size_t)7;                                                                          \
+        for (size_t r0 = 0; r0 < m; r0 += MAX_ROWS) {                                                        \
+            int rows = (int)(m - r0 < MAX_ROWS ? m - r0 : MAX_ROWS);                                         \
+            const float *xb = x + r0 * ldx;                                                                  \
+            float *yb = y + r0 * ldy;                                                                        \
+            for (size_t c = 0; c < n8; c += 8) {                                                             \
+                __m256 acc[MAX_ROWS];                                                                        \
+                for (int r = 0; r < rows; r++) acc[r] = _mm256_loadu_ps(yb + (size_t)r * ldy + c);          \
+                for (size_t t = 0; t < k; t++) {                                                             \
+                    __m256 vt = LOAD8_##T(v + t * ldv + c);                                                  \
+                    for (int r = 0; r < rows; r++) {                                                         \
+                        __m256 a = _mm256_set1_ps(COEF_##T(xb[(size_t)r * ldx + t], vscale, t));             \
+                        acc[r] = _mm256_fmadd_ps(a, vt, acc[r]);                                             \
+                    }                                                                                        \
+                }                                                                                            \
+                for (int r = 0; r < rows; r++) _mm256_storeu_ps(yb + (size_t)r * ldy + c, acc[r]);           \
+            }                                                                                                \
+            if (n8 < n) {                                                                                    \
+                for (int r = 0; r < rows; r++) {                                                             \
+                    for (size_t t = 0; t < k; t++) {                                                         \
+                        float a = COEF_##T(xb[(size_t)r * ldx + t], vscale, t);                              \
+                        for (size_t j = n8; j < n; j++) yb[(size_t)r * ldy + j] += a * (float)v[t * ldv + j]; \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
     }
-}
+#else
+#define DEFINE_GEMM_NN_AVX2(T, VTYPE)
 #endif
+
+DEFINE_GEMM_NN(f16, _Float16)
+DEFINE_GEMM_NN(q8, signed char)
 
 void mq_gemm_nn_small_h(const float *x, size_t m, size_t ldx, const unsigned short *v, size_t k, size_t n,
                         size_t ldv, float *y, size_t ldy) {
     const _Float16 *vh = (const _Float16 *)v;
-    IF_AVX2(gemm_nn_h_avx2(x, m, ldx, vh, k, n, ldv, y, ldy))
-    gemm_nn_h_portable(x, m, ldx, vh, k, n, ldv, y, ldy);
+    IF_AVX2(gemm_nn_avx2_f16(x, m, ldx, vh, NULL, k, n, ldv, y, ldy))
+    gemm_nn_portable_f16(x, m, ldx, vh, NULL, k, n, ldv, y, ldy);
 }
-
-// y[m, n] += x[m, k] · (scale[t] · v[t, n]), v in int8 codes with one scale per row; few rows m and
-// narrow n. As the half form, with each x coefficient multiplied by its row's scale first.
-static void gemm_nn_q8_portable(const float *x, size_t m, size_t ldx, const signed char *v, const float *vscale,
-                                size_t k, size_t n, size_t ldv, float *y, size_t ldy) {
-    for (size_t r = 0; r < m; r++) {
-        float *yr = y + r * ldy;
-        for (size_t t = 0; t < k; t++) {
-            float a = x[r * ldx + t] * vscale[t];
-            const signed char *vt = v + t * ldv;
-            for (size_t j = 0; j < n; j++) yr[j] += a * (float)vt[j];
-        }
-    }
-}
-
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma,f16c"))) static void gemm_nn_q8_avx2(const float *x, size_t m, size_t ldx,
-                                                                     const signed char *v, const float *vscale,
-                                                                     size_t k, size_t n, size_t ldv, float *y,
-                                                                     size_t ldy) {
-    size_t n8 = n & ~(size_t)7;
-    for (size_t r0 = 0; r0 < m; r0 += MAX_ROWS) {
-        int rows = (int)(m - r0 < MAX_ROWS ? m - r0 : MAX_ROWS);
-        const float *xb = x + r0 * ldx;
-        float *yb = y + r0 * ldy;
-        for (size_t c = 0; c < n8; c += 8) {
-            __m256 acc[MAX_ROWS];
-            for (int r = 0; r < rows; r++) acc[r] = _mm256_loadu_ps(yb + (size_t)r * ldy + c);
-            for (size_t t = 0; t < k; t++) {
-                __m256 vt = LOAD8_q8(v + t * ldv + c);
-                for (int r = 0; r < rows; r++) {
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xb[(size_t)r * ldx + t] * vscale[t]), vt, acc[r]);
-                }
-            }
-            for (int r = 0; r < rows; r++) _mm256_storeu_ps(yb + (size_t)r * ldy + c, acc[r]);
-        }
-        if (n8 < n) {
-            for (int r = 0; r < rows; r++) {
-                for (size_t t = 0; t < k; t++) {
-                    float a = xb[(size_t)r * ldx + t] * vscale[t];
-                    for (size_t j = n8; j < n; j++) yb[(size_t)r * ldy + j] += a * (float)v[t * ldv + j];
-                }
-            }
-        }
-    }
-}
-#endif
 
 void mq_gemm_nn_small_q8(const float *x, size_t m, size_t ldx, const signed char *v, const float *vscale, size_t k,
                          size_t n, size_t ldv, float *y, size_t ldy) {
-    IF_AVX2(gemm_nn_q8_avx2(x, m, ldx, v, vscale, k, n, ldv, y, ldy))
-    gemm_nn_q8_portable(x, m, ldx, v, vscale, k, n, ldv, y, ldy);
+    IF_AVX2(gemm_nn_avx2_q8(x, m, ldx, v, vscale, k, n, ldv, y, ldy))
+    gemm_nn_portable_q8(x, m, ldx, v, vscale, k, n, ldv, y, ldy);
 }
 
 void mq_quantize_rows_q8(const float *x, size_t rows, size_t width, signed char *codes, float *scales) {
