@@ -258,8 +258,11 @@ public enum QuantizedModelFile {
         defer { if !ok { unlink(temp) } }
         do {
             defer { close(fd) }
-            try head.withUnsafeBytes { try writeAll(fd, $0, path: path) }
-            try data.withUnsafeBytes { try writeAll(fd, $0, path: path) }
+            for (bytes, offset) in [(head, 0), (data, head.count)] {
+                guard bytes.withUnsafeBytes({ writeAll(fd, $0, at: offset) }) else {
+                    throw QuantizedModelFileError.cannotWrite(path: path, reason: String(cString: strerror(errno)))
+                }
+            }
             guard fsync(fd) == 0 else {
                 throw QuantizedModelFileError.cannotWrite(path: path, reason: String(cString: strerror(errno)))
             }
@@ -268,18 +271,6 @@ public enum QuantizedModelFile {
             throw QuantizedModelFileError.cannotWrite(path: path, reason: String(cString: strerror(errno)))
         }
         ok = true
-    }
-
-    private static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw QuantizedModelFileError.cannotWrite(path: path, reason: String(cString: strerror(errno)))
-            }
-            done += n
-        }
     }
 
     private static func putLE(_ buf: inout [UInt8], _ at: Int, _ value: UInt64, bytes: Int) {
@@ -294,6 +285,7 @@ public enum QuantizedModelFile {
 
     /// CRC32 (zlib) of `bytes`, continuing from `crc`.
     static func crc32Update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        guard bytes.count > 0 else { return crc }
         var c = uLong(crc)
         var offset = 0
         while offset < bytes.count {
@@ -505,4 +497,17 @@ public enum QuantizedModelFile {
                 decoderNorm: try norm("decoder/layer_norm"))
         }
     }
+}
+
+/// Writes all of `bytes` to `fd` from file offset `offset` (pwrite, retried on EINTR and short writes): the file
+/// writers' one loop. False with `errno` set on failure.
+func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int) -> Bool {
+    var done = 0
+    while done < bytes.count {
+        let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return false }
+        done += n
+    }
+    return true
 }

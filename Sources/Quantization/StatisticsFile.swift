@@ -206,22 +206,12 @@ public enum StatisticsFile {
         }
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw failure("cannot create") }
-        func written(_ raw: UnsafeRawBufferPointer, at offset: Int) -> Bool {
-            var done = 0
-            while done < raw.count {
-                let n = pwrite(fd, raw.baseAddress! + done, raw.count - done, off_t(offset + done))
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { return false }
-                done += n
-            }
-            return true
-        }
         let headerBytes = magic.count + 4 + 8
-        var payloadCRC = crc32(0, nil, 0), length = 0, failed = false
+        var payloadCRC: UInt32 = 0, length = 0, failed = false
         var body = ByteWriter { raw in
             guard !failed else { return }
-            payloadCRC = crc32(payloadCRC, raw.bindMemory(to: Bytef.self).baseAddress, uInt(raw.count))
-            failed = !written(raw, at: headerBytes + length)
+            payloadCRC = QuantizedModelFile.crc32Update(payloadCRC, raw)
+            failed = !writeAll(fd, raw, at: headerBytes + length)
             length += raw.count
         }
         var ok = fchmod(fd, 0o600) == 0
@@ -234,9 +224,9 @@ public enum StatisticsFile {
             header.u64(UInt64(length))
             // The checksum covers the header and the payload: the header's CRC extended by the payload's.
             var tail = ByteWriter()
-            tail.u32(UInt32(truncatingIfNeeded: crc32_combine(uLong(crc(header.bytes)), payloadCRC, off_t(length))))
-            ok = !failed && header.bytes.withUnsafeBytes { written($0, at: 0) }
-                && tail.bytes.withUnsafeBytes { written($0, at: headerBytes + length) } && fsync(fd) == 0
+            tail.u32(UInt32(truncatingIfNeeded: crc32_combine(uLong(crc(header.bytes)), uLong(payloadCRC), off_t(length))))
+            ok = !failed && header.bytes.withUnsafeBytes { writeAll(fd, $0, at: 0) }
+                && tail.bytes.withUnsafeBytes { writeAll(fd, $0, at: headerBytes + length) } && fsync(fd) == 0
         }
         let error = ok ? nil : failure("cannot write")
         close(fd)
@@ -304,15 +294,15 @@ public enum StatisticsFile {
         var tail = ByteReader(bytes: bytes, path: path, position: bodyEnd)
         let stored = try tail.u32()
         // The checksum a MiB at a time, each MiB's pages released after it.
-        var computed = crc32(0, nil, 0)
+        var computed: UInt32 = 0
         for start in stride(from: 0, to: bodyEnd, by: 1 << 20) {
             let end = min(bodyEnd, start + (1 << 20))
-            computed = crc32(computed, bytes.baseAddress!.advanced(by: start).assumingMemoryBound(to: Bytef.self), uInt(end - start))
+            computed = QuantizedModelFile.crc32Update(computed, UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
             release(upTo: end)
         }
         released = 0
-        guard stored == UInt32(truncatingIfNeeded: computed) else {
-            throw StatisticsFileError.checksumMismatch(path: path, stored: stored, computed: UInt32(truncatingIfNeeded: computed))
+        guard stored == computed else {
+            throw StatisticsFileError.checksumMismatch(path: path, stored: stored, computed: computed)
         }
         func corrupt(_ reason: String) -> StatisticsFileError { .corrupt(path: path, reason: reason) }
         var r = ByteReader(bytes: bytes, path: path, position: bodyStart, end: bodyEnd)
@@ -417,10 +407,10 @@ public enum StatisticsFile {
     /// A stable digest of a statistics set: `myqs1-` + CRC32 + FNV-1a-64 of the canonical
     /// payload, in hex. Equal statistics give equal digests on every machine.
     public static func digest(_ statistics: ActivationStatistics) -> String {
-        var crc = crc32(0, nil, 0)
+        var crc: UInt32 = 0
         var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
         var w = ByteWriter { raw in
-            crc = crc32(crc, raw.bindMemory(to: Bytef.self).baseAddress, uInt(raw.count))
+            crc = QuantizedModelFile.crc32Update(crc, raw)
             for b in raw {
                 fnv ^= UInt64(b)
                 fnv = fnv &* 0x0000_0100_0000_01b3
@@ -428,7 +418,7 @@ public enum StatisticsFile {
         }
         writePayload(statistics, to: &w)
         w.flush()
-        return "myqs1-" + String(format: "%08x", UInt32(truncatingIfNeeded: crc)) + String(format: "%016llx", fnv)
+        return "myqs1-" + String(format: "%08x", crc) + String(format: "%016llx", fnv)
     }
 
     static func crc(_ bytes: [UInt8]) -> UInt32 {
