@@ -81,17 +81,21 @@ void mq_release_mapped_pages(const void *start, size_t length, const void *mappi
     // Drops this process's page-table entries for the pages of [start, start + length) of a
     // read-only file mapping: RSS (RssFile, and so VmHWM) stops counting them, the page cache keeps
     // them, and the next read maps them again with a minor fault. Only for file mappings: on
-    // anonymous memory MADV_DONTNEED discards the contents. The range is widened by 64 KiB on each
-    // side (within the mapping): a read fault maps the pages around the one read as well (the
-    // kernel's fault-around, 64 KiB by default), which would otherwise stay resident.
+    // anonymous memory MADV_DONTNEED discards the contents. The range is widened to whole 2 MiB
+    // spans of the file (within the mapping): a read fault maps the pages around the one read as
+    // well, 64 KiB of them (the kernel's fault-around) or the whole folio the page cache holds them
+    // in, which on ext4 with large folios (Linux 6.x) is up to 2 MiB, naturally aligned in the file.
+    // Measured on Linux 6.18 and ext4: reading one byte of model.bin mapped 256 KiB, another 2 MiB;
+    // a 64 KiB margin left 12.8 MB of it resident after a build and its check.
     if (length == 0) return;
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), margin = 64 << 10;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), span = 2u << 20;
     const uintptr_t first = (uintptr_t)mapping, end = first + mappingLength;
-    uintptr_t lo = (uintptr_t)start, hi = (uintptr_t)start + length;
-    lo = lo - first > margin ? lo - margin : first;
-    hi = end - hi > margin ? hi + margin : end;
+    // Offsets in the file (the mapping starts at offset 0), rounded out to the span.
+    uintptr_t lo = ((uintptr_t)start - first) / span * span;
+    uintptr_t hi = ((uintptr_t)start + length - first + span - 1) / span * span;
+    lo += first;
+    hi = hi > mappingLength ? end : first + hi;
     lo &= ~(page - 1);
     hi = (hi + page - 1) & ~(page - 1);
-    if (lo < (first & ~(page - 1))) lo = first & ~(page - 1);
     madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }

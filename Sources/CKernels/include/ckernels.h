@@ -70,7 +70,8 @@ void mq_keep_freed_heap(void);
 void mq_use_one_heap(void);
 
 /// Takes the pages of [start, start + length) of a read-only *file* mapping [mapping, mapping +
-/// mappingLength), and those within 64 KiB of it (what the kernel's fault-around maps with them),
+/// mappingLength), and the rest of the 2 MiB spans of the file it lies in (what the kernel's fault-around or a
+/// large page-cache folio maps with them),
 /// out of the process's resident set (madvise MADV_DONTNEED; the page cache keeps them and a later
 /// read maps them again). Never call it on anonymous memory: its contents would be lost.
 void mq_release_mapped_pages(const void *start, size_t length, const void *mapping, size_t mappingLength);

@@ -47,7 +47,8 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
         file.withUnsafeBytes { raw in body(raw.baseAddress!.advanced(by: offset).assumingMemoryBound(to: UInt16.self)) }
     }
 
-    /// Releases the pages of `count` halves from `first` (and their fault-around neighbours) when the file is mapped.
+    /// Releases the pages of `count` halves from `first` (and the rest of their 2 MiB spans, `mq_release_mapped_pages`)
+    /// when the file is mapped.
     private func release(_ first: UnsafePointer<UInt16>, count: Int) {
         guard releasesPages else { return }
         file.withUnsafeBytes { raw in mq_release_mapped_pages(first, count * 2, raw.baseAddress!, raw.count) }
