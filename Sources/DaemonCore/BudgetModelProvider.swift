@@ -229,11 +229,12 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
         let serving = request.servingName == name && !fresh ? request.serving : nil
         // The float network in service is the source; otherwise the files are read (once per build).
         let floatModel = serving?.plan == .float ? serving?.model : nil
-        // The source network with its float16 matrices left in the file's mapping, mapped at most once per call.
+        // The source network with its float16 matrices left in the file's mapping, mapped at most once per call, and
+        // the position tables of the model in service (a quantized build keeps them as they are).
         var mappedModel: WhisperModel?
         func mapped() throws -> WhisperModel {
             if let mappedModel { return mappedModel }
-            let model = try WhisperModel.loadMapped(name)
+            let model = try WhisperModel.loadMapped(name, sharingWith: request.serving?.model)
             mappedModel = model
             return model
         }
@@ -323,7 +324,7 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
         // The check measures the file against its source, mapped (page cache, not a float32 copy); a file whose
         // source is not installed cannot be served at all (its vocabulary comes from there).
         let source = try QuantizedModelFile.load(path: request.name).metadata.sourceModelName
-        return Candidate(provided: provided, fullPrecision: try WhisperModel.loadMapped(source))
+        return Candidate(provided: provided, fullPrecision: try WhisperModel.loadMapped(source, sharingWith: model))
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {

@@ -407,8 +407,6 @@ public actor ModelService {
                     continuation.resume(returning: .failure(.checkFailed(report)))
                     return
                 }
-                // Short windows' silent window is made here, so that the first command served does not wait for it.
-                candidate.provided.model.prepareShortWindows()
                 continuation.resume(returning: .success((candidate, report)))
             } }
         }
@@ -450,6 +448,16 @@ public actor ModelService {
         refused = nil
         // The float network the quantization read is freed by now; its pages go back to the system.
         WhisperModel.releaseFreedMemory()
+        // Short windows' silent window is made now, in the background, so that the first command served does not
+        // wait for it (one that comes first makes it itself). Not before the swap: made beside the model it
+        // replaces, its 30 s encoder pass (15 MiB of scratch for tiny.en) was a re-quantization's peak.
+        let model = entry.provided.model
+        buildThread.async {
+            BackgroundWork.inTurn {
+                model.prepareShortWindows()
+                WhisperModel.releaseFreedMemory()
+            }
+        }
         var metadata: Logger.Metadata = [
             "reason": "\(reason.rawValue)", "model": "\(entry.provided.model.name)", "generation": "\(entry.generation)",
             "weights": "\(ByteSize.format(entry.provided.weightBytes))", "precision": "\(entry.provided.precision)",

@@ -18,7 +18,7 @@ public enum OwnSpeechDrift {
                                candidate: WhisperModel?) throws -> (served: NextTokenDivergence, candidate: NextTokenDivergence?)
     {
         let reference = try SpeechRecognizer(model: fullPrecision, threads: 1)
-            .referenceDistributions(samples: samples, maxTokens: positions)
+            .referenceDistributions(samples: samples, maxTokens: positions, window: .ownFrames)
         let servedDrift = try SpeechRecognizer(model: served, threads: 1).divergence(from: reference, samples: samples)
         let candidateDrift = try candidate.map {
             try SpeechRecognizer(model: $0, threads: 1).divergence(from: reference, samples: samples)

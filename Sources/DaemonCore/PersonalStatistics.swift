@@ -218,7 +218,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
             return (model, identity, true)
         }
         do {
-            let model = try WhisperModel.loadMapped(source)
+            let model = try WhisperModel.loadMapped(source, sharingWith: served)
             let identity = ModelIdentity.of(model)
             locked { mapped = (source, model, identity) }
             return (model, identity, true)

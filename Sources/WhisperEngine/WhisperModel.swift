@@ -60,11 +60,13 @@ public final class WhisperModel: @unchecked Sendable {
 
     /// Loads `tiny.en`, `base` or a model directory with its float16 weight matrices left in the
     /// file's mapping (`HalfMatrix`): the full-precision network for occasional passes beside a
-    /// quantized model, without a resident float32 copy.
-    public static func loadMapped(_ nameOrPath: String) throws -> WhisperModel {
+    /// quantized model, without a resident float32 copy. With `resident`, a model already held (the one in
+    /// service), its position tables are shared where they are the same (`WhisperWeights.sharingPositions`).
+    public static func loadMapped(_ nameOrPath: String, sharingWith resident: WhisperModel? = nil) throws -> WhisperModel {
         let directory = try ModelLocator().resolve(nameOrPath)
-        return try load(directory: directory,
-                        weights: try WhisperWeights(file: try ModelFile(path: directory.modelBin), mappingHalves: true))
+        var weights = try WhisperWeights(file: try ModelFile(path: directory.modelBin), mappingHalves: true)
+        if let resident { weights = weights.sharingPositions(with: resident.weights) }
+        return try load(directory: directory, weights: weights)
     }
 
     /// Pairs `weights` made elsewhere (a quantized form of this network) with the vocabulary
@@ -135,11 +137,19 @@ public final class SpeechRecognizer {
                                           options: options, onSegment: onSegment)
     }
 
-    /// The encoder's output for the first 30 s window of `samples` cut as `transcribe` cuts it (their frames, then
-    /// zeros): what `greedyTokens(audio:maxTokens:)` and `forEachLogProbabilities(audio:following:_:)` read, so that
-    /// one encoder pass serves both.
-    public func encodeFirstWindow(samples: [Float]) -> EncodedAudio {
-        network.encode(mel: firstWindow(samples: samples))
+    /// The encoder's output for the first window of `samples` cut as `transcribe` cuts it (their frames, then
+    /// zeros), encoded over the whole 30 s or over the samples' own frames (`MeasuredWindow`): what
+    /// `greedyTokens(audio:maxTokens:)` and `forEachLogProbabilities(audio:following:_:)` read, so that one encoder
+    /// pass serves both.
+    public func encodeFirstWindow(samples: [Float], window: MeasuredWindow) -> EncodedAudio {
+        let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nSamples)
+        let content = min(samples.count / WhisperAudio.hopLength, mel.nFrames, WhisperAudio.nFrames)
+        var width = WhisperAudio.nFrames
+        if window == .ownFrames,
+           let frames = ShortWindowPolicy().encodedFrames(contentFrames: content, windowFrames: WhisperAudio.nFrames) {
+            width = frames
+        }
+        return network.encode(mel: mel.window(atFrame: 0, frameCount: content).window(atFrame: 0, frameCount: width).values)
     }
 
     /// The decoder's next-token log-probabilities after each of `tokens`, fed one at a time as
@@ -156,14 +166,6 @@ public final class SpeechRecognizer {
                 body(position, UnsafeBufferPointer($0))
             }
         }
-    }
-
-    /// The log-mel window `transcribe` decodes first for `samples` (their frames, then zeros):
-    /// `[nMels, 2 * nAudioCtx]` row-major, the encoder's input.
-    private func firstWindow(samples: [Float]) -> [Float] {
-        let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nSamples)
-        let content = min(samples.count / WhisperAudio.hopLength, mel.nFrames, WhisperAudio.nFrames)
-        return mel.window(atFrame: 0, frameCount: content).window(atFrame: 0).values
     }
 
     /// The tokens one greedy decode of `audio` (`encodeFirstWindow`) gives, after the prompt it

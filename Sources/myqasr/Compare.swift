@@ -3,6 +3,8 @@ import Audio
 import Foundation
 import WhisperEngine
 
+extension MeasuredWindow: ExpressibleByArgument {}
+
 /// `myqasr compare`: how closely a model's next-token distributions follow a reference model's.
 struct Compare: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,7 +15,9 @@ struct Compare: ParsableCommand {
             distributions at every position after the prompt: the mean KL divergence \
             KL(reference || model) in nats per position, and how often both rank the same token \
             first. A continuous measure of what quantization changed, far less noisy than a word \
-            error rate over a few hundred words (docs/myqasr-method.md section 9). Prints no text.
+            error rate over a few hundred words (docs/myqasr-method.md section 9). With --window own \
+            each file is encoded over its own frames (the short path's padding and bucket) instead of \
+            30 s, as the daemon's self-check and drift measure. Prints no text.
 
             Example:
               myqasr compare --model me.myq --reference tiny.en test/*.wav
@@ -25,6 +29,9 @@ struct Compare: ParsableCommand {
 
     @Option(help: "The reference model (usually the full-precision model the .myq was made from).")
     var reference = "tiny.en"
+
+    @Option(help: "The window each file is encoded over: whole (30 s) or own (its own frames, as the daemon measures).")
+    var window: MeasuredWindow = .whole
 
     @Option(help: "Worker threads for the network.")
     var threads = 2
@@ -52,7 +59,7 @@ struct Compare: ParsableCommand {
             let samples: [Float]
             do { samples = try loadAudio(path: file) } catch { throw CLIError("\(error)") }
             // Positions from the prompt's last token on predict the transcript (and finally its end).
-            let reference = try referenceRecognizer.referenceDistributions(samples: samples)
+            let reference = try referenceRecognizer.referenceDistributions(samples: samples, window: window)
             total.merge(measuredRecognizer.divergence(from: reference, samples: samples))
         }
         print(String(format: "%d files, %d positions: KL(reference || model) %.5f nats per position, top-1 agreement %.2f %%",

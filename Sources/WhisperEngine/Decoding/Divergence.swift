@@ -1,11 +1,24 @@
 import Foundation
 
+/// Which encoding of an input's first window a drift is measured over.
+public enum MeasuredWindow: String, Sendable, CaseIterable {
+    /// The whole 30 s window (the input's frames, then zeros), as a long file's windows are decoded.
+    case whole
+    /// The input's own frames with the short path's padding, rounded up to its bucket
+    /// (`ShortWindowPolicy.encodedFrames`: a 4.9 s input is encoded as 7 s), the decoder attending to those
+    /// positions only; an input too long for that gets the whole window. The daemon measures here: its encoder
+    /// scratch and cross-attention keys follow the input, where the whole window's are those of 30 s.
+    case ownFrames = "own"
+}
+
 /// A reference model's next-token distributions over one input: the tokens one greedy decode of its
-/// first 30 s window gives (after the prompt they were decoded from) and the log-probabilities the
-/// reference assigns after each of them. Other models given the same tokens are measured against it
-/// (`SpeechRecognizer.divergence(from:samples:)`): what `myqasr compare` reports and what the daemon's
-/// self-check bounds.
+/// first window gives (after the prompt they were decoded from) and the log-probabilities the
+/// reference assigns after each of them. Other models given the same tokens over the same window are
+/// measured against it (`SpeechRecognizer.divergence(from:samples:)`): what `myqasr compare` reports and
+/// what the daemon's self-check bounds.
 public struct ReferenceDistributions: Sendable {
+    /// The window the reference was decoded over; models measured against it are encoded the same way.
+    public let window: MeasuredWindow
     /// Prompt tokens, then the reference's greedy tokens.
     public let tokens: [Int]
     /// How many of `tokens` are the prompt.
@@ -21,7 +34,9 @@ public struct ReferenceDistributions: Sendable {
     public let vocabularySize: Int
 
     /// Creates reference distributions from their parts.
-    public init(tokens: [Int], promptLength: Int, logProbabilities: [Float16], topTokens: [Int], vocabularySize: Int) {
+    public init(window: MeasuredWindow, tokens: [Int], promptLength: Int, logProbabilities: [Float16], topTokens: [Int],
+                vocabularySize: Int) {
+        self.window = window
         self.tokens = tokens
         self.promptLength = promptLength
         self.logProbabilities = logProbabilities
@@ -78,10 +93,11 @@ public struct NextTokenDivergence: Sendable, Equatable {
 }
 
 extension SpeechRecognizer {
-    /// This model's greedy tokens (at most `maxTokens`) on the first window of `samples` and its distributions
-    /// after each (the reference others are measured against), both over one encoder pass.
-    public func referenceDistributions(samples: [Float], maxTokens: Int? = nil) throws -> ReferenceDistributions {
-        let audio = encodeFirstWindow(samples: samples)
+    /// This model's greedy tokens (at most `maxTokens`) on the first window of `samples`, encoded as `window`,
+    /// and its distributions after each (the reference others are measured against), both over one encoder pass.
+    public func referenceDistributions(samples: [Float], maxTokens: Int? = nil,
+                                       window: MeasuredWindow) throws -> ReferenceDistributions {
+        let audio = encodeFirstWindow(samples: samples, window: window)
         let (tokens, promptLength) = try greedyTokens(audio: audio, maxTokens: maxTokens)
         let vocabulary = network.dimensions.nVocab
         var kept: [Float16] = []   // [tokens.count - promptLength + 1, nVocab]
@@ -92,17 +108,18 @@ extension SpeechRecognizer {
             kept.append(contentsOf: row.lazy.map { Float16($0) })
             top.append(row.indices.max(by: { row[$0] < row[$1] })!)
         }
-        return ReferenceDistributions(tokens: tokens, promptLength: promptLength, logProbabilities: kept, topTokens: top,
+        return ReferenceDistributions(window: window, tokens: tokens, promptLength: promptLength, logProbabilities: kept, topTokens: top,
                                       vocabularySize: vocabulary)
     }
 
     /// KL(reference || this model) at every position of `reference`, this model fed the reference's
-    /// tokens over the same window of the same `samples`.
+    /// tokens over the same window (`reference.window`) of the same `samples`.
     public func divergence(from reference: ReferenceDistributions, samples: [Float]) -> NextTokenDivergence {
-        divergence(from: reference, audio: encodeFirstWindow(samples: samples))
+        divergence(from: reference, audio: encodeFirstWindow(samples: samples, window: reference.window))
     }
 
-    /// `divergence(from:samples:)` over this model's encoding of the samples' first window (`encodeFirstWindow`).
+    /// `divergence(from:samples:)` over this model's encoding of the samples' first window
+    /// (`encodeFirstWindow(samples:window:)` with `reference.window`).
     public func divergence(from reference: ReferenceDistributions, audio: EncodedAudio) -> NextTokenDivergence {
         let vocabulary = reference.vocabularySize
         precondition(vocabulary == network.dimensions.nVocab, "divergence: the vocabularies differ")

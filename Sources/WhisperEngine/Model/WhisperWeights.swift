@@ -172,6 +172,17 @@ public final class WhisperWeights: @unchecked Sendable {
             decoderNorm: decoderNorm)
     }
 
+    /// These weights with `other`'s position tables wherever they hold the same values: a network read again from
+    /// the file of one that is resident (the model in service) then keeps no second copy of them, since arrays
+    /// share their storage (2.9 MB for tiny.en, the largest tensors a quantized model keeps in float32).
+    public func sharingPositions(with other: WhisperWeights) -> WhisperWeights {
+        let encoder = other.encoderPositions == encoderPositions ? other.encoderPositions : encoderPositions
+        let decoder = other.decoderPositions == decoderPositions ? other.decoderPositions : decoderPositions
+        return WhisperWeights(dimensions: dimensions, conv1: conv1, conv2: conv2, encoderPositions: encoder,
+                              encoderBlocks: encoderBlocks, encoderNorm: encoderNorm, tokenEmbedding: tokenEmbedding,
+                              decoderPositions: decoder, decoderBlocks: decoderBlocks, decoderNorm: decoderNorm)
+    }
+
     /// Reads a Whisper network from a parsed CTranslate2 file, checking every shape.
     /// Reads the network out of `file`. With `mappingHalves`, every float16 weight matrix stays in
     /// the file's mapping as a `HalfMatrix` instead of being widened into a float32 copy (norms,
