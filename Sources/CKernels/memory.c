@@ -88,7 +88,7 @@ void mq_release_mapped_pages(const void *start, size_t length, const void *mappi
     // Measured on Linux 6.18 and ext4: reading one byte of model.bin mapped 256 KiB, another 2 MiB;
     // a 64 KiB margin left 12.8 MB of it resident after a build and its check.
     if (length == 0) return;
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), span = 2u << 20;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), span = MQ_RELEASE_SPAN;
     const uintptr_t first = (uintptr_t)mapping, end = first + mappingLength;
     // Offsets in the file (the mapping starts at offset 0), rounded out to the span.
     uintptr_t lo = ((uintptr_t)start - first) / span * span;

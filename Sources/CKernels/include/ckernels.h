@@ -76,4 +76,8 @@ void mq_use_one_heap(void);
 /// read maps them again). Never call it on anonymous memory: its contents would be lost.
 void mq_release_mapped_pages(const void *start, size_t length, const void *mapping, size_t mappingLength);
 
+/// The spans of a file `mq_release_mapped_pages` releases whole, in bytes: the largest folio the page cache
+/// maps at once on x86-64 (2 MiB).
+#define MQ_RELEASE_SPAN 2097152
+
 #endif

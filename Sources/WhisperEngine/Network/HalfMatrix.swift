@@ -56,20 +56,29 @@ public struct HalfMatrix: WeightMatrix, @unchecked Sendable {
 
     /// Calls `body` with consecutive tiles of up to `tileRows` rows widened to float32: the first
     /// row's index, the row count and the values `[rows, inFeatures]` (valid during the call only).
+    /// Pages are released a whole span (`MQ_RELEASE_SPAN`) at a time, once the tiles have moved past it: a
+    /// tile's read maps its whole span, and releasing it after each tile would fault it in again for the next.
     public func forEachFloatTile(_ body: (_ firstRow: Int, _ rows: Int, UnsafeBufferPointer<Float>) -> Void) {
-        let k = inFeatures
+        let k = inFeatures, span = Int(MQ_RELEASE_SPAN) / 2   // halves per span
         // [tileRows, k] float32 rows of W; every element used is written by the conversion first.
         var tile = [Float](unsafeUninitializedCapacity: Self.tileRows * k) { _, count in count = Self.tileRows * k }
         withHalves { w in
             tile.withUnsafeMutableBufferPointer { t in
                 var r0 = 0
+                var released = 0   // halves of this matrix, from row 0, whose spans were released
                 while r0 < outFeatures {
                     let rows = min(Self.tileRows, outFeatures - r0)
                     mq_f16_to_f32(w + r0 * k, t.baseAddress!, rows * k)
-                    release(w + r0 * k, count: rows * k)
+                    // The spans (counted from the file's start) that end before this tile's end are done with.
+                    let done = ((offset / 2 + (r0 + rows) * k) / span * span) - offset / 2
+                    if done > released {
+                        release(w + released, count: done - released)
+                        released = done
+                    }
                     body(r0, rows, UnsafeBufferPointer(rebasing: t[0..<rows * k]))
                     r0 += rows
                 }
+                release(w + released, count: outFeatures * k - released)
             }
         }
     }
