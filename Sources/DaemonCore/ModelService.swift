@@ -450,9 +450,12 @@ public actor ModelService {
         WhisperModel.releaseFreedMemory()
         // Short windows' silent window is made now, in the background, so that the first command served does not
         // wait for it (one that comes first makes it itself). Not before the swap: made beside the model it
-        // replaces, its 30 s encoder pass (15 MiB of scratch for tiny.en) was a re-quantization's peak.
+        // replaces, its 30 s encoder pass (15 MiB of scratch for tiny.en) was a re-quantization's peak. At normal
+        // priority, as a command would make it: a worker that needs the window waits for its maker, and on the
+        // idle-priority build thread a busy machine starved the maker and so the worker (a request stalled 163 s
+        // under two busy loops in `testWorkOfADisconnectedClientIsDropped`).
         let model = entry.provided.model
-        buildThread.async {
+        DispatchQueue.global(qos: .userInitiated).async {
             BackgroundWork.inTurn {
                 model.prepareShortWindows()
                 WhisperModel.releaseFreedMemory()
