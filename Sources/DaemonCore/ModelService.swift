@@ -178,7 +178,10 @@ public actor ModelService {
             throw error
         case let .success((candidate, report)):
             state = .running
-            return swap(candidate, report, target: target, revision: revision, reason: .start, started: started)
+            let entry = swap(candidate, report, target: target, revision: revision, reason: .start, started: started)
+            // Ready once short windows are: the first commands, made while the window was, added its pass to theirs.
+            await Self.prepareShortWindows(of: entry.provided.model)
+            return entry
         }
     }
 
@@ -448,18 +451,13 @@ public actor ModelService {
         refused = nil
         // The float network the quantization read is freed by now; its pages go back to the system.
         WhisperModel.releaseFreedMemory()
-        // Short windows' silent window is made now, in the background, so that the first command served does not
-        // wait for it (one that comes first makes it itself). Not before the swap: made beside the model it
-        // replaces, its 30 s encoder pass (15 MiB of scratch for tiny.en) was a re-quantization's peak. At normal
-        // priority, as a command would make it: a worker that needs the window waits for its maker, and on the
-        // idle-priority build thread a busy machine starved the maker and so the worker (a request stalled 163 s
-        // under two busy loops in `testWorkOfADisconnectedClientIsDropped`).
-        let model = entry.provided.model
-        DispatchQueue.global(qos: .userInitiated).async {
-            BackgroundWork.inTurn {
-                model.prepareShortWindows()
-                WhisperModel.releaseFreedMemory()
-            }
+        // Short windows' silent window is made now (at start-up, before the daemon is ready), so that the first
+        // command served does not wait for it (one that comes first makes it itself). Not before the swap: made
+        // beside the model it replaces, its 30 s encoder pass (15 MiB of scratch for tiny.en) was a
+        // re-quantization's peak.
+        if reason != .start {
+            let model = entry.provided.model
+            Task { await Self.prepareShortWindows(of: model) }
         }
         var metadata: Logger.Metadata = [
             "reason": "\(reason.rawValue)", "model": "\(entry.provided.model.name)", "generation": "\(entry.generation)",
@@ -474,6 +472,22 @@ public actor ModelService {
         }
         answerWaiters(upTo: buildRevision, served: target)
         return entry
+    }
+
+    /// Makes `model`'s silent window (`WhisperModel.prepareShortWindows`) in its turn with other background work, at
+    /// normal priority as a command would make it: a worker that needs the window waits for its maker, and on the
+    /// idle-priority build thread a busy machine starved the maker and so the worker (a request stalled 163 s under
+    /// two busy loops in `testWorkOfADisconnectedClientIsDropped`).
+    private static func prepareShortWindows(of model: WhisperModel) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global(qos: .userInitiated).async {
+                BackgroundWork.inTurn {
+                    model.prepareShortWindows()
+                    WhisperModel.releaseFreedMemory()
+                }
+                continuation.resume()
+            }
+        }
     }
 
     /// `target` was refused. What it changed in the model (the source, a reload, the budget) goes back to what the
