@@ -109,12 +109,10 @@ public struct ErrorCompensatedRounding: Sendable {
         guard secondMoment.width == n else {
             throw QuantizedMatrixError.valueCount(expected: n, actual: secondMoment.width)
         }
-        var values = values
         var moment = secondMoment.blockBoundaries(fallOnMultiplesOf: groupSize) ? secondMoment : secondMoment.asOneBlock
-        if rotated {
-            values.withUnsafeMutableBufferPointer { mq_rotate_blocks($0.baseAddress!, $0.baseAddress!, $0.count, 0) }
-            moment = moment.rotated()
-        }
+        // A rotated matrix's rows are rotated a chunk at a time below, into each worker's scratch: a rotated copy of
+        // the whole was as large as the values (4 MiB for a chunk of the token embedding, at a build's peak).
+        if rotated { moment = moment.rotated() }
         // Column visiting order: decreasing H_ii (act order) or input order.
         let diagonal = moment.diagonal
         let order: [Int] = activationOrder ? (0..<n).sorted { diagonal[$0] > diagonal[$1] } : Array(0..<n)
@@ -137,9 +135,17 @@ public struct ErrorCompensatedRounding: Sendable {
                                                          batch: batch, maxRows: Self.rowChunk)
                         var refit = passes > 0 ? ScaleRefit(blocks: blocks, n: n, groupSize: groupSize,
                                                             maxRows: Self.rowChunk) : nil
+                        // [rowChunk, n]: the chunk's rows rotated (rotated matrices only).
+                        let rotatedRows = UnsafeMutablePointer<Float>.allocate(capacity: rotated ? Self.rowChunk * n : 0)
+                        defer { rotatedRows.deallocate() }
                         for chunk in stride(from: worker, to: chunks, by: workers) {
                             let r0 = chunk * Self.rowChunk, r1 = min(outFeatures, r0 + Self.rowChunk)
-                            let weights = w.baseAddress! + r0 * n, chunkCodes = c.baseAddress! + r0 * rowCodes
+                            var weights = w.baseAddress! + r0 * n
+                            if rotated {
+                                mq_rotate_blocks(weights, rotatedRows, (r1 - r0) * n, 0)
+                                weights = UnsafePointer(rotatedRows)
+                            }
+                            let chunkCodes = c.baseAddress! + r0 * rowCodes
                             let chunkScales = s.baseAddress! + r0 * groups
                             refit?.prepare(weights: weights, rows: r1 - r0)   // H w per row: w stays, the codes change
                             for pass in 0..<max(1, passes) {
