@@ -142,7 +142,9 @@ public final class SpeechRecognizer {
     /// `greedyTokens(audio:maxTokens:)` and `forEachLogProbabilities(audio:following:_:)` read, so that one encoder
     /// pass serves both.
     public func encodeFirstWindow(samples: [Float], window: MeasuredWindow) -> EncodedAudio {
-        let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nSamples)
+        // As `transcribe` pads an English model's audio: nFFT samples of silence give the audio's frames (and their
+        // maximum) as 30 s would, without a 30 s spectrogram for every utterance a drift measurement reads.
+        let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nFFT)
         let content = min(samples.count / WhisperAudio.hopLength, mel.nFrames, WhisperAudio.nFrames)
         var width = WhisperAudio.nFrames
         if window == .ownFrames,
