@@ -1,10 +1,17 @@
-// Heap housekeeping for a long-running process that drops large models.
+// Memory housekeeping for a long-running process that drops large models: the heap, code and mapped file
+// pages it no longer needs, and the unnamed file a build writes its layers to.
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <link.h>
+#include <linux/magic.h>
 #include <malloc.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "ckernels.h"
@@ -98,4 +105,35 @@ void mq_release_mapped_pages(const void *start, size_t length, const void *mappi
     lo &= ~(page - 1);
     hi = (hi + page - 1) & ~(page - 1);
     madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+int mq_open_unnamed_file(const char *directory) {
+    // O_TMPFILE (Linux 3.11+, ext4, xfs, btrfs, tmpfs): the file never has a name, so nothing is left in the
+    // directory when the process ends however it ends; its blocks are freed once the last descriptor and
+    // mapping go. Filesystems without it answer EOPNOTSUPP (or EISDIR on old kernels): a named file removed at
+    // once has the same lifetime, with a moment in between in which it can be seen.
+    int fd = open(directory, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR)) return fd;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/.layers-XXXXXX", directory) >= (int)sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd < 0) return -1;
+    if (unlink(path) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int mq_is_in_memory_file(int fd) {
+    // tmpfs and ramfs keep their files in memory (swap-backed at best): pages written there are memory all
+    // the same, only no longer counted in the writer's resident set.
+    struct statfs info;
+    if (fstatfs(fd, &info) != 0) return -1;
+    return info.f_type == TMPFS_MAGIC || info.f_type == RAMFS_MAGIC;
 }

@@ -17,6 +17,9 @@ public struct ProvidedModel: Sendable {
     public var plan: PrecisionPlan
     /// Personal statistics samples its widths were chosen from (0: none).
     public var statisticsSamples: Int
+    /// Where a quantized build's layers live: "memory", or "an unnamed file in DIR" (`LayerFile`), with the reason
+    /// when a file was asked for and could not be used.
+    public var layerStorage = "memory"
 
     /// Creates a description of a provided model.
     public init(model: WhisperModel, layerBits: [String: Int], weightBytes: Int, budgetMet: Bool,
@@ -86,6 +89,9 @@ public enum ModelProviderError: Error, Equatable, CustomStringConvertible {
     case sizeMismatch(planned: Int, actual: Int)
     /// A quantized model file (`.myq`) is served as it is and is larger than the budget.
     case fileAboveBudget(model: String, bytes: Int, budget: Int)
+    /// The personal statistics were forgotten while a personal build ran again (in memory, its layer file having
+    /// failed); a build without them follows.
+    case statisticsForgotten
 
     /// A one-line explanation naming the smallest reachable size.
     public var description: String {
@@ -99,6 +105,8 @@ public enum ModelProviderError: Error, Equatable, CustomStringConvertible {
             return "\(model) is served as quantized in the file and takes \(ByteSize.formatExact(bytes)), above the "
                 + "budget of \(ByteSize.formatExact(budget)); raise the budget or make the file again with "
                 + "`myqasr quantize --budget`"
+        case .statisticsForgotten:
+            return "the personal statistics were forgotten during the build"
         }
     }
 }
@@ -185,14 +193,18 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
     // Guarded by `lock`: the footprint of the last model loaded (by name), worked out once per load.
     private var footprint: (name: String, modelName: String, identity: String, value: ModelFootprint)?
     private let personalStatistics: (@Sendable (String) -> ActivationStatistics?)?
+    private let layerDirectory: String?
 
     /// Creates a provider; quantized layers get one scale per `groupSize` input features.
     /// `personalStatistics` returns the statistics gathered on the model with the given `ModelIdentity`, if any: a
     /// copy the build owns (a personal build drops their second moments as it quantizes the layers that read them).
+    /// With `layerDirectory` (on disk), a quantized build writes its layers to an unnamed file there and maps them
+    /// (`LayerFile`); without, or where that fails, they are kept in memory.
     public init(groupSize: Int = QuantizedMatrix.defaultGroupSize,
-                personalStatistics: (@Sendable (String) -> ActivationStatistics?)? = nil) {
+                personalStatistics: (@Sendable (String) -> ActivationStatistics?)? = nil, layerDirectory: String? = nil) {
         self.groupSize = groupSize
         self.personalStatistics = personalStatistics
+        self.layerDirectory = layerDirectory
     }
 
     /// The precision to serve at: float when it fits (or without a budget), else the highest uniform width that
@@ -263,7 +275,7 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
             return Candidate(provided: provided, fullPrecision: nil)
         }
 
-        let provided: ProvidedModel
+        var provided: ProvidedModel
         switch plan {
         case .file:   // `plan` never returns it: files take `provideFile`.
             return try provideFile(request)
@@ -276,9 +288,11 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
             return Candidate(provided: provided, fullPrecision: nil)
         case let .uniform(bits):
             let source = try floatModel ?? mapped()
-            let result = try Quantizer.quantize(
-                model: source, statistics: nil,
-                options: QuantizationOptions(target: .uniform(bits: bits), groupSize: groupSize, calibrate: false))
+            let (result, storage) = try quantizeWithLayerFile { file in
+                var options = QuantizationOptions(target: .uniform(bits: bits), groupSize: groupSize, calibrate: false)
+                options.layerFile = file
+                return try Quantizer.quantize(model: source, statistics: nil, options: options)
+            }
             let planned = sizes.uniformBytes[bits] ?? 0
             let actual = result.weights.byteSize
             guard actual == planned else { throw ModelProviderError.sizeMismatch(planned: planned, actual: actual) }
@@ -286,21 +300,52 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
             for layer in result.report.layers { layerBits[layer.name] = layer.bits }
             provided = ProvidedModel(model: source.withWeights(result.weights), layerBits: layerBits, weightBytes: actual,
                                      budgetMet: request.budgetBytes.map { actual <= $0 } ?? true, plan: plan)
+            provided.layerStorage = storage
         case let .personalised(budget, samples):
             let source = try floatModel ?? mapped()
             // One thread: the build runs on the model service's idle-priority thread and stays there. The statistics
-            // are this build's own copy: their moments go as the layers are done.
-            let result = try Quantizer.personalise(model: source, statistics: statistics!, budget: budget, threads: 1,
-                                                   releasingMoments: true)
+            // are this build's own copy: their moments go as the layers are done (so a second try, after the layer
+            // file failed, asks for them again).
+            var unused = statistics
+            let (result, storage) = try quantizeWithLayerFile { file in
+                guard let own = unused ?? personalStatistics?(knownFootprint!.identity) else {
+                    throw ModelProviderError.statisticsForgotten
+                }
+                unused = nil
+                return try Quantizer.personalise(model: source, statistics: own, budget: budget, threads: 1,
+                                                 releasingMoments: true, layerFile: file)
+            }
             let actual = result.weights.byteSize
             guard actual <= budget else { throw ModelProviderError.sizeMismatch(planned: budget, actual: actual) }
             var layerBits: [String: Int] = [:]
             for layer in result.report.layers { layerBits[layer.name] = layer.bits }
             provided = ProvidedModel(model: source.withWeights(result.weights), layerBits: layerBits, weightBytes: actual,
                                      budgetMet: true, plan: plan, statisticsSamples: samples)
+            provided.layerStorage = storage
         }
         // The full-precision network (mapped, or the float model in service) is kept only as long as the check needs it.
         return Candidate(provided: provided, fullPrecision: try floatModel ?? mapped())
+    }
+
+    /// Runs `quantize` with the layer file for this build (`layerDirectory`), or with none when there is no
+    /// directory, it is in memory, or the file cannot be made; a build whose writes fail (a full disk) runs again in
+    /// memory. Returns the result and where its layers are (`ProvidedModel.layerStorage`).
+    private func quantizeWithLayerFile(_ quantize: (LayerFile?) throws -> QuantizationResult) throws
+        -> (QuantizationResult, String)
+    {
+        guard let layerDirectory else { return (try quantize(nil), "memory") }
+        let file: LayerFile?
+        do {
+            file = try LayerFile.open(directory: layerDirectory)
+        } catch {
+            return (try quantize(nil), "memory (\(error))")
+        }
+        guard let file else { return (try quantize(nil), "memory (\(layerDirectory) is in memory itself)") }
+        do {
+            return (try quantize(file), "an unnamed file in \(layerDirectory)")
+        } catch let error as LayerFileError {
+            return (try quantize(nil), "memory (\(error))")
+        }
     }
 
     /// A `.myq` file (read again on `reloadFromDisk`), served as stored when it fits the budget.

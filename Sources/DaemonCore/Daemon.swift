@@ -124,11 +124,12 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         } else {
             // The default loop: statistics of the full-precision model on live utterances, kept in the state
             // directory, choose the widths whenever a budget calls for a quantized model.
+            let stateDirectory = configuration.resolvedStateDirectory(environment: environment)
             let statistics = utteranceObserver as? PersonalStatistics ?? PersonalStatistics(
-                directory: configuration.resolvedStateDirectory(environment: environment), logger: logger)
+                directory: stateDirectory, logger: logger)
             personal = statistics
             observer = utteranceObserver ?? statistics
-            modelPipeline = Self.defaultPipeline(statistics: statistics)
+            modelPipeline = Self.defaultPipeline(statistics: statistics, layerDirectory: stateDirectory)
         }
         self.personal = personal
         budgetFollower = BudgetFollower(policy: AutoBudgetPolicy(reserve: configuration.memoryReserve),
@@ -171,15 +172,17 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
                       origin: .auto)
     }
 
-    /// `BudgetModelProvider` reading `statistics`, then `ModelCheck` against the full-precision network the
-    /// candidate came from.
-    static func defaultPipeline(statistics: PersonalStatistics?) -> ModelPipeline {
-        defaultPipeline(personalStatistics: statistics.map { s in { s.statistics(for: $0) } })
+    /// `BudgetModelProvider` reading `statistics` and writing quantized layers to an unnamed file in `layerDirectory`
+    /// (the state directory: its weights are made from the user's statistics), then `ModelCheck` against the
+    /// full-precision network the candidate came from.
+    static func defaultPipeline(statistics: PersonalStatistics?, layerDirectory: String? = nil) -> ModelPipeline {
+        defaultPipeline(personalStatistics: statistics.map { s in { s.statistics(for: $0) } }, layerDirectory: layerDirectory)
     }
 
     /// The default pipeline with statistics from `personalStatistics` (by model identity).
-    static func defaultPipeline(personalStatistics: (@Sendable (String) -> ActivationStatistics?)?) -> ModelPipeline {
-        let provider = BudgetModelProvider(personalStatistics: personalStatistics)
+    static func defaultPipeline(personalStatistics: (@Sendable (String) -> ActivationStatistics?)?,
+                                layerDirectory: String? = nil) -> ModelPipeline {
+        let provider = BudgetModelProvider(personalStatistics: personalStatistics, layerDirectory: layerDirectory)
         let check = ModelCheck()
         return ModelPipeline(
             build: { target, serving, lowestBits in

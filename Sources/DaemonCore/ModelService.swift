@@ -22,7 +22,7 @@ public enum ModelServiceError: Error, Equatable, CustomStringConvertible {
     public var code: String {
         switch self {
         case .build(.impossibleBudget), .build(.fileAboveBudget): return "impossible_budget"
-        case .build(.sizeMismatch), .unavailable: return "model_unavailable"
+        case .build(.sizeMismatch), .build(.statisticsForgotten), .unavailable: return "model_unavailable"
         case .checkFailed: return "check_failed"
         case .superseded: return "superseded"
         case .notRunning: return "shutting_down"
@@ -462,7 +462,7 @@ public actor ModelService {
         var metadata: Logger.Metadata = [
             "reason": "\(reason.rawValue)", "model": "\(entry.provided.model.name)", "generation": "\(entry.generation)",
             "weights": "\(ByteSize.format(entry.provided.weightBytes))", "precision": "\(entry.provided.precision)",
-            "plan": "\(entry.provided.plan)", "budget": "\(target.budget)",
+            "plan": "\(entry.provided.plan)", "budget": "\(target.budget)", "layers": "\(entry.provided.layerStorage)",
             "took_s": "\(String(format: "%.2f", Self.seconds(since: started)))",
         ]
         if let report { metadata["check"] = "\(report)" }

@@ -110,6 +110,18 @@ public final class ByteStorage: @unchecked Sendable {
                            owner: .mapping(Mapping(pointer: pointer, length: length)))
     }
 
+    /// Maps `count` bytes of the open file `descriptor` from `offset` (a multiple of the page size) read-only and
+    /// shared: the pages are the page cache's, clean once written back, so the kernel may drop them under memory
+    /// pressure and read them again. The descriptor may be closed afterwards.
+    public static func mapping(descriptor: Int32, offset: Int, count: Int) throws -> ByteStorage {
+        precondition(count > 0 && offset % Int(sysconf(Int32(_SC_PAGESIZE))) == 0, "ByteStorage: unaligned mapping")
+        guard let pointer = mmap(nil, count, PROT_READ, MAP_SHARED, descriptor, off_t(offset)), pointer != MAP_FAILED else {
+            throw ByteStorageError.cannotMap(path: "descriptor \(descriptor)", reason: String(cString: strerror(errno)))
+        }
+        return ByteStorage(baseAddress: UnsafeRawPointer(pointer), count: count,
+                           owner: .mapping(Mapping(pointer: pointer, length: count)))
+    }
+
     /// True when the bytes live in a file mapping rather than an allocation of their own.
     public var isMemoryMapped: Bool {
         if case .mapping = owner { return true }

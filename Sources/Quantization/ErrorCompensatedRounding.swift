@@ -92,8 +92,9 @@ public struct ErrorCompensatedRounding: Sendable {
     /// The same with the second moment given by its diagonal blocks (the statistics' form): each
     /// block is rotated and factorised on its own, and the dense `[n, n]` matrix is never made. Blocks
     /// whose boundaries split a group are merged first.
+    /// The moment is consumed: what this call alone holds is freed once factorised, before the rounding.
     public func quantize(values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
-                         secondMoment: SecondMoment, rows: Int, rotated: Bool = false,
+                         secondMoment: consuming SecondMoment, rows: Int, rotated: Bool = false,
                          columnBatch: Int = 64) throws -> QuantizedMatrix? {
         guard values.count == outFeatures * inFeatures else {
             throw QuantizedMatrixError.valueCount(expected: outFeatures * inFeatures, actual: values.count)
@@ -109,16 +110,9 @@ public struct ErrorCompensatedRounding: Sendable {
         guard secondMoment.width == n else {
             throw QuantizedMatrixError.valueCount(expected: n, actual: secondMoment.width)
         }
-        var moment = secondMoment.blockBoundaries(fallOnMultiplesOf: groupSize) ? secondMoment : secondMoment.asOneBlock
         // A rotated matrix's rows are rotated a chunk at a time below, into each worker's scratch: a rotated copy of
         // the whole was as large as the values (4 MiB for a chunk of the token embedding, at a build's peak).
-        if rotated { moment = moment.rotated() }
-        // Column visiting order: decreasing H_ii (act order) or input order.
-        let diagonal = moment.diagonal
-        let order: [Int] = activationOrder ? (0..<n).sorted { diagonal[$0] > diagonal[$1] } : Array(0..<n)
-        let damping = dampening + Double(n) / Double(max(rows, 1))
-        guard let blocks = MomentBlock.factorise(moment, spans: moment.spans(groupSize: groupSize), order: order,
-                                                 damping: damping, forRefit: passes > 0) else { return nil }
+        guard let blocks = factorise(consume secondMoment, groupSize: groupSize, rows: rows, rotated: rotated) else { return nil }
         let groups = (n + groupSize - 1) / groupSize
         let rowCodes = groups * groupSize   // whole groups are whole 32-code blocks
         var codes = [Int8](repeating: 0, count: outFeatures * rowCodes)
@@ -165,5 +159,20 @@ public struct ErrorCompensatedRounding: Sendable {
         }
         return try QuantizedMatrix(codes: codes, halfScales: halfScales, outFeatures: outFeatures,
                                    inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
+    }
+
+    /// The blocks `quantize` rounds with: `moment` (of a layer with `rows` input rows) on whole groups, in the
+    /// rotated basis with `rotated` (in place), factorised with its visiting order. The moment goes when this
+    /// returns: the rounding holds only the factors.
+    private func factorise(_ moment: consuming SecondMoment, groupSize: Int, rows: Int, rotated: Bool) -> [MomentBlock]? {
+        var moment = consume moment
+        if !moment.blockBoundaries(fallOnMultiplesOf: groupSize) { moment = moment.asOneBlock }
+        if rotated { moment.rotate() }
+        // Column visiting order: decreasing H_ii (act order) or input order.
+        let n = moment.width, diagonal = moment.diagonal
+        let order: [Int] = activationOrder ? (0..<n).sorted { diagonal[$0] > diagonal[$1] } : Array(0..<n)
+        let damping = dampening + Double(n) / Double(max(rows, 1))
+        return MomentBlock.factorise(moment, spans: moment.spans(groupSize: groupSize), order: order,
+                                     damping: damping, forRefit: passes > 0)
     }
 }

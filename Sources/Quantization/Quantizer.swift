@@ -51,6 +51,9 @@ public struct QuantizationOptions: Sendable {
     /// as the daemon's builds do (tiny.en's moments are 11.5 MiB, which the build's peak would otherwise hold to
     /// its end). The model is the same.
     public var releasesMomentsAsUsed = false
+    /// Where the quantized layers go as they are made (nil: memory of their own). With a file, a build's resident
+    /// set holds none of the model it makes, only the chunk at work (`LayerFile`). The model is the same.
+    public var layerFile: LayerFile?
 
     /// The group size `target` gets unless told otherwise: `QuantizedMatrix.defaultGroupSize` (32), except
     /// under a budget with codes rounded to nearest, where groups of 64 save scale bytes that let the sweep keep
@@ -331,7 +334,7 @@ public enum Quantizer {
             let rowsPerChunk = options.calibrate ? layer.outFeatures
                 : max(1, options.chunkBytes / (4 * layer.inFeatures) / rowChunk) * rowChunk
             let q = try quantizeRows(of: layer, rowsPerChunk: rowsPerChunk, bits: bits, groupSize: options.groupSize,
-                                     rotated: rotated) { values, rows in
+                                     rotated: rotated, into: options.layerFile) { values, rows in
                 // The second moment's blocks are made for each chunk and handed over: no copy outlives its use.
                 if compensates, let covariance, let matrix = try ErrorCompensatedRounding(threads: options.threads).quantize(
                     values: values, outFeatures: rows.count, inFeatures: layer.inFeatures, bits: bits,
@@ -388,15 +391,31 @@ public enum Quantizer {
     /// each run of rows as float32 (`[rows.count, inFeatures]`, widened from the mapping and released after it) and
     /// returns those rows quantized; their codes and scales are laid one after the other (rows are stored in order,
     /// `QuantizedMatrix`), so only one chunk's float32 rows are held at a time. One chunk: its matrix as returned.
+    /// With `file`, the codes and scales go to it (each chunk's as it is made) and the matrix maps them.
     private static func quantizeRows(of layer: Linear, rowsPerChunk: Int, bits: Int, groupSize: Int, rotated: Bool,
+                                     into file: LayerFile?,
                                      _ quantize: (_ values: [Float], _ rows: Range<Int>) throws -> QuantizedMatrix)
         throws -> QuantizedMatrix
     {
         let out = layer.outFeatures, k = layer.inFeatures
         func rows(_ range: Range<Int>) -> [Float] { floatValues(of: layer, rows: range) }
-        if out <= rowsPerChunk { return try quantize(rows(0..<out), 0..<out) }
+        if out <= rowsPerChunk {
+            let matrix = try quantize(rows(0..<out), 0..<out)
+            return try file?.place(matrix) ?? matrix
+        }
         let packedPerRow = QuantizedMatrix.packedByteCount(outFeatures: 1, inFeatures: k, bits: bits, groupSize: groupSize)
         let scalesPerRow = QuantizedMatrix.scaleByteCount(outFeatures: 1, inFeatures: k, groupSize: groupSize)
+        if let file {
+            return try file.matrix(outFeatures: out, inFeatures: k, bits: bits, groupSize: groupSize,
+                                   rotated: rotated) { packedOffset, scalesOffset in
+                for r0 in stride(from: 0, to: out, by: rowsPerChunk) {
+                    let range = r0 ..< min(out, r0 + rowsPerChunk)
+                    let chunk = try quantize(rows(range), range)
+                    try chunk.packed.withUnsafeBytes { try file.write($0, at: packedOffset + r0 * packedPerRow) }
+                    try chunk.scales.withUnsafeBytes { try file.write($0, at: scalesOffset + r0 * scalesPerRow) }
+                }
+            }
+        }
         var scales = [UInt8](repeating: 0, count: out * scalesPerRow)
         let packed = try ByteStorage(count: out * packedPerRow) { packedBytes in
             try scales.withUnsafeMutableBytes { scaleBytes in
@@ -427,14 +446,15 @@ extension Quantizer {
 
     /// The daemon's personal model: `model` (full precision) quantized under `budget` bytes from the
     /// user's `statistics` (gathered on this model) with `personalOptions(budget:statistics:)`, on `threads`
-    /// threads (the codes do not depend on it).
+    /// threads (the codes do not depend on it), its layers written to `layerFile` when one is given.
     public static func personalise(model: WhisperModel, statistics: ActivationStatistics, budget: Int,
                                    threads: Int = ProcessInfo.processInfo.activeProcessorCount,
-                                   releasingMoments: Bool = false,
+                                   releasingMoments: Bool = false, layerFile: LayerFile? = nil,
                                    progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
         var options = personalOptions(budget: budget, statistics: statistics)
         options.threads = threads
         options.releasesMomentsAsUsed = releasingMoments
+        options.layerFile = layerFile
         return try quantize(model: model, statistics: statistics, options: options, progress: progress)
     }
 }

@@ -163,6 +163,21 @@ final class BudgetModelProviderTests: XCTestCase {
         XCTAssertNil(personal.statistics(for: "another model"))
 
         let personalised = try provide(24 * mib)
+        XCTAssertEqual(personalised.layerStorage, "memory")
+        // The daemon's provider writes the layers to an unnamed file in the state directory: the same model, mapped,
+        // and no new name in the directory.
+        let listing = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+        let mapped = try BudgetModelProvider(personalStatistics: { personal.statistics(for: $0) }, layerDirectory: directory)
+            .provide(ModelRequest(name: path, budgetBytes: 24 * mib, reloadFromDisk: false))
+        XCTAssertEqual(mapped.layerStorage, "an unnamed file in \(directory)")
+        XCTAssertEqual(mapped.layerBits, personalised.layerBits)
+        for (a, b) in zip(personalised.model.weights.linearLayers, mapped.model.weights.linearLayers) {
+            let qa = try XCTUnwrap(a.weight as? QuantizedMatrix), qb = try XCTUnwrap(b.weight as? QuantizedMatrix)
+            XCTAssertTrue(qb.packed.isMemoryMapped, a.name)
+            XCTAssertEqual(qa.packed.withUnsafeBytes { Array($0) }, qb.packed.withUnsafeBytes { Array($0) }, a.name)
+            XCTAssertEqual(qa.scales.withUnsafeBytes { Array($0) }, qb.scales.withUnsafeBytes { Array($0) }, a.name)
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory).sorted(), listing)
         XCTAssertEqual(Set(personalised.layerBits.values), [4, 5])
         XCTAssertEqual(personalised.plan, .personalised(budget: 24 * mib, samples: 1))
         XCTAssertEqual(personalised.statisticsSamples, 1)

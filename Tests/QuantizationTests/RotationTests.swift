@@ -123,7 +123,8 @@ final class RotationTests: XCTestCase {
         var h = [Double](repeating: 0, count: n * n)
         for r in 0..<rows { for i in 0..<n { for j in 0..<n { h[i * n + j] += Double(x[r * n + i] * x[r * n + j]) / Double(rows) } } }
         let rot = rotationMatrix()
-        let rh = SecondMoment.rotatedBothSides(h, n: n)
+        var rh = h
+        SecondMoment.rotateBothSides(&rh, n: n)
         for i in 0..<n {
             for j in 0..<n where (i / 32) == (j / 32) || (i + j) % 7 == 0 {
                 var e = 0.0

@@ -76,6 +76,14 @@ void mq_use_one_heap(void);
 /// read maps them again). Never call it on anonymous memory: its contents would be lost.
 void mq_release_mapped_pages(const void *start, size_t length, const void *mapping, size_t mappingLength);
 
+/// Opens a new file with no name in `directory` for reading and writing (O_TMPFILE; where the filesystem has
+/// no O_TMPFILE, a file made with mkostemp and unlinked at once): it is gone when its last descriptor and
+/// mapping are. Returns the descriptor (close-on-exec), or -1 with errno set.
+int mq_open_unnamed_file(const char *directory);
+
+/// 1 if the file behind `fd` lives in memory (tmpfs or ramfs), 0 if not, -1 with errno set on error.
+int mq_is_in_memory_file(int fd);
+
 /// The spans of a file `mq_release_mapped_pages` releases whole, in bytes: the largest folio the page cache
 /// maps at once on x86-64 (2 MiB).
 #define MQ_RELEASE_SPAN 2097152
