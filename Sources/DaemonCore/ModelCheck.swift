@@ -116,6 +116,11 @@ public struct ModelCheck: Sendable {
     public func check(_ candidate: WhisperModel, against reference: ReferenceDistributions) throws -> CheckReport {
         let recognizer = try SpeechRecognizer(model: candidate, threads: threads)
         let audio = recognizer.encodeFirstWindow(samples: Self.probe, window: reference.window)
+        // The candidate's encoder is read once here; where its layers are a file's (the daemon's builds, `LayerFile`)
+        // their pages leave the resident set for the decoding, which reads the rest, beside the model in service.
+        for layer in candidate.weights.linearLayers where layer.name.hasPrefix("encoder/") {
+            layer.weight.releaseResidentPages()
+        }
         let divergence = recognizer.divergence(from: reference, audio: audio)
         let produced = try recognizer.greedyTokens(audio: audio, maxTokens: Self.positions)
         let endOfText = candidate.tokenizer.specials.endOfText

@@ -284,6 +284,13 @@ public struct QuantizedMatrix: WeightMatrix {
         self.rotated = rotated
     }
 
+    /// Takes the codes' and scales' pages out of the resident set when they are mapped from a file (`LayerFile`, a
+    /// `.myq` file); the next product reads them again.
+    public func releaseResidentPages() {
+        packed.releaseResidentPages()
+        scales.releaseResidentPages()
+    }
+
     /// The same matrix with another activation precision for small products.
     public func withActivationPrecision(_ precision: ActivationPrecision) -> QuantizedMatrix {
         var copy = self

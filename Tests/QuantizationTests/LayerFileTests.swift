@@ -67,10 +67,46 @@ final class LayerFileTests: XCTestCase {
         }
     }
 
+    /// A placed matrix's pages leave the resident set on `releaseResidentPages` and come back, unchanged, when read.
+    func testReleasedPagesAreReadAgain() throws {
+        let file = try XCTUnwrap(LayerFile.open(directory: directory))
+        var rng = ActivationStatisticsTests.Rng(state: 11)
+        let values = (0..<(256 * 512)).map { _ in rng.normal() }
+        let matrix = try QuantizedMatrix(quantizing: values, outFeatures: 256, inFeatures: 512, bits: 4, groupSize: 32)
+        let placed = try file.place(matrix)
+        let expected = matrix.dequantized()
+        XCTAssertEqual(placed.dequantized(), expected)
+        let address = UInt(bitPattern: Int(bitPattern: placed.packed.baseAddress))
+        XCTAssertEqual(Self.residentKiB(ofMappingAt: address), (placed.packed.count + placed.scales.count + 4095) / 4096 * 4)
+        placed.releaseResidentPages()
+        XCTAssertEqual(Self.residentKiB(ofMappingAt: address), 0)
+        XCTAssertEqual(placed.dequantized(), expected)
+        matrix.releaseResidentPages()   // its own memory: nothing happens to it
+        XCTAssertEqual(matrix.dequantized(), expected)
+    }
+
+    /// Rss of the mapping that holds `address` (/proc/self/smaps), in KiB.
+    private static func residentKiB(ofMappingAt address: UInt) -> Int? {
+        // Read to the end (a /proc file's size shows as 0).
+        guard let handle = FileHandle(forReadingAtPath: "/proc/self/smaps") else { return nil }
+        let smaps = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+        var inside = false
+        for line in smaps.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if let range = fields.first, range.contains("-"), !range.hasSuffix(":") {
+                let bounds = range.split(separator: "-").compactMap { UInt($0, radix: 16) }
+                inside = bounds.count == 2 && bounds[0] <= address && address < bounds[1]
+            } else if inside, fields.first == "Rss:", fields.count > 1 {
+                return Int(fields[1])
+            }
+        }
+        return nil
+    }
+
     /// No file for a directory in memory (its pages would be memory all the same); a clear error for one that is
     /// not there.
     func testMemoryDirectoriesAreRefusedAndMissingOnesNamed() throws {
-        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        let mounts = FileHandle(forReadingAtPath: "/proc/self/mounts").map { String(decoding: $0.readDataToEndOfFile(), as: UTF8.self) } ?? ""
         if mounts.split(separator: "\n").contains(where: { $0.hasPrefix("tmpfs /dev/shm tmpfs ") }) {
             XCTAssertNil(try LayerFile.open(directory: "/dev/shm"))
         }

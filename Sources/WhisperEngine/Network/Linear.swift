@@ -13,6 +13,14 @@ public protocol WeightMatrix: Sendable {
     func multiply(_ x: UnsafePointer<Float>, rows m: Int, threads: Int, into y: UnsafeMutablePointer<Float>)
     /// Copies row `index` of W, as floats, into `out[inFeatures]` (the embedding lookup).
     func copyRow(_ index: Int, into out: UnsafeMutablePointer<Float>)
+    /// Takes W's pages out of the resident set where they are a mapped file's (read again when next used);
+    /// nothing for memory of its own.
+    func releaseResidentPages()
+}
+
+extension WeightMatrix {
+    /// Memory of its own: nothing to release.
+    public func releaseResidentPages() {}
 }
 
 /// A float32 weight matrix multiplied through OpenBLAS.
