@@ -51,6 +51,56 @@ final class BudgetModelProviderTests: XCTestCase {
         XCTAssertEqual(try plan(nil, 3), .float)
     }
 
+    /// A layer directory that cannot take the file keeps the layers in memory and says why, whether the file cannot
+    /// be made (no such directory), would be memory anyway (tmpfs), or cannot be written to its end (here a file
+    /// size limit; a full disk alike): the model is then built again in memory, the same model.
+    func testLayersStayInMemoryWhereTheFileCannotTakeThem() throws {
+        let path = try Fixtures.tinyModel()
+        func provide(_ directory: String) throws -> ProvidedModel {
+            try BudgetModelProvider(layerDirectory: directory)
+                .provide(ModelRequest(name: path, budgetBytes: 24 * mib, reloadFromDisk: true))
+        }
+        func mapped(_ provided: ProvidedModel) -> Bool {
+            provided.model.weights.linearLayers.contains { ($0.weight as? QuantizedMatrix)?.packed.isMemoryMapped == true }
+        }
+        let absent = NSTemporaryDirectory() + "myqasr-absent-\(UUID().uuidString)"
+        let inMemory = try provide(absent)
+        XCTAssertTrue(inMemory.layerStorage.hasPrefix("memory (cannot make a file for the model's layers in \(absent)"),
+                      inMemory.layerStorage)
+        XCTAssertFalse(mapped(inMemory))
+
+        let directory = NSTemporaryDirectory() + "myqasr-layers-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // Files of this process may not grow past 1 MiB for the build (writes past it fail with EFBIG; SIGXFSZ, which
+        // would end the process, is ignored meanwhile).
+        var saved = rlimit(), limited = rlimit(rlim_cur: 1 << 20, rlim_max: 0)
+        getrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &saved)
+        limited.rlim_max = saved.rlim_max
+        let previous = signal(SIGXFSZ, SIG_IGN)
+        guard setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &limited) == 0 else {
+            return XCTFail("cannot lower RLIMIT_FSIZE: errno \(errno)")
+        }
+        let rebuilt: ProvidedModel
+        do {
+            defer {
+                setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &saved)
+                signal(SIGXFSZ, previous)
+            }
+            rebuilt = try provide(directory)
+        }
+        XCTAssertTrue(rebuilt.layerStorage.hasPrefix("memory (cannot write the model's layers to a file in \(directory)"),
+                      rebuilt.layerStorage)
+        XCTAssertFalse(mapped(rebuilt))
+        for (a, b) in zip(inMemory.model.weights.linearLayers, rebuilt.model.weights.linearLayers) {
+            let qa = try XCTUnwrap(a.weight as? QuantizedMatrix), qb = try XCTUnwrap(b.weight as? QuantizedMatrix)
+            XCTAssertEqual(qa.packed.withUnsafeBytes { Array($0) }, qb.packed.withUnsafeBytes { Array($0) }, a.name)
+        }
+        let written = try provide(directory)
+        XCTAssertEqual(written.layerStorage, "an unnamed file in \(directory)")
+        XCTAssertTrue(mapped(written))
+    }
+
     /// tiny.en: no budget serves float; 24 MiB serves every layer at 4 bits within the budget and still
     /// recognises JFK; a budget at exactly the 5-bit size gets 5 bits; a change that keeps the width reuses the
     /// model; a budget below the 2-bit size is refused with that size.
