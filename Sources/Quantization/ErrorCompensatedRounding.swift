@@ -110,8 +110,6 @@ public struct ErrorCompensatedRounding: Sendable {
         guard secondMoment.width == n else {
             throw QuantizedMatrixError.valueCount(expected: n, actual: secondMoment.width)
         }
-        // A rotated matrix's rows are rotated a chunk at a time below, into each worker's scratch: a rotated copy of
-        // the whole was as large as the values (4 MiB for a chunk of the token embedding, at a build's peak).
         guard let blocks = factorise(consume secondMoment, groupSize: groupSize, rows: rows, rotated: rotated) else { return nil }
         let groups = (n + groupSize - 1) / groupSize
         let rowCodes = groups * groupSize   // whole groups are whole 32-code blocks
@@ -129,7 +127,9 @@ public struct ErrorCompensatedRounding: Sendable {
                                                          batch: batch, maxRows: Self.rowChunk)
                         var refit = passes > 0 ? ScaleRefit(blocks: blocks, n: n, groupSize: groupSize,
                                                             maxRows: Self.rowChunk) : nil
-                        // [rowChunk, n]: the chunk's rows rotated (rotated matrices only).
+                        // [rowChunk, n]: the chunk's rows rotated (rotated matrices only), a chunk at a time: a rotated
+                        // copy of the whole was as large as the values (4 MiB for a chunk of the token embedding, at a
+                        // build's peak).
                         let rotatedRows = UnsafeMutablePointer<Float>.allocate(capacity: rotated ? Self.rowChunk * n : 0)
                         defer { rotatedRows.deallocate() }
                         for chunk in stride(from: worker, to: chunks, by: workers) {

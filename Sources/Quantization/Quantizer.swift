@@ -405,12 +405,17 @@ public enum Quantizer {
         }
         let packedPerRow = QuantizedMatrix.packedByteCount(outFeatures: 1, inFeatures: k, bits: bits, groupSize: groupSize)
         let scalesPerRow = QuantizedMatrix.scaleByteCount(outFeatures: 1, inFeatures: k, groupSize: groupSize)
+        // Each chunk quantized in turn and handed to `store` with its first row.
+        func eachChunk(_ store: (_ chunk: QuantizedMatrix, _ firstRow: Int) throws -> Void) throws {
+            for r0 in stride(from: 0, to: out, by: rowsPerChunk) {
+                let range = r0 ..< min(out, r0 + rowsPerChunk)
+                try store(try quantize(rows(range), range), r0)
+            }
+        }
         if let file {
             return try file.matrix(outFeatures: out, inFeatures: k, bits: bits, groupSize: groupSize,
                                    rotated: rotated) { packedOffset, scalesOffset in
-                for r0 in stride(from: 0, to: out, by: rowsPerChunk) {
-                    let range = r0 ..< min(out, r0 + rowsPerChunk)
-                    let chunk = try quantize(rows(range), range)
+                try eachChunk { chunk, r0 in
                     try chunk.packed.withUnsafeBytes { try file.write($0, at: packedOffset + r0 * packedPerRow) }
                     try chunk.scales.withUnsafeBytes { try file.write($0, at: scalesOffset + r0 * scalesPerRow) }
                 }
@@ -419,9 +424,7 @@ public enum Quantizer {
         var scales = [UInt8](repeating: 0, count: out * scalesPerRow)
         let packed = try ByteStorage(count: out * packedPerRow) { packedBytes in
             try scales.withUnsafeMutableBytes { scaleBytes in
-                for r0 in stride(from: 0, to: out, by: rowsPerChunk) {
-                    let range = r0 ..< min(out, r0 + rowsPerChunk)
-                    let chunk = try quantize(rows(range), range)
+                try eachChunk { chunk, r0 in
                     chunk.packed.withUnsafeBytes {
                         (packedBytes.baseAddress! + r0 * packedPerRow).copyMemory(from: $0.baseAddress!, byteCount: $0.count)
                     }

@@ -323,28 +323,19 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
     /// A layer quantized a bounded run of rows at a time (`QuantizationOptions.chunkBytes`: how the daemon's build
     /// reads the token embedding) gets the same codes and scales as in one piece, rounded to nearest or compensated.
     func testLayersQuantizedInRunsOfRowsAreTheSame() throws {
-        let weights = QuantizerTests.randomWeights()
-        let covariance = InputCovariance()
-        QuantizerTests.run(weights, observer: covariance, utterances: 3)
+        let (weights, covariance) = QuantizerTests.weightsWithMoments()
         for rounding in [RoundingMethod.nearest, .compensated] {
             let whole = QuantizationOptions(target: .uniform(bits: 3), groupSize: 32, rounding: rounding)
             var chunked = whole
             chunked.chunkBytes = 7 * 4 * 64   // 7 rows, rounded up to one chunk of 128: the 256-row layers in two
             let a = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: whole, covariance: covariance)
             let b = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: chunked, covariance: covariance)
-            for (x, y) in zip(a.weights.linearLayers, b.weights.linearLayers) {
-                let p = x.weight as! QuantizedMatrix, q = y.weight as! QuantizedMatrix
-                XCTAssertEqual(p.codes(), q.codes(), "\(rounding) \(x.name)")
-                XCTAssertEqual(p.scaleValues(), q.scaleValues(), "\(rounding) \(x.name)")
-                XCTAssertEqual(p.rotated, q.rotated)
-            }
+            try QuantizerTests.assertSameLayers(a.weights, b.weights, "\(rounding)")
         }
     }
 
     func testPipelineUsesCompensationOnlyWithSecondMoments() throws {
-        let weights = QuantizerTests.randomWeights()
-        let covariance = InputCovariance()
-        QuantizerTests.run(weights, observer: covariance, utterances: 3)
+        let (weights, covariance) = QuantizerTests.weightsWithMoments()
         let options = QuantizationOptions(target: .uniform(bits: 3), groupSize: 32, rounding: .compensated)
         XCTAssertThrowsError(try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: options)) {
             XCTAssertEqual($0 as? QuantizerError, .covarianceRequired)
@@ -375,9 +366,7 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
     /// builds): the same codes, and no moment left at the end; the shared cross-attention key/value moment stays
     /// until the last decoder block's projection has read it.
     func testReleasingMomentsAsUsedGivesTheSameModel() throws {
-        let weights = QuantizerTests.randomWeights()
-        let covariance = InputCovariance()
-        QuantizerTests.run(weights, observer: covariance, utterances: 3)
+        let (weights, covariance) = QuantizerTests.weightsWithMoments()
         XCTAssertFalse(covariance.layerNames.isEmpty)
         var options = QuantizationOptions(target: .uniform(bits: 3), groupSize: 32, rounding: .compensated)
         let kept = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: options,
@@ -387,10 +376,6 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
         let released = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: options,
                                               covariance: covariance)
         XCTAssertEqual(covariance.layerNames, [])
-        for (a, b) in zip(kept.weights.linearLayers, released.weights.linearLayers) {
-            let qa = try XCTUnwrap(a.weight as? QuantizedMatrix), qb = try XCTUnwrap(b.weight as? QuantizedMatrix)
-            XCTAssertEqual(qa.codes(), qb.codes(), a.name)
-            XCTAssertEqual(qa.scales.withUnsafeBytes { Array($0) }, qb.scales.withUnsafeBytes { Array($0) }, a.name)
-        }
+        try QuantizerTests.assertSameLayers(kept.weights, released.weights)
     }
 }

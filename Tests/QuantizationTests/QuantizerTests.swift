@@ -55,6 +55,31 @@ final class QuantizerTests: XCTestCase {
         }
     }
 
+    /// The random network with the input second moments of three random utterances through it.
+    static func weightsWithMoments() -> (weights: WhisperWeights, covariance: InputCovariance) {
+        let weights = randomWeights()
+        let covariance = InputCovariance()
+        run(weights, observer: covariance, utterances: 3)
+        return (weights, covariance)
+    }
+
+    /// Asserts that two quantized networks hold the same layers: widths, packed codes and scales to the byte, and
+    /// rotation.
+    static func assertSameLayers(_ a: WhisperWeights, _ b: WhisperWeights, _ context: String = "",
+                                 file: StaticString = #filePath, line: UInt = #line) throws {
+        XCTAssertEqual(a.linearLayers.map(\.name), b.linearLayers.map(\.name), file: file, line: line)
+        for (x, y) in zip(a.linearLayers, b.linearLayers) {
+            let p = try XCTUnwrap(x.weight as? QuantizedMatrix, file: file, line: line)
+            let q = try XCTUnwrap(y.weight as? QuantizedMatrix, file: file, line: line)
+            let what = "\(context) \(x.name)"
+            XCTAssertEqual(p.bits, q.bits, what, file: file, line: line)
+            XCTAssertEqual(p.codes(), q.codes(), what, file: file, line: line)
+            XCTAssertEqual(p.packed.withUnsafeBytes { Array($0) }, q.packed.withUnsafeBytes { Array($0) }, what, file: file, line: line)
+            XCTAssertEqual(p.scales.withUnsafeBytes { Array($0) }, q.scales.withUnsafeBytes { Array($0) }, what, file: file, line: line)
+            XCTAssertEqual(p.rotated, q.rotated, what, file: file, line: line)
+        }
+    }
+
     static func statistics(for weights: WhisperWeights, name: String = "syn") -> ActivationStatistics {
         let stats = ActivationStatistics(modelIdentity: ModelIdentity.of(name: name, weights: weights))
         run(weights, observer: stats, utterances: 3, statistics: stats)
