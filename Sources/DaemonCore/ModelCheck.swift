@@ -123,6 +123,7 @@ public struct ModelCheck: Sendable {
         }
         let divergence = recognizer.divergence(from: reference, audio: audio)
         let produced = try recognizer.greedyTokens(audio: audio, maxTokens: Self.positions)
+        candidate.weights.releaseResidentPages()   // until it serves, or is measured in shadow
         let endOfText = candidate.tokenizer.specials.endOfText
         func text(_ tokens: ArraySlice<Int>) -> Int { tokens.filter { $0 < endOfText }.count }
         return CheckReport(divergence: divergence.meanKL, agreement: divergence.topOneAgreement,

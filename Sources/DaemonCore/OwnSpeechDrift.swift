@@ -20,8 +20,9 @@ public enum OwnSpeechDrift {
         let reference = try SpeechRecognizer(model: fullPrecision, threads: 1)
             .referenceDistributions(samples: samples, maxTokens: positions, window: .ownFrames)
         let servedDrift = try SpeechRecognizer(model: served, threads: 1).divergence(from: reference, samples: samples)
-        let candidateDrift = try candidate.map {
-            try SpeechRecognizer(model: $0, threads: 1).divergence(from: reference, samples: samples)
+        let candidateDrift = try candidate.map { model in
+            defer { model.weights.releaseResidentPages() }   // it serves nobody until it is promoted
+            return try SpeechRecognizer(model: model, threads: 1).divergence(from: reference, samples: samples)
         }
         return (servedDrift, candidateDrift)
     }

@@ -142,7 +142,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     private func run(_ copy: SampleCopy, served: WhisperModel, epoch startEpoch: Int) {
         queue.async { [self] in
             BackgroundWork.inTurn {
-                gather(samples: copy.values, served: served, epoch: startEpoch)
+                pass(samples: copy.values, served: served, epoch: startEpoch)
                 copy.wipe()
                 WhisperModel.releaseFreedMemory()   // the pass's activations and caches
             }
@@ -229,15 +229,27 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         }
     }
 
-    private func gather(samples: [Float], served: WhisperModel, epoch startEpoch: Int) {
+    /// One utterance's pass: its statistics gathered and merged, then what else runs on it (`duringPass`), which
+    /// starts once the pass's sums and the merged statistics have left memory.
+    private func pass(samples: [Float], served: WhisperModel, epoch startEpoch: Int) {
+        guard let (model, identity, quantized) = fullPrecision(behind: served),
+              gather(samples: samples, model: model, identity: identity, quantized: quantized, epoch: startEpoch)
+        else { return }
+        WhisperModel.releaseFreedMemory()
+        if let also = locked({ alsoDuringPass }) { also(samples, model, served) }
+    }
+
+    /// Gathers `samples`' statistics on the full-precision `model` and merges them into the kept ones; false when
+    /// the pass failed or was dropped (forgotten meanwhile).
+    private func gather(samples: [Float], model: WhisperModel, identity: String, quantized: Bool,
+                        epoch startEpoch: Int) -> Bool {
         let started = DispatchTime.now()
-        guard let (model, identity, quantized) = fullPrecision(behind: served) else { return }
         let pass: ActivationStatistics
         do {
             pass = try StatisticsPass.run(model: model, identity: identity, samples: samples).statistics
         } catch {
             logger.error("statistics pass failed: \(error)")
-            return
+            return false
         }
         // The statistics so far: in memory, or read from their file (passes run one at a time, so no other pass
         // writes it meanwhile; a `forget` meanwhile changes the epoch, and this pass is dropped).
@@ -254,7 +266,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         }
         guard let (merged, notify) = merged else {
             logger.info("statistics pass dropped: the statistics were forgotten while it ran")
-            return
+            return false
         }
         if let path {
             do {
@@ -275,7 +287,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
         ])
         notify?(merged.sampleCount)
-        if let also = locked({ alsoDuringPass }) { also(samples, model, served) }
+        return true
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {

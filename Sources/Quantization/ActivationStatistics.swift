@@ -364,6 +364,7 @@ public final class ActivationStatistics: ActivationObserver, @unchecked Sendable
     /// Adds everything `other` holds (another utterance, another session) to this set.
     /// Throws if `other` comes from another model, disagrees on a layer's shape, or keeps
     /// second moments when this set does or the other way round (nothing is merged then).
+    /// `other`'s second moments move here (`InputCovariance.merge`): it holds none afterwards.
     public func merge(_ other: ActivationStatistics) throws {
         guard other.modelIdentity == modelIdentity else {
             throw ActivationStatisticsError.modelMismatch(expected: modelIdentity, found: other.modelIdentity)

@@ -351,11 +351,19 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     /// Folds `other` (another pass, another session; the same block size) into this object's
     /// kept form, weighted by row counts, with `other` weighing at least `leastMergedShare`; this object's
     /// own pending rows are folded in too. A layer whose width differs is left as it is.
+    ///
+    /// `other`'s moments are moved, not copied: each key leaves `other` as it is folded in, so a pass's
+    /// float sums (tiny.en: about 18 MB, the decoder's made from its buffered rows here) and the kept form
+    /// they go into are never both whole in memory.
     public func merge(_ other: InputCovariance) {
         guard other !== self else { return }
         precondition(other.blockSize == blockSize, "InputCovariance.merge: block sizes differ")
         for name in other.layerNames {
-            guard let theirs = other.locked({ other.packedMeans(name) }) else { continue }
+            let taken = other.locked { () -> (width: Int, rows: UInt64, means: [Double])? in
+                defer { other.entries[name] = nil }
+                return other.packedMeans(name)
+            }
+            guard let theirs = taken else { continue }
             locked {
                 var width = theirs.width, rows = theirs.rows, means = theirs.means
                 if let mine = packedMeans(name) {

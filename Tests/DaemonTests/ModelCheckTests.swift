@@ -42,4 +42,27 @@ final class ModelCheckTests: XCTestCase {
         XCTAssertEqual(twoBits.producedTokens, 0)
         XCTAssertTrue(twoBits.failure?.contains("decodes nothing") == true, "\(twoBits)")
     }
+
+    /// A candidate whose layers are a file's (as the daemon builds them, `LayerFile`) holds none of them resident
+    /// once checked, nor after each measurement in shadow: until it serves, it waits in the page cache, not beside
+    /// the model in service.
+    func testACandidateWaitsWithNoLayerResident() throws {
+        let float = try WhisperModel.load(try Fixtures.tinyModel())
+        let directory = NSTemporaryDirectory() + "myqasr-check-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var options = QuantizationOptions(target: .uniform(bits: 4), groupSize: 32, calibrate: false)
+        options.layerFile = try XCTUnwrap(LayerFile.open(directory: directory))
+        let candidate = float.withWeights(try Quantizer.quantize(model: float, statistics: nil, options: options).weights)
+        let layers = try candidate.weights.linearLayers.map { try XCTUnwrap($0.weight as? QuantizedMatrix) }
+        func residentKiB() -> Int { layers.reduce(0) { $0 + (ResidentPages.kib(ofMappingAt: $1.packed.baseAddress) ?? 0) } }
+
+        let check = ModelCheck(threads: 2)
+        XCTAssertTrue(try check.check(candidate, against: check.reference(fullPrecision: float)).passed)
+        XCTAssertEqual(residentKiB(), 0, "after the check")
+        let drift = try OwnSpeechDrift.measure(samples: try loadAudio(path: try Fixtures.sample("jfk.wav")),
+                                               fullPrecision: float, served: float, candidate: candidate)
+        XCTAssertGreaterThan(try XCTUnwrap(drift.candidate).positions, 0, "the candidate was read")
+        XCTAssertEqual(residentKiB(), 0, "after a measurement in shadow")
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import WhisperEngine
 import XCTest
 @testable import Quantization
@@ -72,31 +73,13 @@ final class LayerFileTests: XCTestCase {
         let placed = try file.place(matrix)
         let expected = matrix.dequantized()
         XCTAssertEqual(placed.dequantized(), expected)
-        let address = UInt(bitPattern: Int(bitPattern: placed.packed.baseAddress))
-        XCTAssertEqual(Self.residentKiB(ofMappingAt: address), (placed.packed.count + placed.scales.count + 4095) / 4096 * 4)
+        let address = placed.packed.baseAddress
+        XCTAssertEqual(ResidentPages.kib(ofMappingAt: address), (placed.packed.count + placed.scales.count + 4095) / 4096 * 4)
         placed.releaseResidentPages()
-        XCTAssertEqual(Self.residentKiB(ofMappingAt: address), 0)
+        XCTAssertEqual(ResidentPages.kib(ofMappingAt: address), 0)
         XCTAssertEqual(placed.dequantized(), expected)
         matrix.releaseResidentPages()   // its own memory: nothing happens to it
         XCTAssertEqual(matrix.dequantized(), expected)
-    }
-
-    /// Rss of the mapping that holds `address` (/proc/self/smaps), in KiB.
-    private static func residentKiB(ofMappingAt address: UInt) -> Int? {
-        // Read to the end (a /proc file's size shows as 0).
-        guard let handle = FileHandle(forReadingAtPath: "/proc/self/smaps") else { return nil }
-        let smaps = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-        var inside = false
-        for line in smaps.split(separator: "\n") {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            if let range = fields.first, range.contains("-"), !range.hasSuffix(":") {
-                let bounds = range.split(separator: "-").compactMap { UInt($0, radix: 16) }
-                inside = bounds.count == 2 && bounds[0] <= address && address < bounds[1]
-            } else if inside, fields.first == "Rss:", fields.count > 1 {
-                return Int(fields[1])
-            }
-        }
-        return nil
     }
 
     /// No file for a directory in memory (its pages would be memory all the same); a clear error for one that is

@@ -77,6 +77,7 @@ final class SecondMomentTests: XCTestCase {
             let pass = InputCovariance(blockSize: 64)
             observe(pass, "l", Array(all[(p * perPass * width)..<((p + 1) * perPass * width)]), rows: perPass)
             kept.merge(pass)
+            XCTAssertEqual(pass.layerNames, [], "the pass's moments moved into the kept ones, not copied")
         }
         XCTAssertEqual(kept.rows(of: "l"), passes * perPass)
         let a = try XCTUnwrap(kept.secondMoment(of: "l")), b = try XCTUnwrap(oneGo.secondMoment(of: "l"))
@@ -220,6 +221,7 @@ final class StatisticsSecondMomentTests: XCTestCase {
         let rowsA = try XCTUnwrap(a.secondMoments?.rows(of: layer)), rowsB = try XCTUnwrap(b.secondMoments?.rows(of: layer))
         try a.merge(b)
         XCTAssertEqual(a.secondMoments?.rows(of: layer), rowsA + rowsB)
+        XCTAssertEqual(b.secondMoments?.layerNames, [], "moved, not copied")
         let plain = ActivationStatistics(modelIdentity: a.modelIdentity)
         XCTAssertThrowsError(try a.merge(plain)) {
             XCTAssertEqual($0 as? ActivationStatisticsError, .secondMomentsMismatch(expected: true))

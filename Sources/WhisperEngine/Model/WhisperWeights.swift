@@ -115,6 +115,13 @@ public final class WhisperWeights: @unchecked Sendable {
         return all
     }
 
+    /// Takes every layer's matrix out of the resident set where it is a mapped file's
+    /// (`WeightMatrix.releaseResidentPages`; read again from the page cache when next used): for a model
+    /// that waits between uses beside the one in service, such as a candidate in shadow.
+    public func releaseResidentPages() {
+        for layer in linearLayers { layer.weight.releaseResidentPages() }
+    }
+
     /// Bytes held by all weights, biases, norms and position tables.
     public var byteSize: Int {
         let floatBytes = MemoryLayout<Float>.size
