@@ -186,15 +186,20 @@ public final class ModelStore: @unchecked Sendable {  // @unchecked: `entry` and
         lock.unlock()
     }
 
-    /// Puts `provided` into service and tells the observers; returns the new entry.
+    /// Puts `provided` into service and tells the observers; returns the new entry. The model leaving service hands
+    /// its layer pages back where they are a file's (`WhisperWeights.releaseResidentPages`): a transcription or a
+    /// statistics pass that still holds it reads them again from the page cache, and two models are not both
+    /// resident meanwhile.
     @discardableResult
     public func swap(to provided: ProvidedModel, target: ModelTarget, reason: ModelChangeReason, check: CheckReport?) -> Entry {
         lock.lock()
         let new = Entry(generation: (entry?.generation ?? 0) + 1, provided: provided, target: target, reason: reason,
                         check: check, since: Date())
+        let old = entry
         entry = new
         let observers = self.observers
         lock.unlock()
+        if let leaving = old?.provided.model, leaving !== provided.model { leaving.weights.releaseResidentPages() }
         for observer in observers { observer(new) }
         return new
     }

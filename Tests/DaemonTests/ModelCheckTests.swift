@@ -45,7 +45,7 @@ final class ModelCheckTests: XCTestCase {
 
     /// A candidate whose layers are a file's (as the daemon builds them, `LayerFile`) holds none of them resident
     /// once checked, nor after each measurement in shadow: until it serves, it waits in the page cache, not beside
-    /// the model in service.
+    /// the model in service. Nor once it leaves service, whoever still holds it.
     func testACandidateWaitsWithNoLayerResident() throws {
         let float = try WhisperModel.load(try Fixtures.tinyModel())
         let directory = NSTemporaryDirectory() + "myqasr-check-\(UUID().uuidString)"
@@ -64,5 +64,18 @@ final class ModelCheckTests: XCTestCase {
                                                fullPrecision: float, served: float, candidate: candidate)
         XCTAssertGreaterThan(try XCTUnwrap(drift.candidate).positions, 0, "the candidate was read")
         XCTAssertEqual(residentKiB(), 0, "after a measurement in shadow")
+
+        let store = ModelStore(), target = ModelTarget(source: "tiny.en", budget: Budget(bytes: nil, origin: .configuration))
+        func serve(_ model: WhisperModel) {
+            let bits = Dictionary(uniqueKeysWithValues: model.weights.linearLayers.map { ($0.name, 4) })
+            store.swap(to: ProvidedModel(model: model, layerBits: bits, weightBytes: model.weights.byteSize, budgetMet: true,
+                                         plan: .uniform(bits: 4), statisticsSamples: 0),
+                       target: target, reason: .start, check: nil)
+        }
+        serve(candidate)
+        _ = try SpeechRecognizer(model: candidate, threads: 2).transcribe(samples: try loadAudio(path: try Fixtures.sample("jfk.wav")))
+        XCTAssertGreaterThan(residentKiB(), 0, "serving reads its layers")
+        serve(float)
+        XCTAssertEqual(residentKiB(), 0, "after it left service")
     }
 }
