@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import WhisperEngine
 
@@ -351,6 +352,9 @@ public enum Quantizer {
             replacements[layer.name] = q
             if options.releasesMomentsAsUsed, let covariance, lastReader[InputCovariance.key(for: layer.name)] == i {
                 covariance.release(layer.name)
+                // The moment's pages (and the layer's scratch) back to the system now: the C heap would keep them,
+                // and the build would stay as large as the statistics it started with.
+                mq_release_free_heap()
             }
             let meanRatio = ratios.reduce(0, +) / Float(ratios.count)
             let report = QuantizedLayerReport(
