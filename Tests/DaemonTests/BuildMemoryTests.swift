@@ -85,34 +85,18 @@ final class BuildMemoryTests: XCTestCase {
         // What the daemon does once a model is built (`ModelService`): the pages of code that loading and quantizing
         // ran go back before the check, whose passes then run with their code mapped again.
         let executable = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).resolvingSymlinksInPath().path
-        let codeBefore = Self.mappedResident(suffix: executable, readOnly: true)
+        let codeBefore = ResidentPages.bytes(ofFilesEndingWith: executable, readOnly: true)
         WhisperModel.releaseFreedMemory()
-        let codeAfter = Self.mappedResident(suffix: executable, readOnly: true)
+        let codeAfter = ResidentPages.bytes(ofFilesEndingWith: executable, readOnly: true)
         let report = try XCTUnwrap(ModelCheck(threads: 1).check(candidate))
         XCTAssertTrue(report.passed, "\(report)")
         let checked = Self.status("VmHWM")
-        let file = Self.mappedResident(suffix: "/model.bin")
+        let file = ResidentPages.bytes(ofFilesEndingWith: "/model.bin")
         candidate.fullPrecision = nil
         let inFile = candidate.provided.layerStorage.hasPrefix("an unnamed file") ? 1 : 0
         print("build-memory weights=\(candidate.provided.weightBytes) before=\(before) built=\(built - before) "
               + "growth=\(checked - before) file=\(file) code-before=\(codeBefore) code-after=\(codeAfter) "
               + "layers-in-file=\(inFile)")
-    }
-
-    /// Resident bytes of the mappings of files whose path ends with `suffix` (/proc/self/smaps); with `readOnly`,
-    /// of those not writable only (code and constants).
-    private static func mappedResident(suffix: String, readOnly: Bool = false) -> Int {
-        guard let smaps = FileHandle(forReadingAtPath: "/proc/self/smaps") else { return 0 }
-        var inside = false, total = 0
-        for line in String(decoding: smaps.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n") {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            if fields.count >= 5, fields[0].contains("-"), !fields[0].hasSuffix(":") {   // a mapping's header
-                inside = line.hasSuffix(suffix) && !(readOnly && fields[1].contains("w"))
-            } else if inside, fields.first == "Rss:", fields.count > 1 {
-                total += (Int(fields[1]) ?? 0) * 1024
-            }
-        }
-        return total
     }
 
     /// A /proc/self/status field in bytes.
