@@ -430,6 +430,16 @@ static int cpu_best_kernel(void) {
 #endif
 }
 
+int mq_cpu_vector_width(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512cd")) return 512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 256;
+#endif
+    return 0;
+}
+
 // -1: not chosen yet. Written with the same value by any thread that races here: atomics, so that is defined
 // (ThreadSanitizer reported the plain form).
 static _Atomic int q8_kernel = -1;

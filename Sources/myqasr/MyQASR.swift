@@ -1,4 +1,5 @@
 import ArgumentParser
+import WhisperEngine
 
 /// `myqasr`: the offline tool. Transcribes files with a local Whisper model.
 @main
@@ -12,4 +13,10 @@ struct MyQASR: ParsableCommand {
             """,
         subcommands: [Transcribe.self, Stats.self, Quantize.self, Inspect.self, Eval.self, Compare.self]
     )
+
+    /// ArgumentParser's entry point, once OpenBLAS's kernels for this CPU are chosen (may run the executable again).
+    static func main() {
+        OpenBLASCore.chooseForThisCPU()
+        main(nil)
+    }
 }

@@ -50,8 +50,10 @@ struct MyQASRDaemon: AsyncParsableCommand {
     @Flag(name: .long, help: "Check the configuration, the model and the memory budget as start-up does, print the settings, and exit.")
     var checkConfig = false
 
-    /// ArgumentParser's entry point, after one thing that must come before any other thread exists.
+    /// ArgumentParser's entry point, after two things that must come before any other thread exists.
     static func main() async {
+        // OpenBLAS's kernels for this CPU (may run the executable again).
+        OpenBLASCore.chooseForThisCPU()
         // One C heap for every thread, which idle trims can return in full (`mq_use_one_heap`).
         WhisperModel.useOneHeap()
         do {
@@ -99,6 +101,7 @@ struct MyQASRDaemon: AsyncParsableCommand {
             print("model \(loaded.model), threads \(loaded.threads), budget \(loaded.memoryBudgetAuto ? "auto" : loaded.memoryBudget.map(ByteSize.format) ?? "none")")
             print("control socket \(loaded.controlSocketPath())")
             print("capture \(loaded.captureEnabled ? loaded.captureDevice : "off")")
+            print("openblas kernels \(OpenBLASCore.name)")
             return
         }
 
@@ -106,7 +109,8 @@ struct MyQASRDaemon: AsyncParsableCommand {
         LoggingSystem.bootstrap { label in DaemonLogHandler(label: label, level: level) }
         var logger = Logger(label: "myqasrd")
         logger.logLevel = level
-        logger.info("starting", metadata: ["config": "\(path ?? "(defaults)")", "pid": "\(getpid())"])
+        logger.info("starting", metadata: ["config": "\(path ?? "(defaults)")", "pid": "\(getpid())",
+                                          "openblas": "\(OpenBLASCore.name)"])
         if dumps.dumpable || dumps.coreLimit != 0 {
             logger.warning("core dumps could not be turned off", metadata: [
                 "dumpable": "\(dumps.dumpable)", "core_limit": "\(dumps.coreLimit)"])

@@ -23,7 +23,9 @@ func bestTime(_ runs: Int, _ body: () -> Void) -> Double {
     return best
 }
 
-// Products split themselves across threads; OpenBLAS stays single-threaded, as in the network.
+// OpenBLAS's kernels for this CPU, as the other executables choose them; products split themselves across
+// threads, and OpenBLAS stays single-threaded, as in the network.
+OpenBLASCore.chooseForThisCPU()
 OpenBLASThreads.keepOnCallingThread()
 
 let args = CommandLine.arguments.dropFirst()

@@ -2,6 +2,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import WhisperEngine
 import XCTest
 
 /// Runs a built binary and returns (exit status, stdout, stderr).
@@ -103,6 +104,26 @@ final class CommandLineTests: XCTestCase {
 
     /// `--check-config` runs start-up's own checks of the model and the budget (issue 17 item 8): a budget no precision meets is
     /// refused there with start-up's status (78) and message, not reported valid.
+    /// The daemon runs the OpenBLAS kernels this CPU can run, where OpenBLAS itself fell back to SSE3 ones
+    /// (`OpenBLASCore.chooseForThisCPU` runs it again with `OPENBLAS_CORETYPE`), and a kernel set the user named
+    /// is left as it is.
+    func testDaemonRunsTheOpenBLASKernelsOfThisCPU() throws {
+        var environment = ProcessInfo.processInfo.environment
+        environment["OPENBLAS_CORETYPE"] = nil
+        let model = try Fixtures.tinyModel()
+        let (status, out, err) = try runTool(try Fixtures.binary("myqasrd"), ["--model", model, "--check-config"],
+                                             environment: environment)
+        XCTAssertEqual(status, 0, out + err)
+        let expected = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil
+            ? OpenBLASCore.replacement ?? OpenBLASCore.name : nil
+        if let expected { XCTAssertTrue(out.contains("openblas kernels \(expected)\n"), out) }
+        environment["OPENBLAS_CORETYPE"] = "Prescott"
+        let (named, namedOut, namedErr) = try runTool(try Fixtures.binary("myqasrd"), ["--model", model, "--check-config"],
+                                                      environment: environment)
+        XCTAssertEqual(named, 0, namedOut + namedErr)
+        XCTAssertTrue(namedOut.contains("openblas kernels Prescott\n"), namedOut)
+    }
+
     func testCheckConfigRefusesWhatStartUpRefuses() throws {
         let model = try Fixtures.tinyModel()
         let dir = try ScratchDirectory()

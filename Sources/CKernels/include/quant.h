@@ -91,6 +91,10 @@ void mq_gemm_q8(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd, const
 void mq_gemv_f32(const mq_packed_matrix *m, size_t rowStart, size_t rowEnd,
                  const float *x, float *y);
 
+/// The widest float vectors this CPU and its kernel let a program use: 512 (AVX-512 F, BW, DQ, VL and CD:
+/// what OpenBLAS's SkylakeX kernels need), 256 (AVX2 and FMA: its Haswell kernels), else 0.
+int mq_cpu_vector_width(void);
+
 /// Which int8 kernel `mq_gemv_q8` and `mq_gemm_q8` run on this CPU: 0 scalar, 1 AVX2,
 /// 2 AVX-VNNI, 3 AVX512-VNNI (256-bit). `mq_set_q8_kernel(k)` forces k (clamped to what the CPU
 /// supports); -1 restores the automatic choice. Forcing 0 also makes `mq_gemv_f32` and

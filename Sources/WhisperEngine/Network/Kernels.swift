@@ -17,6 +17,43 @@ public enum OpenBLASThreads {
     public static func keepOnCallingThread() { once }
 }
 
+/// Which of OpenBLAS's kernel sets the process runs. Debian 12's OpenBLAS (0.3.21, `DYNAMIC_ARCH`) picks its
+/// kernels by CPU model when the library loads, and takes a model it does not know for a Pentium 4: on an Intel
+/// Xeon of family 6 model 207 (Emerald Rapids, 2023) it ran the SSE3 "Prescott" kernels, and `sgemm` was 43 % of a
+/// re-quantization's `perf` samples. It reads `OPENBLAS_CORETYPE` only as it loads, so `chooseForThisCPU` runs
+/// the executable again with it set: the AVX-512 ("SkylakeX") or AVX2 ("Haswell") kernels the CPU can run
+/// (what that saves: docs/daemon.md, "The C heap and OpenBLAS").
+public enum OpenBLASCore {
+    /// The kernel set OpenBLAS runs in this process ("SkylakeX", "Haswell", "Prescott", ...).
+    public static var name: String { String(cString: openblas_get_corename()) }
+
+    /// The kernel set to run instead of the one OpenBLAS chose at load (nil: keep it), on this CPU.
+    public static var replacement: String? { replacement(detected: name, vectorWidth: Int(mq_cpu_vector_width())) }
+
+    /// The kernel set to ask for instead of `detected` on a CPU whose widest vectors are `vectorWidth` bits
+    /// (`mq_cpu_vector_width`): only when OpenBLAS fell back to "Prescott", its choice for a CPU it does not know.
+    static func replacement(detected: String, vectorWidth: Int) -> String? {
+        guard detected.lowercased() == "prescott" else { return nil }
+        switch vectorWidth {
+        case 512...: return "SkylakeX"
+        case 256..<512: return "Haswell"
+        default: return nil
+        }
+    }
+
+    /// Called first in an executable's `main`, before any other thread exists: when OpenBLAS fell back to its
+    /// Prescott kernels on a CPU with AVX2 or AVX-512, runs this executable again (same process, arguments and
+    /// descriptors) with `OPENBLAS_CORETYPE` naming the kernels to use. A `OPENBLAS_CORETYPE` already set is left
+    /// as it is (the user's choice, and the second run's), and where the executable cannot be run again (no
+    /// /proc) the process goes on with the kernels it has.
+    public static func chooseForThisCPU() {
+        guard getenv("OPENBLAS_CORETYPE") == nil, let core = replacement else { return }
+        setenv("OPENBLAS_CORETYPE", core, 1)
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        unsetenv("OPENBLAS_CORETYPE")   // not run again: this process keeps what it has
+    }
+}
+
 /// Float kernels of the network. Matrix products go to OpenBLAS (Debian's libopenblas, kept on the
 /// calling thread: `OpenBLASThreads`); the element-wise passes are the C kernels of `CKernels`.
 /// Every buffer is row-major; `ld*` are row strides in elements.
