@@ -22,7 +22,7 @@ public enum OpenBLASThreads {
 /// Xeon of family 6 model 207 (Emerald Rapids, 2023) it ran the SSE3 "Prescott" kernels, and `sgemm` was 43 % of a
 /// re-quantization's `perf` samples. It reads `OPENBLAS_CORETYPE` only as it loads, so `chooseForThisCPU` runs
 /// the executable again with it set: the AVX-512 ("SkylakeX") or AVX2 ("Haswell") kernels the CPU can run
-/// (what that saves: docs/daemon.md, "The C heap and OpenBLAS").
+/// (what that saves: docs/evaluation.md, "OpenBLAS's kernels on a CPU it does not know").
 public enum OpenBLASCore {
     /// The kernel set OpenBLAS runs in this process ("SkylakeX", "Haswell", "Prescott", ...).
     public static var name: String { String(cString: openblas_get_corename()) }
