@@ -283,6 +283,8 @@ final class DaemonEndToEndTests: XCTestCase {
                       "capture events are logged once, by the capture:\n\(events.joined(separator: "\n"))")
         XCTAssertEqual(lines.filter { $0.contains("unavailable") && $0.contains("warning") }.count, 1,
                        "one warning for the first failure; retries at debug")
+        // Its name in `ps` and the journal, also after it ran itself again for OpenBLAS's kernels (`OpenBLASCore`).
+        XCTAssertEqual(try String(contentsOfFile: "/proc/\(harness.daemon.pid)/comm", encoding: .utf8), "myqasrd\n")
         let client = try harness.client()
         XCTAssertEqual(try client.status().captureState, .failed)
         let result = try client.transcribe(wav: try Data(contentsOf: URL(fileURLWithPath: wav)))

@@ -45,12 +45,22 @@ public enum OpenBLASCore {
     /// Prescott kernels on a CPU with AVX2 or AVX-512, runs this executable again (same process, arguments and
     /// descriptors) with `OPENBLAS_CORETYPE` naming the kernels to use. A `OPENBLAS_CORETYPE` already set is left
     /// as it is (the user's choice, and the second run's), and where the executable cannot be run again (no
-    /// /proc) the process goes on with the kernels it has.
+    /// /proc, or its file replaced meanwhile) the process goes on with the kernels it has.
     public static func chooseForThisCPU() {
-        guard getenv("OPENBLAS_CORETYPE") == nil, let core = replacement else { return }
+        guard getenv("OPENBLAS_CORETYPE") == nil, let core = replacement, let path = executablePath else { return }
         setenv("OPENBLAS_CORETYPE", core, 1)
-        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        execv(path, CommandLine.unsafeArgv)
         unsetenv("OPENBLAS_CORETYPE")   // not run again: this process keeps what it has
+    }
+
+    /// This executable's file, by its own name: exec'd as /proc/self/exe the process would be called "exe" in
+    /// `ps`, `top` and the journal. Nil when it cannot be read, or the file was deleted (replaced by an upgrade).
+    private static var executablePath: String? {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard count > 0 else { return nil }
+        let path = String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return path.hasSuffix(" (deleted)") ? nil : path
     }
 }
 
