@@ -156,7 +156,9 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             },
             onLivePartial: { broadcaster.publish($0) })
         self.workers = workers
-        capture = LiveCapture(logger: logger, deliverPartial: { workers.submit(partial: $0) },
+        // Partial passes of live speech are for `listen` clients: while none is connected, none is run (each costs
+        // a worker's time and a transcription's memory beside the statistics pass of the utterance before).
+        capture = LiveCapture(logger: logger, deliverPartial: { if broadcaster.subscriberCount > 0 { workers.submit(partial: $0) } },
                               deliver: { workers.submit(live: $0) })
     }
 

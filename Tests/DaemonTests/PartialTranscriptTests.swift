@@ -51,4 +51,21 @@ final class PartialTranscriptTests: XCTestCase {
         XCTAssertEqual(withoutPartials.map(\.start), finals.map(\.start))
         XCTAssertEqual(withoutPartials.map(\.end), finals.map(\.end))
     }
+
+    /// Live partial passes are for `listen` clients: with partials on and none connected, the daemon transcribes
+    /// JFK's 11 s once, at its end, and runs no partial pass (before, one about every second of speech).
+    func testNoPartialPassWithoutAListenClient() throws {
+        let speech = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
+        let harness = try DaemonHarness(microphone: microphoneSignal(speech: speech, leadSeconds: 1), logLevel: "debug",
+                                        capture: "partial_interval = 0.5")
+        try harness.startMicrophone()
+        let log = try harness.daemon.waitForLog(timeout: 120, what: "the utterance's transcript") { log in
+            log.contains("utterance transcribed") ? log : nil
+        }
+        XCTAssertEqual(harness.stop(), 0)
+        // The log is at debug level, where partial passes are logged (the capture logs each utterance there too).
+        XCTAssertTrue(log.split(separator: "\n").contains { $0.contains(" debug ") && $0.contains("capture: ") },
+                      log.suffix(2000).description)
+        XCTAssertFalse(log.contains("partial pass"), "no partial pass without a listen client:\n\(log.suffix(3000))")
+    }
 }
