@@ -19,7 +19,9 @@ import WhisperEngine
 /// half precision (scale-free, so half precision is enough whatever the activations' range,
 /// and |value| ≤ 1). Merging is weighted by row counts: means, not growing sums. Each merge
 /// rounds the correlations to half precision once more (at most 2⁻¹² each time), so `k`
-/// merges stay within `k · 2⁻¹²` of gathering the same rows in one go.
+/// merges stay within `k · 2⁻¹²` of gathering the same rows in one go. With blocks, the
+/// encoder layers' sums go to the kept form as soon as the decoder's first rows arrive (a
+/// window's encoder rows are all in by then), which counts as one merge more per window.
 ///
 /// **Shared inputs.** The cross-attention key/value projection of every decoder block
 /// (`decoder/layer_<i>/attention/linear_1`) reads the same encoder output: block 0's moments
@@ -51,6 +53,8 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     }
     private let lock = NSLock()
     private var entries: [String: Entry] = [:]
+    /// Whether an encoder layer has rows in float sums (`compactEncoder`).
+    private var encoderPending = false
     private var scratch: [Float] = []
     private let accepts: @Sendable (String) -> Bool
 
@@ -117,6 +121,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         let width = input.count / rows
         lock.lock()
         defer { lock.unlock() }
+        if blockSize > 0, encoderPending, layer.hasPrefix(Self.decoderPrefix) { compactEncoder() }
         var entry = entries[layer] ?? Entry(width: width)
         guard entry.width == width else { return }
         entries[layer] = nil   // keep the arrays uniquely referenced while they are updated
@@ -131,6 +136,27 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
             entry.buffered += rows
         }
         entries[layer] = entry
+        if layer.hasPrefix(Self.encoderPrefix) { encoderPending = true }
+    }
+
+    private static let encoderPrefix = "encoder/", decoderPrefix = "decoder/"
+
+    /// Turns the encoder layers' float sums into the kept form, once the decoder runs: every encoder row of the
+    /// window is in by then, and a pass would otherwise hold them (about 9.6 MiB for tiny.en, half that kept)
+    /// through its decoding and its merge. In the bounded form only (`blockSize > 0`, what the daemon and `myqasr
+    /// stats` gather); a window more rounds the correlations to half precision once more (see the type's comment).
+    private func compactEncoder() {
+        encoderPending = false
+        for key in entries.keys where key.hasPrefix(Self.encoderPrefix) {
+            guard let e = entries[key], e.pendingRows > 0 || e.buffered > 0,
+                  let (width, rows, means) = packedMeans(key) else { continue }
+            let kept = compacted(width: width, rows: rows, means: means)
+            var compact = Entry(width: width)
+            compact.keptRows = kept.rows
+            compact.diagonal = kept.diagonal
+            compact.correlations = kept.correlations
+            entries[key] = compact
+        }
     }
 
     /// Adds `rows` rows at `x` ([rows, width]) to the entry's float32 sums, block by block: one
@@ -184,6 +210,11 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     }
 
     // MARK: - Reading
+
+    /// Layers whose rows are (partly) in float sums or the row buffer rather than the kept form (for tests).
+    var floatSumLayers: [String] {
+        locked { entries.filter { $0.value.pendingRows > 0 || $0.value.buffered > 0 }.keys.sorted() }
+    }
 
     /// Layers whose moments are held (keys, see `key(for:)`), sorted by name.
     public var layerNames: [String] { locked { entries.keys.sorted() } }
