@@ -158,7 +158,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         self.workers = workers
         // Partial passes of live speech are for `listen` clients: while none is connected, none is run (each costs
         // a worker's time and a transcription's memory beside the statistics pass of the utterance before).
-        capture = LiveCapture(logger: logger, deliverPartial: { if broadcaster.subscriberCount > 0 { workers.submit(partial: $0) } },
+        capture = LiveCapture(logger: logger,
+                              deliverPartial: { if broadcaster.subscriberCount > 0 { workers.submit(partial: $0) } },
                               deliver: { workers.submit(live: $0) })
     }
 

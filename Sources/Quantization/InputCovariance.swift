@@ -142,7 +142,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     private static let encoderPrefix = "encoder/", decoderPrefix = "decoder/"
 
     /// Turns the encoder layers' float sums into the kept form, once the decoder runs: every encoder row of the
-    /// window is in by then, and a pass would otherwise hold them (about 9.6 MiB for tiny.en, half that kept)
+    /// window is in by then, and a pass would otherwise hold them (8.9 MiB for tiny.en, 4.5 MiB kept)
     /// through its decoding and its merge. In the bounded form only (`blockSize > 0`, what the daemon and `myqasr
     /// stats` gather); a window more rounds the correlations to half precision once more (see the type's comment).
     private func compactEncoder() {

@@ -102,8 +102,6 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(ok, 78, out)
     }
 
-    /// `--check-config` runs start-up's own checks of the model and the budget (issue 17 item 8): a budget no precision meets is
-    /// refused there with start-up's status (78) and message, not reported valid.
     /// The daemon runs the OpenBLAS kernels this CPU can run, where OpenBLAS itself fell back to SSE3 ones
     /// (`OpenBLASCore.chooseForThisCPU` runs it again with `OPENBLAS_CORETYPE`), and a kernel set the user named
     /// is left as it is.
@@ -124,6 +122,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(namedOut.contains("openblas kernels Prescott\n"), namedOut)
     }
 
+    /// `--check-config` runs start-up's own checks of the model and the budget (issue 17 item 8): a budget no precision meets is
+    /// refused there with start-up's status (78) and message, not reported valid.
     func testCheckConfigRefusesWhatStartUpRefuses() throws {
         let model = try Fixtures.tinyModel()
         let dir = try ScratchDirectory()
