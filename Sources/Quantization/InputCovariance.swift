@@ -50,6 +50,14 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         var buffered = 0
 
         init(width: Int) { self.width = width }
+
+        /// An entry holding `kept` only.
+        init(_ kept: Kept) {
+            width = kept.width
+            keptRows = kept.rows
+            diagonal = kept.diagonal
+            correlations = kept.correlations
+        }
     }
     private let lock = NSLock()
     private var entries: [String: Entry] = [:]
@@ -150,12 +158,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         for key in entries.keys where key.hasPrefix(Self.encoderPrefix) {
             guard let e = entries[key], e.pendingRows > 0 || e.buffered > 0,
                   let (width, rows, means) = packedMeans(key) else { continue }
-            let kept = compacted(width: width, rows: rows, means: means)
-            var compact = Entry(width: width)
-            compact.keptRows = kept.rows
-            compact.diagonal = kept.diagonal
-            compact.correlations = kept.correlations
-            entries[key] = compact
+            entries[key] = Entry(compacted(width: width, rows: rows, means: means))
         }
     }
 
@@ -335,13 +338,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     public func setKept(_ key: String, _ kept: Kept) -> Bool {
         guard kept.width > 0, kept.rows > 0, kept.diagonal.count == kept.width,
               kept.correlations.count == Self.correlationCount(width: kept.width, blockSize: blockSize) else { return false }
-        locked {
-            var e = Entry(width: kept.width)
-            e.keptRows = kept.rows
-            e.diagonal = kept.diagonal
-            e.correlations = kept.correlations
-            entries[key] = e
-        }
+        locked { entries[key] = Entry(kept) }
         return true
     }
 
@@ -404,12 +401,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
                     for k in means.indices { means[k] = a * mine.means[k] + b * theirs.means[k] }
                     width = mine.width
                 }
-                let kept = compacted(width: width, rows: rows, means: means)
-                var e = Entry(width: width)
-                e.keptRows = kept.rows
-                e.diagonal = kept.diagonal
-                e.correlations = kept.correlations
-                entries[name] = e
+                entries[name] = Entry(compacted(width: width, rows: rows, means: means))
             }
         }
     }
