@@ -288,9 +288,13 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     }
 
     /// Drops what is held for `layer` (through `key(for:)`): for a build that owns these statistics, once the last
-    /// layer that reads that moment is quantized.
-    public func release(_ layer: String) {
-        locked { entries[Self.key(for: layer)] = nil }
+    /// layer that reads that moment is quantized. Returns the bytes its arrays held.
+    @discardableResult
+    public func release(_ layer: String) -> Int {
+        locked {
+            guard let e = entries.removeValue(forKey: Self.key(for: layer)) else { return 0 }
+            return 8 * e.diagonal.count + 2 * e.correlations.count + 4 * (e.pendingSums.count + e.buffer.count)
+        }
     }
 
     /// `moment(of:)` as a full symmetric `[width, width]` matrix, 0 between blocks.

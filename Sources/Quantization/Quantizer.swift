@@ -202,6 +202,9 @@ public enum QuantizerError: Error, Equatable, CustomStringConvertible {
 /// The myQASR pipeline: float model + statistics → per-layer widths (sensitivity sweep or
 /// uniform) → calibrated clip ratios → packed weights, metadata and a report.
 public enum Quantizer {
+    /// Moment bytes a build releases between two trims of the C heap (`releasesMomentsAsUsed`).
+    static let trimAfterReleasedBytes = 2 << 20
+
     /// Quantizes `model`.
     /// - Parameters:
     ///   - statistics: activation statistics of this model (required for a budget, or to calibrate
@@ -299,6 +302,7 @@ public enum Quantizer {
         var replacements: [String: any WeightMatrix] = [:]
         var reports: [QuantizedLayerReport] = []
         // The last layer that reads each second moment (layers may share one: `InputCovariance.key(for:)`).
+        var releasedMomentBytes = 0
         var lastReader: [String: Int] = [:]
         for (i, layer) in layers.enumerated() { lastReader[InputCovariance.key(for: layer.name)] = i }
         for (i, layer) in layers.enumerated() {
@@ -351,10 +355,14 @@ public enum Quantizer {
             }
             replacements[layer.name] = q
             if options.releasesMomentsAsUsed, let covariance, lastReader[InputCovariance.key(for: layer.name)] == i {
-                covariance.release(layer.name)
-                // The moment's pages (and the layer's scratch) back to the system now: the C heap would keep them,
-                // and the build would stay as large as the statistics it started with.
-                mq_release_free_heap()
+                // The moments' pages back to the system once a few MiB of them are released: the C heap would keep
+                // them, and the build would stay as large as the statistics it started with. Not after each one: a
+                // trim also returns the layer's scratch, which the next layer faults in again.
+                releasedMomentBytes += covariance.release(layer.name)
+                if releasedMomentBytes >= Self.trimAfterReleasedBytes {
+                    mq_release_free_heap()
+                    releasedMomentBytes = 0
+                }
             }
             let meanRatio = ratios.reduce(0, +) / Float(ratios.count)
             let report = QuantizedLayerReport(
