@@ -19,9 +19,10 @@ import WhisperEngine
 /// half precision (scale-free, so half precision is enough whatever the activations' range,
 /// and |value| ≤ 1). Merging is weighted by row counts: means, not growing sums. Each merge
 /// rounds the correlations to half precision once more (at most 2⁻¹² each time), so `k`
-/// merges stay within `k · 2⁻¹²` of gathering the same rows in one go. With blocks, the
-/// encoder layers' sums go to the kept form as soon as the decoder's first rows arrive (a
-/// window's encoder rows are all in by then), which counts as one merge more per window.
+/// merges stay within `k · 2⁻¹²` of gathering the same rows in one go. With blocks, an
+/// encoder layer's sums go to the kept form as soon as a later encoder block or the decoder
+/// runs (the window's rows of that layer are all in by then), which counts as one merge more
+/// per window.
 ///
 /// **Shared inputs.** The cross-attention key/value projection of every decoder block
 /// (`decoder/layer_<i>/attention/linear_1`) reads the same encoder output: block 0's moments
@@ -62,7 +63,8 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     private let lock = NSLock()
     private var entries: [String: Entry] = [:]
     /// Whether an encoder layer has rows in float sums (`compactEncoder`).
-    private var encoderPending = false
+    /// The encoder stage (`encoderStage(of:)`) of the last rows observed, nil when they were the decoder's.
+    private var lastEncoderStage: Int?
     private var scratch: [Float] = []
     private let accepts: @Sendable (String) -> Bool
 
@@ -129,7 +131,8 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         let width = input.count / rows
         lock.lock()
         defer { lock.unlock() }
-        if blockSize > 0, encoderPending, layer.hasPrefix(Self.decoderPrefix) { compactEncoder() }
+        let stage = Self.encoderStage(of: layer)
+        if blockSize > 0, let last = lastEncoderStage, stage > last { compactEncoder(before: stage) }
         var entry = entries[layer] ?? Entry(width: width)
         guard entry.width == width else { return }
         entries[layer] = nil   // keep the arrays uniquely referenced while they are updated
@@ -144,18 +147,31 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
             entry.buffered += rows
         }
         entries[layer] = entry
-        if layer.hasPrefix(Self.encoderPrefix) { encoderPending = true }
+        lastEncoderStage = stage == .max ? nil : stage
     }
 
-    private static let encoderPrefix = "encoder/", decoderPrefix = "decoder/"
+    /// Where `layer` runs in a window: the encoder's convolutions 0 and 1, its block i at i + 2, in the order the
+    /// encoder runs them; any other layer (the decoder's) after all of them (`Int.max`).
+    static func encoderStage(of layer: String) -> Int {
+        switch layer {
+        case "encoder/conv1": return 0
+        case "encoder/conv2": return 1
+        default:
+            let prefix = "encoder/layer_"
+            guard layer.hasPrefix(prefix), let index = Int(layer.dropFirst(prefix.count).prefix { $0.isNumber })
+            else { return .max }
+            return index + 2
+        }
+    }
 
-    /// Turns the encoder layers' float sums into the kept form, once the decoder runs: every encoder row of the
-    /// window is in by then, and a pass would otherwise hold them (8.9 MiB for tiny.en, 4.5 MiB kept)
-    /// through its decoding and its merge. In the bounded form only (`blockSize > 0`, what the daemon and `myqasr
-    /// stats` gather); a window more rounds the correlations to half precision once more (see the type's comment).
-    private func compactEncoder() {
-        encoderPending = false
-        for key in entries.keys where key.hasPrefix(Self.encoderPrefix) {
+    /// Turns the float sums of the encoder layers that run before `stage` (`encoderStage(of:)`) into the kept form,
+    /// once a later stage runs: every row of the window is in for those, and a pass would otherwise hold them
+    /// (8.9 MiB for tiny.en, 4.5 MiB kept) through the rest of its encoder, its decoding and its merge; one
+    /// block's sums at most are in float at a time. In the bounded form only (`blockSize > 0`, what the daemon and
+    /// `myqasr stats` gather); a window more rounds the correlations to half precision once more (see the type's
+    /// comment).
+    private func compactEncoder(before stage: Int) {
+        for key in entries.keys where Self.encoderStage(of: key) < stage {
             guard let e = entries[key], e.pendingRows > 0 || e.buffered > 0,
                   let (width, rows, means) = packedMeans(key) else { continue }
             entries[key] = Entry(compacted(width: width, rows: rows, means: means))

@@ -182,29 +182,40 @@ final class SecondMomentTests: XCTestCase {
         XCTAssertEqual(InputCovariance.key(for: "decoder/layer_x/attention/linear_1"), "decoder/layer_x/attention/linear_1")
     }
 
-    /// A pass holds its encoder layers' rows in float sums only until the decoder runs; then they are in the kept
-    /// form (half the bytes), in the bounded form only (whole moments stay in float sums for the offline tool).
-    func testEncoderSumsAreKeptOnceTheDecoderRuns() throws {
+    /// A pass holds an encoder layer's rows in float sums only until a later encoder stage (convolution or block) or
+    /// the decoder runs; then they are in the kept form (half the bytes), in the bounded form only (whole moments stay
+    /// in float sums for the offline tool).
+    func testEncoderSumsAreKeptOnceALaterStageRuns() throws {
         final class Probe: ActivationObserver {
             let covariance: InputCovariance
             var encoderInSums = false
+            var earlierStagesInSums: Set<String> = []
             var encoderInSumsOnceDecoding: [String]?
             init(_ covariance: InputCovariance) { self.covariance = covariance }
             func observe(layer: String, input: UnsafeBufferPointer<Float>, output: UnsafeBufferPointer<Float>, rows: Int) {
                 covariance.observe(layer: layer, input: input, output: output, rows: rows)
                 let inSums = covariance.floatSumLayers.filter { $0.hasPrefix("encoder/") }
-                if layer.hasPrefix("encoder/") { encoderInSums = encoderInSums || inSums.contains(layer) }
+                if layer.hasPrefix("encoder/") {
+                    encoderInSums = encoderInSums || inSums.contains(layer)
+                    let stage = InputCovariance.encoderStage(of: layer)
+                    earlierStagesInSums.formUnion(inSums.filter { InputCovariance.encoderStage(of: $0) < stage })
+                }
                 if layer.hasPrefix("decoder/"), encoderInSumsOnceDecoding == nil { encoderInSumsOnceDecoding = inSums }
             }
         }
+        XCTAssertEqual(["encoder/conv1", "encoder/conv2", "encoder/layer_0/ffn/linear_1", "encoder/layer_11/self_attention/linear_0",
+                        "decoder/layer_0/ffn/linear_0"].map(InputCovariance.encoderStage(of:)), [0, 1, 2, 13, .max])
         var generator = SeededGenerator(seed: 7)
         let weights = RandomWhisper.make(rng: &generator)
         let blocked = Probe(InputCovariance(blockSize: 32)), whole = Probe(InputCovariance())
         QuantizerTests.run(weights, observer: ObserverGroup([blocked, whole]), utterances: 1)
-        XCTAssertTrue(blocked.encoderInSums, "the encoder's rows are summed in float while it runs")
-        XCTAssertEqual(blocked.encoderInSumsOnceDecoding, [], "and kept once the decoder runs")
+        XCTAssertTrue(blocked.encoderInSums, "a stage's rows are summed in float while it runs")
+        XCTAssertEqual(blocked.earlierStagesInSums, [], "and kept once a later stage runs")
+        XCTAssertEqual(blocked.encoderInSumsOnceDecoding, [], "the last one once the decoder runs")
         XCTAssertGreaterThan(blocked.covariance.rows(of: "encoder/layer_0/ffn/linear_1"), 0)
-        XCTAssertEqual(whole.encoderInSumsOnceDecoding?.isEmpty, false, "whole moments stay in float sums")
+        XCTAssertGreaterThan(blocked.covariance.rows(of: "encoder/conv1"), 0)
+        XCTAssertFalse(whole.earlierStagesInSums.isEmpty, "whole moments stay in float sums")
+        XCTAssertEqual(whole.encoderInSumsOnceDecoding?.isEmpty, false)
     }
 
     /// What the statistics hold between passes, from tiny.en's shapes: under 16 MB in memory and 32 MB on disk.

@@ -9,7 +9,8 @@
 /// Softmax of each of `rows` rows over their first `cols` entries; rows are `ld` apart.
 void mq_softmax_rows(float *x, size_t rows, size_t cols, size_t ld);
 
-/// out[r, :] = (x[r, :] - mean) / sqrt(var + 1e-5) * gamma + beta for `rows` rows of `cols`.
+/// out[r, :] = (x[r, :] - mean) / sqrt(var + 1e-5) * gamma + beta for `rows` rows of `cols`; `out` may be `x`
+/// (each row is read whole before it is written).
 void mq_layer_norm(const float *x, size_t rows, size_t cols, const float *gamma,
                    const float *beta, float *out);
 

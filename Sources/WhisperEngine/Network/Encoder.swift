@@ -112,13 +112,12 @@ public final class WhisperNetwork: SpeechModel {
             if cancellation?.isCancelled == true { return nil }
             encoderBlock(block, x: &x, frames: frames, scratch: &scratch)
         }
-        var out = [Float](repeating: 0, count: frames * d)
-        x.withUnsafeBufferPointer { xb in
-            out.withUnsafeMutableBufferPointer { o in
-                layerNorm(xb.baseAddress!, rows: frames, width: d, weights.encoderNorm, into: o.baseAddress!)
-            }
+        // The final norm in place (each row is read whole before it is written): no `[frames, d]` more beside the
+        // scratch at the end of every window.
+        x.withUnsafeMutableBufferPointer { xb in
+            layerNorm(xb.baseAddress!, rows: frames, width: d, weights.encoderNorm, into: xb.baseAddress!)
         }
-        return EncodedAudio(frames: frames, width: d, values: out)
+        return EncodedAudio(frames: frames, width: d, values: x)
     }
 
     /// Layer norm of `rows` rows, split across the threads.

@@ -146,7 +146,7 @@ enum Kernels {
         mq_gemm_nn_small_q8(a, m, lda, b, bScales, k, n, ldb, c, ldc)
     }
 
-    /// out[r, :] = LayerNorm(x[r, :]) * gamma + beta over `cols` features, eps 1e-5.
+    /// out[r, :] = LayerNorm(x[r, :]) * gamma + beta over `cols` features, eps 1e-5; `out` may be `x`.
     static func layerNorm(_ x: UnsafePointer<Float>, rows: Int, cols: Int,
                           gamma: [Float], beta: [Float], into out: UnsafeMutablePointer<Float>) {
         mq_layer_norm(x, rows, cols, gamma, beta, out)
