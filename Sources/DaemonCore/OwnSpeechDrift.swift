@@ -20,6 +20,9 @@ public enum OwnSpeechDrift {
         let reference = try SpeechRecognizer(model: fullPrecision, threads: 1)
             .referenceDistributions(samples: samples, maxTokens: positions, window: .ownFrames)
         let servedDrift = try SpeechRecognizer(model: served, threads: 1).divergence(from: reference, samples: samples)
+        // The two quantized models are not resident together: the served one's pages go back to the page cache while
+        // the candidate is read (a transcription meanwhile maps what it reads again).
+        if candidate != nil { served.weights.releaseResidentPages() }
         let candidateDrift = try candidate.map { model in
             defer { model.weights.releaseResidentPages() }   // it serves nobody until it is promoted
             return try SpeechRecognizer(model: model, threads: 1).divergence(from: reference, samples: samples)

@@ -1,3 +1,4 @@
+import Audio
 import Capture
 @testable import DaemonCore
 import Foundation
@@ -124,4 +125,35 @@ private final class ManagedAtomicCounter: @unchecked Sendable {  // @unchecked: 
     private var count = 0
     func increment() { lock.withLock { count += 1 } }
     var value: Int { lock.withLock { count } }
+}
+
+extension PersonalStatisticsTests {
+    /// A pass behind a quantized model runs the full-precision model mapped, not the model that served: the served
+    /// model's layer pages leave the resident set as the pass begins (the page cache keeps them), so a pass does not
+    /// hold them beside its own windows and sums. The drift measurement reads them again afterwards.
+    func testAPassHoldsNoPageOfTheServedModel() throws {
+        let path = try Fixtures.tinyModel()
+        let float = try Fixtures.model("tiny.en")
+        let scratch = try ScratchDirectory()
+        var options = QuantizationOptions(target: .uniform(bits: 4), groupSize: 32, calibrate: false)
+        options.layerFile = try XCTUnwrap(LayerFile.open(directory: try scratch.makeDirectory("layers")))
+        let served = float.withWeights(try Quantizer.quantize(model: float, statistics: nil, options: options).weights)
+        let layers = try served.weights.linearLayers.map { try XCTUnwrap($0.weight as? QuantizedMatrix) }
+        @Sendable func residentKiB() -> Int { layers.reduce(0) { $0 + (ResidentPages.kib(ofMappingAt: $1.packed.baseAddress) ?? 0) } }
+
+        let personal = PersonalStatistics(directory: nil, logger: Logger(label: "test"))
+        personal.setSourceModel(path)
+        let duringPass = Waiter<Int>()
+        personal.duringPass { _, fullPrecision, model in
+            XCTAssertFalse(fullPrecision === model, "the pass ran the mapped full-precision model")
+            duringPass.append(residentKiB())
+        }
+        let samples = try loadAudio(path: try Fixtures.sample("jfk.wav"))
+        let transcript = try SpeechRecognizer(model: served, threads: 2).transcribe(samples: samples)
+        XCTAssertGreaterThan(residentKiB(), 0, "serving reads its layers")
+        personal.observe(utterance: Utterance(samples: samples), transcript: transcript, model: served)
+        personal.waitForPass()
+        XCTAssertEqual(duringPass.all, [0], "none of the served model's pages once the pass had run")
+        XCTAssertEqual(personal.statistics(for: ModelIdentity.of(float))?.sampleCount, 1)
+    }
 }
