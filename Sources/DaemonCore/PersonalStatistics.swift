@@ -141,11 +141,16 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// One pass on the statistics queue, then the utterance waiting, if any; `passDone` is left when none waits.
     private func run(_ copy: SampleCopy, served: WhisperModel, epoch startEpoch: Int) {
         queue.async { [self] in
-            BackgroundWork.inTurn {
-                pass(samples: copy.values, served: served, epoch: startEpoch)
-                copy.wipe()
-                WhisperModel.releaseFreedMemory()   // the pass's activations and caches
+            let end = BackgroundWork.inTurnGivingWay { cancellation in
+                defer { WhisperModel.releaseFreedMemory() }   // the pass's activations and caches
+                return pass(samples: copy.values, served: served, epoch: startEpoch, cancellation: cancellation)
             }
+            // A pass that gave way to a transcription runs again once the transcriptions are done, unless a newer
+            // utterance waits (gathered instead, as under load) or the statistics were forgotten meanwhile.
+            if end == .gaveWay, locked({ pending == nil && epoch == startEpoch }) {
+                return run(copy, served: served, epoch: startEpoch)
+            }
+            copy.wipe()
             let next = locked { () -> (SampleCopy, WhisperModel, Int)? in
                 guard let waiting = pending else {
                     passRunning = false
@@ -231,31 +236,43 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
 
     /// One utterance's pass: its statistics gathered and merged, then what else runs on it (`duringPass`), which
     /// starts once the pass's sums and the merged statistics have left memory.
-    private func pass(samples: [Float], served: WhisperModel, epoch startEpoch: Int) {
-        guard let (model, identity, quantized) = fullPrecision(behind: served) else { return }
+    private func pass(samples: [Float], served: WhisperModel, epoch startEpoch: Int, cancellation: Cancellation) -> PassEnd {
+        guard let (model, identity, quantized) = fullPrecision(behind: served) else { return .dropped }
         // The pass reads the full-precision model, not the quantized one that served: the served model's layer pages
         // (about 20 MiB for tiny.en at 24 MiB), and the code and free heap the transcription left, leave the resident
         // set while it runs. The page cache keeps them: the next transcription maps them again with minor faults
         // (under 1 ms for 25 MB here), and one running meanwhile just reads them.
         if quantized { served.weights.releaseResidentPages() }
         WhisperModel.releaseFreedMemory()
-        guard gather(samples: samples, model: model, identity: identity, quantized: quantized, epoch: startEpoch)
-        else { return }
+        let end = gather(samples: samples, model: model, identity: identity, quantized: quantized, epoch: startEpoch,
+                         cancellation: cancellation)
+        guard end == .merged else { return end }
         WhisperModel.releaseFreedMemory()
         if let also = locked({ alsoDuringPass }) { also(samples, model, served) }
+        return end
     }
 
-    /// Gathers `samples`' statistics on the full-precision `model` and merges them into the kept ones; false when
-    /// the pass failed or was dropped (forgotten meanwhile).
+    /// How a pass ended: merged, stopped for a transcription (`BackgroundWork`; it runs again), or dropped (it
+    /// failed, there was no full-precision model, or the statistics were forgotten meanwhile).
+    private enum PassEnd { case merged, gaveWay, dropped }
+
+    /// Gathers `samples`' statistics on the full-precision `model` and merges them into the kept ones, unless
+    /// `cancellation` is set first (a transcription started: the pass gives way).
     private func gather(samples: [Float], model: WhisperModel, identity: String, quantized: Bool,
-                        epoch startEpoch: Int) -> Bool {
+                        epoch startEpoch: Int, cancellation: Cancellation) -> PassEnd {
         let started = DispatchTime.now()
         let pass: ActivationStatistics
         do {
-            pass = try StatisticsPass.run(model: model, identity: identity, samples: samples).statistics
+            pass = try StatisticsPass.run(model: model, identity: identity, samples: samples, cancellation: cancellation)
+                .statistics
+        } catch DecodingError.cancelled {
+            logger.debug("statistics pass gave way to a transcription; it runs again after", metadata: [
+                "after_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
+            ])
+            return .gaveWay
         } catch {
             logger.error("statistics pass failed: \(error)")
-            return false
+            return .dropped
         }
         // The network's scratch (its windows, caches and row buffers) is free now: its pages go back before the
         // merge allocates, so that the pass's peak is the larger of the two phases rather than the heap both left.
@@ -275,7 +292,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         }
         guard let (merged, notify) = merged else {
             logger.info("statistics pass dropped: the statistics were forgotten while it ran")
-            return false
+            return .dropped
         }
         if let path {
             do {
@@ -296,7 +313,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
         ])
         notify?(merged.sampleCount)
-        return true
+        return .merged
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {

@@ -537,10 +537,13 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
                     }
                 }
                 guard let recognizer else { continue }
-                switch job {
-                case .request(let request): run(request, recognizer: recognizer)
-                case .live(let item): runLive(item, recognizer: recognizer)
-                case .partial(let partial): runPartial(partial, recognizer: recognizer)
+                // A statistics pass gathering meanwhile gives way (`BackgroundWork`).
+                BackgroundWork.transcription {
+                    switch job {
+                    case .request(let request): run(request, recognizer: recognizer)
+                    case .live(let item): runLive(item, recognizer: recognizer)
+                    case .partial(let partial): runPartial(partial, recognizer: recognizer)
+                    }
                 }
             }
         }

@@ -18,13 +18,16 @@ public enum StatisticsPass {
 
     /// Runs `samples` (16 kHz mono) through `model` (full precision; `identity` is its
     /// `ModelIdentity`) with greedy decoding on `threads` threads, and returns the pass's
-    /// statistics (one sample) and the transcript's text (which the caller may drop).
+    /// statistics (one sample) and the transcript's text (which the caller may drop). Once `cancellation` is set
+    /// it stops at the next encoder step or decoded token (`DecodingError.cancelled`).
     public static func run(model: WhisperModel, identity: String, samples: [Float], threads: Int = 1,
-                           momentBlockSize: Int = momentBlockSize) throws -> (statistics: ActivationStatistics, text: String) {
+                           momentBlockSize: Int = momentBlockSize,
+                           cancellation: Cancellation? = nil) throws -> (statistics: ActivationStatistics, text: String) {
         let pass = emptyStatistics(modelIdentity: identity, momentBlockSize: momentBlockSize)
         var options = TranscriptionOptions()
         options.decoding.beamSize = 1
         options.shortWindow = nil   // whole windows, as `myqasr quantize --calibration` gathers them
+        options.decoding.cancellation = cancellation
         let transcript = try SpeechRecognizer(model: model, threads: threads, observer: pass).transcribe(samples: samples, options: options)
         pass.finishSample()
         if let error = pass.observationError { throw error }

@@ -36,8 +36,9 @@ public final class WhisperNetwork: SpeechModel {
         encode(mel: mel, stopping: nil)!  // nil only when cancelled, and there is no cancellation here
     }
 
-    /// `encode(mel:)` that stops between blocks once `cancellation` is set (throwing `DecodingError.cancelled`):
-    /// a job that gives way to another waits for at most one block, not a whole encoder pass.
+    /// `encode(mel:)` that stops at its next step once `cancellation` is set (throwing `DecodingError.cancelled`):
+    /// before each block, attention head and block of MLP rows, so a job that gives way to another stops within
+    /// milliseconds, not after a whole encoder pass.
     public func encode(mel: [Float], cancellation: Cancellation?) throws -> EncodedAudio {
         guard let audio = encode(mel: mel, stopping: cancellation) else { throw DecodingError.cancelled }
         return audio
@@ -109,8 +110,7 @@ public final class WhisperNetwork: SpeechModel {
 
         var scratch = EncoderScratch(frames: frames, width: d, threads: threads)
         for block in weights.encoderBlocks {
-            if cancellation?.isCancelled == true { return nil }
-            encoderBlock(block, x: &x, frames: frames, scratch: &scratch)
+            guard encoderBlock(block, x: &x, frames: frames, scratch: &scratch, stopping: cancellation) else { return nil }
         }
         // The final norm in place (each row is read whole before it is written): no `[frames, d]` more beside the
         // scratch at the end of every window.
@@ -136,8 +136,12 @@ public final class WhisperNetwork: SpeechModel {
         }
     }
 
-    /// x = x + SelfAttention(LN(x)); x = x + MLP(LN(x)) over `[frames, d]`.
-    private func encoderBlock(_ block: EncoderBlock, x: inout [Float], frames: Int, scratch: inout EncoderScratch) {
+    /// x = x + SelfAttention(LN(x)); x = x + MLP(LN(x)) over `[frames, d]`; false when it stopped part-way because
+    /// `cancellation` was set (checked before each head and each block of MLP rows: 12 steps per block for tiny.en).
+    private func encoderBlock(_ block: EncoderBlock, x: inout [Float], frames: Int, scratch: inout EncoderScratch,
+                              stopping cancellation: Cancellation?) -> Bool {
+        if cancellation?.isCancelled == true { return false }
+        var stopped = false
         let d = weights.dimensions.nState
         let heads = weights.dimensions.nHeads
         let dh = d / heads
@@ -160,6 +164,10 @@ public final class WhisperNetwork: SpeechModel {
                 let queryRows = EncoderScratch.queryRows
                 let attn = narrow
                 for h in 0..<heads {
+                    if cancellation?.isCancelled == true {
+                        stopped = true
+                        return
+                    }
                     let q = wide + h * dh, k = wide + d + h * dh, v = wide + 2 * d + h * dh
                     Kernels.parallelParts(workers) { worker in
                         let s = scores + worker * queryRows * frames
@@ -181,6 +189,10 @@ public final class WhisperNetwork: SpeechModel {
                 // `hiddenRows` rows at a time, so that the [rows, 4d] hidden activations stay small; each
                 // block's output goes to wide's rows r0 ..< r0 + rows and is added to x.
                 for r0 in stride(from: 0, to: frames, by: EncoderScratch.hiddenRows) {
+                    if cancellation?.isCancelled == true {
+                        stopped = true
+                        return
+                    }
                     let rows = min(EncoderScratch.hiddenRows, frames - r0)
                     // [rows, 4d]
                     block.mlpUp.forward(narrow + r0 * d, rows: rows, into: hidden, threads: threads, observer: observer)
@@ -191,6 +203,7 @@ public final class WhisperNetwork: SpeechModel {
                 Kernels.add(x, wide, count: frames * d)
             }}}
         }
+        return !stopped
     }
 }
 

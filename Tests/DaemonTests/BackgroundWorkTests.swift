@@ -1,0 +1,68 @@
+import Audio
+import Capture
+@testable import DaemonCore
+import Foundation
+import Logging
+import WhisperEngine
+import XCTest
+
+/// Background work beside the transcriptions: a statistics pass gives way to them.
+final class BackgroundWorkTests: XCTestCase {
+    /// Work that gives way does not start while a transcription runs, and its cancellation is set as soon as one
+    /// starts while it runs.
+    func testWorkThatGivesWayWaitsForTranscriptionsAndIsStoppedByOne() throws {
+        let started = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            BackgroundWork.transcription {
+                started.signal()
+                release.wait()
+            }
+        }
+        XCTAssertEqual(started.wait(timeout: .now() + patient(60)), .success)
+        let ran = Waiter<Bool>()
+        DispatchQueue.global().async { BackgroundWork.inTurnGivingWay { ran.append($0.isCancelled) } }
+        _ = try Waiter<Int>.poll(timeout: 60, what: "the work waiting") {
+            BackgroundWork.waitingForTranscriptions == 1 ? true : nil
+        }
+        XCTAssertEqual(ran.all, [], "it waits while the transcription runs")
+        release.signal()
+        XCTAssertEqual(try ran.wait(timeout: 60, what: "the work") { $0.first }, false, "then runs, not cancelled")
+
+        let inside = DispatchSemaphore(value: 0)
+        let stopped = Waiter<Bool>()
+        DispatchQueue.global().async {
+            BackgroundWork.inTurnGivingWay { cancellation in
+                inside.signal()
+                stopped.append((try? Waiter<Int>.poll(timeout: 60, what: "the cancellation") {
+                    cancellation.isCancelled ? true : nil
+                }) ?? false)
+            }
+        }
+        XCTAssertEqual(inside.wait(timeout: .now() + patient(60)), .success)
+        BackgroundWork.transcription {}
+        XCTAssertEqual(try stopped.wait(timeout: 60, what: "the work to see it") { $0.first }, true)
+    }
+
+    /// A statistics pass that a transcription interrupts stops, waits for the transcription, and runs again: the
+    /// utterance is gathered once, after the transcription.
+    func testAPassGivesWayToATranscriptionAndIsGatheredAfterIt() throws {
+        let model = try Fixtures.model("tiny.en")
+        let personal = PersonalStatistics(directory: nil, logger: Logger(label: "test"))
+        let samples = try loadAudio(path: try Fixtures.sample("jfk.wav"))
+        personal.observe(utterance: Utterance(samples: samples), transcript: Transcript(segments: [], language: "en", text: ""),
+                         model: model)
+        // The pass gathers over a whole 30 s window (about a second on one core here); a transcription starts in it.
+        _ = try Waiter<Int>.poll(timeout: 60, what: "the pass running") {
+            BackgroundWork.givingWayRuns ? true : nil
+        }
+        try BackgroundWork.transcription {
+            let waiting = try Waiter<Int>.poll(timeout: 60, what: "the pass to give way or end") {
+                BackgroundWork.waitingForTranscriptions == 1 ? true : personal.statisticsSamples == 1 ? false : nil
+            }
+            XCTAssertTrue(waiting, "the pass stopped and waits for the transcription")
+            XCTAssertEqual(personal.statisticsSamples, 0)
+        }
+        personal.waitForPass()
+        XCTAssertEqual(personal.statisticsSamples, 1, "gathered after the transcription")
+    }
+}
