@@ -14,10 +14,13 @@ import WhisperEngine
 ///
 /// **Giving way.** A statistics pass's gathering also gives way to transcriptions (`transcription(_:)`, which the
 /// workers run each job in): it starts only while none runs, and one that starts meanwhile sets its cancellation,
-/// so the pass stops at its next encoder step or decoded token and is run again once the transcriptions are done.
+/// so the pass stops at its next encoder step or decoded token and is run again once the transcriptions are done;
+/// its merge and its drift measurement, which cannot stop part-way, start only while none runs (`mayGoOn`).
 /// A transcription then has the memory and the cores to itself, instead of its own beside a pass's (the pass's
-/// 30 s window, its sums and the full-precision model's pages). Builds do not give way: starting again costs
-/// seconds of work, and a user who keeps talking would never get a new model.
+/// 30 s window, its sums and the full-precision model's pages). A build gives way chunk by chunk
+/// (`QuantizationOptions.giveWay`): before each chunk of a layer's rows (at most 4 MiB of them) it waits while
+/// transcriptions run, and a chunk a transcription interrupts is done again, so a build loses at most one chunk's
+/// work per transcription and still finishes while the user keeps talking. Its self-check does not give way.
 enum BackgroundWork {
     private static let turn = DispatchSemaphore(value: 1)
     private static let state = NSCondition()
@@ -29,28 +32,33 @@ enum BackgroundWork {
     /// Runs `body` once no other background work runs.
     static func inTurn<T>(_ body: () throws -> T) rethrows -> T {
         turn.wait()
-        defer { turn.signal() }
+        defer {
+            state.lock()
+            givingWay = nil
+            state.unlock()
+            turn.signal()
+        }
         return try body()
     }
 
-    /// `inTurn` for work that gives way to transcriptions: `body` starts once none runs, and its cancellation is set
-    /// as soon as one starts (the work should then stop at its next step).
+    /// `inTurn` for work that gives way to transcriptions: `body` starts once none runs (`mayGoOn`), and its
+    /// cancellation is set as soon as one starts (the work should then stop at its next step).
     static func inTurnGivingWay<T>(_ body: (Cancellation) throws -> T) rethrows -> T {
-        try inTurn {
-            let cancellation = Cancellation()
-            state.lock()
-            waiting += 1
-            while transcriptions > 0 { state.wait() }
-            waiting -= 1
-            givingWay = cancellation
-            state.unlock()
-            defer {
-                state.lock()
-                givingWay = nil
-                state.unlock()
-            }
-            return try body(cancellation)
-        }
+        try inTurn { try body(mayGoOn()) }
+    }
+
+    /// For the background work in turn (`inTurn`) at a point where it may stop: returns once no transcription runs,
+    /// with the flag that the next one to start sets. A build calls it before each chunk of rows
+    /// (`QuantizationOptions.giveWay`).
+    @Sendable static func mayGoOn() -> Cancellation {
+        let cancellation = Cancellation()
+        state.lock()
+        defer { state.unlock() }
+        waiting += 1
+        while transcriptions > 0 { state.wait() }
+        waiting -= 1
+        givingWay = cancellation
+        return cancellation
     }
 
     /// Runs a transcription: background work that gives way stops at its next step, and none starts until no

@@ -194,17 +194,21 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
     private var footprint: (name: String, modelName: String, identity: String, value: ModelFootprint)?
     private let personalStatistics: (@Sendable (String) -> ActivationStatistics?)?
     private let layerDirectory: String?
+    private let giveWay: (@Sendable () -> Cancellation)?
 
     /// Creates a provider; quantized layers get one scale per `groupSize` input features.
     /// `personalStatistics` returns the statistics gathered on the model with the given `ModelIdentity`, if any: a
     /// copy the build owns (a personal build drops their second moments as it quantizes the layers that read them).
     /// With `layerDirectory` (on disk), a quantized build writes its layers to an unnamed file there and maps them
-    /// (`LayerFile`); without, or where that fails, they are kept in memory.
+    /// (`LayerFile`); without, or where that fails, they are kept in memory. A build gives way to other work with
+    /// `giveWay` (`QuantizationOptions.giveWay`; the daemon's: `BackgroundWork.mayGoOn`).
     public init(groupSize: Int = QuantizedMatrix.defaultGroupSize,
-                personalStatistics: (@Sendable (String) -> ActivationStatistics?)? = nil, layerDirectory: String? = nil) {
+                personalStatistics: (@Sendable (String) -> ActivationStatistics?)? = nil, layerDirectory: String? = nil,
+                giveWay: (@Sendable () -> Cancellation)? = nil) {
         self.groupSize = groupSize
         self.personalStatistics = personalStatistics
         self.layerDirectory = layerDirectory
+        self.giveWay = giveWay
     }
 
     /// The precision to serve at: float when it fits (or without a budget), else the highest uniform width that
@@ -291,6 +295,7 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
             let (result, storage) = try quantizeWithLayerFile { file in
                 var options = QuantizationOptions(target: .uniform(bits: bits), groupSize: groupSize, calibrate: false)
                 options.layerFile = file
+                options.giveWay = giveWay
                 return try Quantizer.quantize(model: source, statistics: nil, options: options)
             }
             let planned = sizes.uniformBytes[bits] ?? 0
@@ -313,7 +318,7 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
                 }
                 unused = nil
                 return try Quantizer.personalise(model: source, statistics: own, budget: budget, threads: 1,
-                                                 releasingMoments: true, layerFile: file)
+                                                 releasingMoments: true, layerFile: file, giveWay: giveWay)
             }
             let actual = result.weights.byteSize
             guard actual <= budget else { throw ModelProviderError.sizeMismatch(planned: budget, actual: actual) }

@@ -185,7 +185,8 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     /// The default pipeline with statistics from `personalStatistics` (by model identity).
     static func defaultPipeline(personalStatistics: (@Sendable (String) -> ActivationStatistics?)?,
                                 layerDirectory: String? = nil) -> ModelPipeline {
-        let provider = BudgetModelProvider(personalStatistics: personalStatistics, layerDirectory: layerDirectory)
+        let provider = BudgetModelProvider(personalStatistics: personalStatistics, layerDirectory: layerDirectory,
+                                           giveWay: BackgroundWork.mayGoOn)
         let check = ModelCheck()
         return ModelPipeline(
             build: { target, serving, lowestBits in

@@ -248,7 +248,10 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
                          cancellation: cancellation)
         guard end == .merged else { return end }
         WhisperModel.releaseFreedMemory()
-        if let also = locked({ alsoDuringPass }) { also(samples, model, served) }
+        if let also = locked({ alsoDuringPass }) {
+            _ = BackgroundWork.mayGoOn()   // the drift measurement too starts while no transcription runs
+            also(samples, model, served)
+        }
         return end
     }
 
@@ -276,7 +279,10 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         }
         // The network's scratch (its windows, caches and row buffers) is free now: its pages go back before the
         // merge allocates, so that the pass's peak is the larger of the two phases rather than the heap both left.
+        // The merge (the kept statistics read, merged and written) waits for any transcription to end, as the
+        // gathering did: it holds only the pass's sums meanwhile.
         WhisperModel.releaseFreedMemory()
+        _ = BackgroundWork.mayGoOn()
         // The statistics so far: in memory, or read from their file (passes run one at a time, so no other pass
         // writes it meanwhile; a `forget` meanwhile changes the epoch, and this pass is dropped).
         let onFile = locked { statistics == nil && saved != nil }

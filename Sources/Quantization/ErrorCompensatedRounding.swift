@@ -93,9 +93,10 @@ public struct ErrorCompensatedRounding: Sendable {
     /// block is rotated and factorised on its own, and the dense `[n, n]` matrix is never made. Blocks
     /// whose boundaries split a group are merged first.
     /// The moment is consumed: what this call alone holds is freed once factorised, before the rounding.
+    /// Once `cancellation` is set it stops before its next `rowChunk` rows (`DecodingError.cancelled`).
     public func quantize(values: [Float], outFeatures: Int, inFeatures: Int, bits: Int, groupSize: Int,
                          secondMoment: consuming SecondMoment, rows: Int, rotated: Bool = false,
-                         columnBatch: Int = 64) throws -> QuantizedMatrix? {
+                         columnBatch: Int = 64, cancellation: Cancellation? = nil) throws -> QuantizedMatrix? {
         guard values.count == outFeatures * inFeatures else {
             throw QuantizedMatrixError.valueCount(expected: outFeatures * inFeatures, actual: values.count)
         }
@@ -118,7 +119,10 @@ public struct ErrorCompensatedRounding: Sendable {
         let batch = (max(1, columnBatch) + groupSize - 1) / groupSize * groupSize
         let chunks = (outFeatures + Self.rowChunk - 1) / Self.rowChunk
         let workers = max(1, min(threads, chunks))
+        var stopped = [Bool](repeating: false, count: workers)   // per worker: it stopped before its last chunk
         values.withUnsafeBufferPointer { w in
+          stopped.withUnsafeMutableBufferPointer { stopped in
+            let stopped = stopped
             codes.withUnsafeMutableBufferPointer { c in
                 halfScales.withUnsafeMutableBufferPointer { s in
                     let c = c, s = s
@@ -133,6 +137,10 @@ public struct ErrorCompensatedRounding: Sendable {
                         let rotatedRows = UnsafeMutablePointer<Float>.allocate(capacity: rotated ? Self.rowChunk * n : 0)
                         defer { rotatedRows.deallocate() }
                         for chunk in stride(from: worker, to: chunks, by: workers) {
+                            if cancellation?.isCancelled == true {
+                                stopped[worker] = true
+                                break
+                            }
                             let r0 = chunk * Self.rowChunk, r1 = min(outFeatures, r0 + Self.rowChunk)
                             var weights = w.baseAddress! + r0 * n
                             if rotated {
@@ -156,7 +164,9 @@ public struct ErrorCompensatedRounding: Sendable {
                     }
                 }
             }
+          }
         }
+        if stopped.contains(true) { throw DecodingError.cancelled }
         return try QuantizedMatrix(codes: codes, halfScales: halfScales, outFeatures: outFeatures,
                                    inFeatures: inFeatures, bits: bits, groupSize: groupSize, rotated: rotated)
     }

@@ -55,6 +55,11 @@ public struct QuantizationOptions: Sendable {
     /// Where the quantized layers go as they are made (nil: memory of their own). With a file, a build's resident
     /// set holds none of the model it makes, only the chunk at work (`LayerFile`). The model is the same.
     public var layerFile: LayerFile?
+    /// For a background build that gives way to other work (the daemon's, to its transcriptions): called before each
+    /// chunk of rows, it returns once the build may go on, with the flag that stops that chunk early (compensated
+    /// rounding checks it between its row chunks); a chunk stopped is done again from its start after the next call.
+    /// The model is the same.
+    public var giveWay: (@Sendable () -> Cancellation)?
 
     /// The group size `target` gets unless told otherwise: `QuantizedMatrix.defaultGroupSize` (32), except
     /// under a budget with codes rounded to nearest, where groups of 64 save scale bytes that let the sweep keep
@@ -340,18 +345,20 @@ public enum Quantizer {
                 : max(1, options.chunkBytes / (4 * layer.inFeatures) / rowChunk) * rowChunk
             let q = try quantizeRows(of: layer, rowsPerChunk: rowsPerChunk, bits: bits, groupSize: options.groupSize,
                                      rotated: rotated, into: options.layerFile) { values, rows in
-                // The second moment's blocks are made for each chunk and handed over: no copy outlives its use.
-                if compensates, let covariance, let matrix = try ErrorCompensatedRounding(threads: options.threads).quantize(
-                    values: values, outFeatures: rows.count, inFeatures: layer.inFeatures, bits: bits,
-                    groupSize: options.groupSize, secondMoment: covariance.moment(of: layer.name)!,
-                    rows: covariance.rows(of: layer.name), rotated: rotated) {
-                    compensated = true
-                    return matrix
+                try Self.givingWay(options.giveWay) { cancellation in
+                    // The second moment's blocks are made for each chunk and handed over: no copy outlives its use.
+                    if compensates, let covariance, let matrix = try ErrorCompensatedRounding(threads: options.threads).quantize(
+                        values: values, outFeatures: rows.count, inFeatures: layer.inFeatures, bits: bits,
+                        groupSize: options.groupSize, secondMoment: covariance.moment(of: layer.name)!,
+                        rows: covariance.rows(of: layer.name), rotated: rotated, cancellation: cancellation) {
+                        compensated = true
+                        return matrix
+                    }
+                    return try QuantizedMatrix(quantizing: values, outFeatures: rows.count, inFeatures: layer.inFeatures,
+                                               bits: bits, groupSize: options.groupSize,
+                                               clipRatios: Array(ratios[rows.lowerBound * groups ..< rows.upperBound * groups]),
+                                               rotated: rotated)
                 }
-                return try QuantizedMatrix(quantizing: values, outFeatures: rows.count, inFeatures: layer.inFeatures,
-                                           bits: bits, groupSize: options.groupSize,
-                                           clipRatios: Array(ratios[rows.lowerBound * groups ..< rows.upperBound * groups]),
-                                           rotated: rotated)
             }
             replacements[layer.name] = q
             if options.releasesMomentsAsUsed, let covariance, lastReader[InputCovariance.key(for: layer.name)] == i {
@@ -404,6 +411,19 @@ public enum Quantizer {
     /// returns those rows quantized; their codes and scales are laid one after the other (rows are stored in order,
     /// `QuantizedMatrix`), so only one chunk's float32 rows are held at a time. One chunk: its matrix as returned.
     /// With `file`, the codes and scales go to it (each chunk's as it is made) and the matrix maps them.
+    /// `body` with the flag `giveWay` returns (`QuantizationOptions.giveWay`), again from its start each time it
+    /// stopped early; without `giveWay`, once.
+    static func givingWay<T>(_ giveWay: (@Sendable () -> Cancellation)?, _ body: (Cancellation?) throws -> T) throws -> T {
+        guard let giveWay else { return try body(nil) }
+        while true {
+            do {
+                return try body(giveWay())
+            } catch DecodingError.cancelled {
+                continue
+            }
+        }
+    }
+
     private static func quantizeRows(of layer: Linear, rowsPerChunk: Int, bits: Int, groupSize: Int, rotated: Bool,
                                      into file: LayerFile?,
                                      _ quantize: (_ values: [Float], _ rows: Range<Int>) throws -> QuantizedMatrix)
@@ -461,15 +481,18 @@ extension Quantizer {
 
     /// The daemon's personal model: `model` (full precision) quantized under `budget` bytes from the
     /// user's `statistics` (gathered on this model) with `personalOptions(budget:statistics:)`, on `threads`
-    /// threads (the codes do not depend on it), its layers written to `layerFile` when one is given.
+    /// threads (the codes do not depend on it), its layers written to `layerFile` when one is given, giving way to
+    /// other work with `giveWay` (`QuantizationOptions.giveWay`).
     public static func personalise(model: WhisperModel, statistics: ActivationStatistics, budget: Int,
                                    threads: Int = ProcessInfo.processInfo.activeProcessorCount,
                                    releasingMoments: Bool = false, layerFile: LayerFile? = nil,
+                                   giveWay: (@Sendable () -> Cancellation)? = nil,
                                    progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
         var options = personalOptions(budget: budget, statistics: statistics)
         options.threads = threads
         options.releasesMomentsAsUsed = releasingMoments
         options.layerFile = layerFile
+        options.giveWay = giveWay
         return try quantize(model: model, statistics: statistics, options: options, progress: progress)
     }
 }

@@ -378,4 +378,31 @@ final class ErrorCompensatedRoundingTests: XCTestCase {
         XCTAssertEqual(covariance.layerNames, [])
         try QuantizerTests.assertSameLayers(kept.weights, released.weights)
     }
+
+    /// A build that gives way (the daemon's, to its transcriptions) does a chunk stopped early again from its start:
+    /// with every chunk's first try stopped before its first rows, the same codes.
+    func testABuildThatGivesWayGivesTheSameModel() throws {
+        let (weights, covariance) = QuantizerTests.weightsWithMoments()
+        var options = QuantizationOptions(target: .uniform(bits: 3), groupSize: 32, rounding: .compensated)
+        let straight = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: options,
+                                              covariance: covariance)
+        final class Calls: @unchecked Sendable {  // @unchecked: guarded by `lock`
+            let lock = NSLock()
+            var count = 0
+        }
+        let calls = Calls()
+        options.giveWay = {
+            let flag = Cancellation()
+            if calls.lock.withLock({ () -> Bool in
+                calls.count += 1
+                return calls.count % 2 == 1
+            }) { flag.cancel() }
+            return flag
+        }
+        let gaveWay = try Quantizer.quantize(name: "syn", weights: weights, statistics: nil, options: options,
+                                             covariance: covariance)
+        try QuantizerTests.assertSameLayers(straight.weights, gaveWay.weights)
+        let layers = weights.linearLayers.count
+        XCTAssertEqual(calls.lock.withLock { calls.count }, 2 * layers, "each layer's one chunk stopped once, then done")
+    }
 }
