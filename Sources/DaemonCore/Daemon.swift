@@ -195,7 +195,11 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
                     reloadFromDisk: serving.map { $0.target.reloadEpoch != target.reloadEpoch } ?? true,
                     serving: serving?.provided, servingName: serving?.target.source, lowestBits: lowestBits))
             },
-            check: { candidate in check.check(candidate) })
+            // The self-check cannot stop part-way (its report would say it failed): it starts while no transcription runs.
+            check: { candidate in
+                _ = BackgroundWork.mayGoOn()
+                return check.check(candidate)
+            })
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {
@@ -229,7 +233,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         personal?.whenSamplesGrow { count in Task { await service.statisticsGrew(to: count) } }
         // While a quantized model serves, each statistics pass also measures its drift on the utterance (and a
         // candidate's, while one is in shadow); the service decides with the aggregates.
-        personal?.duringPass { [logger] samples, fullPrecision, served in
+        personal?.duringPass { [logger] samples, fullPrecision, served, cancellation in
             guard let entry = service.store.current, entry.provided.model === served, entry.provided.plan.isQuantized
             else { return }
             let shadow = service.store.shadow
@@ -240,9 +244,11 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             }
             do {
                 let drift = try OwnSpeechDrift.measure(samples: samples, fullPrecision: fullPrecision, served: served,
-                                                       candidate: shadow?.provided.model)
+                                                       candidate: shadow?.provided.model, cancellation: cancellation)
                 let candidate = shadow.flatMap { s in drift.candidate.map { (id: s.id, drift: $0) } }
                 Task { await service.measured(generation: entry.generation, served: drift.served, candidate: candidate) }
+            } catch DecodingError.cancelled {
+                throw DecodingError.cancelled   // a transcription started: the pass measures again after it
             } catch {
                 logger.error("drift measurement failed: \(error)")
             }

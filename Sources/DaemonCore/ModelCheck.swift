@@ -115,13 +115,13 @@ public struct ModelCheck: Sendable {
     /// Checks `candidate` against the reference distributions of its full-precision model.
     public func check(_ candidate: WhisperModel, against reference: ReferenceDistributions) throws -> CheckReport {
         let recognizer = try SpeechRecognizer(model: candidate, threads: threads)
-        let audio = recognizer.encodeFirstWindow(samples: Self.probe, window: reference.window)
+        let audio = try recognizer.encodeFirstWindow(samples: Self.probe, window: reference.window)
         // The candidate's encoder is read once here; where its layers are a file's (the daemon's builds, `LayerFile`)
         // their pages leave the resident set for the decoding, which reads the rest, beside the model in service.
         for layer in candidate.weights.linearLayers where layer.name.hasPrefix("encoder/") {
             layer.weight.releaseResidentPages()
         }
-        let divergence = recognizer.divergence(from: reference, audio: audio)
+        let divergence = try recognizer.divergence(from: reference, audio: audio)
         let produced = try recognizer.greedyTokens(audio: audio, maxTokens: Self.positions)
         candidate.weights.releaseResidentPages()   // until it serves, or is measured in shadow
         let endOfText = candidate.tokenizer.specials.endOfText

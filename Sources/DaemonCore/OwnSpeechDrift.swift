@@ -13,19 +13,23 @@ public enum OwnSpeechDrift {
     /// Tokens of the full-precision decode compared (a short command has fewer; 64 covers most utterances).
     public static let positions = 64
 
-    /// The divergence of `served` and of `candidate` (if any) from `fullPrecision` on `samples`.
+    /// The divergence of `served` and of `candidate` (if any) from `fullPrecision` on `samples`; stops at its next
+    /// encoder step or position once `cancellation` is set (`DecodingError.cancelled`).
     public static func measure(samples: [Float], fullPrecision: WhisperModel, served: WhisperModel,
-                               candidate: WhisperModel?) throws -> (served: NextTokenDivergence, candidate: NextTokenDivergence?)
+                               candidate: WhisperModel?, cancellation: Cancellation? = nil) throws
+        -> (served: NextTokenDivergence, candidate: NextTokenDivergence?)
     {
         let reference = try SpeechRecognizer(model: fullPrecision, threads: 1)
-            .referenceDistributions(samples: samples, maxTokens: positions, window: .ownFrames)
-        let servedDrift = try SpeechRecognizer(model: served, threads: 1).divergence(from: reference, samples: samples)
+            .referenceDistributions(samples: samples, maxTokens: positions, window: .ownFrames, cancellation: cancellation)
+        let servedDrift = try SpeechRecognizer(model: served, threads: 1)
+            .divergence(from: reference, samples: samples, cancellation: cancellation)
         // The two quantized models are not resident together: the served one's pages go back to the page cache while
         // the candidate is read (a transcription meanwhile maps what it reads again).
         if candidate != nil { served.weights.releaseResidentPages() }
         let candidateDrift = try candidate.map { model in
             defer { model.weights.releaseResidentPages() }   // it serves nobody until it is promoted
-            return try SpeechRecognizer(model: model, threads: 1).divergence(from: reference, samples: samples)
+            return try SpeechRecognizer(model: model, threads: 1)
+                .divergence(from: reference, samples: samples, cancellation: cancellation)
         }
         return (servedDrift, candidateDrift)
     }

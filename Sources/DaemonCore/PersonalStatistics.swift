@@ -51,7 +51,8 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     private var sourceModel: String?
     private var mapped: (name: String, model: WhisperModel?, identity: String?)?
     private var onSamplesGrew: (@Sendable (Int) -> Void)?
-    private var alsoDuringPass: (@Sendable (_ samples: [Float], _ fullPrecision: WhisperModel, _ served: WhisperModel) -> Void)?
+    private var alsoDuringPass: (@Sendable (_ samples: [Float], _ fullPrecision: WhisperModel, _ served: WhisperModel,
+                                            _ cancellation: Cancellation) throws -> Void)?
 
     /// Statistics kept in `directory` (nil: in memory only), loading what an earlier run left there.
     public init(directory: String?, logger: Logger) {
@@ -112,10 +113,12 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     }
 
     /// Sets what else runs in each pass while it holds the utterance's copy (the daemon measures the served model's
-    /// drift on it, `OwnSpeechDrift`): given the samples, the full-precision model and the served model. It must
-    /// keep nothing of the samples.
+    /// drift on it, `OwnSpeechDrift`): given the samples, the full-precision model, the served model and the flag a
+    /// transcription sets as it starts (`BackgroundWork`). It gives way as the gathering does: it starts while no
+    /// transcription runs, and when it stops for one (throwing `DecodingError.cancelled`) it runs again after it.
+    /// It must keep nothing of the samples.
     public func duringPass(_ body: @escaping @Sendable (_ samples: [Float], _ fullPrecision: WhisperModel,
-                                                        _ served: WhisperModel) -> Void) {
+                                                        _ served: WhisperModel, _ cancellation: Cancellation) throws -> Void) {
         locked { alsoDuringPass = body }
     }
 
@@ -249,8 +252,18 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         guard end == .merged else { return end }
         WhisperModel.releaseFreedMemory()
         if let also = locked({ alsoDuringPass }) {
-            _ = BackgroundWork.mayGoOn()   // the drift measurement too starts while no transcription runs
-            also(samples, model, served)
+            // It starts while no transcription runs, and runs again after one that stopped it.
+            while true {
+                do {
+                    try also(samples, model, served, BackgroundWork.mayGoOn())
+                    break
+                } catch DecodingError.cancelled {
+                    continue
+                } catch {
+                    logger.error("what runs beside the pass failed: \(error)")
+                    break
+                }
+            }
         }
         return end
     }
@@ -269,7 +282,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
             pass = try StatisticsPass.run(model: model, identity: identity, samples: samples, cancellation: cancellation)
                 .statistics
         } catch DecodingError.cancelled {
-            logger.debug("statistics pass gave way to a transcription; it runs again after", metadata: [
+            logger.debug("gathering gave way to a transcription; the pass runs again after it", metadata: [
                 "after_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
             ])
             return .gaveWay

@@ -140,8 +140,10 @@ public final class SpeechRecognizer {
     /// The encoder's output for the first window of `samples` cut as `transcribe` cuts it (their frames, then
     /// zeros), encoded over the whole 30 s or over the samples' own frames (`MeasuredWindow`): what
     /// `greedyTokens(audio:maxTokens:)` and `forEachLogProbabilities(audio:following:_:)` read, so that one encoder
-    /// pass serves both.
-    public func encodeFirstWindow(samples: [Float], window: MeasuredWindow) -> EncodedAudio {
+    /// pass serves both. Stops once `cancellation` is set (`DecodingError.cancelled`).
+    public func encodeFirstWindow(samples: [Float], window: MeasuredWindow, cancellation: Cancellation? = nil) throws
+        -> EncodedAudio
+    {
         // As `transcribe` pads an English model's audio: nFFT samples of silence give the audio's frames (and their
         // maximum) as 30 s would, without a 30 s spectrogram for every utterance a drift measurement reads.
         let mel = frontEnd.compute(samples: samples, paddingSamples: WhisperAudio.nFFT)
@@ -151,17 +153,20 @@ public final class SpeechRecognizer {
            let frames = ShortWindowPolicy().encodedFrames(contentFrames: content, windowFrames: WhisperAudio.nFrames) {
             width = frames
         }
-        return network.encode(mel: mel.window(atFrame: 0, frameCount: content).window(atFrame: 0, frameCount: width).values)
+        return try network.encode(mel: mel.window(atFrame: 0, frameCount: content).window(atFrame: 0, frameCount: width).values,
+                                  cancellation: cancellation)
     }
 
     /// The decoder's next-token log-probabilities after each of `tokens`, fed one at a time as
     /// decoding feeds them, over `audio` (`encodeFirstWindow`): `body(position, row)` for each position in turn,
     /// `row` the `[nVocab]` log-probabilities after `tokens[position]` (valid during the call only). Two models
-    /// given the same tokens can be compared position by position (`myqasr compare`).
-    public func forEachLogProbabilities(audio: EncodedAudio, following tokens: [Int],
-                                        _ body: (_ position: Int, _ row: UnsafeBufferPointer<Float>) -> Void) {
+    /// given the same tokens can be compared position by position (`myqasr compare`). Stops before the next position
+    /// once `cancellation` is set (`DecodingError.cancelled`).
+    public func forEachLogProbabilities(audio: EncodedAudio, following tokens: [Int], cancellation: Cancellation? = nil,
+                                        _ body: (_ position: Int, _ row: UnsafeBufferPointer<Float>) -> Void) throws {
         let session = network.makeDecoderSession(audio: audio)
         for (position, token) in tokens.enumerated() {
+            try cancellation?.check()
             var row = session.step([[token]])
             row.withUnsafeMutableBufferPointer {
                 _ = LogitMath.logSoftmaxInPlace($0)
@@ -174,9 +179,11 @@ public final class SpeechRecognizer {
     /// decodes them from (`WindowDecoder.initialTokens`: start of transcript, then language and
     /// task for a multilingual model): what `forEachLogProbabilities(audio:following:_:)` is fed to
     /// compare two models on the same tokens. `promptLength` counts the prompt's tokens; `maxTokens` caps the
-    /// tokens sampled (nil: half the decoder context, as `transcribe`).
-    public func greedyTokens(audio: EncodedAudio, maxTokens: Int? = nil) throws -> (tokens: [Int], promptLength: Int) {
+    /// tokens sampled (nil: half the decoder context, as `transcribe`). Stops once `cancellation` is set.
+    public func greedyTokens(audio: EncodedAudio, maxTokens: Int? = nil,
+                             cancellation: Cancellation? = nil) throws -> (tokens: [Int], promptLength: Int) {
         var options = DecodingOptions(beamSize: 1, sampleLength: maxTokens)
+        options.cancellation = cancellation
         if !model.tokenizer.isMultilingual { options.language = "en" }
         let decoder = transcriber.decoder
         let result = try decoder.decode(audio: audio, options: options)

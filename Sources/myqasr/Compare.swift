@@ -60,7 +60,7 @@ struct Compare: ParsableCommand {
             do { samples = try loadAudio(path: file) } catch { throw CLIError("\(error)") }
             // Positions from the prompt's last token on predict the transcript (and finally its end).
             let reference = try referenceRecognizer.referenceDistributions(samples: samples, window: window)
-            total.merge(measuredRecognizer.divergence(from: reference, samples: samples))
+            total.merge(try measuredRecognizer.divergence(from: reference, samples: samples))
         }
         print(String(format: "%d files, %d positions: KL(reference || model) %.5f nats per position, top-1 agreement %.2f %%",
                       files.count, total.positions, total.meanKL, 100 * total.topOneAgreement))

@@ -23,7 +23,7 @@ final class PersonalStatisticsTests: XCTestCase {
             var firstSamples: [Float] = []
         }
         let seen = Seen()
-        personal.duringPass { samples, _, _ in
+        personal.duringPass { samples, _, _, _ in
             seen.lock.withLock { seen.firstSamples.append(samples[0]) }
             if samples[0] == 0.1 {   // hold the first pass until the other two have arrived
                 held.signal()
@@ -51,7 +51,7 @@ final class PersonalStatisticsTests: XCTestCase {
         let personal = PersonalStatistics(directory: nil, logger: Logger(label: "test"))
         let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
         let passes = ManagedAtomicCounter()
-        personal.duringPass { samples, _, _ in
+        personal.duringPass { samples, _, _, _ in
             passes.increment()
             if samples[0] == 0.1 {
                 held.signal()
@@ -144,7 +144,7 @@ extension PersonalStatisticsTests {
         let personal = PersonalStatistics(directory: nil, logger: Logger(label: "test"))
         personal.setSourceModel(path)
         let duringPass = Waiter<Int>()
-        personal.duringPass { _, fullPrecision, model in
+        personal.duringPass { _, fullPrecision, model, _ in
             XCTAssertFalse(fullPrecision === model, "the pass ran the mapped full-precision model")
             duringPass.append(residentKiB())
         }
@@ -155,5 +155,31 @@ extension PersonalStatisticsTests {
         personal.waitForPass()
         XCTAssertEqual(duringPass.all, [0], "none of the served model's pages once the pass had run")
         XCTAssertEqual(personal.statistics(for: ModelIdentity.of(float))?.sampleCount, 1)
+    }
+}
+
+extension PersonalStatisticsTests {
+    /// What runs during a pass (the drift measurement) and stops for a transcription (`DecodingError.cancelled`)
+    /// runs again once the transcription is done; the drift measurement stops when its flag is set.
+    func testWhatStopsForATranscriptionDuringAPassRunsAgain() throws {
+        let model = try SmallModels.make(seed: 6)
+        let personal = PersonalStatistics(directory: nil, logger: Logger(label: "test"))
+        let calls = Waiter<Bool>()
+        personal.duringPass { _, _, _, cancellation in
+            calls.append(cancellation.isCancelled)
+            if calls.all.count == 1 { throw DecodingError.cancelled }
+        }
+        personal.observe(utterance: Utterance(samples: [Float](repeating: 0.1, count: 16_000)),
+                         transcript: Transcript(segments: [], language: "en", text: ""), model: model)
+        personal.waitForPass()
+        XCTAssertEqual(calls.all, [false, false], "run again, with a new flag")
+        XCTAssertEqual(personal.statisticsSamples, 1)
+
+        let stopped = Cancellation()
+        stopped.cancel()
+        XCTAssertThrowsError(try OwnSpeechDrift.measure(samples: [Float](repeating: 0.1, count: 16_000), fullPrecision: model,
+                                                        served: model, candidate: model, cancellation: stopped)) {
+            XCTAssertEqual($0 as? DecodingError, .cancelled)
+        }
     }
 }

@@ -95,15 +95,16 @@ public struct NextTokenDivergence: Sendable, Equatable {
 extension SpeechRecognizer {
     /// This model's greedy tokens (at most `maxTokens`) on the first window of `samples`, encoded as `window`,
     /// and its distributions after each (the reference others are measured against), both over one encoder pass.
-    public func referenceDistributions(samples: [Float], maxTokens: Int? = nil,
-                                       window: MeasuredWindow) throws -> ReferenceDistributions {
-        let audio = encodeFirstWindow(samples: samples, window: window)
-        let (tokens, promptLength) = try greedyTokens(audio: audio, maxTokens: maxTokens)
+    /// Stops at its next step once `cancellation` is set (`DecodingError.cancelled`).
+    public func referenceDistributions(samples: [Float], maxTokens: Int? = nil, window: MeasuredWindow,
+                                       cancellation: Cancellation? = nil) throws -> ReferenceDistributions {
+        let audio = try encodeFirstWindow(samples: samples, window: window, cancellation: cancellation)
+        let (tokens, promptLength) = try greedyTokens(audio: audio, maxTokens: maxTokens, cancellation: cancellation)
         let vocabulary = network.dimensions.nVocab
         var kept: [Float16] = []   // [tokens.count - promptLength + 1, nVocab]
         var top: [Int] = []
         kept.reserveCapacity((tokens.count - promptLength + 1) * vocabulary)
-        forEachLogProbabilities(audio: audio, following: tokens) { position, row in
+        try forEachLogProbabilities(audio: audio, following: tokens, cancellation: cancellation) { position, row in
             guard position >= promptLength - 1 else { return }
             kept.append(contentsOf: row.lazy.map { Float16($0) })
             top.append(row.indices.max(by: { row[$0] < row[$1] })!)
@@ -113,20 +114,25 @@ extension SpeechRecognizer {
     }
 
     /// KL(reference || this model) at every position of `reference`, this model fed the reference's
-    /// tokens over the same window (`reference.window`) of the same `samples`.
-    public func divergence(from reference: ReferenceDistributions, samples: [Float]) -> NextTokenDivergence {
-        divergence(from: reference, audio: encodeFirstWindow(samples: samples, window: reference.window))
+    /// tokens over the same window (`reference.window`) of the same `samples`. Stops at its next step once
+    /// `cancellation` is set (`DecodingError.cancelled`).
+    public func divergence(from reference: ReferenceDistributions, samples: [Float],
+                           cancellation: Cancellation? = nil) throws -> NextTokenDivergence {
+        try divergence(from: reference,
+                       audio: try encodeFirstWindow(samples: samples, window: reference.window, cancellation: cancellation),
+                       cancellation: cancellation)
     }
 
     /// `divergence(from:samples:)` over this model's encoding of the samples' first window
     /// (`encodeFirstWindow(samples:window:)` with `reference.window`).
-    public func divergence(from reference: ReferenceDistributions, audio: EncodedAudio) -> NextTokenDivergence {
+    public func divergence(from reference: ReferenceDistributions, audio: EncodedAudio,
+                           cancellation: Cancellation? = nil) throws -> NextTokenDivergence {
         let vocabulary = reference.vocabularySize
         precondition(vocabulary == network.dimensions.nVocab, "divergence: the vocabularies differ")
         var result = NextTokenDivergence()
         let first = reference.promptLength - 1
         // Position by position: this model's rows are compared as they come, not held.
-        forEachLogProbabilities(audio: audio, following: reference.tokens) { position, row in
+        try forEachLogProbabilities(audio: audio, following: reference.tokens, cancellation: cancellation) { position, row in
             guard position >= first else { return }
             let p = (position - first) * vocabulary
             result.add(reference: reference.logProbabilities[p..<(p + vocabulary)], top: reference.topTokens[position - first],
