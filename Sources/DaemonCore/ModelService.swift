@@ -374,7 +374,10 @@ public actor ModelService {
                 if atIdlePriority { buildThread.async(job) } else { DispatchQueue.global(qos: .userInitiated).async(execute: job) }
             }
             run { BackgroundWork.inTurn {
-                // What the daemon ran since it last went idle (its code pages) goes back before the build's peak.
+                // What the daemon ran since it last went idle (its code pages), and the served model's layer pages,
+                // which a build does not read (a transcription meanwhile maps what it reads again, from the page
+                // cache), go back before the build's peak.
+                serving?.provided.model.weights.releaseResidentPages()
                 WhisperModel.releaseFreedMemory()
                 // Candidate -> check.
                 var candidate: Candidate

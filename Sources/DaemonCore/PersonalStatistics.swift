@@ -264,6 +264,8 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
                     break
                 }
             }
+            // The drift measurement read the served model again: its pages go back too, until a transcription.
+            if quantized { served.weights.releaseResidentPages() }
         }
         return end
     }

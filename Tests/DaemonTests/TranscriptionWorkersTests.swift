@@ -1,6 +1,7 @@
 import Capture
 import DaemonCore
 import Foundation
+import Quantization
 import Serving
 import WhisperEngine
 import XCTest
@@ -270,5 +271,36 @@ final class PartialPassTests: XCTestCase {
         // A request's partial pass on the idle worker answers with the audio so far.
         let soFar = await workers.transcribePartial(samples: Array(samples.prefix(3 * 16000)), language: "en", source: "c")
         XCTAssertTrue(Fixtures.normalise(soFar?.text ?? "").hasPrefix("and so"), soFar?.text ?? "nil")
+    }
+}
+
+extension TranscriptionWorkersTests {
+    /// Workers that go idle hand the served model's layer pages back (the page cache keeps them): a daemon at rest,
+    /// and the statistics pass or build that runs after a transcription, do not hold them. The next job reads them
+    /// again.
+    func testIdleWorkersHoldNoPageOfTheServedModel() async throws {
+        let float = try Fixtures.model("tiny.en")
+        let scratch = try ScratchDirectory()
+        var options = QuantizationOptions(target: .uniform(bits: 4), groupSize: 32, calibrate: false)
+        options.layerFile = try XCTUnwrap(LayerFile.open(directory: try scratch.makeDirectory("layers")))
+        let served = float.withWeights(try Quantizer.quantize(model: float, statistics: nil, options: options).weights)
+        let layers = try served.weights.linearLayers.map { try XCTUnwrap($0.weight as? QuantizedMatrix) }
+        @Sendable func residentKiB() -> Int { layers.reduce(0) { $0 + (ResidentPages.kib(ofMappingAt: $1.packed.baseAddress) ?? 0) } }
+        let bits = Dictionary(uniqueKeysWithValues: served.weights.linearLayers.map { ($0.name, 4) })
+        let store = ModelStore()
+        store.swap(to: ProvidedModel(model: served, layerBits: bits, weightBytes: served.weights.byteSize, budgetMet: true,
+                                     plan: .uniform(bits: 4), statisticsSamples: 0),
+                   target: ModelTarget(source: "tiny.en", budget: Budget(bytes: nil, origin: .configuration)),
+                   reason: .start, check: nil)
+        let workers = TranscriptionWorkers(store: store, count: 1, threads: 2, queueDepth: 2, logger: .init(label: "test"),
+                                           onLiveResult: { _ in })
+        defer { workers.shutdown() }
+        for _ in 0..<2 {
+            let text = try await workers.transcribe(samples: try speech(), language: "en", client: "test").text
+            XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
+            _ = try Waiter<Int>.poll(timeout: 30, what: "the idle workers to hand the model's pages back") {
+                residentKiB() == 0 ? 1 : nil
+            }
+        }
     }
 }
