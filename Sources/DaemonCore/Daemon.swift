@@ -195,10 +195,15 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
                     reloadFromDisk: serving.map { $0.target.reloadEpoch != target.reloadEpoch } ?? true,
                     serving: serving?.provided, servingName: serving?.target.source, lowestBits: lowestBits))
             },
-            // The self-check cannot stop part-way (its report would say it failed): it starts while no transcription runs.
+            // The self-check gives way to transcriptions as a statistics pass does, and runs again after them.
             check: { candidate in
-                _ = BackgroundWork.mayGoOn()
-                return check.check(candidate)
+                while true {
+                    do {
+                        return try check.check(candidate, cancellation: BackgroundWork.mayGoOn())
+                    } catch {
+                        continue   // a transcription stopped it (the only error `check` throws)
+                    }
+                }
             })
     }
 

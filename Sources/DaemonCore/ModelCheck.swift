@@ -95,17 +95,23 @@ public struct ModelCheck: Sendable {
     }
 
     /// The full-precision model's first greedy tokens and distributions on the probe.
-    public func reference(fullPrecision: WhisperModel) throws -> ReferenceDistributions {
+    public func reference(fullPrecision: WhisperModel, cancellation: Cancellation? = nil) throws -> ReferenceDistributions {
         try SpeechRecognizer(model: fullPrecision, threads: threads)
-            .referenceDistributions(samples: Self.probe, maxTokens: Self.positions, window: .ownFrames)
+            .referenceDistributions(samples: Self.probe, maxTokens: Self.positions, window: .ownFrames,
+                                    cancellation: cancellation)
     }
 
     /// Checks a candidate against the full-precision network it was made from; nil when there is none to check
-    /// against (the candidate is the full-precision model).
-    public func check(_ candidate: Candidate) -> CheckReport? {
+    /// against (the candidate is the full-precision model). Once `cancellation` is set it stops at its next step
+    /// and throws `DecodingError.cancelled` (the only error it throws: a check that cannot run reports a failure).
+    public func check(_ candidate: Candidate, cancellation: Cancellation? = nil) throws -> CheckReport? {
         guard let fullPrecision = candidate.fullPrecision else { return nil }
         do {
-            return try check(candidate.provided.model, against: try reference(fullPrecision: fullPrecision))
+            return try check(candidate.provided.model,
+                             against: try reference(fullPrecision: fullPrecision, cancellation: cancellation),
+                             cancellation: cancellation)
+        } catch DecodingError.cancelled where cancellation?.isCancelled == true {
+            throw DecodingError.cancelled
         } catch {
             return CheckReport(divergence: .infinity, agreement: 0, producedTokens: 0, referenceTokens: 0, bound: bound,
                                error: "\(error)")
@@ -113,17 +119,18 @@ public struct ModelCheck: Sendable {
     }
 
     /// Checks `candidate` against the reference distributions of its full-precision model.
-    public func check(_ candidate: WhisperModel, against reference: ReferenceDistributions) throws -> CheckReport {
+    public func check(_ candidate: WhisperModel, against reference: ReferenceDistributions,
+                      cancellation: Cancellation? = nil) throws -> CheckReport {
         let recognizer = try SpeechRecognizer(model: candidate, threads: threads)
-        let audio = try recognizer.encodeFirstWindow(samples: Self.probe, window: reference.window)
+        defer { candidate.weights.releaseResidentPages() }   // until it serves, or is measured in shadow
+        let audio = try recognizer.encodeFirstWindow(samples: Self.probe, window: reference.window, cancellation: cancellation)
         // The candidate's encoder is read once here; where its layers are a file's (the daemon's builds, `LayerFile`)
         // their pages leave the resident set for the decoding, which reads the rest, beside the model in service.
         for layer in candidate.weights.linearLayers where layer.name.hasPrefix("encoder/") {
             layer.weight.releaseResidentPages()
         }
-        let divergence = try recognizer.divergence(from: reference, audio: audio)
-        let produced = try recognizer.greedyTokens(audio: audio, maxTokens: Self.positions)
-        candidate.weights.releaseResidentPages()   // until it serves, or is measured in shadow
+        let divergence = try recognizer.divergence(from: reference, audio: audio, cancellation: cancellation)
+        let produced = try recognizer.greedyTokens(audio: audio, maxTokens: Self.positions, cancellation: cancellation)
         let endOfText = candidate.tokenizer.specials.endOfText
         func text(_ tokens: ArraySlice<Int>) -> Int { tokens.filter { $0 < endOfText }.count }
         return CheckReport(divergence: divergence.meanKL, agreement: divergence.topOneAgreement,

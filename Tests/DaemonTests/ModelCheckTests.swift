@@ -58,8 +58,20 @@ final class ModelCheckTests: XCTestCase {
         func residentKiB() -> Int { layers.reduce(0) { $0 + (ResidentPages.kib(ofMappingAt: $1.packed.baseAddress) ?? 0) } }
 
         let check = ModelCheck(threads: 2)
-        XCTAssertTrue(try check.check(candidate, against: check.reference(fullPrecision: float)).passed)
+        let reference = try check.reference(fullPrecision: float)
+        XCTAssertTrue(try check.check(candidate, against: reference).passed)
         XCTAssertEqual(residentKiB(), 0, "after the check")
+        // A check that a transcription stops (the daemon's give way, `BackgroundWork`) says so, rather than failing
+        // the candidate, and leaves none of it resident either.
+        let stopped = Cancellation()
+        stopped.cancel()
+        XCTAssertThrowsError(try check.check(candidate, against: reference, cancellation: stopped)) {
+            XCTAssertEqual($0 as? DecodingError, .cancelled)
+        }
+        XCTAssertThrowsError(try check.check(Candidate(provided: ProvidedModel(
+            model: candidate, layerBits: [:], weightBytes: candidate.weights.byteSize, budgetMet: true, plan: .uniform(bits: 4),
+            statisticsSamples: 0), fullPrecision: float), cancellation: stopped))
+        XCTAssertEqual(residentKiB(), 0, "after a check stopped")
         let drift = try OwnSpeechDrift.measure(samples: try loadAudio(path: try Fixtures.sample("jfk.wav")),
                                                fullPrecision: float, served: float, candidate: candidate)
         XCTAssertGreaterThan(try XCTUnwrap(drift.candidate).positions, 0, "the candidate was read")
