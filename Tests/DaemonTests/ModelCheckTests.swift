@@ -47,15 +47,11 @@ final class ModelCheckTests: XCTestCase {
     /// once checked, nor after each measurement in shadow: until it serves, it waits in the page cache, not beside
     /// the model in service. Nor once it leaves service, whoever still holds it.
     func testACandidateWaitsWithNoLayerResident() throws {
-        let float = try WhisperModel.load(try Fixtures.tinyModel())
-        let directory = NSTemporaryDirectory() + "myqasr-check-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        var options = QuantizationOptions(target: .uniform(bits: 4), groupSize: 32, calibrate: false)
-        options.layerFile = try XCTUnwrap(LayerFile.open(directory: directory))
-        let candidate = float.withWeights(try Quantizer.quantize(model: float, statistics: nil, options: options).weights)
-        let layers = try candidate.weights.linearLayers.map { try XCTUnwrap($0.weight as? QuantizedMatrix) }
-        func residentKiB() -> Int { layers.reduce(0) { $0 + (ResidentPages.kib(ofMappingAt: $1.packed.baseAddress) ?? 0) } }
+        let float = try Fixtures.model("tiny.en")
+        let scratch = try ScratchDirectory()
+        let quantized = try FileBackedModel(directory: try scratch.makeDirectory("layers"))
+        let candidate = quantized.model
+        func residentKiB() -> Int { quantized.residentKiB() }
 
         let check = ModelCheck(threads: 2)
         let reference = try check.reference(fullPrecision: float)

@@ -135,22 +135,19 @@ extension PersonalStatisticsTests {
         let path = try Fixtures.tinyModel()
         let float = try Fixtures.model("tiny.en")
         let scratch = try ScratchDirectory()
-        var options = QuantizationOptions(target: .uniform(bits: 4), groupSize: 32, calibrate: false)
-        options.layerFile = try XCTUnwrap(LayerFile.open(directory: try scratch.makeDirectory("layers")))
-        let served = float.withWeights(try Quantizer.quantize(model: float, statistics: nil, options: options).weights)
-        let layers = try served.weights.linearLayers.map { try XCTUnwrap($0.weight as? QuantizedMatrix) }
-        @Sendable func residentKiB() -> Int { layers.reduce(0) { $0 + (ResidentPages.kib(ofMappingAt: $1.packed.baseAddress) ?? 0) } }
+        let quantized = try FileBackedModel(directory: try scratch.makeDirectory("layers"))
+        let served = quantized.model
 
         let personal = PersonalStatistics(directory: nil, logger: Logger(label: "test"))
         personal.setSourceModel(path)
         let duringPass = Waiter<Int>()
         personal.duringPass { _, fullPrecision, model, _ in
             XCTAssertFalse(fullPrecision === model, "the pass ran the mapped full-precision model")
-            duringPass.append(residentKiB())
+            duringPass.append(quantized.residentKiB())
         }
         let samples = try loadAudio(path: try Fixtures.sample("jfk.wav"))
         let transcript = try SpeechRecognizer(model: served, threads: 2).transcribe(samples: samples)
-        XCTAssertGreaterThan(residentKiB(), 0, "serving reads its layers")
+        XCTAssertGreaterThan(quantized.residentKiB(), 0, "serving reads its layers")
         personal.observe(utterance: Utterance(samples: samples), transcript: transcript, model: served)
         personal.waitForPass()
         XCTAssertEqual(duringPass.all, [0], "none of the served model's pages once the pass had run")

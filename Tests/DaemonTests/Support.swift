@@ -2,10 +2,30 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import Quantization
 import Serving
 import SocketTestSupport
+import WhisperEngine
 @_exported import TestSupport  // `Fixtures` in every file of these tests
 import XCTest
+
+/// tiny.en quantized to uniform 4 bits with its layers in an unnamed file in `directory`, as the daemon builds them
+/// (`LayerFile`), and how much of those layers is resident: for tests of the pages a model hands back.
+struct FileBackedModel: Sendable {
+    let model: WhisperModel
+    private let layers: [QuantizedMatrix]
+
+    init(directory: String) throws {
+        let float = try Fixtures.model("tiny.en")
+        var options = QuantizationOptions(target: .uniform(bits: 4), groupSize: 32, calibrate: false)
+        options.layerFile = try XCTUnwrap(LayerFile.open(directory: directory))
+        model = float.withWeights(try Quantizer.quantize(model: float, statistics: nil, options: options).weights)
+        layers = try model.weights.linearLayers.map { try XCTUnwrap($0.weight as? QuantizedMatrix) }
+    }
+
+    /// KiB of the model's layers resident now.
+    func residentKiB() -> Int { layers.reduce(0) { $0 + (ResidentPages.kib(ofMappingAt: $1.packed.baseAddress) ?? 0) } }
+}
 
 /// Failure of a test helper, with what was waited for.
 struct HarnessError: Error, CustomStringConvertible {

@@ -1,7 +1,6 @@
 import Capture
 import DaemonCore
 import Foundation
-import Quantization
 import Serving
 import WhisperEngine
 import XCTest
@@ -279,13 +278,9 @@ extension TranscriptionWorkersTests {
     /// and the statistics pass or build that runs after a transcription, do not hold them. The next job reads them
     /// again.
     func testIdleWorkersHoldNoPageOfTheServedModel() async throws {
-        let float = try Fixtures.model("tiny.en")
         let scratch = try ScratchDirectory()
-        var options = QuantizationOptions(target: .uniform(bits: 4), groupSize: 32, calibrate: false)
-        options.layerFile = try XCTUnwrap(LayerFile.open(directory: try scratch.makeDirectory("layers")))
-        let served = float.withWeights(try Quantizer.quantize(model: float, statistics: nil, options: options).weights)
-        let layers = try served.weights.linearLayers.map { try XCTUnwrap($0.weight as? QuantizedMatrix) }
-        @Sendable func residentKiB() -> Int { layers.reduce(0) { $0 + (ResidentPages.kib(ofMappingAt: $1.packed.baseAddress) ?? 0) } }
+        let quantized = try FileBackedModel(directory: try scratch.makeDirectory("layers"))
+        let served = quantized.model
         let bits = Dictionary(uniqueKeysWithValues: served.weights.linearLayers.map { ($0.name, 4) })
         let store = ModelStore()
         store.swap(to: ProvidedModel(model: served, layerBits: bits, weightBytes: served.weights.byteSize, budgetMet: true,
@@ -299,7 +294,7 @@ extension TranscriptionWorkersTests {
             let text = try await workers.transcribe(samples: try speech(), language: "en", client: "test").text
             XCTAssertTrue(Fixtures.normalise(text).contains(jfkPhrase), text)
             _ = try Waiter<Int>.poll(timeout: 30, what: "the idle workers to hand the model's pages back") {
-                residentKiB() == 0 ? 1 : nil
+                quantized.residentKiB() == 0 ? 1 : nil
             }
         }
     }
