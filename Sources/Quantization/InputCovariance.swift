@@ -62,7 +62,6 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     }
     private let lock = NSLock()
     private var entries: [String: Entry] = [:]
-    /// Whether an encoder layer has rows in float sums (`compactEncoder`).
     /// The encoder stage (`encoderStage(of:)`) of the last rows observed, nil when they were the decoder's.
     private var lastEncoderStage: Int?
     private var scratch: [Float] = []

@@ -406,11 +406,6 @@ public enum Quantizer {
         return (layer.weight as! HalfMatrix).floats(rows: rows)
     }
 
-    /// Quantizes `layer` (a `FloatMatrix` or a mapped `HalfMatrix`) `rowsPerChunk` rows at a time: `quantize` gets
-    /// each run of rows as float32 (`[rows.count, inFeatures]`, widened from the mapping and released after it) and
-    /// returns those rows quantized; their codes and scales are laid one after the other (rows are stored in order,
-    /// `QuantizedMatrix`), so only one chunk's float32 rows are held at a time. One chunk: its matrix as returned.
-    /// With `file`, the codes and scales go to it (each chunk's as it is made) and the matrix maps them.
     /// `body` with the flag `giveWay` returns (`QuantizationOptions.giveWay`), again from its start each time it
     /// stopped early; without `giveWay`, once.
     static func givingWay<T>(_ giveWay: (@Sendable () -> Cancellation)?, _ body: (Cancellation?) throws -> T) throws -> T {
@@ -424,6 +419,11 @@ public enum Quantizer {
         }
     }
 
+    /// Quantizes `layer` (a `FloatMatrix` or a mapped `HalfMatrix`) `rowsPerChunk` rows at a time: `quantize` gets
+    /// each run of rows as float32 (`[rows.count, inFeatures]`, widened from the mapping and released after it) and
+    /// returns those rows quantized; their codes and scales are laid one after the other (rows are stored in order,
+    /// `QuantizedMatrix`), so only one chunk's float32 rows are held at a time. One chunk: its matrix as returned.
+    /// With `file`, the codes and scales go to it (each chunk's as it is made) and the matrix maps them.
     private static func quantizeRows(of layer: Linear, rowsPerChunk: Int, bits: Int, groupSize: Int, rotated: Bool,
                                      into file: LayerFile?,
                                      _ quantize: (_ values: [Float], _ rows: Range<Int>) throws -> QuantizedMatrix)

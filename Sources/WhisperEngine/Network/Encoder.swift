@@ -137,7 +137,8 @@ public final class WhisperNetwork: SpeechModel {
     }
 
     /// x = x + SelfAttention(LN(x)); x = x + MLP(LN(x)) over `[frames, d]`; false when it stopped part-way because
-    /// `cancellation` was set (checked before each head and each block of MLP rows: 12 steps per block for tiny.en).
+    /// `cancellation` was set (checked before each head and each block of MLP rows: 12 steps per block of tiny.en over a
+    /// 30 s window).
     private func encoderBlock(_ block: EncoderBlock, x: inout [Float], frames: Int, scratch: inout EncoderScratch,
                               stopping cancellation: Cancellation?) -> Bool {
         if cancellation?.isCancelled == true { return false }
