@@ -14,14 +14,15 @@ import WhisperEngine
 ///
 /// **Giving way.** A statistics pass's gathering also gives way to transcriptions (`transcription(_:)`, which the
 /// workers run each job in): it starts only while none runs, and one that starts meanwhile sets its cancellation,
-/// so the pass stops at its next encoder step or decoded token and is run again once the transcriptions are done.
-/// Its drift measurement and a build's self-check give way the same way; the pass's merge, which cannot stop
-/// part-way, starts only while none runs (`mayGoOn`). A transcription then has the memory and the cores to itself,
-/// instead of its own beside a pass's (the pass's 30 s window, its sums and the full-precision model's pages). A
-/// build gives way chunk by chunk (`QuantizationOptions.giveWay`): before each chunk of a layer's rows (at most
-/// 4 MiB of them) it waits while transcriptions run, and a chunk a transcription interrupts is done again, so a
-/// build loses at most one chunk's work per transcription and still finishes while the user keeps talking; what it
-/// has made so far stays in memory meanwhile.
+/// so the pass stops at its next encoder step or decoded token and is run again once the transcriptions are done,
+/// to its end: each piece of work gives way once, so that it still advances under a steady stream of
+/// transcriptions. Its drift measurement and a build's self-check give way the same way; the pass's merge, which
+/// cannot stop part-way, starts only while none runs (`mayGoOn`). A transcription then has the memory and the cores
+/// to itself, instead of its own beside a pass's (the pass's 30 s window, its sums and the full-precision model's
+/// pages). A build gives way chunk by chunk (`QuantizationOptions.giveWay`): before each chunk of a layer's rows
+/// (at most 4 MiB of them) it waits while transcriptions run, and a chunk a transcription interrupts is done again
+/// (to its end), so a build loses at most one chunk's work per transcription and still finishes while the user
+/// keeps talking; what it has made so far stays in memory meanwhile.
 enum BackgroundWork {
     private static let turn = DispatchSemaphore(value: 1)
     private static let state = NSCondition()

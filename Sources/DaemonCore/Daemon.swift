@@ -195,15 +195,12 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
                     reloadFromDisk: serving.map { $0.target.reloadEpoch != target.reloadEpoch } ?? true,
                     serving: serving?.provided, servingName: serving?.target.source, lowestBits: lowestBits))
             },
-            // The self-check gives way to transcriptions as a statistics pass does, and runs again after them.
+            // The self-check gives way to a transcription once, as a statistics pass does, then runs to its end after it
+            // (a transcription stopping it is the only error `check` throws).
             check: { candidate in
-                while true {
-                    do {
-                        return try check.check(candidate, cancellation: BackgroundWork.mayGoOn())
-                    } catch {
-                        continue   // a transcription stopped it (the only error `check` throws)
-                    }
-                }
+                if let report = try? check.check(candidate, cancellation: BackgroundWork.mayGoOn()) { return report }
+                _ = BackgroundWork.mayGoOn()
+                return (try? check.check(candidate)) ?? nil
             })
     }
 

@@ -115,7 +115,8 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// Sets what else runs in each pass while it holds the utterance's copy (the daemon measures the served model's
     /// drift on it, `OwnSpeechDrift`): given the samples, the full-precision model, the served model and the flag a
     /// transcription sets as it starts (`BackgroundWork`). It gives way as the gathering does: it starts while no
-    /// transcription runs, and when it stops for one (throwing `DecodingError.cancelled`) it runs again after it.
+    /// transcription runs, and when it stops for one (throwing `DecodingError.cancelled`) it runs again after it, with
+    /// a flag nobody sets.
     /// It must keep nothing of the samples.
     public func duringPass(_ body: @escaping @Sendable (_ samples: [Float], _ fullPrecision: WhisperModel,
                                                         _ served: WhisperModel, _ cancellation: Cancellation) throws -> Void) {
@@ -142,16 +143,18 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     }
 
     /// One pass on the statistics queue, then the utterance waiting, if any; `passDone` is left when none waits.
-    private func run(_ copy: SampleCopy, served: WhisperModel, epoch startEpoch: Int) {
+    private func run(_ copy: SampleCopy, served: WhisperModel, epoch startEpoch: Int, givingWay: Bool = true) {
         queue.async { [self] in
             let end = BackgroundWork.inTurnGivingWay { cancellation in
                 defer { WhisperModel.releaseFreedMemory() }   // the pass's activations and caches
-                return pass(samples: copy.values, served: served, epoch: startEpoch, cancellation: cancellation)
+                return pass(samples: copy.values, served: served, epoch: startEpoch,
+                            cancellation: givingWay ? cancellation : Cancellation())
             }
-            // A pass that gave way to a transcription runs again once the transcriptions are done, unless a newer
-            // utterance waits (gathered instead, as under load) or the statistics were forgotten meanwhile.
+            // A pass that gave way to a transcription runs again once the transcriptions are done, to its end (it gives
+            // way once, so that passes still advance under a steady stream of transcriptions), unless a newer utterance
+            // waits (gathered instead, as under load) or the statistics were forgotten meanwhile.
             if end == .gaveWay, locked({ pending == nil && epoch == startEpoch }) {
-                return run(copy, served: served, epoch: startEpoch)
+                return run(copy, served: served, epoch: startEpoch, givingWay: false)
             }
             copy.wipe()
             let next = locked { () -> (SampleCopy, WhisperModel, Int)? in
@@ -252,17 +255,16 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         guard end == .merged else { return end }
         WhisperModel.releaseFreedMemory()
         if let also = locked({ alsoDuringPass }) {
-            // It starts while no transcription runs, and runs again after one that stopped it.
-            while true {
+            // It starts while no transcription runs, and after one that stopped it runs again, to its end.
+            do {
                 do {
                     try also(samples, model, served, BackgroundWork.mayGoOn())
-                    break
                 } catch DecodingError.cancelled {
-                    continue
-                } catch {
-                    logger.error("what runs beside the pass failed: \(error)")
-                    break
+                    _ = BackgroundWork.mayGoOn()
+                    try also(samples, model, served, Cancellation())
                 }
+            } catch {
+                logger.error("what runs beside the pass failed: \(error)")
             }
             // The drift measurement read the served model again: its pages go back too, until a transcription.
             if quantized { served.weights.releaseResidentPages() }

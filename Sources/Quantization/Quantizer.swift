@@ -57,8 +57,8 @@ public struct QuantizationOptions: Sendable {
     public var layerFile: LayerFile?
     /// For a background build that gives way to other work (the daemon's, to its transcriptions): called before each
     /// chunk of rows, it returns once the build may go on, with the flag that stops that chunk early (compensated
-    /// rounding checks it between its row chunks); a chunk stopped is done again from its start after the next call.
-    /// The model is the same.
+    /// rounding checks it between its row chunks); a chunk stopped is done again from its start after the next call,
+    /// to its end. The model is the same.
     public var giveWay: (@Sendable () -> Cancellation)?
 
     /// The group size `target` gets unless told otherwise: `QuantizedMatrix.defaultGroupSize` (32), except
@@ -406,16 +406,16 @@ public enum Quantizer {
         return (layer.weight as! HalfMatrix).floats(rows: rows)
     }
 
-    /// `body` with the flag `giveWay` returns (`QuantizationOptions.giveWay`), again from its start each time it
-    /// stopped early; without `giveWay`, once.
+    /// `body` with the flag `giveWay` returns (`QuantizationOptions.giveWay`); when it stopped early, once more from
+    /// its start after the next call, then without a flag: a chunk gives way once, so that a build under a steady
+    /// stream of transcriptions still advances. Without `giveWay`, once.
     static func givingWay<T>(_ giveWay: (@Sendable () -> Cancellation)?, _ body: (Cancellation?) throws -> T) throws -> T {
         guard let giveWay else { return try body(nil) }
-        while true {
-            do {
-                return try body(giveWay())
-            } catch DecodingError.cancelled {
-                continue
-            }
+        do {
+            return try body(giveWay())
+        } catch DecodingError.cancelled {
+            _ = giveWay()
+            return try body(nil)
         }
     }
 
