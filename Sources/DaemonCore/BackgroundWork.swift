@@ -12,63 +12,86 @@ import WhisperEngine
 /// most one build (about 10 s of one core for tiny.en), and the utterance it waits with is kept as
 /// `PersonalStatistics` keeps any (the newest one).
 ///
-/// **Giving way.** A statistics pass's gathering also gives way to transcriptions (`transcription(_:)`, which the
-/// workers run each job in): it starts only while none runs, and one that starts meanwhile sets its cancellation,
-/// so the pass stops at its next encoder step or decoded token and is run again once the transcriptions are done,
-/// to its end: each piece of work gives way once, so that it still advances under a steady stream of
-/// transcriptions. Its drift measurement and a build's self-check give way the same way; the pass's merge, which
-/// cannot stop part-way, starts only while none runs (`mayGoOn`). A transcription then has the memory and the cores
-/// to itself, instead of its own beside a pass's (the pass's 30 s window, its sums and the full-precision model's
-/// pages). A build gives way chunk by chunk (`QuantizationOptions.giveWay`): before each chunk of a layer's rows
-/// (at most 4 MiB of them) it waits while transcriptions run, and a chunk a transcription interrupts is done again
-/// (to its end), so a build loses at most one chunk's work per transcription and still finishes while the user
-/// keeps talking; what it has made so far stays in memory meanwhile.
+/// **Giving way.** Background work also gives way to transcriptions (`transcription(_:)`, which the workers run
+/// each job in), piece by piece: a statistics pass's gathering, its drift measurement, a build's self-check and
+/// each chunk of a build's rows run as `stoppable` pieces. A piece starts only while no transcription runs, and one
+/// that starts meanwhile sets the piece's flag and waits until the piece has stopped (at its next encoder step,
+/// decoded token or block of rows) and handed its free heap back: the transcription then has the memory and the
+/// cores to itself, instead of its own beside the piece's. A stopped piece runs again once the transcriptions are
+/// done, to its end (`givingWayOnce`): each piece gives way once, so that background work still advances under a
+/// steady stream of transcriptions, and a transcription that starts during such a second run goes on beside it.
+/// What cannot stop part-way (a pass's merge) starts only while no transcription runs (`waitForTranscriptions`).
+/// Pieces do not nest: one that waited for transcriptions inside another would wait for one that waits for it.
 enum BackgroundWork {
     private static let turn = DispatchSemaphore(value: 1)
     private static let state = NSCondition()
     // Guarded by `state`.
     private static var transcriptions = 0
-    private static var givingWay: Cancellation?
+    /// The flag of the stoppable piece running, if any.
+    private static var stoppablePiece: Cancellation?
     private static var waiting = 0
 
     /// Runs `body` once no other background work runs.
     static func inTurn<T>(_ body: () throws -> T) rethrows -> T {
         turn.wait()
-        defer {
-            state.lock()
-            givingWay = nil
-            state.unlock()
-            turn.signal()
-        }
+        defer { turn.signal() }
         return try body()
     }
 
-    /// `inTurn` for work that gives way to transcriptions: `body` starts once none runs (`mayGoOn`), and its
-    /// cancellation is set as soon as one starts (the work should then stop at its next step).
-    static func inTurnGivingWay<T>(_ body: (Cancellation) throws -> T) rethrows -> T {
-        try inTurn { try body(mayGoOn()) }
+    /// Returns once no transcription runs: for work that cannot stop part-way (a transcription that starts after
+    /// runs beside it).
+    @Sendable static func waitForTranscriptions() {
+        state.lock()
+        waitForTranscriptionsLocked()
+        state.unlock()
     }
 
-    /// For the background work in turn (`inTurn`) at a point where it may stop: returns once no transcription runs,
-    /// with the flag that the next one to start sets. A build calls it before each chunk of rows
-    /// (`QuantizationOptions.giveWay`).
-    @Sendable static func mayGoOn() -> Cancellation {
-        let cancellation = Cancellation()
-        state.lock()
-        defer { state.unlock() }
+    private static func waitForTranscriptionsLocked() {
         waiting += 1
         while transcriptions > 0 { state.wait() }
         waiting -= 1
-        givingWay = cancellation
-        return cancellation
     }
 
-    /// Runs a transcription: background work that gives way stops at its next step, and none starts until no
+    /// Runs `piece` once no transcription runs, with the flag the next transcription to start sets; that
+    /// transcription waits until `piece` has returned or thrown (it should stop at its next step, throwing
+    /// `DecodingError.cancelled`), and the free heap it left is handed back first.
+    static func stoppable<T>(_ piece: (Cancellation) throws -> T) rethrows -> T {
+        let flag = Cancellation()
+        state.lock()
+        waitForTranscriptionsLocked()
+        stoppablePiece = flag
+        state.unlock()
+        defer {
+            // The flag is set only by a transcription, which waits for this.
+            if flag.isCancelled { WhisperModel.releaseFreedMemory(codePages: false) }
+            state.lock()
+            stoppablePiece = nil
+            state.broadcast()
+            state.unlock()
+        }
+        return try piece(flag)
+    }
+
+    /// `piece` as a `stoppable` piece, and when a transcription stopped it (it threw `DecodingError.cancelled`),
+    /// once more after the transcriptions, from its start, with a flag nobody sets: it gives way once.
+    @Sendable static func givingWayOnce<T>(_ piece: (Cancellation) throws -> T) throws -> T {
+        do {
+            return try stoppable(piece)
+        } catch DecodingError.cancelled {
+            waitForTranscriptions()
+            return try piece(Cancellation())
+        }
+    }
+
+    /// Runs a transcription: a stoppable piece of background work running stops first, and none starts until no
     /// transcription runs.
     static func transcription<T>(_ body: () throws -> T) rethrows -> T {
         state.lock()
         transcriptions += 1
-        givingWay?.cancel()
+        if let piece = stoppablePiece {
+            piece.cancel()
+            while stoppablePiece === piece { state.wait() }
+        }
         state.unlock()
         defer {
             state.lock()
@@ -79,17 +102,17 @@ enum BackgroundWork {
         return try body()
     }
 
-    /// Work that gives way and waits for transcriptions to end (for tests).
+    /// Work that waits for transcriptions to end (for tests).
     static var waitingForTranscriptions: Int {
         state.lock()
         defer { state.unlock() }
         return waiting
     }
 
-    /// Whether work that gives way runs (for tests).
-    static var givingWayRuns: Bool {
+    /// Whether a stoppable piece runs (for tests).
+    static var stoppableRuns: Bool {
         state.lock()
         defer { state.unlock() }
-        return givingWay != nil
+        return stoppablePiece != nil
     }
 }

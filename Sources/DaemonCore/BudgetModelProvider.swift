@@ -194,17 +194,17 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
     private var footprint: (name: String, modelName: String, identity: String, value: ModelFootprint)?
     private let personalStatistics: (@Sendable (String) -> ActivationStatistics?)?
     private let layerDirectory: String?
-    private let giveWay: (@Sendable () -> Cancellation)?
+    private let giveWay: GiveWay?
 
     /// Creates a provider; quantized layers get one scale per `groupSize` input features.
     /// `personalStatistics` returns the statistics gathered on the model with the given `ModelIdentity`, if any: a
     /// copy the build owns (a personal build drops their second moments as it quantizes the layers that read them).
     /// With `layerDirectory` (on disk), a quantized build writes its layers to an unnamed file there and maps them
     /// (`LayerFile`); without, or where that fails, they are kept in memory. A build gives way to other work with
-    /// `giveWay` (`QuantizationOptions.giveWay`; the daemon's: `BackgroundWork.mayGoOn`).
+    /// `giveWay` (`QuantizationOptions.giveWay`; the daemon's: `BackgroundWork.givingWayOnce`).
     public init(groupSize: Int = QuantizedMatrix.defaultGroupSize,
                 personalStatistics: (@Sendable (String) -> ActivationStatistics?)? = nil, layerDirectory: String? = nil,
-                giveWay: (@Sendable () -> Cancellation)? = nil) {
+                giveWay: GiveWay? = nil) {
         self.groupSize = groupSize
         self.personalStatistics = personalStatistics
         self.layerDirectory = layerDirectory

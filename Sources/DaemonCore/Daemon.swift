@@ -186,7 +186,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     static func defaultPipeline(personalStatistics: (@Sendable (String) -> ActivationStatistics?)?,
                                 layerDirectory: String? = nil) -> ModelPipeline {
         let provider = BudgetModelProvider(personalStatistics: personalStatistics, layerDirectory: layerDirectory,
-                                           giveWay: BackgroundWork.mayGoOn)
+                                           giveWay: { try BackgroundWork.givingWayOnce($0) })
         let check = ModelCheck()
         return ModelPipeline(
             build: { target, serving, lowestBits in
@@ -198,9 +198,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
             // The self-check gives way to a transcription once, as a statistics pass does, then runs to its end after it
             // (a transcription stopping it is the only error `check` throws).
             check: { candidate in
-                if let report = try? check.check(candidate, cancellation: BackgroundWork.mayGoOn()) { return report }
-                _ = BackgroundWork.mayGoOn()
-                return (try? check.check(candidate)) ?? nil
+                try? BackgroundWork.givingWayOnce { try check.check(candidate, cancellation: $0) }
             })
     }
 

@@ -145,10 +145,9 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// One pass on the statistics queue, then the utterance waiting, if any; `passDone` is left when none waits.
     private func run(_ copy: SampleCopy, served: WhisperModel, epoch startEpoch: Int, givingWay: Bool = true) {
         queue.async { [self] in
-            let end = BackgroundWork.inTurnGivingWay { cancellation in
+            let end = BackgroundWork.inTurn {
                 defer { WhisperModel.releaseFreedMemory() }   // the pass's activations and caches
-                return pass(samples: copy.values, served: served, epoch: startEpoch,
-                            cancellation: givingWay ? cancellation : Cancellation())
+                return pass(samples: copy.values, served: served, epoch: startEpoch, givingWay: givingWay)
             }
             // A pass that gave way to a transcription runs again once the transcriptions are done, to its end (it gives
             // way once, so that passes still advance under a steady stream of transcriptions), unless a newer utterance
@@ -242,7 +241,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
 
     /// One utterance's pass: its statistics gathered and merged, then what else runs on it (`duringPass`), which
     /// starts once the pass's sums and the merged statistics have left memory.
-    private func pass(samples: [Float], served: WhisperModel, epoch startEpoch: Int, cancellation: Cancellation) -> PassEnd {
+    private func pass(samples: [Float], served: WhisperModel, epoch startEpoch: Int, givingWay: Bool) -> PassEnd {
         guard let (model, identity, quantized) = fullPrecision(behind: served) else { return .dropped }
         // The pass reads the full-precision model, not the quantized one that served: the served model's layer pages
         // (about 20 MiB for tiny.en at 24 MiB), and the code and free heap the transcription left, leave the resident
@@ -251,18 +250,13 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         if quantized { served.weights.releaseResidentPages() }
         WhisperModel.releaseFreedMemory()
         let end = gather(samples: samples, model: model, identity: identity, quantized: quantized, epoch: startEpoch,
-                         cancellation: cancellation)
+                         givingWay: givingWay)
         guard end == .merged else { return end }
         WhisperModel.releaseFreedMemory()
         if let also = locked({ alsoDuringPass }) {
             // It starts while no transcription runs, and after one that stopped it runs again, to its end.
             do {
-                do {
-                    try also(samples, model, served, BackgroundWork.mayGoOn())
-                } catch DecodingError.cancelled {
-                    _ = BackgroundWork.mayGoOn()
-                    try also(samples, model, served, Cancellation())
-                }
+                try BackgroundWork.givingWayOnce { try also(samples, model, served, $0) }
             } catch {
                 logger.error("what runs beside the pass failed: \(error)")
             }
@@ -276,15 +270,24 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// failed, there was no full-precision model, or the statistics were forgotten meanwhile).
     private enum PassEnd { case merged, gaveWay, dropped }
 
-    /// Gathers `samples`' statistics on the full-precision `model` and merges them into the kept ones, unless
-    /// `cancellation` is set first (a transcription started: the pass gives way).
+    /// Gathers `samples`' statistics on the full-precision `model` and merges them into the kept ones. With
+    /// `givingWay`, a transcription that starts first stops the gathering (`BackgroundWork.stoppable`), and the pass
+    /// gives way; without, it runs to its end.
     private func gather(samples: [Float], model: WhisperModel, identity: String, quantized: Bool,
-                        epoch startEpoch: Int, cancellation: Cancellation) -> PassEnd {
+                        epoch startEpoch: Int, givingWay: Bool) -> PassEnd {
         let started = DispatchTime.now()
         let pass: ActivationStatistics
         do {
-            pass = try StatisticsPass.run(model: model, identity: identity, samples: samples, cancellation: cancellation)
-                .statistics
+            func run(_ cancellation: Cancellation) throws -> ActivationStatistics {
+                try StatisticsPass.run(model: model, identity: identity, samples: samples, cancellation: cancellation)
+                    .statistics
+            }
+            if givingWay {
+                pass = try BackgroundWork.stoppable(run)
+            } else {
+                BackgroundWork.waitForTranscriptions()
+                pass = try run(Cancellation())
+            }
         } catch DecodingError.cancelled {
             logger.debug("gathering gave way to a transcription; the pass runs again after it", metadata: [
                 "after_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
@@ -299,7 +302,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         // The merge (the kept statistics read, merged and written) waits for any transcription to end, as the
         // gathering did: it holds only the pass's sums meanwhile.
         WhisperModel.releaseFreedMemory()
-        _ = BackgroundWork.mayGoOn()
+        BackgroundWork.waitForTranscriptions()
         // The statistics so far: in memory, or read from their file (passes run one at a time, so no other pass
         // writes it meanwhile; a `forget` meanwhile changes the epoch, and this pass is dropped).
         let onFile = locked { statistics == nil && saved != nil }

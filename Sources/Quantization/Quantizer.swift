@@ -55,11 +55,11 @@ public struct QuantizationOptions: Sendable {
     /// Where the quantized layers go as they are made (nil: memory of their own). With a file, a build's resident
     /// set holds none of the model it makes, only the chunk at work (`LayerFile`). The model is the same.
     public var layerFile: LayerFile?
-    /// For a background build that gives way to other work (the daemon's, to its transcriptions): called before each
-    /// chunk of rows, it returns once the build may go on, with the flag that stops that chunk early (compensated
-    /// rounding checks it between its row chunks); a chunk stopped is done again from its start after the next call,
-    /// to its end. The model is the same.
-    public var giveWay: (@Sendable () -> Cancellation)?
+    /// For a background build that gives way to other work (the daemon's, to its transcriptions,
+    /// `BackgroundWork.givingWayOnce`): runs each chunk of rows (its float32 rows made, quantized), when the build may
+    /// go on, with the flag that stops it early (compensated rounding checks it between its row chunks; it then
+    /// throws `DecodingError.cancelled`), and runs it again as it likes. The model is the same.
+    public var giveWay: GiveWay?
 
     /// The group size `target` gets unless told otherwise: `QuantizedMatrix.defaultGroupSize` (32), except
     /// under a budget with codes rounded to nearest, where groups of 64 save scale bytes that let the sweep keep
@@ -95,6 +95,9 @@ public struct QuantizationOptions: Sendable {
         self.rotate = rotate
     }
 }
+
+/// Runs a chunk of a build's rows, with the flag that stops it early (`QuantizationOptions.giveWay`).
+public typealias GiveWay = @Sendable (_ chunk: (Cancellation) throws -> QuantizedMatrix) throws -> QuantizedMatrix
 
 /// How a budget is shared between the layers (`QuantizationOptions.widths`).
 public enum WidthRule: Sendable, Equatable {
@@ -344,9 +347,11 @@ public enum Quantizer {
             let rowsPerChunk = options.calibrate ? layer.outFeatures
                 : max(1, options.chunkBytes / (4 * layer.inFeatures) / rowChunk) * rowChunk
             let q = try quantizeRows(of: layer, rowsPerChunk: rowsPerChunk, bits: bits, groupSize: options.groupSize,
-                                     rotated: rotated, into: options.layerFile) { values, rows in
-                try Self.givingWay(options.giveWay) { cancellation in
-                    // The second moment's blocks are made for each chunk and handed over: no copy outlives its use.
+                                     rotated: rotated, into: options.layerFile) { rows in
+                // A chunk's rows as float32 and the second moment's blocks are made in the chunk (again if it runs
+                // again): nothing of it is held while the build waits, and no copy outlives its use.
+                func chunk(_ cancellation: Cancellation?) throws -> QuantizedMatrix {
+                    let values = floatValues(of: layer, rows: rows)
                     if compensates, let covariance, let matrix = try ErrorCompensatedRounding(threads: options.threads).quantize(
                         values: values, outFeatures: rows.count, inFeatures: layer.inFeatures, bits: bits,
                         groupSize: options.groupSize, secondMoment: covariance.moment(of: layer.name)!,
@@ -359,6 +364,7 @@ public enum Quantizer {
                                                clipRatios: Array(ratios[rows.lowerBound * groups ..< rows.upperBound * groups]),
                                                rotated: rotated)
                 }
+                return try options.giveWay.map { try $0(chunk) } ?? chunk(nil)
             }
             replacements[layer.name] = q
             if options.releasesMomentsAsUsed, let covariance, lastReader[InputCovariance.key(for: layer.name)] == i {
@@ -406,33 +412,17 @@ public enum Quantizer {
         return (layer.weight as! HalfMatrix).floats(rows: rows)
     }
 
-    /// `body` with the flag `giveWay` returns (`QuantizationOptions.giveWay`); when it stopped early, once more from
-    /// its start after the next call, then without a flag: a chunk gives way once, so that a build under a steady
-    /// stream of transcriptions still advances. Without `giveWay`, once.
-    static func givingWay<T>(_ giveWay: (@Sendable () -> Cancellation)?, _ body: (Cancellation?) throws -> T) throws -> T {
-        guard let giveWay else { return try body(nil) }
-        do {
-            return try body(giveWay())
-        } catch DecodingError.cancelled {
-            _ = giveWay()
-            return try body(nil)
-        }
-    }
-
-    /// Quantizes `layer` (a `FloatMatrix` or a mapped `HalfMatrix`) `rowsPerChunk` rows at a time: `quantize` gets
-    /// each run of rows as float32 (`[rows.count, inFeatures]`, widened from the mapping and released after it) and
-    /// returns those rows quantized; their codes and scales are laid one after the other (rows are stored in order,
+    /// Quantizes `layer` `rowsPerChunk` rows at a time: `quantize` returns each run of rows quantized (it reads them
+    /// with `floatValues(of:rows:)`); their codes and scales are laid one after the other (rows are stored in order,
     /// `QuantizedMatrix`), so only one chunk's float32 rows are held at a time. One chunk: its matrix as returned.
     /// With `file`, the codes and scales go to it (each chunk's as it is made) and the matrix maps them.
     private static func quantizeRows(of layer: Linear, rowsPerChunk: Int, bits: Int, groupSize: Int, rotated: Bool,
-                                     into file: LayerFile?,
-                                     _ quantize: (_ values: [Float], _ rows: Range<Int>) throws -> QuantizedMatrix)
+                                     into file: LayerFile?, _ quantize: (_ rows: Range<Int>) throws -> QuantizedMatrix)
         throws -> QuantizedMatrix
     {
         let out = layer.outFeatures, k = layer.inFeatures
-        func rows(_ range: Range<Int>) -> [Float] { floatValues(of: layer, rows: range) }
         if out <= rowsPerChunk {
-            let matrix = try quantize(rows(0..<out), 0..<out)
+            let matrix = try quantize(0..<out)
             return try file?.place(matrix) ?? matrix
         }
         let packedPerRow = QuantizedMatrix.packedByteCount(outFeatures: 1, inFeatures: k, bits: bits, groupSize: groupSize)
@@ -441,7 +431,7 @@ public enum Quantizer {
         func eachChunk(_ store: (_ chunk: QuantizedMatrix, _ firstRow: Int) throws -> Void) throws {
             for r0 in stride(from: 0, to: out, by: rowsPerChunk) {
                 let range = r0 ..< min(out, r0 + rowsPerChunk)
-                try store(try quantize(rows(range), range), r0)
+                try store(try quantize(range), r0)
             }
         }
         if let file {
@@ -486,7 +476,7 @@ extension Quantizer {
     public static func personalise(model: WhisperModel, statistics: ActivationStatistics, budget: Int,
                                    threads: Int = ProcessInfo.processInfo.activeProcessorCount,
                                    releasingMoments: Bool = false, layerFile: LayerFile? = nil,
-                                   giveWay: (@Sendable () -> Cancellation)? = nil,
+                                   giveWay: GiveWay? = nil,
                                    progress: ((String) -> Void)? = nil) throws -> QuantizationResult {
         var options = personalOptions(budget: budget, statistics: statistics)
         options.threads = threads
