@@ -90,11 +90,13 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         return onFile ? readSaved() : copy
     }
 
-    /// The statistics file's contents (nil when it is gone, e.g. forgotten meanwhile, or unreadable).
+    /// The statistics file's contents (nil when it is gone, e.g. forgotten meanwhile, or unreadable), their second
+    /// moments left in the file's mapping until each is used: a build reads one layer's at a time, and a merge
+    /// replaces one layer's at a time. The file is only ever replaced (`StatisticsFile.write`), never changed in place.
     private func readSaved() -> ActivationStatistics? {
         guard let path else { return nil }
         do {
-            return try StatisticsFile.load(path: path)
+            return try StatisticsFile.load(path: path, mappingMoments: true)
         } catch {
             if FileManager.default.fileExists(atPath: path) { logger.error("personal statistics unreadable: \(error)") }
             return nil

@@ -1,3 +1,4 @@
+import CKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -128,16 +129,13 @@ public final class ByteStorage: @unchecked Sendable {
         return false
     }
 
-    /// Takes the pages of these bytes out of the process's resident set when they are a file's (madvise
-    /// MADV_DONTNEED on the read-only mapping: the page cache keeps them and the next read maps them again);
-    /// allocations keep theirs. For weights read once in a while (a candidate's encoder after its self-check).
+    /// Takes the pages of these bytes out of the process's resident set when they are a file's, with the rest of
+    /// their spans of the mapping (`mq_release_mapped_pages`: the page cache keeps them and the next read maps them
+    /// again); allocations keep theirs. For weights read once in a while (a candidate's encoder after its
+    /// self-check) and statistics read once per use.
     public func releaseResidentPages() {
         guard case let .mapping(mapping) = owner, let start = mapping.pointer, count > 0 else { return }
-        let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
-        let first = UInt(bitPattern: Int(bitPattern: baseAddress)) / page * page
-        let end = min(UInt(bitPattern: Int(bitPattern: baseAddress)) + UInt(count),
-                      UInt(bitPattern: Int(bitPattern: start)) + UInt(mapping.length))
-        madvise(UnsafeMutableRawPointer(bitPattern: first), Int(end - first), MADV_DONTNEED)
+        mq_release_mapped_pages(baseAddress, count, start, mapping.length)
     }
 
     /// Bytes `offset..<offset+count` of this storage, sharing (and keeping alive) its memory.

@@ -42,7 +42,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         /// Kept form: rows folded in, `E[x_i²]`, half-precision correlations (empty while no rows were kept).
         var keptRows: UInt64 = 0
         var diagonal: [Double] = []
-        var correlations: [UInt16] = []
+        var correlations = Correlations.inMemory([])
         /// Rows summed since the last merge, their packed `Σ x xᵀ` per block (empty when none), and rows
         /// waiting in `buffer` ([bufferedRows, width]).
         var pendingRows: UInt64 = 0
@@ -57,7 +57,38 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
             width = kept.width
             keptRows = kept.rows
             diagonal = kept.diagonal
-            correlations = kept.correlations
+            correlations = .inMemory(kept.correlations)
+        }
+    }
+
+    /// A kept form's half-precision correlations: in memory, or left in a statistics file's mapping
+    /// (`StatisticsFile.load(path:mappingMoments:)`) and read each time they are used, their pages leaving the
+    /// resident set again. A build that reads one layer's moment at a time then holds one layer's, not all of them
+    /// (11.5 MiB for tiny.en) from its start.
+    private enum Correlations {
+        case inMemory([UInt16])
+        /// `2 * count` bytes, at any alignment.
+        case mapped(ByteStorage)
+
+        var count: Int {
+            switch self {
+            case let .inMemory(values): return values.count
+            case let .mapped(bytes): return bytes.count / 2
+            }
+        }
+
+        /// The values (a copy of the mapped bytes, read once).
+        var values: [UInt16] {
+            switch self {
+            case let .inMemory(values): return values
+            case let .mapped(bytes):
+                let values = [UInt16](unsafeUninitializedCapacity: bytes.count / 2) { buffer, count in
+                    bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
+                    count = bytes.count / 2
+                }
+                bytes.releaseResidentPages()
+                return values
+            }
         }
     }
     private let lock = NSLock()
@@ -229,6 +260,16 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
 
     // MARK: - Reading
 
+    /// Layers whose kept correlations are read from a file's mapping when used (for tests).
+    var mappedLayers: [String] {
+        locked {
+            entries.filter {
+                if case .mapped = $0.value.correlations { return true }
+                return false
+            }.keys.sorted()
+        }
+    }
+
     /// Layers whose rows are (partly) in float sums or the row buffer rather than the kept form (for tests).
     var floatSumLayers: [String] {
         locked { entries.filter { $0.value.pendingRows > 0 || $0.value.buffered > 0 }.keys.sorted() }
@@ -257,10 +298,11 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         let keptShare = Double(e.keptRows) / Double(total)
         if e.keptRows > 0 {
             var k = 0, c = 0
+            let correlations = e.correlations.values
             for (start, size) in Self.blocks(width: e.width, blockSize: blockSize) {
                 var f32 = [Float](repeating: 0, count: size * (size - 1) / 2)
                 f32.withUnsafeMutableBufferPointer { out in
-                    e.correlations.withUnsafeBufferPointer { mq_f16_to_f32($0.baseAddress! + c, out.baseAddress!, out.count) }
+                    correlations.withUnsafeBufferPointer { mq_f16_to_f32($0.baseAddress! + c, out.baseAddress!, out.count) }
                 }
                 var m = 0
                 for i in 0..<size {
@@ -345,7 +387,8 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         locked { () -> Kept? in
             guard let e = entries[key] else { return nil }
             if e.pendingRows == 0 && e.buffered == 0 {
-                return e.keptRows > 0 ? Kept(width: e.width, rows: e.keptRows, diagonal: e.diagonal, correlations: e.correlations) : nil
+                return e.keptRows > 0
+                    ? Kept(width: e.width, rows: e.keptRows, diagonal: e.diagonal, correlations: e.correlations.values) : nil
             }
             return packedMeans(key).map { compacted(width: $0.width, rows: $0.rows, means: $0.means) }
         }
@@ -355,10 +398,30 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     /// this object's block size.
     @discardableResult
     public func setKept(_ key: String, _ kept: Kept) -> Bool {
-        guard kept.width > 0, kept.rows > 0, kept.diagonal.count == kept.width,
-              kept.correlations.count == Self.correlationCount(width: kept.width, blockSize: blockSize) else { return false }
+        guard fits(width: kept.width, rows: kept.rows, diagonal: kept.diagonal, correlations: kept.correlations.count)
+        else { return false }
         locked { entries[key] = Entry(kept) }
         return true
+    }
+
+    /// `setKept` with the correlations left where they are: `mappedCorrelations` (2 bytes each, in the order `Kept`
+    /// holds them) are read from it each time they are used, and its pages released after (a statistics file's
+    /// mapping, which must not change while this object holds it).
+    @discardableResult
+    func setKept(_ key: String, width: Int, rows: UInt64, diagonal: [Double], mappedCorrelations: ByteStorage) -> Bool {
+        guard mappedCorrelations.count % 2 == 0,
+              fits(width: width, rows: rows, diagonal: diagonal, correlations: mappedCorrelations.count / 2) else { return false }
+        var entry = Entry(width: width)
+        entry.keptRows = rows
+        entry.diagonal = diagonal
+        entry.correlations = .mapped(mappedCorrelations)
+        locked { entries[key] = entry }
+        return true
+    }
+
+    private func fits(width: Int, rows: UInt64, diagonal: [Double], correlations: Int) -> Bool {
+        width > 0 && rows > 0 && diagonal.count == width
+            && correlations == Self.correlationCount(width: width, blockSize: blockSize)
     }
 
     /// Packed means → the kept form: the diagonal as it is, the rest as half-precision correlations.

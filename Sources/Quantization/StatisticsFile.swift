@@ -249,15 +249,20 @@ public enum StatisticsFile {
 
     /// Reads a statistics file, rejecting foreign, truncated or corrupt files. The file is mapped, and its pages
     /// leave the resident set again once read (`mq_release_mapped_pages`): what stays is the statistics decoded,
-    /// not a copy of the file beside them.
-    public static func load(path: String) throws -> ActivationStatistics {
+    /// not a copy of the file beside them. With `mappingMoments`, the second moments' correlations (most of the
+    /// file) stay in the mapping, checked but not copied, and are read again each time one is used: for a caller that
+    /// reads one moment at a time (the daemon's builds and merges), and a file that is replaced (as `write` does) but
+    /// never changed in place while they are held.
+    public static func load(path: String, mappingMoments: Bool = false) throws -> ActivationStatistics {
         let file: ByteStorage
         do {
             file = try ByteStorage.mapping(file: path)
         } catch {
             throw StatisticsFileError.cannotRead(path: path, reason: "\(error)")
         }
-        return try file.withUnsafeBytes { try decode($0, path: path, mapped: file.isMemoryMapped) }
+        return try file.withUnsafeBytes {
+            try decode($0, path: path, mapped: file.isMemoryMapped, momentsIn: mappingMoments && file.isMemoryMapped ? file : nil)
+        }
     }
 
     /// Parses a file image; `path` only names the file in errors. Every count and size is checked
@@ -267,8 +272,9 @@ public enum StatisticsFile {
     }
 
     /// Parses the file image `bytes`; with `mapped` (a read-only file mapping), each part's pages are released
-    /// once read.
-    private static func decode(_ bytes: UnsafeRawBufferPointer, path: String, mapped: Bool) throws -> ActivationStatistics {
+    /// once read. With `momentsIn` (the storage of `bytes`), the correlations are left there.
+    private static func decode(_ bytes: UnsafeRawBufferPointer, path: String, mapped: Bool,
+                               momentsIn file: ByteStorage? = nil) throws -> ActivationStatistics {
         var released = 0
         func release(upTo end: Int) {
             guard mapped, end > released else { return }
@@ -389,14 +395,20 @@ public enum StatisticsFile {
             }
             let count = InputCovariance.correlationCount(width: width, blockSize: blockSize)
             guard count <= r.remaining / 2 else { throw StatisticsFileError.truncated(path: path) }
+            let correlationsOffset = r.position
             let correlations = try r.halves(count)
             var check = [Float](repeating: 0, count: count)
             if count > 0 { mq_f16_to_f32(correlations, &check, count) }
             guard check.allSatisfy({ abs($0) <= 1 }) else {
                 throw corrupt("second moment of \(name): a correlation is beyond ±1 or not a number")
             }
-            secondMoments!.setKept(name, InputCovariance.Kept(width: width, rows: rows, diagonal: diagonal,
-                                                              correlations: correlations))
+            if let file {
+                secondMoments!.setKept(name, width: width, rows: rows, diagonal: diagonal,
+                                       mappedCorrelations: try file.slice(offset: correlationsOffset, count: 2 * count))
+            } else {
+                secondMoments!.setKept(name, InputCovariance.Kept(width: width, rows: rows, diagonal: diagonal,
+                                                                  correlations: correlations))
+            }
             release(upTo: r.position)
         }
         guard r.position == bodyEnd else { throw corrupt("\(bodyEnd - r.position) unread payload bytes") }

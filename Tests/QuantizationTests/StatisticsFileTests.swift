@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import XCTest
 
 @testable import Quantization
@@ -253,6 +254,37 @@ final class StatisticsFileTests: XCTestCase {
         for b in payload { fnv = (fnv ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
         XCTAssertEqual(StatisticsFile.digest(loaded),
                        "myqs1-" + String(format: "%08x%016llx", StatisticsFile.crc(Array(payload)), fnv))
+    }
+
+    /// With `mappingMoments`, the correlations stay in the file's mapping: they read the same as a plain load's, and
+    /// none of the file's pages is resident after the load or after a moment is read from it.
+    func testMomentsLeftInTheMappingReadTheSameAndStayOutOfMemory() throws {
+        let width = 1200   // 1.4 MB of correlations
+        var image = Image()
+        image.layers[0].inFeatures = UInt32(width)
+        image.layers[0].squareSums = [Double](repeating: 4, count: width)
+        image.layers[0].maxima = [Float](repeating: 2, count: width)
+        image.moments[0].width = UInt32(width)
+        image.moments[0].diagonal = (0..<width).map { 1 + Double($0) }
+        image.moments[0].correlations = (0..<(width * (width - 1) / 2)).map { UInt16($0 % 0x3C00) }   // [0, 1)
+        let bytes = image.bytes
+        let name = "myqs-mapped-\(UUID().uuidString).myqs"
+        let path = NSTemporaryDirectory() + name
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let plain = try StatisticsFile.load(path: path)
+        let mapped = try StatisticsFile.load(path: path, mappingMoments: true)
+        XCTAssertEqual(plain.secondMoments?.mappedLayers, [])
+        XCTAssertEqual(mapped.secondMoments?.mappedLayers, ["encoder/conv1"])
+        XCTAssertEqual(ResidentPages.bytes(ofFilesEndingWith: name), 0, "the load leaves no page of the file resident")
+        let moment = try XCTUnwrap(mapped.secondMoments?.moment(of: "encoder/conv1"))
+        XCTAssertEqual(ResidentPages.bytes(ofFilesEndingWith: name), 0, "nor does a moment read from it")
+        XCTAssertEqual(moment.dense, plain.secondMoments?.moment(of: "encoder/conv1")?.dense)
+        XCTAssertEqual(StatisticsFile.encode(mapped), bytes)
+        // A merge replaces a mapped moment with one in memory.
+        let other = try StatisticsFile.load(path: path)
+        try mapped.merge(other)
+        XCTAssertEqual(mapped.secondMoments?.mappedLayers, [])
     }
 
     /// The file is the owner's alone, written through `<path>.tmp` (which a kill mid-write leaves behind,
