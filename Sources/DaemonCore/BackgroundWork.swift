@@ -17,11 +17,14 @@ import WhisperEngine
 /// each chunk of a build's rows run as `stoppable` pieces. A piece starts only while no transcription runs, and one
 /// that starts meanwhile sets the piece's flag and waits until the piece has stopped (at its next encoder step,
 /// decoded token or block of rows) and handed its free heap back: the transcription then has the memory and the
-/// cores to itself, instead of its own beside the piece's. A stopped piece runs again once the transcriptions are
-/// done, to its end (`givingWayOnce`): each piece gives way once, so that background work still advances under a
-/// steady stream of transcriptions, and a transcription that starts during such a second run goes on beside it.
-/// What cannot stop part-way (a pass's merge) starts only while no transcription runs (`waitForTranscriptions`).
-/// Pieces do not nest: one that waited for transcriptions inside another would wait for one that waits for it.
+/// cores to itself, instead of its own beside the piece's. A stopped gathering is tried again after the
+/// transcriptions, as a stoppable piece again, out of turn in between: under a steady stream of transcriptions the
+/// passes wait (holding only the newest utterance) and a build still gets its turn. The other pieces run again
+/// after the transcriptions to their end (`givingWayOnce`): each gives way once, so that a build (a budget command)
+/// still advances under a steady stream of transcriptions, and a transcription that starts during such a second
+/// run goes on beside it. What cannot stop part-way (a pass's merge) starts only while no transcription runs
+/// (`waitForTranscriptions`). Pieces do not nest: one that waited for transcriptions inside another would wait for
+/// one that waits for it.
 enum BackgroundWork {
     private static let turn = DispatchSemaphore(value: 1)
     private static let state = NSCondition()

@@ -116,9 +116,9 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
 
     /// Sets what else runs in each pass while it holds the utterance's copy (the daemon measures the served model's
     /// drift on it, `OwnSpeechDrift`): given the samples, the full-precision model, the served model and the flag a
-    /// transcription sets as it starts (`BackgroundWork`). It gives way as the gathering does: it starts while no
-    /// transcription runs, and when it stops for one (throwing `DecodingError.cancelled`) it runs again after it, with
-    /// a flag nobody sets.
+    /// transcription sets as it starts (`BackgroundWork`). It gives way once: it starts while no transcription runs,
+    /// and when it stops for one (throwing `DecodingError.cancelled`) it runs again after it, to its end, with a flag
+    /// nobody sets (the pass holds its turn meanwhile, so it must not wait for long).
     /// It must keep nothing of the samples.
     public func duringPass(_ body: @escaping @Sendable (_ samples: [Float], _ fullPrecision: WhisperModel,
                                                         _ served: WhisperModel, _ cancellation: Cancellation) throws -> Void) {
@@ -145,17 +145,18 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     }
 
     /// One pass on the statistics queue, then the utterance waiting, if any; `passDone` is left when none waits.
-    private func run(_ copy: SampleCopy, served: WhisperModel, epoch startEpoch: Int, givingWay: Bool = true) {
+    private func run(_ copy: SampleCopy, served: WhisperModel, epoch startEpoch: Int) {
         queue.async { [self] in
             let end = BackgroundWork.inTurn {
                 defer { WhisperModel.releaseFreedMemory() }   // the pass's activations and caches
-                return pass(samples: copy.values, served: served, epoch: startEpoch, givingWay: givingWay)
+                return pass(samples: copy.values, served: served, epoch: startEpoch)
             }
-            // A pass that gave way to a transcription runs again once the transcriptions are done, to its end (it gives
-            // way once, so that passes still advance under a steady stream of transcriptions), unless a newer utterance
-            // waits (gathered instead, as under load) or the statistics were forgotten meanwhile.
+            // A pass that gave way to a transcription runs again once the transcriptions are done (and gives way
+            // again), unless a newer utterance waits (gathered instead, as under load) or the statistics were
+            // forgotten meanwhile. Under a steady stream of transcriptions the passes wait, holding only the newest
+            // utterance, rather than run beside them; the turn is free between two tries, so a build still runs.
             if end == .gaveWay, locked({ pending == nil && epoch == startEpoch }) {
-                return run(copy, served: served, epoch: startEpoch, givingWay: false)
+                return run(copy, served: served, epoch: startEpoch)
             }
             copy.wipe()
             let next = locked { () -> (SampleCopy, WhisperModel, Int)? in
@@ -243,7 +244,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
 
     /// One utterance's pass: its statistics gathered and merged, then what else runs on it (`duringPass`), which
     /// starts once the pass's sums and the merged statistics have left memory.
-    private func pass(samples: [Float], served: WhisperModel, epoch startEpoch: Int, givingWay: Bool) -> PassEnd {
+    private func pass(samples: [Float], served: WhisperModel, epoch startEpoch: Int) -> PassEnd {
         guard let (model, identity, quantized) = fullPrecision(behind: served) else { return .dropped }
         // The pass reads the full-precision model, not the quantized one that served: the served model's layer pages
         // (about 20 MiB for tiny.en at 24 MiB), and the code and free heap the transcription left, leave the resident
@@ -251,8 +252,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         // (under 1 ms for 25 MB here), and one running meanwhile just reads them.
         if quantized { served.weights.releaseResidentPages() }
         WhisperModel.releaseFreedMemory()
-        let end = gather(samples: samples, model: model, identity: identity, quantized: quantized, epoch: startEpoch,
-                         givingWay: givingWay)
+        let end = gather(samples: samples, model: model, identity: identity, quantized: quantized, epoch: startEpoch)
         guard end == .merged else { return end }
         WhisperModel.releaseFreedMemory()
         if let also = locked({ alsoDuringPass }) {
@@ -272,23 +272,16 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// failed, there was no full-precision model, or the statistics were forgotten meanwhile).
     private enum PassEnd { case merged, gaveWay, dropped }
 
-    /// Gathers `samples`' statistics on the full-precision `model` and merges them into the kept ones. With
-    /// `givingWay`, a transcription that starts first stops the gathering (`BackgroundWork.stoppable`), and the pass
-    /// gives way; without, it runs to its end.
+    /// Gathers `samples`' statistics on the full-precision `model` and merges them into the kept ones, unless a
+    /// transcription starts first: it stops the gathering (`BackgroundWork.stoppable`), and the pass gives way.
     private func gather(samples: [Float], model: WhisperModel, identity: String, quantized: Bool,
-                        epoch startEpoch: Int, givingWay: Bool) -> PassEnd {
+                        epoch startEpoch: Int) -> PassEnd {
         let started = DispatchTime.now()
         let pass: ActivationStatistics
         do {
-            func run(_ cancellation: Cancellation) throws -> ActivationStatistics {
+            pass = try BackgroundWork.stoppable { cancellation in
                 try StatisticsPass.run(model: model, identity: identity, samples: samples, cancellation: cancellation)
                     .statistics
-            }
-            if givingWay {
-                pass = try BackgroundWork.stoppable(run)
-            } else {
-                BackgroundWork.waitForTranscriptions()
-                pass = try run(Cancellation())
             }
         } catch DecodingError.cancelled {
             logger.debug("gathering gave way to a transcription; the pass runs again after it", metadata: [
