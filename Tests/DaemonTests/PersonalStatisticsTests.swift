@@ -3,7 +3,7 @@ import Capture
 @testable import DaemonCore
 import Foundation
 import Logging
-import Quantization
+@testable import Quantization
 import WhisperEngine
 import XCTest
 
@@ -103,6 +103,10 @@ extension PersonalStatisticsTests {
         XCTAssertEqual(personal.statisticsSamples, 2)
         XCTAssertEqual(personal.statistics(for: identity)?.sampleCount, 2)
         XCTAssertNil(personal.statistics(for: "another model"))
+        // What a build reads leaves the second moments in the file's mapping until each layer's is used.
+        let read = try XCTUnwrap(personal.statistics(for: identity)?.secondMoments)
+        XCTAssertFalse(read.layerNames.isEmpty)
+        XCTAssertEqual(read.mappedLayers, read.layerNames)
 
         let restarted = PersonalStatistics(directory: directory, logger: Logger(label: "test"))
         XCTAssertFalse(restarted.holdsStatisticsInMemory)
