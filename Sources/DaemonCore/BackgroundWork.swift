@@ -19,34 +19,28 @@ import WhisperEngine
 /// decoded token or block of rows) and handed its free heap back: the transcription then has the memory and the
 /// cores to itself, instead of its own beside the piece's. A stopped gathering is tried again after the
 /// transcriptions, as a stoppable piece again, out of turn in between: under a steady stream of transcriptions the
-/// passes wait (holding only the newest utterance) and a build still gets its turn. The other pieces run again
-/// after the transcriptions to their end (`givingWayOnce`): each gives way once, so that a build (a budget command)
-/// still advances under a steady stream of transcriptions, and a transcription that starts during such a second
-/// run goes on beside it. What cannot stop part-way (a pass's merge) starts only while no transcription runs
-/// (`waitForTranscriptions`). Pieces do not nest: one that waited for transcriptions inside another would wait for
-/// one that waits for it.
+/// passes wait (holding only the newest utterance) and a build still gets its turn. The other pieces are tried
+/// again up to `stopsBeforeAlone` times (`givingWay`), then run `alone`: to their end, with the transcriptions that
+/// start meanwhile waiting for them, so that a build (a budget command) still finishes under a steady stream of
+/// transcriptions, at the cost of one piece's time to a transcription now and then (a chunk of rows takes about
+/// 0.1 s of one core, a self-check or a drift measurement a few tenths). A pass's merge, which cannot stop
+/// part-way, runs alone too. Pieces do not nest: one inside another would wait for a transcription that waits for
+/// the outer one.
 enum BackgroundWork {
     private static let turn = DispatchSemaphore(value: 1)
     private static let state = NSCondition()
     // Guarded by `state`.
     private static var transcriptions = 0
-    /// The flag of the stoppable piece running, if any.
-    private static var stoppablePiece: Cancellation?
+    /// The flag of the piece running (stoppable, or alone), if any.
+    private static var runningPiece: Cancellation?
     private static var waiting = 0
+    private static var waitingForAPiece = 0
 
     /// Runs `body` once no other background work runs.
     static func inTurn<T>(_ body: () throws -> T) rethrows -> T {
         turn.wait()
         defer { turn.signal() }
         return try body()
-    }
-
-    /// Returns once no transcription runs: for work that cannot stop part-way (a transcription that starts after
-    /// runs beside it).
-    @Sendable static func waitForTranscriptions() {
-        state.lock()
-        waitForTranscriptionsLocked()
-        state.unlock()
     }
 
     private static func waitForTranscriptionsLocked() {
@@ -62,38 +56,50 @@ enum BackgroundWork {
         let flag = Cancellation()
         state.lock()
         waitForTranscriptionsLocked()
-        stoppablePiece = flag
+        runningPiece = flag
         state.unlock()
         defer {
             // The flag is set only by a transcription, which waits for this.
             if flag.isCancelled { WhisperModel.releaseFreedMemory(codePages: false) }
             state.lock()
-            stoppablePiece = nil
+            runningPiece = nil
             state.broadcast()
             state.unlock()
         }
         return try piece(flag)
     }
 
-    /// `piece` as a `stoppable` piece, and when a transcription stopped it (it threw `DecodingError.cancelled`),
-    /// once more after the transcriptions, from its start, with a flag nobody sets: it gives way once.
-    @Sendable static func givingWayOnce<T>(_ piece: (Cancellation) throws -> T) throws -> T {
-        do {
-            return try stoppable(piece)
-        } catch DecodingError.cancelled {
-            waitForTranscriptions()
-            return try piece(Cancellation())
+    /// Times a piece run with `givingWay` stops for transcriptions before it runs `alone`.
+    static let stopsBeforeAlone = 3
+
+    /// `piece` as a `stoppable` piece, tried again from its start each time a transcription stops it (it throws
+    /// `DecodingError.cancelled`), up to `stopsBeforeAlone` times; then `alone`, with a flag nobody sets.
+    @Sendable static func givingWay<T>(_ piece: (Cancellation) throws -> T) throws -> T {
+        for _ in 0..<stopsBeforeAlone {
+            do {
+                return try stoppable(piece)
+            } catch DecodingError.cancelled {
+                continue
+            }
         }
+        return try alone { try piece(Cancellation()) }
     }
 
-    /// Runs a transcription: a stoppable piece of background work running stops first, and none starts until no
-    /// transcription runs.
+    /// Runs `body` once no transcription runs; transcriptions that start meanwhile wait until it has returned.
+    static func alone<T>(_ body: () throws -> T) rethrows -> T {
+        try stoppable { _ in try body() }
+    }
+
+    /// Runs a transcription: a piece of background work running stops first (or ends, when it runs alone), and none
+    /// starts until no transcription runs.
     static func transcription<T>(_ body: () throws -> T) rethrows -> T {
         state.lock()
         transcriptions += 1
-        if let piece = stoppablePiece {
+        if let piece = runningPiece {
             piece.cancel()
-            while stoppablePiece === piece { state.wait() }
+            waitingForAPiece += 1
+            while runningPiece === piece { state.wait() }
+            waitingForAPiece -= 1
         }
         state.unlock()
         defer {
@@ -112,10 +118,17 @@ enum BackgroundWork {
         return waiting
     }
 
-    /// Whether a stoppable piece runs (for tests).
-    static var stoppableRuns: Bool {
+    /// Transcriptions waiting for a piece to stop or end (for tests).
+    static var transcriptionsWaitingForAPiece: Int {
         state.lock()
         defer { state.unlock() }
-        return stoppablePiece != nil
+        return waitingForAPiece
+    }
+
+    /// Whether a piece runs, stoppable or alone (for tests).
+    static var pieceRuns: Bool {
+        state.lock()
+        defer { state.unlock() }
+        return runningPiece != nil
     }
 }

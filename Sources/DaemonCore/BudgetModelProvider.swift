@@ -201,7 +201,7 @@ public final class BudgetModelProvider: @unchecked Sendable {  // @unchecked: th
     /// copy the build owns (a personal build drops their second moments as it quantizes the layers that read them).
     /// With `layerDirectory` (on disk), a quantized build writes its layers to an unnamed file there and maps them
     /// (`LayerFile`); without, or where that fails, they are kept in memory. A build gives way to other work with
-    /// `giveWay` (`QuantizationOptions.giveWay`; the daemon's: `BackgroundWork.givingWayOnce`).
+    /// `giveWay` (`QuantizationOptions.giveWay`; the daemon's: `BackgroundWork.givingWay`).
     public init(groupSize: Int = QuantizedMatrix.defaultGroupSize,
                 personalStatistics: (@Sendable (String) -> ActivationStatistics?)? = nil, layerDirectory: String? = nil,
                 giveWay: GiveWay? = nil) {

@@ -186,7 +186,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     static func defaultPipeline(personalStatistics: (@Sendable (String) -> ActivationStatistics?)?,
                                 layerDirectory: String? = nil) -> ModelPipeline {
         let provider = BudgetModelProvider(personalStatistics: personalStatistics, layerDirectory: layerDirectory,
-                                           giveWay: { try BackgroundWork.givingWayOnce($0) })
+                                           giveWay: { try BackgroundWork.givingWay($0) })
         let check = ModelCheck()
         return ModelPipeline(
             build: { target, serving, lowestBits in
@@ -195,10 +195,10 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
                     reloadFromDisk: serving.map { $0.target.reloadEpoch != target.reloadEpoch } ?? true,
                     serving: serving?.provided, servingName: serving?.target.source, lowestBits: lowestBits))
             },
-            // The self-check gives way to a transcription once, as a statistics pass does, then runs to its end after it
-            // (a transcription stopping it is the only error `check` throws).
+            // The self-check gives way to transcriptions (`BackgroundWork.givingWay`; a transcription stopping it is the
+            // only error `check` throws).
             check: { candidate in
-                try? BackgroundWork.givingWayOnce { try check.check(candidate, cancellation: $0) }
+                try? BackgroundWork.givingWay { try check.check(candidate, cancellation: $0) }
             })
     }
 

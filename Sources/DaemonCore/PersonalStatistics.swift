@@ -116,9 +116,9 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
 
     /// Sets what else runs in each pass while it holds the utterance's copy (the daemon measures the served model's
     /// drift on it, `OwnSpeechDrift`): given the samples, the full-precision model, the served model and the flag a
-    /// transcription sets as it starts (`BackgroundWork`). It gives way once: it starts while no transcription runs,
-    /// and when it stops for one (throwing `DecodingError.cancelled`) it runs again after it, to its end, with a flag
-    /// nobody sets (the pass holds its turn meanwhile, so it must not wait for long).
+    /// transcription sets as it starts (`BackgroundWork`). It gives way as a build's pieces do (`BackgroundWork.givingWay`:
+    /// when it stops for a transcription, throwing `DecodingError.cancelled`, it runs again after it, and after a few
+    /// stops alone, with a flag nobody sets; the pass holds its turn meanwhile).
     /// It must keep nothing of the samples.
     public func duringPass(_ body: @escaping @Sendable (_ samples: [Float], _ fullPrecision: WhisperModel,
                                                         _ served: WhisperModel, _ cancellation: Cancellation) throws -> Void) {
@@ -256,9 +256,9 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         guard end == .merged else { return end }
         WhisperModel.releaseFreedMemory()
         if let also = locked({ alsoDuringPass }) {
-            // It starts while no transcription runs, and after one that stopped it runs again, to its end.
+            // It starts while no transcription runs, and gives way as a build's pieces do (`BackgroundWork.givingWay`).
             do {
-                try BackgroundWork.givingWayOnce { try also(samples, model, served, $0) }
+                try BackgroundWork.givingWay { try also(samples, model, served, $0) }
             } catch {
                 logger.error("what runs beside the pass failed: \(error)")
             }
@@ -294,15 +294,33 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         }
         // The network's scratch (its windows, caches and row buffers) is free now: its pages go back before the
         // merge allocates, so that the pass's peak is the larger of the two phases rather than the heap both left.
-        // The merge (the kept statistics read, merged and written) waits for any transcription to end, as the
-        // gathering did: it holds only the pass's sums meanwhile.
+        // The merge cannot stop part-way: it runs alone (`BackgroundWork.alone`), once no transcription runs (it
+        // holds only the pass's sums meanwhile), and a transcription that starts during it waits for its end.
         WhisperModel.releaseFreedMemory()
-        BackgroundWork.waitForTranscriptions()
+        let mergeStarted = DispatchTime.now()
+        guard let (merged, notify) = BackgroundWork.alone({ merge(pass, identity: identity, epoch: startEpoch) }) else {
+            logger.info("statistics pass dropped: the statistics were forgotten while it ran")
+            return .dropped
+        }
+        logger.info("statistics pass", metadata: [
+            "samples": "\(merged.sampleCount)", "model": quantized ? "mapped float16" : "served float",
+            "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
+            "merge_s": "\(String(format: "%.3f", TranscriptionWorkers.seconds(since: mergeStarted)))",
+        ])
+        notify?(merged.sampleCount)
+        return .merged
+    }
+
+    /// Merges a pass's statistics into the kept ones and writes them to their file; nil when the statistics were
+    /// forgotten since the pass began (`epoch`).
+    private func merge(_ pass: ActivationStatistics, identity: String, epoch startEpoch: Int)
+        -> (ActivationStatistics, (@Sendable (Int) -> Void)?)?
+    {
         // The statistics so far: in memory, or read from their file (passes run one at a time, so no other pass
         // writes it meanwhile; a `forget` meanwhile changes the epoch, and this pass is dropped).
         let onFile = locked { statistics == nil && saved != nil }
         let read = onFile ? readSaved() : nil
-        let merged = locked { () -> (ActivationStatistics, (@Sendable (Int) -> Void)?)? in
+        let result = locked { () -> (ActivationStatistics, (@Sendable (Int) -> Void)?)? in
             guard epoch == startEpoch else { return nil }   // forgotten meanwhile
             let kept = statistics ?? read
             // Statistics of another model (the configured one changed) are replaced, not mixed.
@@ -311,10 +329,8 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
             saved = nil
             return (statistics!, onSamplesGrew)
         }
-        guard let (merged, notify) = merged else {
-            logger.info("statistics pass dropped: the statistics were forgotten while it ran")
-            return .dropped
-        }
+        guard let result else { return nil }
+        let merged = result.0
         if let path {
             do {
                 try StatisticsFile.write(merged, to: path)
@@ -329,12 +345,7 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
                 logger.error("personal statistics not saved: \(error)")
             }
         }
-        logger.info("statistics pass", metadata: [
-            "samples": "\(merged.sampleCount)", "model": quantized ? "mapped float16" : "served float",
-            "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
-        ])
-        notify?(merged.sampleCount)
-        return .merged
+        return result
     }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {

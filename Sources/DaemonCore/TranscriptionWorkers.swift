@@ -542,11 +542,12 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
                     }
                 }
                 guard let recognizer else { continue }
-                // A statistics pass gathering meanwhile gives way (`BackgroundWork`).
+                // Background work running meanwhile stops first (`BackgroundWork`): its time counts in the job's.
+                let started = DispatchTime.now()
                 BackgroundWork.transcription {
                     switch job {
-                    case .request(let request): run(request, recognizer: recognizer)
-                    case .live(let item): runLive(item, recognizer: recognizer)
+                    case .request(let request): run(request, recognizer: recognizer, started: started)
+                    case .live(let item): runLive(item, recognizer: recognizer, started: started)
                     case .partial(let partial): runPartial(partial, recognizer: recognizer)
                     }
                 }
@@ -562,11 +563,10 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         }
     }
 
-    private func run(_ request: Request, recognizer: SpeechRecognizer) {
+    private func run(_ request: Request, recognizer: SpeechRecognizer, started: DispatchTime) {
         var options = TranscriptionOptions()
         options.decoding.language = request.language
         options.decoding.cancellation = request.cancellation
-        let started = DispatchTime.now()
         let result = Result { try recognizer.transcribe(samples: request.samples, options: options) }
         if case .failure(DecodingError.cancelled) = result {
             condition.lock()
@@ -585,10 +585,9 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         request.reply(result)
     }
 
-    private func runLive(_ item: Live, recognizer: SpeechRecognizer) {
+    private func runLive(_ item: Live, recognizer: SpeechRecognizer, started: DispatchTime) {
         let utterance = item.utterance
         defer { utterance.wipe() }
-        let started = DispatchTime.now()
         var samples = utterance.withUnsafeSamples { Array($0) }
         defer {
             samples.withUnsafeMutableBytes { raw in

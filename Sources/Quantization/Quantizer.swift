@@ -56,7 +56,7 @@ public struct QuantizationOptions: Sendable {
     /// set holds none of the model it makes, only the chunk at work (`LayerFile`). The model is the same.
     public var layerFile: LayerFile?
     /// For a background build that gives way to other work (the daemon's, to its transcriptions,
-    /// `BackgroundWork.givingWayOnce`): runs each chunk of rows (its float32 rows made, quantized), when the build may
+    /// `BackgroundWork.givingWay`): runs each chunk of rows (its float32 rows made, quantized), when the build may
     /// go on, with the flag that stops it early (compensated rounding checks it between its row chunks; it then
     /// throws `DecodingError.cancelled`), and runs it again as it likes. The model is the same.
     public var giveWay: GiveWay?

@@ -46,30 +46,31 @@ final class BackgroundWorkTests: XCTestCase {
     }
 
     /// A transcription that stops a piece starts only once the piece has stopped (its memory is then free); a piece
-    /// stopped once runs again after the transcriptions, to its end, and a transcription that starts meanwhile goes on
-    /// beside it.
+    /// runs again after each stop, and after `stopsBeforeAlone` stops it runs alone: to its end, with a flag nobody
+    /// sets, and a transcription that starts meanwhile waits for it.
     func testATranscriptionStartsOnceThePieceItStopsHasStopped() throws {
         let events = Waiter<String>()
+        let runs = Waiter<Bool>()   // each run's flag as it starts
         let inside = DispatchSemaphore(value: 0), sawFlag = DispatchSemaphore(value: 0)
-        let finishStopping = DispatchSemaphore(value: 0)
-        let secondRun = DispatchSemaphore(value: 0), endSecondRun = DispatchSemaphore(value: 0)
-        let runs = Waiter<Bool>()
+        let finishStopping = DispatchSemaphore(value: 0), endAlone = DispatchSemaphore(value: 0)
+        let stops = BackgroundWork.stopsBeforeAlone
         DispatchQueue.global().async {
             BackgroundWork.inTurn {
-                _ = try? BackgroundWork.givingWayOnce { cancellation in
+                _ = try? BackgroundWork.givingWay { cancellation in
                     runs.append(cancellation.isCancelled)
-                    if runs.all.count == 1 {
-                        inside.signal()
-                        // Stopping takes a while: the transcription must wait for it.
+                    inside.signal()
+                    if runs.all.count <= stops {
                         while !cancellation.isCancelled { usleep(1000) }
-                        sawFlag.signal()
-                        finishStopping.wait()
-                        events.append("piece stopped")
+                        if runs.all.count == 1 {
+                            // Stopping takes a while: the transcription must wait for it.
+                            sawFlag.signal()
+                            finishStopping.wait()
+                        }
+                        events.append("stopped")
                         throw DecodingError.cancelled
                     }
-                    secondRun.signal()
-                    endSecondRun.wait()
-                    events.append("second run ended")
+                    endAlone.wait()
+                    events.append("alone ended")
                 }
             }
         }
@@ -79,14 +80,21 @@ final class BackgroundWorkTests: XCTestCase {
         XCTAssertEqual(events.all, [], "the transcription waits for the piece to stop")
         finishStopping.signal()
         XCTAssertEqual(try events.wait(timeout: 60, what: "the transcription") { $0.count == 2 ? $0 : nil },
-                       ["piece stopped", "transcription"])
-        XCTAssertEqual(secondRun.wait(timeout: .now() + patient(60)), .success)
-        XCTAssertEqual(runs.all, [false, false], "the second run has a flag nobody sets")
-        XCTAssertFalse(BackgroundWork.stoppableRuns, "the second run is not stoppable")
-        BackgroundWork.transcription { events.append("beside the second run") }
-        endSecondRun.signal()
-        XCTAssertEqual(try events.wait(timeout: 60, what: "the second run") { $0.count == 4 ? $0 : nil },
-                       ["piece stopped", "transcription", "beside the second run", "second run ended"])
+                       ["stopped", "transcription"])
+        for _ in 1..<stops {
+            XCTAssertEqual(inside.wait(timeout: .now() + patient(60)), .success, "tried again")
+            BackgroundWork.transcription { events.append("transcription") }
+        }
+        XCTAssertEqual(inside.wait(timeout: .now() + patient(60)), .success, "then alone")
+        XCTAssertEqual(runs.all, [Bool](repeating: false, count: stops + 1), "each run with a flag not set yet")
+        XCTAssertTrue(BackgroundWork.pieceRuns)
+        DispatchQueue.global().async { BackgroundWork.transcription { events.append("after it") } }
+        _ = try Waiter<Int>.poll(timeout: 60, what: "the transcription waiting") {
+            BackgroundWork.transcriptionsWaitingForAPiece == 1 ? true : nil
+        }
+        endAlone.signal()
+        XCTAssertEqual(try events.wait(timeout: 60, what: "the last transcription") { $0.count == 2 * stops + 2 ? $0 : nil },
+                       Array(repeating: ["stopped", "transcription"], count: stops).flatMap { $0 } + ["alone ended", "after it"])
     }
 
     /// A statistics pass that a transcription interrupts stops, waits for the transcription, and runs again, giving
@@ -101,7 +109,7 @@ final class BackgroundWorkTests: XCTestCase {
         // and another in the pass's second try.
         for attempt in 1...2 {
             _ = try Waiter<Int>.poll(timeout: 60, what: "the pass running") {
-                BackgroundWork.stoppableRuns ? true : nil
+                BackgroundWork.pieceRuns ? true : nil
             }
             try BackgroundWork.transcription {
                 let waiting = try Waiter<Int>.poll(timeout: 60, what: "the pass to give way or end") {
