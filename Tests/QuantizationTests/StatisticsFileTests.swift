@@ -36,6 +36,18 @@ final class StatisticsFileTests: XCTestCase {
         var momentCount: UInt32?
         var moments = [Moment()]
 
+        /// One layer `width` inputs wide with its second moment (correlations in [0, 1)).
+        static func wide(_ width: Int) -> Image {
+            var image = Image()
+            image.layers[0].inFeatures = UInt32(width)
+            image.layers[0].squareSums = [Double](repeating: 4, count: width)
+            image.layers[0].maxima = [Float](repeating: 2, count: width)
+            image.moments[0].width = UInt32(width)
+            image.moments[0].diagonal = (0..<width).map { 1 + Double($0) }
+            image.moments[0].correlations = (0..<(width * (width - 1) / 2)).map { UInt16($0 % 0x3C00) }
+            return image
+        }
+
         var bytes: [UInt8] {
             var w = ByteWriter()
             w.string(identity)
@@ -232,14 +244,7 @@ final class StatisticsFileTests: XCTestCase {
     /// exactly the encoded image; loaded (mapped, its pages released as they are read) it gives the same statistics,
     /// and the digest made in pieces is the CRC32 and FNV-1a of the whole payload.
     func testALargeFileIsWrittenInPiecesAndReadBack() throws {
-        let width = 600
-        var image = Image()
-        image.layers[0].inFeatures = UInt32(width)
-        image.layers[0].squareSums = [Double](repeating: 4, count: width)
-        image.layers[0].maxima = [Float](repeating: 2, count: width)
-        image.moments[0].width = UInt32(width)
-        image.moments[0].diagonal = (0..<width).map { 1 + Double($0) }
-        image.moments[0].correlations = (0..<(width * (width - 1) / 2)).map { UInt16($0 % 0x3C00) }   // [0, 1)
+        let image = Image.wide(600)
         let bytes = image.bytes
         XCTAssertGreaterThan(bytes.count, 4 * ByteWriter.drainBytes)
         let statistics = try decode(image)
@@ -259,14 +264,7 @@ final class StatisticsFileTests: XCTestCase {
     /// With `mappingMoments`, the correlations stay in the file's mapping: they read the same as a plain load's, and
     /// none of the file's pages is resident after the load or after a moment is read from it.
     func testMomentsLeftInTheMappingReadTheSameAndStayOutOfMemory() throws {
-        let width = 1200   // 1.4 MB of correlations
-        var image = Image()
-        image.layers[0].inFeatures = UInt32(width)
-        image.layers[0].squareSums = [Double](repeating: 4, count: width)
-        image.layers[0].maxima = [Float](repeating: 2, count: width)
-        image.moments[0].width = UInt32(width)
-        image.moments[0].diagonal = (0..<width).map { 1 + Double($0) }
-        image.moments[0].correlations = (0..<(width * (width - 1) / 2)).map { UInt16($0 % 0x3C00) }   // [0, 1)
+        let image = Image.wide(1200)   // 1.4 MB of correlations
         let bytes = image.bytes
         let name = "myqs-mapped-\(UUID().uuidString).myqs"
         let path = NSTemporaryDirectory() + name
