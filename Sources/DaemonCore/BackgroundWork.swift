@@ -24,8 +24,12 @@ import WhisperEngine
 /// start meanwhile waiting for them, so that a build (a budget command) still finishes under a steady stream of
 /// transcriptions, at the cost of one piece's time to a transcription now and then (a personal build of tiny.en
 /// spends 6-9 s of one core on about 70 chunks of rows). A pass's merge, which cannot stop part-way, runs alone too
-/// (0.10-0.19 s here, its file written and synced). Pieces do not nest: one inside another would wait for a
-/// transcription that waits for the outer one.
+/// (0.10-0.19 s here, its file written and synced). A transcription waits at most `longestWait` for a piece,
+/// then starts beside it: pieces run on the idle-priority build thread get no core while other processes keep
+/// them busy (`SCHED_IDLE`), and an unprivileged daemon cannot lift that thread's priority while it waits for it
+/// (leaving `SCHED_IDLE` takes `CAP_SYS_NICE` or an `RLIMIT_NICE` above the default), so without a limit a voice
+/// command could wait as long as someone else's load lasts. Pieces do not nest: one inside another would wait for
+/// a transcription that waits for the outer one.
 enum BackgroundWork {
     private static let turn = DispatchSemaphore(value: 1)
     private static let state = NSCondition()
@@ -35,6 +39,10 @@ enum BackgroundWork {
     private static var runningPiece: Cancellation?
     private static var waiting = 0
     private static var waitingForAPiece = 0
+    /// The longest a transcription waits for a piece to stop or end, in seconds (tests that hold a piece lengthen
+    /// it): a quarter of a second, longer than a piece that runs alone takes here with a core of its own, short
+    /// beside the transcription of a command.
+    private static var longestWaitSeconds = 0.25
 
     /// Runs `body` once no other background work runs.
     static func inTurn<T>(_ body: () throws -> T) rethrows -> T {
@@ -90,15 +98,16 @@ enum BackgroundWork {
         try stoppable { _ in try body() }
     }
 
-    /// Runs a transcription: a piece of background work running stops first (or ends, when it runs alone), and none
-    /// starts until no transcription runs.
+    /// Runs a transcription: a piece of background work running stops first (or ends, when it runs alone; at most
+    /// `longestWait`), and none starts until no transcription runs.
     static func transcription<T>(_ body: () throws -> T) rethrows -> T {
         state.lock()
         transcriptions += 1
         if let piece = runningPiece {
             piece.cancel()
             waitingForAPiece += 1
-            while runningPiece === piece { state.wait() }
+            let deadline = Date(timeIntervalSinceNow: longestWaitSeconds)
+            while runningPiece === piece, state.wait(until: deadline) {}
             waitingForAPiece -= 1
         }
         state.unlock()
@@ -116,6 +125,20 @@ enum BackgroundWork {
         state.lock()
         defer { state.unlock() }
         return waiting
+    }
+
+    /// The longest a transcription waits for a piece (`longestWaitSeconds`; tests set it).
+    static var longestWait: Double {
+        get {
+            state.lock()
+            defer { state.unlock() }
+            return longestWaitSeconds
+        }
+        set {
+            state.lock()
+            longestWaitSeconds = newValue
+            state.unlock()
+        }
     }
 
     /// Transcriptions waiting for a piece to stop or end (for tests).

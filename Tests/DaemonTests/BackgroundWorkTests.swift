@@ -8,6 +8,39 @@ import XCTest
 
 /// Background work beside the transcriptions: a statistics pass gives way to them.
 final class BackgroundWorkTests: XCTestCase {
+    private var longestWait = 0.0
+
+    // The pieces these tests hold are waited for as long as they are held (the daemon's limit is for pieces a busy
+    // machine starves); `testATranscriptionWaitsForAPieceAtMostItsLongestWait` sets its own.
+    override func setUp() {
+        longestWait = BackgroundWork.longestWait
+        BackgroundWork.longestWait = 3600
+    }
+
+    override func tearDown() {
+        BackgroundWork.longestWait = longestWait
+    }
+
+    /// A piece that does not stop (its thread gets no core) holds a transcription up no longer than the limit.
+    func testATranscriptionWaitsForAPieceAtMostItsLongestWait() throws {
+        BackgroundWork.longestWait = 0.05
+        let inside = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let events = Waiter<String>()
+        DispatchQueue.global().async {
+            BackgroundWork.inTurn {
+                BackgroundWork.stoppable { _ in
+                    inside.signal()
+                    release.wait()
+                    events.append("piece ended")
+                }
+            }
+        }
+        XCTAssertEqual(inside.wait(timeout: .now() + patient(60)), .success)
+        BackgroundWork.transcription { events.append("transcription") }
+        release.signal()
+        XCTAssertEqual(try events.wait(timeout: 60, what: "the piece") { $0.count == 2 ? $0 : nil },
+                       ["transcription", "piece ended"])
+    }
     /// A stoppable piece does not start while a transcription runs, and its flag is set as soon as one starts while
     /// it runs.
     func testWorkThatGivesWayWaitsForTranscriptionsAndIsStoppedByOne() throws {
