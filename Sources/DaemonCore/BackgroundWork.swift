@@ -16,9 +16,9 @@ import WhisperEngine
 /// each job in), piece by piece: a statistics pass's gathering, its drift measurement, a build's self-check and
 /// each chunk of a build's rows run as `stoppable` pieces. A piece starts only while no transcription runs, and one
 /// that starts meanwhile sets the piece's flag and waits until the piece has stopped (at its next encoder step,
-/// decoded token or block of rows) and handed its free heap back: the transcription then has the memory and the
-/// cores to itself, instead of its own beside the piece's. A stopped gathering is tried again after the
-/// transcriptions, as a stoppable piece again, out of turn in between: under a steady stream of transcriptions the
+/// decoded token or block of rows) and handed its free heap and code pages back: the transcription then has the
+/// memory and the cores to itself, instead of its own beside the piece's. A stopped gathering is tried again after
+/// the transcriptions, as a stoppable piece again, out of turn in between: under a steady stream of transcriptions the
 /// passes wait (holding only the newest utterance) and a build still gets its turn. The other pieces are tried
 /// again up to `stopsBeforeAlone` times (`givingWay`), then run `alone`: to their end, with the transcriptions that
 /// start meanwhile waiting for them, so that a build (a budget command) still finishes under a steady stream of
@@ -67,8 +67,9 @@ enum BackgroundWork {
         runningPiece = flag
         state.unlock()
         defer {
-            // The flag is set only by a transcription, which waits for this.
-            if flag.isCancelled { WhisperModel.releaseFreedMemory(codePages: false) }
+            // The flag is set only by a transcription, which waits for this: the piece's free heap and the pages of
+            // the code it ran go back first (the transcription maps its own code again, from the page cache).
+            if flag.isCancelled { WhisperModel.releaseFreedMemory() }
             state.lock()
             runningPiece = nil
             state.broadcast()
