@@ -122,37 +122,23 @@ enum BackgroundWork {
     }
 
     /// Work that waits for transcriptions to end (for tests).
-    static var waitingForTranscriptions: Int {
-        state.lock()
-        defer { state.unlock() }
-        return waiting
-    }
+    static var waitingForTranscriptions: Int { locked { waiting } }
 
     /// The longest a transcription waits for a piece (`longestWaitSeconds`; tests set it).
     static var longestWait: Double {
-        get {
-            state.lock()
-            defer { state.unlock() }
-            return longestWaitSeconds
-        }
-        set {
-            state.lock()
-            longestWaitSeconds = newValue
-            state.unlock()
-        }
+        get { locked { longestWaitSeconds } }
+        set { locked { longestWaitSeconds = newValue } }
     }
 
     /// Transcriptions waiting for a piece to stop or end (for tests).
-    static var transcriptionsWaitingForAPiece: Int {
-        state.lock()
-        defer { state.unlock() }
-        return waitingForAPiece
-    }
+    static var transcriptionsWaitingForAPiece: Int { locked { waitingForAPiece } }
 
     /// Whether a piece runs, stoppable or alone (for tests).
-    static var pieceRuns: Bool {
+    static var pieceRuns: Bool { locked { runningPiece != nil } }
+
+    private static func locked<T>(_ body: () -> T) -> T {
         state.lock()
         defer { state.unlock() }
-        return runningPiece != nil
+        return body()
     }
 }

@@ -40,11 +40,10 @@ public final class WhisperModel: @unchecked Sendable {
     /// Gives back what a finished phase leaves resident: the heap pages freed since the last call (the C
     /// allocator otherwise keeps them, and the process would stay as large as it was), and the pages of code
     /// and constants the process has run (`mq_release_code_pages`; the code still in use maps back with minor
-    /// faults). Call after dropping a model, and when a long-running process goes idle. Without `codePages`, the
-    /// heap only (for work that stops so that other work that runs the same code may start).
-    public static func releaseFreedMemory(codePages: Bool = true) {
+    /// faults). Call after dropping a model, and when a long-running process goes idle.
+    public static func releaseFreedMemory() {
         mq_release_free_heap()
-        if codePages { mq_release_code_pages() }
+        mq_release_code_pages()
     }
 
     /// For a long-running process (the daemon), before its threads allocate: every thread's C heap
