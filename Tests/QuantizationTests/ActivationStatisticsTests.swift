@@ -155,9 +155,11 @@ final class ActivationStatisticsTests: XCTestCase {
         return stats
     }
 
+    /// A path in a directory of this test's own, removed when the test ends.
     func temporaryPath(_ name: String) -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("myqs-tests-\(getpid())")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("myqs-tests-\(UUID().uuidString)")
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
         return dir.appendingPathComponent(name).path
     }
 
