@@ -150,8 +150,9 @@ final class HostileClientTests: XCTestCase {
         for _ in 0..<9 { long += speech }
         let line = Array((wavLine(wavFile(data: Array(long), rate: 16000, channels: 1, bits: 16)) + "\n").utf8)
         let harness = try harness()
+        let control = try harness.client()   // one connection for the polls below, not a new one every few ms
         func queue() throws -> QueueStatus {
-            guard let queue = try harness.client().status().queue else { throw HarnessError("status has no queue") }
+            guard let queue = try control.status().queue else { throw HarnessError("status has no queue") }
             return queue
         }
         var sockets: [Int32] = []
