@@ -16,13 +16,15 @@ import WhisperEngine
 /// buffered and folded in together. `merge(_:)` folds everything into the **kept** form, which
 /// is what the statistics file stores: the row count, the diagonal `E[x_i²]` in float64, and
 /// each block's strict upper triangle as correlations `E[x_i x_j] / √(E[x_i²] E[x_j²])` in
-/// half precision (scale-free, so half precision is enough whatever the activations' range,
-/// and |value| ≤ 1). Merging is weighted by row counts: means, not growing sums. Each merge
-/// rounds the correlations to half precision once more (at most 2⁻¹² each time), so `k`
-/// merges stay within `k · 2⁻¹²` of gathering the same rows in one go. With blocks, an
-/// encoder layer's sums go to the kept form as soon as a later encoder block or the decoder
-/// runs (the window's rows of that layer are all in by then), which counts as one merge more
-/// per window.
+/// 16-bit fixed point (`correlationScale`: scale-free and within ±1, so a fixed step fits them
+/// whatever the activations' range). Merging is weighted by row counts: means, not growing sums.
+/// Each merge rounds the correlations to the fixed step once more (at most 2⁻¹⁶ each time), so `k`
+/// merges stay within `k · 2⁻¹⁶` of gathering the same rows in one go. Half precision (version 3 of
+/// the file) has a step 16 times as coarse near ±1 (2⁻¹¹), where strongly correlated inputs put
+/// many values, and a daemon rounds once per utterance (docs/myqasr-method.md section 18).
+/// With blocks, an encoder layer's sums go to the kept form as soon as a later encoder block or
+/// the decoder runs (the window's rows of that layer are all in by then), which counts as one
+/// merge more per window.
 ///
 /// **Shared inputs.** The cross-attention key/value projection of every decoder block
 /// (`decoder/layer_<i>/attention/linear_1`) reads the same encoder output: block 0's moments
@@ -39,7 +41,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
 
     private struct Entry {
         var width: Int
-        /// Kept form: rows folded in, `E[x_i²]`, half-precision correlations (empty while no rows were kept).
+        /// Kept form: rows folded in, `E[x_i²]`, fixed-point correlations (empty while no rows were kept).
         var keptRows: UInt64 = 0
         var diagonal: [Double] = []
         var correlations = Correlations.inMemory([])
@@ -61,13 +63,13 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         }
     }
 
-    /// A kept form's half-precision correlations: in memory, or left in a statistics file's mapping
+    /// A kept form's correlations: in memory, or left in a statistics file's mapping
     /// (`StatisticsFile.load(path:mappingMoments:)`) and read each time they are used, their pages leaving the
     /// resident set again. A build that reads one layer's moment at a time then holds one layer's, not all of them
     /// (11.5 MiB for tiny.en) from its start.
     private enum Correlations {
-        case inMemory([UInt16])
-        /// `2 * count` bytes, at any alignment.
+        case inMemory([Int16])
+        /// `2 * count` bytes (little-endian), at any alignment.
         case mapped(ByteStorage)
 
         var count: Int {
@@ -78,11 +80,11 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         }
 
         /// The values (a copy of the mapped bytes, read once).
-        var values: [UInt16] {
+        var values: [Int16] {
             switch self {
             case let .inMemory(values): return values
             case let .mapped(bytes):
-                let values = [UInt16](unsafeUninitializedCapacity: bytes.count / 2) { buffer, count in
+                let values = [Int16](unsafeUninitializedCapacity: bytes.count / 2) { buffer, count in
                     bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
                     count = bytes.count / 2
                 }
@@ -198,7 +200,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     /// once a later stage runs: every row of the window is in for those, and a pass would otherwise hold them
     /// (8.9 MiB for tiny.en, 4.5 MiB kept) through the rest of its encoder, its decoding and its merge; one
     /// block's sums at most are in float at a time. In the bounded form only (`blockSize > 0`, what the daemon and
-    /// `myqasr stats` gather); a window more rounds the correlations to half precision once more (see the type's
+    /// `myqasr stats` gather); a window more rounds the correlations to the fixed-point step once more (see the type's
     /// comment).
     private func compactEncoder(before stage: Int) {
         for key in entries.keys where Self.encoderStage(of: key) < stage {
@@ -297,25 +299,20 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         var means = [Double](repeating: 0, count: Self.packedCount(width: e.width, blockSize: blockSize))
         let keptShare = Double(e.keptRows) / Double(total)
         if e.keptRows > 0 {
-            var k = 0, c = 0
+            var k = 0, m = 0
             let correlations = e.correlations.values
             for (start, size) in Self.blocks(width: e.width, blockSize: blockSize) {
-                var f32 = [Float](repeating: 0, count: size * (size - 1) / 2)
-                f32.withUnsafeMutableBufferPointer { out in
-                    correlations.withUnsafeBufferPointer { mq_f16_to_f32($0.baseAddress! + c, out.baseAddress!, out.count) }
-                }
-                var m = 0
                 for i in 0..<size {
                     let di = e.diagonal[start + i]
                     means[k] = keptShare * di
                     k += 1
                     for j in (i + 1)..<size {
-                        means[k] = keptShare * Double(f32[m]) * (di * e.diagonal[start + j]).squareRoot()
+                        means[k] = keptShare * Double(correlations[m]) / Self.correlationScale
+                            * (di * e.diagonal[start + j]).squareRoot()
                         k += 1
                         m += 1
                     }
                 }
-                c += f32.count
             }
         }
         if e.pendingRows > 0 {
@@ -370,11 +367,11 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         public var rows: UInt64
         /// `E[x_i²]` per feature.
         public var diagonal: [Double]
-        /// Half-precision correlations, block by block, each block's strict upper triangle row by row.
-        public var correlations: [UInt16]
+        /// Correlations times `correlationScale`, block by block, each block's strict upper triangle row by row.
+        public var correlations: [Int16]
 
         /// A kept form with every field given.
-        public init(width: Int, rows: UInt64, diagonal: [Double], correlations: [UInt16]) {
+        public init(width: Int, rows: UInt64, diagonal: [Double], correlations: [Int16]) {
             self.width = width
             self.rows = rows
             self.diagonal = diagonal
@@ -424,10 +421,13 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
             && correlations == Self.correlationCount(width: width, blockSize: blockSize)
     }
 
-    /// Packed means → the kept form: the diagonal as it is, the rest as half-precision correlations.
+    /// A kept correlation `c` in [-1, 1] is stored as `c · correlationScale` rounded to the nearest integer.
+    public static let correlationScale = 32767.0
+
+    /// Packed means → the kept form: the diagonal as it is, the rest as fixed-point correlations.
     private func compacted(width: Int, rows: UInt64, means: [Double]) -> Kept {
         var diagonal = [Double](repeating: 0, count: width)
-        var correlations = [Float]()
+        var correlations = [Int16]()
         correlations.reserveCapacity(Self.correlationCount(width: width, blockSize: blockSize))
         var k = 0
         for (start, size) in Self.blocks(width: width, blockSize: blockSize) {
@@ -442,20 +442,19 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
                 k += 1
                 for j in (i + 1)..<size {
                     let dd = di * diagonal[start + j]
-                    correlations.append(dd > 0 ? Float(min(max(means[k] / dd.squareRoot(), -1), 1)) : 0)
+                    let c = dd > 0 ? min(max(means[k] / dd.squareRoot(), -1), 1) : 0
+                    correlations.append(Int16((c * Self.correlationScale).rounded()))
                     k += 1
                 }
             }
         }
-        var halves = [UInt16](repeating: 0, count: correlations.count)
-        if !halves.isEmpty { mq_f32_to_f16(correlations, &halves, correlations.count) }
-        return Kept(width: width, rows: rows, diagonal: diagonal, correlations: halves)
+        return Kept(width: width, rows: rows, diagonal: diagonal, correlations: correlations)
     }
 
     /// The least share of the result a merged pass has: past about this many passes' worth of rows the kept
     /// moments become a moving average rather than a mean of everything. Without a floor each new utterance's
-    /// share falls below what a half-precision correlation can record (2^-11) after some hundred utterances,
-    /// and a daemon's statistics would stop following its user (a new microphone, a new room).
+    /// share would fall towards nothing as the utterances add up, and a daemon's statistics would stop following
+    /// its user (a new microphone, a new room).
     public static let leastMergedShare = 1.0 / 64
 
     /// Folds `other` (another pass, another session; the same block size) into this object's

@@ -118,22 +118,22 @@ public enum StatisticsFileError: Error, Equatable, CustomStringConvertible {
 /// The on-disk form of `ActivationStatistics` (`.myqs`), described field by field in
 /// docs/quantized-model-format.md ("The statistics file"). Little-endian binary:
 ///
-///     "MYQS" | version u32 (3) | payload length u64 | payload | CRC32 u32 (of everything before it)
+///     "MYQS" | version u32 (4) | payload length u64 | payload | CRC32 u32 (of everything before it)
 ///     payload: model identity (u32 length + UTF-8) | sample count u64 | layer count u32 | layers |
 ///              moments kept u8 (0 or 1) | moment block size u32 | moment count u32 | moments
 ///     layer:   name | in u32 | out u32 | output elements u64 | input rows u64 |
 ///              non-empty bins u32 × (bin u16, count u64) | Σx² f64 × in | max|x| f32 × in
 ///     moment:  name | width u32 | rows u64 | E[x_i²] f64 × width |
-///              correlations f16 × (per block of the block size, its strict upper triangle)
+///              correlations i16 × (per block of the block size, its strict upper triangle; value / 32767)
 ///
 /// `load` checks every field against what the file can hold before using it, so a lying count is
 /// a `corrupt` error, never a trap. Aggregates only: no audio, features, tokens or text.
 public enum StatisticsFile {
     /// File magic.
     public static let magic: [UInt8] = Array("MYQS".utf8)
-    /// The format version this build writes and reads (3: bounded second moments; versions 1 and 2
-    /// are refused with a message to gather the statistics again).
-    public static let version: UInt32 = 3
+    /// The format version this build writes and reads (4: bounded second moments, fixed-point
+    /// correlations; versions 1 to 3 are refused with a message to gather the statistics again).
+    public static let version: UInt32 = 4
 
     /// Where `write` puts the file's new contents before renaming them over `path`: `path` + `.tmp`, in the
     /// same directory. A process killed mid-write leaves it behind; whoever owns `path` may delete it.
@@ -396,11 +396,9 @@ public enum StatisticsFile {
             let count = InputCovariance.correlationCount(width: width, blockSize: blockSize)
             guard count <= r.remaining / 2 else { throw StatisticsFileError.truncated(path: path) }
             let correlationsOffset = r.position
-            let correlations = try r.halves(count)
-            var check = [Float](repeating: 0, count: count)
-            if count > 0 { mq_f16_to_f32(correlations, &check, count) }
-            guard check.allSatisfy({ abs($0) <= 1 }) else {
-                throw corrupt("second moment of \(name): a correlation is beyond ±1 or not a number")
+            let correlations = try r.int16s(count)
+            guard correlations.allSatisfy({ $0 >= -Int16(InputCovariance.correlationScale) }) else {
+                throw corrupt("second moment of \(name): a correlation is beyond ±1")
             }
             if let file {
                 secondMoments!.setKept(name, width: width, rows: rows, diagonal: diagonal,
@@ -534,11 +532,11 @@ struct ByteReader {
         return try (0..<count).map { _ in Double(bitPattern: try u64()) }
     }
 
-    /// `count` little-endian f16 bit patterns.
-    mutating func halves(_ count: Int) throws -> [UInt16] {
+    /// `count` little-endian i16 values.
+    mutating func int16s(_ count: Int) throws -> [Int16] {
         guard count >= 0, count <= (end - position) / 2 else { throw StatisticsFileError.truncated(path: path) }
         let raw = try take(count * 2)
-        return [UInt16](unsafeUninitializedCapacity: count) { buffer, n in
+        return [Int16](unsafeUninitializedCapacity: count) { buffer, n in
             UnsafeMutableRawBufferPointer(buffer).copyMemory(from: raw)
             n = count
         }

@@ -34,7 +34,7 @@ struct Stats: ParsableCommand {
             statistics pass of the full-precision model (greedy decoding), merged into the kept \
             statistics as the daemon merges each utterance. Per linear layer they hold the \
             median |output|, per-input-feature second moments, and the input second moment \
-            E[x xT] on diagonal blocks of 384 features (half-precision correlations), which \
+            E[x xT] on diagonal blocks of 384 features (16-bit correlations), which \
             `myqasr quantize --stats` uses for error-compensated rounding. For tiny.en the file \
             is about 11 MB (base: about 19 MB). The file holds these aggregates only: no audio, \
             features, tokens or text. Transcripts are not printed unless --show-text.

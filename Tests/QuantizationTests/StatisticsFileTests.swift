@@ -4,7 +4,7 @@ import XCTest
 
 @testable import Quantization
 
-/// The statistics file (`.myqs`, version 3): written 0600 through its fixed temporary name, read back
+/// The statistics file (`.myqs`, version 4): written 0600 through its fixed temporary name, read back
 /// equal, and every field checked on load, so a file with a valid checksum and a lying field is a
 /// `corrupt` error, never a trap.
 final class StatisticsFileTests: XCTestCase {
@@ -24,9 +24,9 @@ final class StatisticsFileTests: XCTestCase {
             var width: UInt32 = 2
             var rows: UInt64 = 4
             var diagonal: [Double] = [1, 2.25]
-            var correlations: [UInt16] = [0x3800]   // 0.5
+            var correlations: [Int16] = [-32767]   // -1
         }
-        var version: UInt32 = 3
+        var version: UInt32 = 4
         var identity = "tiny.en (test)"
         var samples: UInt64 = 2
         var layerCount: UInt32?
@@ -44,7 +44,7 @@ final class StatisticsFileTests: XCTestCase {
             image.layers[0].maxima = [Float](repeating: 2, count: width)
             image.moments[0].width = UInt32(width)
             image.moments[0].diagonal = (0..<width).map { 1 + Double($0) }
-            image.moments[0].correlations = (0..<(width * (width - 1) / 2)).map { UInt16($0 % 0x3C00) }
+            image.moments[0].correlations = (0..<(width * (width - 1) / 2)).map { Int16($0 % 32767) }
             return image
         }
 
@@ -75,7 +75,7 @@ final class StatisticsFileTests: XCTestCase {
                 w.u32(m.width)
                 w.u64(m.rows)
                 for v in m.diagonal { w.u64(v.bitPattern) }
-                for c in m.correlations { w.u16(c) }
+                for c in m.correlations { w.u16(UInt16(bitPattern: c)) }
             }
             let body = w.bytes
             var file = ByteWriter()
@@ -112,7 +112,7 @@ final class StatisticsFileTests: XCTestCase {
         XCTAssertEqual(s.layers.map(\.name), ["encoder/conv1"])
         XCTAssertEqual(s.layer("encoder/conv1")?.inputMeanSquare, [1, 2.25])
         let m = try XCTUnwrap(s.secondMoments?.secondMoment(of: "encoder/conv1"))
-        XCTAssertEqual(m, [1, 0.75, 0.75, 2.25])   // 0.5 · √(1 · 2.25)
+        XCTAssertEqual(m, [1, -1.5, -1.5, 2.25])   // -1 · √(1 · 2.25)
         XCTAssertEqual(StatisticsFile.encode(s), Image().bytes, "the writer writes what the reader read")
     }
 
@@ -207,10 +207,7 @@ final class StatisticsFileTests: XCTestCase {
         image.moments[0].diagonal = [1, -2]
         XCTAssertTrue(corruption(image).contains("diagonal"))
         image = Image()
-        image.moments[0].correlations = [0x3C01]   // 1.000977
-        XCTAssertTrue(corruption(image).contains("beyond ±1"))
-        image = Image()
-        image.moments[0].correlations = [0x7E00]   // NaN
+        image.moments[0].correlations = [-32768]   // -1.00003
         XCTAssertTrue(corruption(image).contains("beyond ±1"))
         // Blocks of one feature hold no correlation: the stored one is left unread.
         image = Image()
@@ -221,7 +218,7 @@ final class StatisticsFileTests: XCTestCase {
     }
 
     func testOtherVersionsAndDamageAreRefused() throws {
-        for version: UInt32 in [1, 2, 4] {
+        for version: UInt32 in [1, 2, 3, 5] {
             var image = Image()
             image.version = version
             XCTAssertThrowsError(try decode(image)) {
