@@ -300,15 +300,14 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
         let keptShare = Double(e.keptRows) / Double(total)
         if e.keptRows > 0 {
             var k = 0, m = 0
-            let correlations = e.correlations.values
+            let correlations = e.correlations.values, correlationShare = keptShare / Self.correlationScale
             for (start, size) in Self.blocks(width: e.width, blockSize: blockSize) {
                 for i in 0..<size {
                     let di = e.diagonal[start + i]
                     means[k] = keptShare * di
                     k += 1
                     for j in (i + 1)..<size {
-                        means[k] = keptShare * Double(correlations[m]) / Self.correlationScale
-                            * (di * e.diagonal[start + j]).squareRoot()
+                        means[k] = correlationShare * Double(correlations[m]) * (di * e.diagonal[start + j]).squareRoot()
                         k += 1
                         m += 1
                     }
