@@ -17,7 +17,8 @@ import WhisperEngine
 /// statistics observing every layer; the copy is wiped as soon as the pass ends, and the transcript is
 /// published without waiting for it. The full-precision model is the one in service when that is the float
 /// model; while a quantized model serves, it is the source model with its float16 weights left in the file's
-/// mapping (`WhisperModel.loadMapped`: page cache, not a float32 copy the budget would have to hold). At most
+/// mapping (`WhisperModel.loadMapped`: page cache, not a float32 copy the budget would have to hold), and the
+/// decoder's layers are observed behind the served model's encoder (`StatisticsPass.run(served:)`). At most
 /// one pass runs at a time; the newest utterance that arrives meanwhile waits for the next pass (an older one
 /// waiting is wiped and not gathered: statistics need a sample, not every sample).
 ///
@@ -246,13 +247,17 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// starts once the pass's sums and the merged statistics have left memory.
     private func pass(samples: [Float], served: WhisperModel, epoch startEpoch: Int) -> PassEnd {
         guard let (model, identity, quantized) = fullPrecision(behind: served) else { return .dropped }
-        // The pass reads the full-precision model, not the quantized one that served: the served model's layer pages
-        // (about 20 MiB for tiny.en at 24 MiB), and the code and free heap the transcription left, leave the resident
-        // set while it runs. The page cache keeps them: the next transcription maps them again with minor faults
-        // (under 1 ms for 25 MB here), and one running meanwhile just reads them.
+        // The pass reads the full-precision model, and of the quantized one that served only its encoder (for the
+        // decoder's statistics): the served model's layer pages (about 20 MiB for tiny.en at 24 MiB), and the code
+        // and free heap the transcription left, leave the resident set while it runs. The page cache keeps them: the
+        // next transcription maps them again with minor faults (under 1 ms for 25 MB here), and one running
+        // meanwhile just reads them.
         if quantized { served.weights.releaseResidentPages() }
         WhisperModel.releaseFreedMemory()
-        let end = gather(samples: samples, model: model, identity: identity, quantized: quantized, epoch: startEpoch)
+        let end = gather(samples: samples, model: model, identity: identity, served: quantized ? served : nil,
+                         epoch: startEpoch)
+        // The decoder's part of the pass read the served model's encoder: those pages go back as well.
+        if quantized { served.weights.releaseResidentPages() }
         guard end == .merged else { return end }
         WhisperModel.releaseFreedMemory()
         if let also = locked({ alsoDuringPass }) {
@@ -272,16 +277,18 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// failed, there was no full-precision model, or the statistics were forgotten meanwhile).
     private enum PassEnd { case merged, gaveWay, dropped }
 
-    /// Gathers `samples`' statistics on the full-precision `model` and merges them into the kept ones, unless a
-    /// transcription starts first: it stops the gathering (`BackgroundWork.stoppable`), and the pass gives way.
-    private func gather(samples: [Float], model: WhisperModel, identity: String, quantized: Bool,
+    /// Gathers `samples`' statistics on the full-precision `model` (the decoder's behind the encoder of `served`,
+    /// the quantized model in service, if any: `StatisticsPass.run(served:)`) and merges them into the kept ones,
+    /// unless a transcription starts first: it stops the gathering (`BackgroundWork.stoppable`), and the pass
+    /// gives way.
+    private func gather(samples: [Float], model: WhisperModel, identity: String, served: WhisperModel?,
                         epoch startEpoch: Int) -> PassEnd {
         let started = DispatchTime.now()
         let pass: ActivationStatistics
         do {
             pass = try BackgroundWork.stoppable { cancellation in
-                try StatisticsPass.run(model: model, identity: identity, samples: samples, cancellation: cancellation)
-                    .statistics
+                try StatisticsPass.run(model: model, identity: identity, samples: samples, served: served,
+                                       cancellation: cancellation).statistics
             }
         } catch DecodingError.cancelled {
             logger.debug("gathering gave way to a transcription; the pass runs again after it", metadata: [
@@ -303,7 +310,8 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
             return .dropped
         }
         logger.info("statistics pass", metadata: [
-            "samples": "\(merged.sampleCount)", "model": quantized ? "mapped float16" : "served float",
+            "samples": "\(merged.sampleCount)",
+            "model": served == nil ? "served float" : "mapped float16, decoder behind the served encoder",
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
             "merge_s": "\(String(format: "%.3f", TranscriptionWorkers.seconds(since: mergeStarted)))",
         ])

@@ -315,7 +315,7 @@ public enum Quantizer {
         for (i, layer) in layers.enumerated() { lastReader[InputCovariance.key(for: layer.name)] = i }
         for (i, layer) in layers.enumerated() {
             if let decoderSecondMoments, options.rounding == .compensated, i > 0,
-               layer.name.hasPrefix("decoder/"), !layers[i - 1].name.hasPrefix("decoder/") {
+               WhisperWeights.isDecoderLayer(layer.name), !WhisperWeights.isDecoderLayer(layers[i - 1].name) {
                 // The decoder's second moments again, now that the encoder it listens to is quantized.
                 covariance = try decoderSecondMoments(floatWeights.replacing(replacements))
             }

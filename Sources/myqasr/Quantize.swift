@@ -194,7 +194,7 @@ struct Quantize: ParsableCommand {
         do {
             // With calibration audio, the decoder's second moments are gathered again behind the quantized encoder.
             let again: ((WhisperWeights) throws -> InputCovariance)? = calibration.isEmpty || singlePass ? nil : { partial in
-                let moments = InputCovariance(accepts: { $0.hasPrefix("decoder/") })
+                let moments = InputCovariance(accepts: { WhisperWeights.isDecoderLayer($0) })
                 try runCalibrationAudio(model: whisper.withWeights(partial), files: calibration, threads: threads,
                                         beamSize: beamSize, observer: moments, statistics: nil)
                 return moments

@@ -32,7 +32,9 @@ struct Stats: ParsableCommand {
         discussion: """
             Gathers exactly what the daemon gathers from live utterances: each file is one \
             statistics pass of the full-precision model (greedy decoding), merged into the kept \
-            statistics as the daemon merges each utterance. Per linear layer they hold the \
+            statistics as the daemon merges each utterance. While a quantized model serves, the \
+            daemon gathers the decoder's layers behind that model's encoder: --served MODEL.myq \
+            does the same. Per linear layer they hold the \
             median |output|, per-input-feature second moments, and the input second moment \
             E[x xT] on diagonal blocks of 384 features (16-bit correlations), which \
             `myqasr quantize --stats` uses for error-compensated rounding. For tiny.en the file \
@@ -41,6 +43,7 @@ struct Stats: ParsableCommand {
 
             Examples:
               myqasr stats --model tiny.en my-recordings/*.wav --out me.myqs
+              myqasr stats --model tiny.en --served uniform4.myq my-recordings/*.wav --out me.myqs
               myqasr stats --model tiny.en new.wav --merge me.myqs --out me.myqs
             """
     )
@@ -62,6 +65,11 @@ struct Stats: ParsableCommand {
         discussion: "The daemon keeps \(StatisticsPass.momentBlockSize); other sizes are for measurements."))
     var momentBlock = StatisticsPass.momentBlockSize
 
+    @Option(help: ArgumentHelp(
+        "The quantized model (.myq) that serves while this audio is heard: the decoder's statistics are gathered behind its encoder.",
+        discussion: "A model of --model, as the daemon's model in service is (see the daemon's first model: docs/daemon.md)."))
+    var served: String?
+
     @Flag(help: "Print each file's transcript.")
     var showText = false
 
@@ -78,13 +86,14 @@ struct Stats: ParsableCommand {
         let whisper = try loadFullPrecisionModel(model, for: "statistics")
         let identity = ModelIdentity.of(whisper)
         let statistics = StatisticsPass.emptyStatistics(modelIdentity: identity, momentBlockSize: momentBlock)
+        let servedModel = try served.map { try loadAnyModel($0) }
         let start = Date()
         do {
             for file in files {
                 let samples: [Float]
                 do { samples = try loadAudio(path: file) } catch { throw CLIError("\(error)") }
                 let pass = try StatisticsPass.run(model: whisper, identity: identity, samples: samples, threads: threads,
-                                                  momentBlockSize: momentBlock)
+                                                  momentBlockSize: momentBlock, served: servedModel)
                 try statistics.merge(pass.statistics)
                 if showText { print("\(file): \(pass.text.trimmingCharacters(in: .whitespaces))") }
             }

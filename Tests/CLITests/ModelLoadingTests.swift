@@ -67,6 +67,14 @@ final class ModelLoadingTests: XCTestCase {
         (status, out, err) = try run(["stats", "--model", myq, "--out", directory + "/s.myqs", jfk])
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(err.contains("statistics need the full-precision model; \(myq) is a quantized model file"), err)
+        // The quantized model is the one that serves (`--served`); the full-precision model is not.
+        (status, out, err) = try run(["stats", "--model", "tiny.en", "--served", myq, "--out", directory + "/s.myqs", jfk])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.hasPrefix("1 utterances, 47 layers"), out)
+        (status, out, err) = try run(["stats", "--model", "tiny.en", "--served", "tiny.en", "--out", directory + "/f.myqs", jfk])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("the served model is not a quantized model of the full-precision model"), err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/f.myqs"))
 
         (status, out, err) = try run(["quantize", "--model", myq, "--uniform", "4", "--calibration", calibration,
                                       "--out", directory + "/again.myq"])

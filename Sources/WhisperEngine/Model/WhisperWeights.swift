@@ -115,6 +115,10 @@ public final class WhisperWeights: @unchecked Sendable {
         return all
     }
 
+    /// Whether the layer called `name` (one of `linearLayers`) is the decoder's: its blocks and the token embedding.
+    /// The others are the encoder's.
+    public static func isDecoderLayer(_ name: String) -> Bool { name.hasPrefix("decoder/") }
+
     /// Takes every layer's matrix out of the resident set where it is a mapped file's
     /// (`WeightMatrix.releaseResidentPages`; read again from the page cache when next used): for a model
     /// that waits between uses beside the one in service, such as a candidate in shadow.
