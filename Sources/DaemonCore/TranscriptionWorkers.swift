@@ -641,13 +641,14 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
         finishPartial(partial, with: transcript)
     }
 
-    /// Hands the pass's transcript on unless it was dropped meanwhile (under the lock, so a live partial never
-    /// follows its utterance's final job), then wipes its audio.
+    /// Wipes the pass's audio, then hands its transcript on unless it was dropped meanwhile (under the lock, so a
+    /// live partial never follows its utterance's final job). Wiped first, so that whoever the transcript reaches
+    /// finds the audio gone (`PartialPassTests` once caught the copy still there as the transcript arrived).
     private func finishPartial(_ partial: Partial, with transcript: Transcript?) {
+        partial.audio.wipe()
         condition.lock()
         if runningPartials.removeValue(forKey: partial.id) != nil { partial.deliver(transcript) }
         condition.unlock()
-        partial.audio.wipe()
     }
 
     static func seconds(since start: DispatchTime) -> Double {
