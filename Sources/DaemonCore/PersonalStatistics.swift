@@ -18,7 +18,8 @@ import WhisperEngine
 /// published without waiting for it. The full-precision model is the one in service when that is the float
 /// model; while a quantized model serves, it is the source model with its float16 weights left in the file's
 /// mapping (`WhisperModel.loadMapped`: page cache, not a float32 copy the budget would have to hold), and the
-/// decoder's layers are observed behind the served model's encoder (`StatisticsPass.run(served:)`). At most
+/// decoder's layers are also observed behind the served model's encoder when it has 4 bits or more
+/// (`StatisticsPass.run(served:)`). At most
 /// one pass runs at a time; the newest utterance that arrives meanwhile waits for the next pass (an older one
 /// waiting is wiped and not gathered: statistics need a sample, not every sample).
 ///
@@ -247,8 +248,8 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// starts once the pass's sums and the merged statistics have left memory.
     private func pass(samples: [Float], served: WhisperModel, epoch startEpoch: Int) -> PassEnd {
         guard let (model, identity, quantized) = fullPrecision(behind: served) else { return .dropped }
-        // The pass reads the full-precision model, and of the quantized one that served only its encoder (for the
-        // decoder's statistics): the served model's layer pages (about 20 MiB for tiny.en at 24 MiB), and the code
+        // The pass reads the full-precision model, and of the quantized one that served at most its encoder (for
+        // the decoder's statistics): the served model's layer pages (about 20 MiB for tiny.en at 24 MiB), and the code
         // and free heap the transcription left, leave the resident set while it runs. The page cache keeps them: the
         // next transcription maps them again with minor faults (under 1 ms for 25 MB here), and one running
         // meanwhile just reads them.
@@ -277,8 +278,8 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// failed, there was no full-precision model, or the statistics were forgotten meanwhile).
     private enum PassEnd { case merged, gaveWay, dropped }
 
-    /// Gathers `samples`' statistics on the full-precision `model` (the decoder's behind the encoder of `served`,
-    /// the quantized model in service, if any: `StatisticsPass.run(served:)`) and merges them into the kept ones,
+    /// Gathers `samples`' statistics on the full-precision `model` (the decoder's also behind the encoder of
+    /// `served`, the quantized model in service, if any: `StatisticsPass.run(served:)`) and merges them into the kept ones,
     /// unless a transcription starts first: it stops the gathering (`BackgroundWork.stoppable`), and the pass
     /// gives way.
     private func gather(samples: [Float], model: WhisperModel, identity: String, served: WhisperModel?,
@@ -311,7 +312,8 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
         }
         logger.info("statistics pass", metadata: [
             "samples": "\(merged.sampleCount)",
-            "model": served == nil ? "served float" : "mapped float16, decoder behind the served encoder",
+            "model": served == nil ? "served float"
+                : StatisticsPass.standsIn(served!) ? "mapped float16, decoder also behind the served encoder" : "mapped float16",
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
             "merge_s": "\(String(format: "%.3f", TranscriptionWorkers.seconds(since: mergeStarted)))",
         ])

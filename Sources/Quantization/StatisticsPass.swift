@@ -4,9 +4,9 @@ import WhisperEngine
 /// One statistics pass: an utterance run through the full-precision model with fresh
 /// `ActivationStatistics` observing every linear layer, as the daemon does for each live
 /// utterance and `myqasr stats` for each file, each pass then merged into the kept statistics
-/// (`ActivationStatistics.merge`). While a quantized model serves, the decoder's layers are
-/// observed behind that model's encoder (`run(served:)`). One home for what a pass gathers, so
-/// that `myqasr stats` gathers exactly what the daemon does.
+/// (`ActivationStatistics.merge`). While a quantized model of 4 bits or more serves, the decoder's
+/// layers are also observed behind that model's encoder (`run(served:)`). One home for what a pass
+/// gathers, so that `myqasr stats` gathers exactly what the daemon does.
 public enum StatisticsPass {
     /// The second moments are kept on diagonal blocks of this many input features
     /// (`InputCovariance`); chosen by measurement (docs/myqasr-method.md section 13).
@@ -22,14 +22,15 @@ public enum StatisticsPass {
     /// statistics (one sample) and the transcript's text (which the caller may drop). Once `cancellation` is set
     /// it stops at the next encoder step or decoded token (`DecodingError.cancelled`).
     ///
-    /// With `served` (a quantized model of the same network: the one in service while the utterance was heard),
-    /// the encoder's layers are observed on `model` as without it, and the decoder's on `model`'s decoder behind
-    /// `served`'s encoder, which is run again for them: what the decoder of a model built from these statistics
-    /// will read is a quantized encoder's output, not the full-precision one's. The offline tool's sequential mode
-    /// gathers the decoder behind the encoder it has just quantized (GPTQ's order, `Quantizer.quantize`'s
-    /// `decoderSecondMoments`); the daemon has no audio left by then, so the encoder in service stands in for it
-    /// (docs/myqasr-method.md section 20). The pass then costs one more transcription. The text returned is
-    /// `model`'s.
+    /// `served` is the model in service while the utterance was heard. When it is a quantized model of the same
+    /// network whose layers all have at least `servedEncoderMinimumBits` (`standsIn(_:)`), `model`'s decoder runs
+    /// a second time, behind `served`'s encoder, and its layers are observed in both runs: what the decoder of a
+    /// model built from these statistics will read is a quantized encoder's output, not the full-precision one's.
+    /// The offline tool's sequential mode gathers the decoder behind the encoder it has just quantized (GPTQ's
+    /// order, `Quantizer.quantize`'s `decoderSecondMoments`); the daemon has no audio left by then, so the encoder
+    /// in service stands in for it, beside the full-precision one. Such a pass costs one more transcription. The
+    /// text returned is `model`'s. The choices (both runs, and no stand-in below 4 bits) were measured:
+    /// docs/myqasr-method.md section 20.
     public static func run(model: WhisperModel, identity: String, samples: [Float], threads: Int = 1,
                            momentBlockSize: Int = momentBlockSize, served: WhisperModel? = nil,
                            cancellation: Cancellation? = nil) throws -> (statistics: ActivationStatistics, text: String) {
@@ -38,9 +39,8 @@ public enum StatisticsPass {
         options.decoding.beamSize = 1
         options.shortWindow = nil   // whole windows, as `myqasr quantize --calibration` gathers them
         options.decoding.cancellation = cancellation
-        let behind = try served.map { try decoderBehindEncoder(of: $0, model: model) }
-        let observer: ActivationObserver = behind == nil ? pass : LayerFilter(pass) { !WhisperWeights.isDecoderLayer($0) }
-        let transcript = try SpeechRecognizer(model: model, threads: threads, observer: observer)
+        let behind = try served.flatMap { standsIn($0) ? try decoderBehindEncoder(of: $0, model: model) : nil }
+        let transcript = try SpeechRecognizer(model: model, threads: threads, observer: pass)
             .transcribe(samples: samples, options: options)
         if let behind {
             let decoderOnly = LayerFilter(pass, accepts: WhisperWeights.isDecoderLayer)
@@ -51,12 +51,24 @@ public enum StatisticsPass {
         return (pass, transcript.text)
     }
 
+    /// The fewest bits of a served model whose encoder stands in for a candidate's (`run(served:)`). Below it,
+    /// rounding to nearest leaves an encoder too far from the candidate's: at uniform 3's size, behind uniform 3
+    /// bits, the daemon's model made 28 more word errors of 1834 (docs/myqasr-method.md section 20).
+    public static let servedEncoderMinimumBits = 4
+
+    /// Whether the decoder's statistics are also gathered behind `served`'s encoder: it is quantized, and none of
+    /// its layers has fewer than `servedEncoderMinimumBits`.
+    public static func standsIn(_ served: WhisperModel) -> Bool {
+        let layers = served.weights.linearLayers
+        return layers.contains { $0.weight is QuantizedMatrix }
+            && layers.allSatisfy { (($0.weight as? QuantizedMatrix)?.bits ?? Int.max) >= servedEncoderMinimumBits }
+    }
+
     /// `model`'s network with the encoder's layers of `served` (a quantized model of it) in place of its own.
     private static func decoderBehindEncoder(of served: WhisperModel, model: WhisperModel) throws -> WhisperModel {
         let layers = model.weights.linearLayers, servedLayers = served.weights.linearLayers
-        guard served.weights.dimensions == model.weights.dimensions, servedLayers.map(\.name) == layers.map(\.name),
-              servedLayers.contains(where: { $0.weight is QuantizedMatrix })
-        else { throw StatisticsPassError.servedModelNotQuantizedFromThisModel }
+        guard served.weights.dimensions == model.weights.dimensions, servedLayers.map(\.name) == layers.map(\.name)
+        else { throw StatisticsPassError.servedModelNotOfThisModel }
         var encoder: [String: any WeightMatrix] = [:]
         for layer in servedLayers where !WhisperWeights.isDecoderLayer(layer.name) { encoder[layer.name] = layer.weight }
         return model.withWeights(model.weights.replacing(encoder))
@@ -65,13 +77,13 @@ public enum StatisticsPass {
 
 /// Why a statistics pass cannot run.
 public enum StatisticsPassError: Error, Equatable, CustomStringConvertible {
-    /// The served model given is not a quantized model of the network the pass runs.
-    case servedModelNotQuantizedFromThisModel
+    /// The served model given is not a model of the network the pass runs (another shape).
+    case servedModelNotOfThisModel
 
     public var description: String {
         switch self {
-        case .servedModelNotQuantizedFromThisModel:
-            return "the served model is not a quantized model of the full-precision model the statistics are gathered on"
+        case .servedModelNotOfThisModel:
+            return "the served model is not a model of the full-precision model the statistics are gathered on"
         }
     }
 }

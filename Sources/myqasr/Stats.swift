@@ -32,9 +32,9 @@ struct Stats: ParsableCommand {
         discussion: """
             Gathers exactly what the daemon gathers from live utterances: each file is one \
             statistics pass of the full-precision model (greedy decoding), merged into the kept \
-            statistics as the daemon merges each utterance. While a quantized model serves, the \
-            daemon gathers the decoder's layers behind that model's encoder: --served MODEL.myq \
-            does the same. Per linear layer they hold the \
+            statistics as the daemon merges each utterance. While a quantized model of 4 bits or \
+            more serves, the daemon also gathers the decoder's layers behind that model's encoder: \
+            --served MODEL.myq does the same. Per linear layer they hold the \
             median |output|, per-input-feature second moments, and the input second moment \
             E[x xT] on diagonal blocks of 384 features (16-bit correlations), which \
             `myqasr quantize --stats` uses for error-compensated rounding. For tiny.en the file \
@@ -66,7 +66,7 @@ struct Stats: ParsableCommand {
     var momentBlock = StatisticsPass.momentBlockSize
 
     @Option(help: ArgumentHelp(
-        "The quantized model (.myq) that serves while this audio is heard: the decoder's statistics are gathered behind its encoder.",
+        "The model (.myq) that serves while this audio is heard: at 4 bits or more, the decoder is also observed behind its encoder.",
         discussion: "A model of --model, as the daemon's model in service is (see the daemon's first model: docs/daemon.md)."))
     var served: String?
 
@@ -87,6 +87,10 @@ struct Stats: ParsableCommand {
         let identity = ModelIdentity.of(whisper)
         let statistics = StatisticsPass.emptyStatistics(modelIdentity: identity, momentBlockSize: momentBlock)
         let servedModel = try served.map { try loadAnyModel($0) }
+        if let served, let servedModel, !StatisticsPass.standsIn(servedModel) {
+            print("\(served) has layers below \(StatisticsPass.servedEncoderMinimumBits) bits or none quantized: "
+                  + "its encoder does not stand in (the daemon's passes do the same)")
+        }
         let start = Date()
         do {
             for file in files {

@@ -132,10 +132,10 @@ private final class ManagedAtomicCounter: @unchecked Sendable {  // @unchecked: 
 }
 
 extension PersonalStatisticsTests {
-    /// A pass behind a quantized model runs the full-precision model mapped, and the served model's encoder only for
-    /// the decoder's statistics (`StatisticsPass.run(served:)`): the served model's layer pages leave the resident
-    /// set as the pass begins and after its decoder's part (the page cache keeps them), so a pass does not hold them
-    /// beside its own windows and sums. The drift measurement reads them again afterwards.
+    /// A pass behind a quantized model runs the full-precision model mapped, and of the served model (4 bits here)
+    /// only its encoder, for the decoder's statistics (`StatisticsPass.run(served:)`): the served model's layer pages
+    /// leave the resident set as the pass begins and after it (the page cache keeps them), so a pass does not hold
+    /// them beside its own windows and sums. The drift measurement reads them again afterwards.
     func testAPassHoldsNoPageOfTheServedModel() throws {
         let path = try Fixtures.tinyModel()
         let float = try Fixtures.model("tiny.en")
@@ -159,7 +159,7 @@ extension PersonalStatisticsTests {
         let identity = ModelIdentity.of(float)
         let gathered = try XCTUnwrap(personal.statistics(for: identity))
         XCTAssertEqual(gathered.sampleCount, 1)
-        // What it gathered: the decoder's statistics behind the served encoder (`myqasr stats --served` gathers the same).
+        // What it gathered: the decoder's statistics also behind the served encoder (`myqasr stats --served` does the same).
         let mapped = try WhisperModel.loadMapped(path)
         let expected = try StatisticsPass.run(model: mapped, identity: identity, samples: samples, served: served)
         XCTAssertEqual(StatisticsFile.digest(gathered), StatisticsFile.digest(expected.statistics))
