@@ -203,7 +203,20 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     /// `myqasr stats` gather); a window more rounds the correlations to the fixed-point step once more (see the type's
     /// comment).
     private func compactEncoder(before stage: Int) {
-        for key in entries.keys where Self.encoderStage(of: key) < stage {
+        compact { Self.encoderStage(of: $0) < stage }
+    }
+
+    /// Turns every layer's float sums and buffered rows into the kept form: for a pass that runs the decoder again
+    /// (`StatisticsPass.run(served:)`), so that the first run's decoder sums (about 12 MB for tiny.en) are not held
+    /// through the second run's window. In the bounded form only; one merge more, as `compactEncoder`.
+    public func compact() {
+        guard blockSize > 0 else { return }
+        locked { compact { _ in true } }
+    }
+
+    /// Turns the float sums of the keys `selected` names into the kept form (`compacted`); under the lock.
+    private func compact(_ selected: (String) -> Bool) {
+        for key in entries.keys where selected(key) {
             guard let e = entries[key], e.pendingRows > 0 || e.buffered > 0,
                   let (width, rows, means) = packedMeans(key) else { continue }
             entries[key] = Entry(compacted(width: width, rows: rows, means: means))

@@ -43,6 +43,7 @@ public enum StatisticsPass {
         let transcript = try SpeechRecognizer(model: model, threads: threads, observer: pass)
             .transcribe(samples: samples, options: options)
         if let behind {
+            pass.secondMoments?.compact()   // the first run's decoder sums leave float before the second run's window
             let decoderOnly = LayerFilter(pass, accepts: WhisperWeights.isDecoderLayer)
             _ = try SpeechRecognizer(model: behind, threads: threads, observer: decoderOnly).transcribe(samples: samples, options: options)
         }

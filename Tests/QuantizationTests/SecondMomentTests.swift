@@ -219,6 +219,35 @@ final class SecondMomentTests: XCTestCase {
         XCTAssertEqual(whole.encoderInSumsOnceDecoding?.isEmpty, false)
     }
 
+    /// `compact()` (between a pass's two runs, `StatisticsPass.run(served:)`) leaves no float sums or buffered rows:
+    /// the same rows, the same moments but for one rounding of each correlation to the kept form's step. Whole moments
+    /// (the offline tool's) are left as they are.
+    func testCompactLeavesEveryLayerInTheKeptForm() throws {
+        var generator = SeededGenerator(seed: 9)
+        let weights = RandomWhisper.make(rng: &generator)
+        let blocked = InputCovariance(blockSize: 32), whole = InputCovariance()
+        QuantizerTests.run(weights, observer: ObserverGroup([blocked, whole]), utterances: 1)
+        let decoderLayer = "decoder/layer_0/ffn/linear_0"
+        XCTAssertTrue(blocked.floatSumLayers.contains(decoderLayer), "the decoder's rows are in float sums after a run")
+        let rows = blocked.layerNames.map { blocked.rows(of: $0) }
+        let before = try XCTUnwrap(blocked.secondMoment(of: decoderLayer))
+        blocked.compact()
+        XCTAssertEqual(blocked.floatSumLayers, [])
+        XCTAssertEqual(blocked.layerNames.map { blocked.rows(of: $0) }, rows)
+        let after = try XCTUnwrap(blocked.secondMoment(of: decoderLayer))
+        let width = Int(Double(before.count).squareRoot())
+        for i in 0..<width {
+            for j in 0..<width where before[i * width + j] != 0 {
+                let bound = (before[i * width + i] * before[j * width + j]).squareRoot() / InputCovariance.correlationScale
+                XCTAssertEqual(after[i * width + j], before[i * width + j], accuracy: bound + 1e-12 * abs(before[i * width + j]))
+            }
+        }
+        let wholeSums = whole.floatSumLayers
+        XCTAssertFalse(wholeSums.isEmpty)
+        whole.compact()
+        XCTAssertEqual(whole.floatSumLayers, wholeSums, "whole moments stay in float sums")
+    }
+
     /// What the statistics hold between passes, from tiny.en's shapes: under 16 MB in memory and 32 MB on disk.
     func testTinyEnMomentsFitTheirBounds() throws {
         let model = try Fixtures.model("tiny.en")
