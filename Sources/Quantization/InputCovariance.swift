@@ -207,7 +207,7 @@ public final class InputCovariance: ActivationObserver, @unchecked Sendable {
     }
 
     /// Turns every layer's float sums and buffered rows into the kept form: for a pass that runs the decoder again
-    /// (`StatisticsPass.run(served:)`), so that the first run's decoder sums (about 12 MB for tiny.en) are not held
+    /// (`StatisticsPass.run(served:)`), so that the first run's decoder sums (float32, twice their kept size) are not held
     /// through the second run's window. In the bounded form only; one merge more, as `compactEncoder`.
     public func compact() {
         guard blockSize > 0 else { return }

@@ -67,7 +67,7 @@ struct Stats: ParsableCommand {
 
     @Option(help: ArgumentHelp(
         "The model (.myq) that serves while this audio is heard: at 4 bits or more, the decoder is also observed behind its encoder.",
-        discussion: "A model of --model, as the daemon's model in service is (see the daemon's first model: docs/daemon.md)."))
+        discussion: "A model of --model, as the daemon's model in service is (docs/myqasr-method.md section 1)."))
     var served: String?
 
     @Flag(help: "Print each file's transcript.")
