@@ -310,10 +310,12 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
             logger.info("statistics pass dropped: the statistics were forgotten while it ran")
             return .dropped
         }
+        let passModel = served.map {
+            StatisticsPass.standsIn($0) ? "mapped float16, decoder also behind the served encoder" : "mapped float16"
+        } ?? "served float"
         logger.info("statistics pass", metadata: [
             "samples": "\(merged.sampleCount)",
-            "model": served == nil ? "served float"
-                : StatisticsPass.standsIn(served!) ? "mapped float16, decoder also behind the served encoder" : "mapped float16",
+            "model": "\(passModel)",
             "took_s": "\(String(format: "%.2f", TranscriptionWorkers.seconds(since: started)))",
             "merge_s": "\(String(format: "%.3f", TranscriptionWorkers.seconds(since: mergeStarted)))",
         ])
