@@ -101,7 +101,11 @@ final class ModelServiceDaemonTests: XCTestCase {
         let speech = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
         var long = Data()
         for _ in 0..<9 { long += speech }   // 99 s: far longer to transcribe than the test waits for a stop
-        let harness = try DaemonHarness(microphone: nil, limits: "queue_depth = 4")
+        // No partial passes: one would count as running, and the polls below must see the requests themselves (a
+        // partial of the first request's audio, running while that audio was still read, let the test go on while
+        // the second request was not yet queued).
+        let harness = try DaemonHarness(microphone: nil, limits: "queue_depth = 4",
+                                        captureSection: "enabled = false\npartial_interval = 0")
         // One control connection for the polls below, rather than a new one every few milliseconds: load that a
         // daemon built with ThreadSanitizer, on a busy machine, does not need (this test once timed out there).
         let control = try harness.client()
@@ -111,7 +115,9 @@ final class ModelServiceDaemonTests: XCTestCase {
         }
         var running: WyomingTestClient? = try WyomingTestClient(unixPath: harness.wyomingSocket)
         try running!.sendAudio(pcm16: long)
-        _ = try Waiter<Int>.poll(timeout: 60, what: "the first request running") { (try? queue().running) == 1 ? 1 : nil }
+        _ = try Waiter<Int>.poll(timeout: 60, what: "the first request running") {
+            (try? queue()).map { $0.running == 1 && $0.waiting == 0 } == true ? 1 : nil
+        }
         var waiting: WyomingTestClient? = try WyomingTestClient(unixPath: harness.wyomingSocket)
         try waiting!.sendAudio(pcm16: long)
         _ = try Waiter<Int>.poll(timeout: 60, what: "the second request waiting") { (try? queue().waiting) == 1 ? 1 : nil }
