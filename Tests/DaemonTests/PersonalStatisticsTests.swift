@@ -169,6 +169,39 @@ extension PersonalStatisticsTests {
 }
 
 extension PersonalStatisticsTests {
+    /// The second run of a pass behind a 4-bit served model reads the served encoder's layers and gives their pages
+    /// back as it goes: when the decoder starts (its first cross-attention keys and values, computed from the
+    /// encoder's output), at most one layer's worth of the served model is resident, where the whole encoder was
+    /// (4204 KiB before the layers gave their pages back).
+    func testTheServedEncoderLeavesTheResidentSetBeforeTheDecoderRuns() throws {
+        let scratch = try ScratchDirectory()
+        let quantized = try FileBackedModel(directory: try scratch.makeDirectory("layers"))
+        let served = quantized.model
+        let mapped = try WhisperModel.loadMapped(try Fixtures.tinyModel())
+        let seen = Waiter<Int>()
+        let probed = "decoder/layer_0/attention/linear_1"
+        let layer = try XCTUnwrap(mapped.weights.linearLayers.first { $0.name == probed })
+        let model = mapped.withWeights(mapped.weights.replacing([
+            probed: ProbedMatrix(base: layer.weight) { seen.append(quantized.residentKiB()) },
+        ]))
+        let samples = try loadAudio(path: try Fixtures.sample("jfk.wav"))
+        _ = try SpeechRecognizer(model: served, threads: 2).transcribe(samples: samples)
+        XCTAssertGreaterThan(quantized.residentKiB(), 0, "serving reads its layers")
+        served.weights.releaseResidentPages()
+        XCTAssertEqual(quantized.residentKiB(), 0)
+
+        _ = try StatisticsPass.run(model: model, identity: ModelIdentity.of(mapped), samples: samples, served: served)
+        XCTAssertEqual(seen.all.count, 2, "one window, two runs")
+        XCTAssertEqual(seen.all.first, 0, "the first run does not read the served model")
+        // One encoder layer, and a little more for the pages the kernel maps around a fault; the whole encoder is
+        // several times that, so a second run that kept it would fail here.
+        let encoder = served.weights.linearLayers.filter { !WhisperWeights.isDecoderLayer($0.name) }.map(\.weight.byteSize)
+        let bound = encoder.max()! / 1024 + 256
+        XCTAssertGreaterThan(encoder.reduce(0, +) / 1024, 4 * bound)
+        XCTAssertLessThanOrEqual(try XCTUnwrap(seen.all.last), bound,
+                                 "the served encoder's pages were still resident when the decoder ran")
+    }
+
     /// What runs during a pass (the drift measurement) and stops for a transcription (`DecodingError.cancelled`)
     /// runs again once the transcription is done; the drift measurement stops when its flag is set.
     func testWhatStopsForATranscriptionDuringAPassRunsAgain() throws {
@@ -192,4 +225,21 @@ extension PersonalStatisticsTests {
             XCTAssertEqual($0 as? DecodingError, .cancelled)
         }
     }
+}
+
+/// A weight matrix that calls `onUse` before each product.
+private struct ProbedMatrix: WeightMatrix {
+    let base: any WeightMatrix
+    let onUse: @Sendable () -> Void
+
+    var outFeatures: Int { base.outFeatures }
+    var inFeatures: Int { base.inFeatures }
+    var byteSize: Int { base.byteSize }
+
+    func multiply(_ x: UnsafePointer<Float>, rows m: Int, threads: Int, into y: UnsafeMutablePointer<Float>) {
+        onUse()
+        base.multiply(x, rows: m, threads: threads, into: y)
+    }
+
+    func copyRow(_ index: Int, into out: UnsafeMutablePointer<Float>) { base.copyRow(index, into: out) }
 }
