@@ -247,14 +247,15 @@ public final class PersonalStatistics: UtteranceObserver, @unchecked Sendable { 
     /// One utterance's pass: its statistics gathered and merged, then what else runs on it (`duringPass`), which
     /// starts once the pass's sums and the merged statistics have left memory.
     private func pass(samples: [Float], served: WhisperModel, epoch startEpoch: Int) -> PassEnd {
-        guard let (model, identity, quantized) = fullPrecision(behind: served) else { return .dropped }
         // The pass reads the full-precision model, and of the quantized one that served at most its encoder (for
         // the decoder's statistics): the served model's layer pages (about 20 MiB for tiny.en at 24 MiB), and the code
-        // and free heap the transcription left, leave the resident set while it runs. The page cache keeps them: the
-        // next transcription maps them again with minor faults (under 1 ms for 25 MB here), and one running
-        // meanwhile just reads them.
-        if quantized { served.weights.releaseResidentPages() }
+        // and free heap the transcription left, leave the resident set while it runs, and before the first pass maps
+        // the full-precision model. The page cache keeps them: the next transcription maps them again with minor
+        // faults (under 1 ms for 25 MB here), and one running meanwhile just reads them. A float model's matrices are
+        // memory of its own and stay.
+        served.weights.releaseResidentPages()
         WhisperModel.releaseFreedMemory()
+        guard let (model, identity, quantized) = fullPrecision(behind: served) else { return .dropped }
         let end = gather(samples: samples, model: model, identity: identity, served: quantized ? served : nil,
                          epoch: startEpoch)
         // The decoder's part of the pass read the served model's encoder: those pages go back as well.
