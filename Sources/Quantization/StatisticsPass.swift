@@ -94,8 +94,9 @@ public enum StatisticsPassError: Error, Equatable, CustomStringConvertible {
 
 /// A stand-in encoder layer of the served model that takes its pages out of the resident set after each product
 /// (`WeightMatrix.releaseResidentPages`: nothing for memory of its own). The encoder multiplies each layer once per
-/// 30 s window, so the second run holds at most one of the served encoder's layers beside the decoder's sums, not
-/// all of them (4.1 MiB resident for tiny.en at 4 bits, groups of 32, when the decoder began before this;
+/// window (its MLP's two in chunks of rows, each chunk mapping the pages again from the page cache: minor faults),
+/// so the second run holds at most one of the served encoder's layers beside the decoder's sums, not all of them
+/// (4.1 MiB resident for tiny.en at 4 bits, groups of 32, when the decoder began before this;
 /// `PersonalStatisticsTests`). The next transcription maps the pages again from the page cache.
 private struct ReleasedAfterUse: WeightMatrix {
     let base: any WeightMatrix
