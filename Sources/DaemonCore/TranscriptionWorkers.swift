@@ -573,12 +573,14 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
             cancelled += 1
             condition.unlock()
             logger.debug("request stopped: its client went away", metadata: [
+                "client": "\(request.client)",
                 "after_s": "\(String(format: "%.2f", Self.seconds(since: started)))",
             ])
             request.reply(.failure(CancellationError()))
             return
         }
         logger.debug("request transcribed", metadata: [
+            "client": "\(request.client)",
             "audio_s": "\(String(format: "%.2f", Double(request.samples.count) / 16000))",
             "took_s": "\(String(format: "%.2f", Self.seconds(since: started)))",
         ])

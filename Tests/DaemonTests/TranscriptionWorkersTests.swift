@@ -1,6 +1,7 @@
 import Capture
 import DaemonCore
 import Foundation
+import Logging
 import Serving
 import WhisperEngine
 import XCTest
@@ -135,22 +136,24 @@ final class TranscriptionWorkersTests: XCTestCase {
 
     /// Fair queueing: with one worker busy on a live utterance, client a queues four requests and then client b
     /// one; b's is served second of them, not last. Another live utterance goes before all but one request: live
-    /// utterances come first, but not twice in a row while requests wait.
+    /// utterances come first, but not twice in a row while requests wait. The order is recorded on the worker's
+    /// thread as each job ends (the live result, and the request's debug log line, both before the next job
+    /// starts), not where the requests' tasks resume, which a busy machine may delay past the next job.
     func testClientsTakeTurns() async throws {
         let samples = try speech()
         let short = Array(samples.prefix(8000))
         let order = Waiter<String>()
+        var logger = Logger(label: "test") { _ in RequestOrderLog(order: order) }
+        logger.logLevel = .debug
         let workers = TranscriptionWorkers(store: try tinyStore(), count: 1, threads: 2, queueDepth: 8,
-                                           logger: .init(label: "test"), onLiveResult: { _ in order.append("live") })
+                                           logger: logger, onLiveResult: { _ in order.append("live") })
         defer { workers.shutdown() }
-        workers.submit(live: Utterance(samples: samples))
+        // 33 s: the worker stays on it for seconds while the five requests are queued one by one.
+        workers.submit(live: Utterance(samples: samples + samples + samples))
         _ = try Waiter<Int>.poll(timeout: 30, what: "the worker to be busy") { workers.load.running == 1 ? 1 : nil }
         var tasks: [Task<Void, Error>] = []
         for (index, client) in ["a", "a", "a", "a", "b"].enumerated() {
-            tasks.append(Task {
-                _ = try await workers.transcribe(samples: short, language: "en", client: client)
-                order.append(client)
-            })
+            tasks.append(Task { _ = try await workers.transcribe(samples: short, language: "en", client: client) })
             _ = try Waiter<Int>.poll(timeout: 30, what: "request \(index) queued") { workers.load.waiting == index + 1 ? 1 : nil }
         }
         workers.submit(live: Utterance(samples: short))
@@ -297,5 +300,23 @@ extension TranscriptionWorkersTests {
                 quantized.residentKiB() == 0 ? 1 : nil
             }
         }
+    }
+}
+
+/// Appends the client of each "request transcribed" line to `order`: the worker logs it on its own thread as the
+/// request ends, before it takes the next job.
+private struct RequestOrderLog: LogHandler {
+    let order: Waiter<String>
+    var logLevel: Logger.Level = .debug
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String,
+             function: String, line: UInt) {
+        if message.description == "request transcribed", let client = metadata?["client"] { order.append("\(client)") }
     }
 }
