@@ -156,7 +156,9 @@ final class ControlServerTests: XCTestCase {
         let backend = TestControlBackend()
         var configuration = ControlServerConfiguration()
         configuration.connection.maxQueuedOutboundBytes = 64 * 1024
-        configuration.listenStallTimeout = .milliseconds(300)
+        // Long enough that the reader, whose channel also goes unwritable between its reads, is never dropped
+        // because its thread was not scheduled for a while (a busy machine, a ThreadSanitizer build).
+        configuration.listenStallTimeout = .seconds(3)
         let server = try await startServer(control: backend, configuration: configuration)
         let stalled = try RawClient(unixPath: socketPath)
         let reader = try RawClient(unixPath: socketPath)
