@@ -22,10 +22,11 @@ final class HostileClientTests: XCTestCase {
     /// The group the foreign clients' sockets are shared with (nogroup).
     static let sharedGroup: UInt32 = 65534
 
-    private func harness(limits: String = "", environment: [String: String] = [:]) throws -> DaemonHarness {
+    private func harness(limits: String = "", environment: [String: String] = [:],
+                         captureSection: String? = nil) throws -> DaemonHarness {
         try ForeignClient.available()
         return try DaemonHarness(
-            microphone: nil, limits: limits, extraEnvironment: environment,
+            microphone: nil, limits: limits, extraEnvironment: environment, captureSection: captureSection,
             sockets: "group = \"\(Self.sharedGroup)\"", prepare: { scratch in chmod(scratch.path, 0o755) })
     }
 
@@ -268,23 +269,42 @@ final class HostileClientTests: XCTestCase {
     /// with the request's id (it was "not a JSON object"); a `data_length` of 2^62 is too large (it was called
     /// negative).
     func testErrorCodesSayWhatHappened() throws {
-        let harness = try harness(limits: "queue_depth = 1")
-        // 33 s each: the first takes far longer to transcribe than the three take to arrive.
+        // No partial passes: they count as running, and the polls below must see the requests themselves.
+        let harness = try harness(limits: "queue_depth = 1", captureSection: "enabled = false\npartial_interval = 0")
+        let control = try harness.client()   // one connection for the polls below
+        func queue() throws -> QueueStatus {
+            guard let queue = try control.status().queue else { throw HarnessError("status has no queue") }
+            return queue
+        }
+        // The first request is 66 s, far longer to transcribe than the other two (33 s each) take to arrive.
         let jfk = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
         let speech = jfk + jfk + jfk
         let clients = try (0..<3).map { _ in try WyomingTestClient(unixPath: harness.wyomingSocket) }
         let format: [String: JSONValue] = ["rate": 16000, "width": 2, "channels": 1]
-        // Three whole requests back to back: one runs, one waits, the third finds the queue full.
-        for client in clients {
+        // Three whole requests: one runs, one waits, the third finds the queue full.
+        for (index, client) in clients.enumerated() {
+            let audio = index == 0 ? speech + speech : speech
             try client.send(WyomingEvent(type: "audio-start", data: format))
             var offset = 0
-            while offset < speech.count {
-                let end = min(speech.count, offset + 32000)
+            while offset < audio.count {
+                let end = min(audio.count, offset + 32000)
                 try client.send(WyomingEvent(type: "audio-chunk", data: format,
-                                             payload: Array(speech[(speech.startIndex + offset)..<(speech.startIndex + end)])))
+                                             payload: Array(audio[(audio.startIndex + offset)..<(audio.startIndex + end)])))
                 offset = end
             }
             try client.send(WyomingEvent(type: "audio-stop"))
+            switch index {
+            case 0:
+                _ = try Waiter<Int>.poll(timeout: 60, what: "the first request running") {
+                    (try? queue()).map { $0.running == 1 && $0.waiting == 0 } == true ? 1 : nil
+                }
+            case 1:
+                _ = try Waiter<Int>.poll(timeout: 60, what: "the second request waiting") {
+                    (try? queue()).map { $0.waiting == 1 } == true ? 1 : nil
+                }
+            default:
+                break
+            }
         }
         var outcomes: [String] = []
         for client in clients {
@@ -294,11 +314,7 @@ final class HostileClientTests: XCTestCase {
                 if event.type == "error" { outcomes.append(event.data["code"]?.stringValue ?? "?"); break }
             }
         }
-        // Which of the three the daemon takes first, and whether the second finds the first still waiting for a
-        // worker, is the machine's business: asserted is that a full queue says busy and the rest are served.
-        XCTAssertTrue(outcomes.contains("transcript"), "\(outcomes)")
-        XCTAssertTrue(outcomes.contains("busy"), "\(outcomes)")
-        XCTAssertTrue(outcomes.allSatisfy { $0 == "transcript" || $0 == "busy" }, "\(outcomes)")
+        XCTAssertEqual(outcomes, ["transcript", "transcript", "busy"])
 
         let budget = try ask(harness, "{\"id\":3,\"command\":\"budget\",\"bytes\":1e999}")
         XCTAssertEqual(budget["id"], 3)
