@@ -574,11 +574,14 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     /// personalised weights (the model service serves the source model at the budget without statistics).
     public func forget() async throws {
         let config = locked { configuration }
-        counters.reset()
-        workers.forgetLive()
+        // Capture restarts first: once it has, no utterance heard before this point can still arrive (the old
+        // pipeline's are wiped, `LiveCapture`), so when the live epoch moves every earlier one is either waiting
+        // (wiped unheard) or running (transcribed, never observed for the statistics).
         if config.captureEnabled {
             try await Self.offThrowing { try self.capture.start(config.capturePipeline) }
         }
+        counters.reset()
+        workers.forgetLive()
         do {
             try await service.forget()
         } catch let error as ModelServiceError {
