@@ -44,6 +44,7 @@ public enum StatisticsPass {
             .transcribe(samples: samples, options: options)
         if let behind {
             pass.secondMoments?.compact()   // the first run's decoder sums leave float before the second run's window
+            WhisperModel.releaseFreedMemory()   // and, with the first run's scratch, leave the heap
             let decoderOnly = LayerFilter(pass, accepts: WhisperWeights.isDecoderLayer)
             _ = try SpeechRecognizer(model: behind, threads: threads, observer: decoderOnly).transcribe(samples: samples, options: options)
         }
