@@ -236,6 +236,21 @@ final class DaemonEndToEndTests: XCTestCase {
         XCTAssertEqual(harness.stop(), 0)
     }
 
+    /// A `status` runs library code that nothing else at rest runs (ICU's, for its dates, among it); once the daemon
+    /// is idle those pages leave its resident set again (`Daemon.releaseAfterStatus`), so that a status bar polling
+    /// the daemon does not keep them there. Here one `status` mapped 2.5 MiB of lib_FoundationICU.so, which held
+    /// 248 KiB at rest.
+    func testCodeAStatusRanLeavesTheResidentSetOnceIdle() throws {
+        let harness = try DaemonHarness(microphone: nil)
+        let icu = "/lib_FoundationICU.so"
+        XCTAssertNotNil(harness.daemon.mappingKiB(ofFileEndingWith: icu))
+        _ = try harness.client().status()
+        _ = try Waiter<Int>.poll(timeout: 30, what: "ICU's pages leaving the resident set") {
+            harness.daemon.mappingKiB(ofFileEndingWith: icu).flatMap { $0 <= 1024 ? $0 : nil }
+        }
+        XCTAssertEqual(harness.stop(), 0)
+    }
+
     /// The Swift runtime and the daemon work under the kernel's memory-deny-write-execute (what the unit's
     /// MemoryDenyWriteExecute=yes enforces through seccomp): started through a launcher that sets
     /// PR_SET_MDWE (Linux 6.3+, inherited across execve), the daemon loads, captures and transcribes.
