@@ -1,7 +1,7 @@
 import Foundation
 
-/// How much of the process's mappings is resident, from /proc/self/smaps: for tests of memory handed back to the
-/// page cache.
+/// How much of a process's mappings is resident, from /proc/PID/smaps (this process's unless told): for tests of
+/// memory handed back to the page cache.
 public enum ResidentPages {
     /// Rss of the mapping that holds `address`, in KiB (nil when no mapping holds it).
     public static func kib(ofMappingAt address: UnsafeRawPointer) -> Int? {
@@ -13,20 +13,20 @@ public enum ResidentPages {
         return found
     }
 
-    /// Resident bytes of the mappings of files whose path ends with `suffix`; with `readOnly`, of those not writable
-    /// only (code and constants).
-    public static func bytes(ofFilesEndingWith suffix: String, readOnly: Bool = false) -> Int {
+    /// Resident bytes of the mappings of files whose path ends with `suffix`, in this process or in `process`; with
+    /// `readOnly`, of those not writable only (code and constants).
+    public static func bytes(ofFilesEndingWith suffix: String, readOnly: Bool = false, process: Int32? = nil) -> Int {
         var total = 0
-        forEachMapping { _, permissions, header, rssKiB in
+        forEachMapping(process: process) { _, permissions, header, rssKiB in
             if header.hasSuffix(suffix) && !(readOnly && permissions.contains("w")) { total += rssKiB * 1024 }
         }
         return total
     }
 
-    /// Each mapping's address range, permissions, header line and Rss in KiB.
-    private static func forEachMapping(_ body: (Range<UInt>, Substring, Substring, Int) -> Void) {
+    /// Each mapping's address range, permissions, header line and Rss in KiB, of this process or of `process`.
+    private static func forEachMapping(process: Int32? = nil, _ body: (Range<UInt>, Substring, Substring, Int) -> Void) {
         // Read to the end (a /proc file's size shows as 0).
-        guard let handle = FileHandle(forReadingAtPath: "/proc/self/smaps") else { return }
+        guard let handle = FileHandle(forReadingAtPath: "/proc/\(process.map(String.init) ?? "self")/smaps") else { return }
         let smaps = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
         var current: (range: Range<UInt>, permissions: Substring, header: Substring)?
         for line in smaps.split(separator: "\n") {
