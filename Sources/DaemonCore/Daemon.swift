@@ -493,10 +493,9 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
 
     /// A `status` and its answer run code nothing else at rest runs (JSON, dates, ICU): one took the resident set
     /// from 23.6 to 37.3 MiB here, nearly all of it library code pages (libswiftCore, FoundationEssentials,
-    /// FoundationICU). As after a job (`TranscriptionWorkers`), those pages leave the resident set once no job
-    /// runs or waits (the page cache keeps them; the next `status` maps them again with minor faults): a second
-    /// after the first `status` of a quiet moment, so that a client that polls often pays for it once a second at
-    /// most.
+    /// FoundationICU). As after a job, those pages leave the resident set once no job runs or waits
+    /// (`TranscriptionWorkers.releaseIfIdle`; the next `status` maps them again with minor faults): a second after
+    /// the first `status` of a quiet moment, so that a client that polls often pays for it once a second at most.
     private func releaseAfterStatus() {
         guard locked({ () -> Bool in
             defer { releaseDue = true }
@@ -505,7 +504,7 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
         DispatchQueue.global(qos: .utility).asyncAfter(deadline: .now() + 1) { [weak self] in
             guard let self else { return }
             self.locked { self.releaseDue = false }
-            if self.workers.load == (0, 0) { WhisperModel.releaseFreedMemory() }
+            self.workers.releaseIfIdle()
         }
     }
 

@@ -492,12 +492,20 @@ public final class TranscriptionWorkers: @unchecked Sendable {  // @unchecked: m
     private func jobDone() {
         condition.lock()
         busyWorkers -= 1
+        condition.unlock()
+        releaseIfIdle()
+    }
+
+    /// When no job runs or waits, hands back what only jobs use: the engine keeps freed window scratch for the next
+    /// window, and the served model's layer pages stay mapped; an idle daemon gives both back, with the pages of
+    /// the code it ran (`WhisperModel.releaseFreedMemory`). The page cache keeps the pages, and the next job maps
+    /// them again (under 1 ms for tiny.en's 24 MiB model here), while a statistics pass or a build that runs
+    /// meanwhile does not have them beside its own memory. After each job, and after other work that ran code
+    /// nothing at rest runs (a `status`, `Daemon`).
+    public func releaseIfIdle() {
+        condition.lock()
         let idle = busyWorkers == 0 && waitingCount == 0
         condition.unlock()
-        // The engine keeps freed window scratch for the next window; once nothing is waiting, an idle daemon
-        // gives it back, and the served model's layer pages too: the page cache keeps them, and the next job maps
-        // them again (under 1 ms for tiny.en's 24 MiB model here), while a statistics pass or a build that runs
-        // meanwhile does not have them beside its own memory.
         if idle {
             store.current?.provided.model.weights.releaseResidentPages()
             WhisperModel.releaseFreedMemory()
