@@ -45,8 +45,8 @@ final class LiveCapture: @unchecked Sendable {  // @unchecked: `pipeline` and `s
             pipeline = try CapturePipeline(
                 configuration: configuration, logger: logger,
                 onEvent: { [weak self] event in self?.note(event, generation: generation) },
-                onPartial: { [weak self] in self?.hand($0, to: self?.deliverPartial, generation: generation) },
-                onUtterance: { [weak self] in self?.hand($0, to: self?.deliver, generation: generation) })
+                onPartial: { [weak self] in self?.hand($0, partial: true, generation: generation) ?? $0.wipe() },
+                onUtterance: { [weak self] in self?.hand($0, partial: false, generation: generation) ?? $0.wipe() })
             lock.lock()
             self.pipeline = pipeline
             current = .paused  // until the device opens
@@ -90,11 +90,17 @@ final class LiveCapture: @unchecked Sendable {  // @unchecked: `pipeline` and `s
     /// Hands on an utterance of the pipeline of `generation` only while that pipeline is the current one: one that
     /// a stop left behind (blocked in a read past `stop`'s wait) wipes what it still makes, so nothing heard before
     /// a `forget` or a reload reaches the workers after it.
-    private func hand(_ utterance: Utterance, to deliver: (@Sendable (Utterance) -> Void)?, generation: Int) {
+    private func hand(_ utterance: Utterance, partial: Bool, generation: Int) {
         lock.lock()
         let current = pipeline != nil && generation == self.generation
         lock.unlock()
-        if current, let deliver { deliver(utterance) } else { utterance.wipe() }
+        if !current {
+            utterance.wipe()
+        } else if partial {
+            deliverPartial(utterance)
+        } else {
+            deliver(utterance)
+        }
     }
 
     private func note(_ event: CaptureEvent, generation: Int) {
