@@ -152,10 +152,6 @@ final class HostileClientTests: XCTestCase {
         let line = Array((wavLine(wavFile(data: Array(long), rate: 16000, channels: 1, bits: 16)) + "\n").utf8)
         let harness = try harness()
         let control = try harness.client()   // one connection for the polls below, not a new one every few ms
-        func queue() throws -> QueueStatus {
-            guard let queue = try control.status().queue else { throw HarnessError("status has no queue") }
-            return queue
-        }
         var sockets: [Int32] = []
         defer { sockets.forEach { close($0) } }
         for n in 1...3 {
@@ -168,13 +164,13 @@ final class HostileClientTests: XCTestCase {
                 offset += sent
             }
             _ = try Waiter<Int>.poll(timeout: 60, what: "request \(n) queued") {
-                (try? queue()).map { $0.running + $0.waiting == n } == true ? 1 : nil
+                (try? control.queue()).map { $0.running + $0.waiting == n } == true ? 1 : nil
             }
         }
         sockets.forEach { close($0) }
         sockets = []
         let after = try Waiter<QueueStatus>.poll(timeout: 60, what: "the three requests dropped") {
-            (try? queue()).flatMap { $0.cancelledRequests == 3 && $0.running == 0 && $0.waiting == 0 ? $0 : nil }
+            (try? control.queue()).flatMap { $0.cancelledRequests == 3 && $0.running == 0 && $0.waiting == 0 ? $0 : nil }
         }
         XCTAssertEqual(after.refusedRequests, 0)
         let heard = try ask(harness, wavLine(wavFile(data: Array(speech), rate: 16000, channels: 1, bits: 16)))
@@ -272,10 +268,6 @@ final class HostileClientTests: XCTestCase {
         // No partial passes: they count as running, and the polls below must see the requests themselves.
         let harness = try harness(limits: "queue_depth = 1", captureSection: "enabled = false\npartial_interval = 0")
         let control = try harness.client()   // one connection for the polls below
-        func queue() throws -> QueueStatus {
-            guard let queue = try control.status().queue else { throw HarnessError("status has no queue") }
-            return queue
-        }
         // The first request is 66 s, far longer to transcribe than the other two (33 s each) take to arrive.
         let jfk = try Fixtures.pcm16(ofWAV: try Fixtures.sample("jfk.wav"))
         let speech = jfk + jfk + jfk
@@ -296,11 +288,11 @@ final class HostileClientTests: XCTestCase {
             switch index {
             case 0:
                 _ = try Waiter<Int>.poll(timeout: 60, what: "the first request running") {
-                    (try? queue()).map { $0.running == 1 && $0.waiting == 0 } == true ? 1 : nil
+                    (try? control.queue()).map { $0.running == 1 && $0.waiting == 0 } == true ? 1 : nil
                 }
             case 1:
                 _ = try Waiter<Int>.poll(timeout: 60, what: "the second request waiting") {
-                    (try? queue()).map { $0.waiting == 1 } == true ? 1 : nil
+                    (try? control.queue()).map { $0.waiting == 1 } == true ? 1 : nil
                 }
             default:
                 break

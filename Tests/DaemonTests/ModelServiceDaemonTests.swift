@@ -109,26 +109,22 @@ final class ModelServiceDaemonTests: XCTestCase {
         // One control connection for the polls below, rather than a new one every few milliseconds: load that a
         // daemon built with ThreadSanitizer, on a busy machine, does not need (this test once timed out there).
         let control = try harness.client()
-        func queue() throws -> QueueStatus {
-            guard let queue = try control.status().queue else { throw HarnessError("status has no queue") }
-            return queue
-        }
         var running: WyomingTestClient? = try WyomingTestClient(unixPath: harness.wyomingSocket)
         try running!.sendAudio(pcm16: long)
         _ = try Waiter<Int>.poll(timeout: 60, what: "the first request running") {
-            (try? queue()).map { $0.running == 1 && $0.waiting == 0 } == true ? 1 : nil
+            (try? control.queue()).map { $0.running == 1 && $0.waiting == 0 } == true ? 1 : nil
         }
         var waiting: WyomingTestClient? = try WyomingTestClient(unixPath: harness.wyomingSocket)
         try waiting!.sendAudio(pcm16: long)
-        _ = try Waiter<Int>.poll(timeout: 60, what: "the second request waiting") { (try? queue().waiting) == 1 ? 1 : nil }
+        _ = try Waiter<Int>.poll(timeout: 60, what: "the second request waiting") { (try? control.queue().waiting) == 1 ? 1 : nil }
 
         waiting = nil   // disconnects
         _ = try Waiter<Int>.poll(timeout: 30, what: "the waiting request dropped") {
-            (try? queue()).map { $0.waiting == 0 && $0.cancelledRequests == 1 } == true ? 1 : nil
+            (try? control.queue()).map { $0.waiting == 0 && $0.cancelledRequests == 1 } == true ? 1 : nil
         }
         running = nil
         let stopped = try Waiter<QueueStatus>.poll(timeout: 30, what: "the running request stopped") {
-            (try? queue()).flatMap { $0.running == 0 && $0.cancelledRequests == 2 ? $0 : nil }
+            (try? control.queue()).flatMap { $0.running == 0 && $0.cancelledRequests == 2 ? $0 : nil }
         }
         XCTAssertEqual(stopped.refusedRequests, 0)
         let other = try WyomingTestClient(unixPath: harness.wyomingSocket)

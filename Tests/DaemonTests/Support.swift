@@ -27,6 +27,14 @@ struct FileBackedModel: Sendable {
     func residentKiB() -> Int { layers.reduce(0) { $0 + (ResidentPages.kib(ofMappingAt: $1.packed.baseAddress) ?? 0) } }
 }
 
+extension ControlClient {
+    /// The job queue's counters, from `status`.
+    func queue() throws -> QueueStatus {
+        guard let queue = try status().queue else { throw HarnessError("status has no queue") }
+        return queue
+    }
+}
+
 /// Failure of a test helper, with what was waited for.
 struct HarnessError: Error, CustomStringConvertible {
     var description: String
@@ -235,24 +243,6 @@ final class DaemonProcess {
 
     /// VmRSS in KiB from /proc/PID/status.
     func residentKiB() -> Int? { statusKiB("VmRSS") }
-
-    /// Resident KiB of the process's mappings of the file whose path ends with `suffix` (/proc/PID/smaps; nil when
-    /// it maps no such file).
-    func mappingKiB(ofFileEndingWith suffix: String) -> Int? {
-        // Read to the end (a /proc file's size shows as 0).
-        guard let handle = FileHandle(forReadingAtPath: "/proc/\(pid)/smaps") else { return nil }
-        let text = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-        var total: Int?, inFile = false
-        for line in text.split(separator: "\n") {
-            if let first = line.first, first.isHexDigit, line.contains("-") {
-                inFile = line.hasSuffix(suffix)
-            } else if inFile, line.hasPrefix("Rss:") {
-                total = (total ?? 0)
-                    + (Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0)
-            }
-        }
-        return total
-    }
 
     /// A KiB field of /proc/PID/status (`VmRSS`, `RssAnon`, `RssFile`).
     func statusKiB(_ field: String) -> Int? {
