@@ -497,10 +497,12 @@ public final class Daemon: TranscriptionBackend, ControlBackend, @unchecked Send
     /// (`TranscriptionWorkers.releaseIfIdle`; the next `status` maps them again with minor faults): a second after
     /// the first `status` of a quiet moment, so that a client that polls often pays for it once a second at most.
     private func releaseAfterStatus() {
-        guard locked({ () -> Bool in
-            defer { releaseDue = true }
-            return !releaseDue
-        }) else { return }
+        let schedule = locked { () -> Bool in
+            if releaseDue { return false }
+            releaseDue = true
+            return true
+        }
+        guard schedule else { return }
         DispatchQueue.global(qos: .utility).asyncAfter(deadline: .now() + 1) { [weak self] in
             guard let self else { return }
             self.locked { self.releaseDue = false }
