@@ -22,6 +22,14 @@ public enum StatisticsPass {
     /// statistics (one sample) and the transcript's text (which the caller may drop). Once `cancellation` is set
     /// it stops at the next encoder step or decoded token (`DecodingError.cancelled`).
     ///
+    /// Each window is encoded as the daemon serves it (`ShortWindowPolicy`'s defaults: a short utterance over its own
+    /// frames, its decoder attending to a silent window after them), not over a whole 30 s window that is nine
+    /// tenths padding for a short command: the encoder's statistics are then the user's speech, as the served
+    /// model sees it (docs/myqasr-method.md section 21: 21.6 fewer word errors of 6234 at uniform 4's size, five
+    /// builds). Each run's silent window is made first, while the pass holds nothing else, and the heap it used goes
+    /// back before the run (made in the middle of a run, it came on top of the run's window and sums, and took the
+    /// daemon's live loop over its memory bound); one that `model` keeps (a float model in service) is read instead.
+    ///
     /// `served` is the model in service while the utterance was heard. When it is a quantized model of the same
     /// network whose layers all have at least `servedEncoderMinimumBits` (`standsIn(_:)`), `model`'s decoder runs
     /// a second time, behind `served`'s encoder, and its layers are observed in both runs: what the decoder of a
@@ -37,20 +45,27 @@ public enum StatisticsPass {
         let pass = emptyStatistics(modelIdentity: identity, momentBlockSize: momentBlockSize)
         var options = TranscriptionOptions()
         options.decoding.beamSize = 1
-        options.shortWindow = nil   // whole windows, as `myqasr quantize --calibration` gathers them
+        options.shortWindow = ShortWindowPolicy()   // as the daemon serves (the offline tool's calibration: whole windows)
         options.decoding.cancellation = cancellation
         let behind = try served.flatMap { standsIn($0) ? try decoderBehindEncoder(of: $0, model: model) : nil }
-        let transcript = try SpeechRecognizer(model: model, threads: threads, observer: pass)
-            .transcribe(samples: samples, options: options)
+        let text = try {
+            // `model` with a silent window of this run's, dropped after it, unless `model` keeps one.
+            let run = model.silentWindows.byteSize > 0 ? model : model.withWeights(model.weights)
+            try run.silentWindow(threads: threads, cancellation: cancellation)
+            WhisperModel.releaseFreedMemory()
+            return try SpeechRecognizer(model: run, threads: threads, observer: pass).transcribe(samples: samples, options: options).text
+        }()
         if let behind {
             pass.secondMoments?.compact()   // the first run's decoder sums leave float before the second run's window
             WhisperModel.releaseFreedMemory()   // and, with the first run's scratch, leave the heap
+            try behind.silentWindow(threads: threads, cancellation: cancellation)
+            WhisperModel.releaseFreedMemory()
             let decoderOnly = LayerFilter(pass, accepts: WhisperWeights.isDecoderLayer)
             _ = try SpeechRecognizer(model: behind, threads: threads, observer: decoderOnly).transcribe(samples: samples, options: options)
         }
         pass.finishSample()
         if let error = pass.observationError { throw error }
-        return (pass, transcript.text)
+        return (pass, text)
     }
 
     /// The fewest bits of a served model whose encoder stands in for a candidate's (`run(served:)`). Below it,

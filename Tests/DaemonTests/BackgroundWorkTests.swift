@@ -135,11 +135,11 @@ final class BackgroundWorkTests: XCTestCase {
     func testAPassGivesWayToATranscriptionAndIsGatheredAfterIt() throws {
         let model = try Fixtures.model("tiny.en")
         let personal = PersonalStatistics(directory: nil, logger: Logger(label: "test"))
-        let samples = try loadAudio(path: try Fixtures.sample("jfk.wav"))
-        personal.observe(utterance: Utterance(samples: samples), transcript: Transcript(segments: [], language: "en", text: ""),
+        let jfk = try loadAudio(path: try Fixtures.sample("jfk.wav"))
+        personal.observe(utterance: Utterance(samples: jfk + jfk), transcript: Transcript(segments: [], language: "en", text: ""),
                          model: model)
-        // The pass gathers over a whole 30 s window (about a second on one core here); a transcription starts in it,
-        // and another in the pass's second try.
+        // The pass makes a silent window (an encoder pass over 30 s) and gathers over the utterance's 22 s window (about
+        // a second on one core here); a transcription starts in it, and another in the pass's second try.
         for attempt in 1...2 {
             _ = try Waiter<Int>.poll(timeout: 60, what: "the pass running") {
                 BackgroundWork.pieceRuns ? true : nil

@@ -61,7 +61,7 @@ final class RealModelQuantizationTests: XCTestCase {
         let recognizer = try SpeechRecognizer(model: model, threads: 2, observer: covariance)
         var options = TranscriptionOptions()
         options.decoding.beamSize = 1
-        options.shortWindow = nil   // whole windows, as calibration runs (myqasr stats, PersonalStatistics)
+        options.shortWindow = nil   // whole windows, as the offline tool's calibration runs (`quantize --calibration`)
         for file in ["jfk.wav", "librivox-0870.wav", "librivox-0880.wav"] {
             _ = try recognizer.transcribe(samples: try loadAudio(path: try Fixtures.sample(file)), options: options)
         }

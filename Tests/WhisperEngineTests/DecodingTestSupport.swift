@@ -159,7 +159,7 @@ final class ScriptedModel: SpeechModel {
     }
 
     /// Counted in the log; the tag is unchanged.
-    func extendedWithSilence(_ audio: EncodedAudio) -> EncodedAudio {
+    func extendedWithSilence(_ audio: EncodedAudio, cancellation: Cancellation?) -> EncodedAudio {
         log.silenceExtensions += 1
         return audio
     }

@@ -80,7 +80,7 @@ final class NetworkReferenceTests: XCTestCase {
 
     /// With a silent tail the decoder attends over the short window's rows followed by the encoded
     /// silent window's rows from the same position on: the reference's logits over that whole window.
-    func testSilentTailIsTheSilentWindowsPositionsAfterTheShortFrames() {
+    func testSilentTailIsTheSilentWindowsPositionsAfterTheShortFrames() throws {
         var rng = SeededGenerator(seed: 8)
         let weights = RandomWhisper.make(Self.dims, rng: &rng)
         let store = SilentWindowStore()
@@ -88,7 +88,7 @@ final class NetworkReferenceTests: XCTestCase {
         let d = Self.dims.nState, positions = 4
         let mel = (0..<(Self.dims.nMels * 2 * positions)).map { _ in Float.random(in: -1...1, using: &rng) }
         let short = network.encode(mel: mel)
-        let extended = network.extendedWithSilence(short)
+        let extended = try network.extendedWithSilence(short, cancellation: nil)
         XCTAssertEqual(extended.frames, positions)
         XCTAssertEqual(extended.values, short.values)
         let silence = network.encode(mel: [Float](repeating: 0, count: Self.dims.nMels * 2 * Self.dims.nAudioCtx))
@@ -109,11 +109,28 @@ final class NetworkReferenceTests: XCTestCase {
         XCTAssertGreaterThan(zip(withoutTail, expected).map { abs($0 - $1) / max(1, abs($1)) }.max()!, 10 * tolerance)
         // The silent window is made once per store, and shared.
         let other = WhisperNetwork(weights: weights, threads: 1, silentWindows: store)
-        XCTAssertTrue(other.extendedWithSilence(short).silentTail === extended.silentTail)
+        XCTAssertTrue(try other.extendedWithSilence(short, cancellation: nil).silentTail === extended.silentTail)
         // Int8 codes for every key and value, and a float scale per position and head.
         XCTAssertEqual(store.byteSize, Self.dims.nTextLayers * 2 * Self.dims.nAudioCtx * (d + 4 * Self.dims.nHeads))
         // A whole window has no tail.
-        XCTAssertNil(network.extendedWithSilence(silence).silentTail)
+        XCTAssertNil(try network.extendedWithSilence(silence, cancellation: nil).silentTail)
+    }
+
+    /// Making a silent window stops once its cancellation is set (a statistics pass giving way to a transcription):
+    /// nothing is kept, and the next use makes it whole.
+    func testMakingTheSilentWindowStopsWhenCancelledAndKeepsNothing() throws {
+        var rng = SeededGenerator(seed: 9)
+        let store = SilentWindowStore()
+        let network = WhisperNetwork(weights: RandomWhisper.make(Self.dims, rng: &rng), threads: 1, silentWindows: store)
+        let short = network.encode(mel: [Float](repeating: 0.5, count: Self.dims.nMels * 2 * 4))
+        let cancelled = Cancellation()
+        cancelled.cancel()
+        XCTAssertThrowsError(try network.extendedWithSilence(short, cancellation: cancelled)) {
+            XCTAssertEqual($0 as? DecodingError, .cancelled)
+        }
+        XCTAssertEqual(store.byteSize, 0)
+        XCTAssertNotNil(try network.extendedWithSilence(short, cancellation: Cancellation()).silentTail)
+        XCTAssertGreaterThan(store.byteSize, 0)
     }
 
     func testDecoderWithCacheMatchesFullRecompute() {

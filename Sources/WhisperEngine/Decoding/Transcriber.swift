@@ -214,7 +214,7 @@ public final class Transcriber {
                let width = policy.encodedFrames(contentFrames: segmentSize, windowFrames: window) {
                 var audio = try decoder.model.encode(mel: melWindow(seek: seek, size: segmentSize, width: width),
                                                      cancellation: decoding.cancellation)
-                if policy.silentTail { audio = decoder.model.extendedWithSilence(audio) }
+                if policy.silentTail { audio = try decoder.model.extendedWithSilence(audio, cancellation: decoding.cancellation) }
                 var attempt = windowOptions
                 attempt.temperature = options.fallback.temperatures.first ?? 0
                 attempt.sampleLength = min(attempt.sampleLength ?? dims.nTextCtx / 2,

@@ -51,10 +51,12 @@ public final class SilentWindow: @unchecked Sendable {
     let crossKV: [(keys: Int8Rows, values: Int8Rows)]
 
     /// The silent window of `network`'s weights (`nAudioCtx` positions): one encoder pass over 30 s of zero mel, then
-    /// each decoder block's keys and values, rounded to int8 one block at a time.
-    init(network: WhisperNetwork) {
+    /// each decoder block's keys and values, rounded to int8 one block at a time. Once `cancellation` is set the encoder
+    /// pass stops at its next step, as a transcription's does (`DecodingError.cancelled`).
+    init(network: WhisperNetwork, cancellation: Cancellation?) throws {
         let dims = network.weights.dimensions
-        let zeros = network.encode(mel: [Float](repeating: 0, count: dims.nMels * 2 * dims.nAudioCtx))
+        let zeros = try network.encode(mel: [Float](repeating: 0, count: dims.nMels * 2 * dims.nAudioCtx),
+                                       cancellation: cancellation)
         var blocks: [(keys: Int8Rows, values: Int8Rows)] = []
         network.forEachBlockCrossKeysValues(zeros) { kv in
             func rows(_ part: Int) -> Int8Rows {
@@ -83,12 +85,12 @@ public final class SilentWindowStore: @unchecked Sendable {
     /// An empty store.
     public init() {}
 
-    /// The window, made by `make` under the store's lock the first time.
-    func window(making make: () -> SilentWindow) -> SilentWindow {
+    /// The window, made by `make` under the store's lock the first time (and tried again next time when `make` throws).
+    func window(making make: () throws -> SilentWindow) rethrows -> SilentWindow {
         lock.lock()
         defer { lock.unlock() }
         if let window { return window }
-        let made = make()
+        let made = try make()
         window = made
         return made
     }
@@ -103,16 +105,19 @@ public final class SilentWindowStore: @unchecked Sendable {
 
 extension WhisperNetwork {
     /// The silent window of these weights, from `silentWindows`: made on first use with this network's threads
-    /// and no observer (it is not the user's speech).
-    public func silentWindow() -> SilentWindow {
-        silentWindows.window { SilentWindow(network: WhisperNetwork(weights: weights, threads: threads)) }
+    /// and no observer (it is not the user's speech). Making it stops at the encoder's next step once `cancellation`
+    /// is set (`DecodingError.cancelled`; none is kept, and the next use makes it again): a statistics pass that
+    /// makes one gives way to a transcription as quickly as its own encoder pass does.
+    public func silentWindow(cancellation: Cancellation?) throws -> SilentWindow {
+        try silentWindows.window { try SilentWindow(network: WhisperNetwork(weights: weights, threads: threads), cancellation: cancellation) }
     }
 
     /// `audio`'s frames followed, for the decoder, by the silent window's positions after them: the
-    /// decoder attends over a whole window.
-    public func extendedWithSilence(_ audio: EncodedAudio) -> EncodedAudio {
+    /// decoder attends over a whole window. Stops as `silentWindow(cancellation:)` does.
+    public func extendedWithSilence(_ audio: EncodedAudio, cancellation: Cancellation?) throws -> EncodedAudio {
         guard audio.frames < weights.dimensions.nAudioCtx else { return audio }
-        return EncodedAudio(frames: audio.frames, width: audio.width, values: audio.values, silentTail: silentWindow())
+        return EncodedAudio(frames: audio.frames, width: audio.width, values: audio.values,
+                            silentTail: try silentWindow(cancellation: cancellation))
     }
 }
 
@@ -120,6 +125,13 @@ extension WhisperModel {
     /// Makes this model's silent window now (one encoder pass over 30 s of silence on `threads` threads), so that
     /// the first short window decoded with it does not pay for it. The daemon calls it before a model serves.
     public func prepareShortWindows(threads: Int = 2) {
-        _ = WhisperNetwork(weights: weights, threads: threads, silentWindows: silentWindows).silentWindow()
+        _ = try? silentWindow(threads: threads, cancellation: nil)   // no cancellation: never throws
+    }
+
+    /// This model's silent window, made now on `threads` threads if it is not yet; stops at the encoder's next step
+    /// once `cancellation` is set (`DecodingError.cancelled`, and none is kept).
+    @discardableResult
+    public func silentWindow(threads: Int, cancellation: Cancellation?) throws -> SilentWindow {
+        try WhisperNetwork(weights: weights, threads: threads, silentWindows: silentWindows).silentWindow(cancellation: cancellation)
     }
 }

@@ -91,8 +91,9 @@ public protocol SpeechModel: AnyObject {
     /// and after the pass).
     func encode(mel: [Float], cancellation: Cancellation?) throws -> EncodedAudio
     /// `audio` (a short window's encoding) followed, for the decoder, by the positions of an encoded
-    /// silent window from `audio.frames` on: decoding then attends over a whole window's positions.
-    func extendedWithSilence(_ audio: EncodedAudio) -> EncodedAudio
+    /// silent window from `audio.frames` on: decoding then attends over a whole window's positions. Making the
+    /// silent window (once per model) throws `DecodingError.cancelled` once `cancellation` is set.
+    func extendedWithSilence(_ audio: EncodedAudio, cancellation: Cancellation?) throws -> EncodedAudio
     /// Starts decoding over `audio` with a batch of one empty sequence.
     func makeDecoderSession(audio: EncodedAudio) -> DecoderSession
 }
