@@ -20,8 +20,10 @@ public struct QuantizationOptions: Sendable {
     public var objective: CalibrationObjective
     /// Which end of the sensitivity ranking loses bits first.
     public var order: SensitivityOrder
-    /// Input features per scale (a `QuantizedMatrix.supportedGroupSizes` value).
-    public var groupSize: Int
+    /// Input features per scale (a `QuantizedMatrix.supportedGroupSizes` value); nil: the default for the target,
+    /// the rounding and the model's size (`defaultGroupSize(for:rounding:uniform4Bytes:)`), settled when it is
+    /// quantized.
+    public var groupSize: Int?
     /// The width every layer starts the sweep at.
     public var startBits: Int
     /// Search clip ratios (`false`, the default: plain round-to-nearest with clip ratio 1, which
@@ -61,22 +63,27 @@ public struct QuantizationOptions: Sendable {
     /// throws `DecodingError.cancelled`), and runs it again as it likes. The model is the same.
     public var giveWay: GiveWay?
 
-    /// The group size `target` gets unless told otherwise: `QuantizedMatrix.defaultGroupSize` (32), except
-    /// under a budget with codes rounded to nearest, where groups of 64 save scale bytes that let the sweep keep
-    /// more layers one width higher (226 word errors against 233 at uniform 4's size on tiny.en,
-    /// docs/myqasr-method.md section 10). With compensated rounding the finer scales win instead: at uniform
-    /// 4's size, five voices' own statistics gave 212 word errors (the float model's count) at group 32 against
-    /// 236 at group 64 (section 14).
-    public static func defaultGroupSize(for target: Target, rounding: RoundingMethod) -> Int {
+    /// The group size `target` gets unless told otherwise, on a model whose every layer at 4 bits in groups of
+    /// `QuantizedMatrix.defaultGroupSize` (32) takes `uniform4Bytes` (the whole model): 32, except under a budget
+    /// where groups of 64 save scale bytes that let the sweep keep more layers one width higher. With codes rounded
+    /// to nearest they always do (226 word errors against 233 at uniform 4's size on tiny.en,
+    /// docs/myqasr-method.md section 10). With compensated rounding the finer scales win where they fit every layer
+    /// at 4 bits (at uniform 4's size, five voices' own statistics gave 212 word errors at group 32 against 236 at
+    /// group 64, section 14), and the coarser ones below that, where groups of 32 leave layers at 3 bits that groups
+    /// of 64 keep at 4 (at uniform 3's size, the larger corpus's five voices: 1007 word errors against 1049,
+    /// section 21).
+    public static func defaultGroupSize(for target: Target, rounding: RoundingMethod,
+                                        uniform4Bytes: () throws -> Int) rethrows -> Int {
         switch (target, rounding) {
         case (.budget, .nearest): return 64
+        case let (.budget(bytes), .compensated) where bytes < (try uniform4Bytes()): return 64
         default: return QuantizedMatrix.defaultGroupSize
         }
     }
 
     /// Options with the defaults: no clip search (cosine objective when searching), descending
-    /// order (measured, see docs/myqasr-method.md), the target's group size
-    /// (`defaultGroupSize(for:rounding:)`), start at 8 bits, rotated layers (measured, same document).
+    /// order (measured, see docs/myqasr-method.md), the target's group size for the model
+    /// (`defaultGroupSize(for:rounding:uniform4Bytes:)`), start at 8 bits, rotated layers (measured, same document).
     public init(target: Target, widths: WidthRule = .sensitivity, objective: CalibrationObjective = .cosine,
                 order: SensitivityOrder = .descending,
                 groupSize: Int? = nil, startBits: Int = 8, calibrate: Bool = false,
@@ -86,7 +93,7 @@ public struct QuantizationOptions: Sendable {
         self.widths = widths
         self.objective = objective
         self.order = order
-        self.groupSize = groupSize ?? Self.defaultGroupSize(for: target, rounding: rounding)
+        self.groupSize = groupSize
         self.startBits = startBits
         self.calibrate = calibrate
         self.perGroupClip = perGroupClip
@@ -276,7 +283,13 @@ public enum Quantizer {
             AllocationLayer(name: $0.name, outFeatures: $0.outFeatures, inFeatures: $0.inFeatures,
                             sensitivity: layerStats[$0.name]?.medianAbsOutput ?? 0)
         }
-        let allocator = try BitAllocator(layers: allocationLayers, fixedBytes: fixedBytes, groupSize: options.groupSize,
+        let groupSize = try options.groupSize ?? QuantizationOptions.defaultGroupSize(
+            for: options.target, rounding: options.rounding,
+            uniform4Bytes: {
+                try BitAllocator(layers: allocationLayers, fixedBytes: fixedBytes, groupSize: QuantizedMatrix.defaultGroupSize)
+                    .uniformBytes(bits: 4)
+            })
+        let allocator = try BitAllocator(layers: allocationLayers, fixedBytes: fixedBytes, groupSize: groupSize,
                                          order: options.order)
         let allocation: BitAllocation
         var budget: Int?
@@ -292,7 +305,7 @@ public enum Quantizer {
                     let s = layerStats[layer.name]!
                     return ExpectedError.relative(
                         values: floatValues(of: layer), outFeatures: layer.outFeatures,
-                        inFeatures: layer.inFeatures, groupSize: options.groupSize,
+                        inFeatures: layer.inFeatures, groupSize: groupSize,
                         rotated: options.rotate && QuantizedMatrix.canRotate(inFeatures: layer.inFeatures),
                         secondMoment: covariance?.moment(of: layer.name), meanSquare: s.inputMeanSquare,
                         outputEnergy: s.outputEnergy, widths: allocator.allowedBits)
@@ -327,16 +340,16 @@ public enum Quantizer {
                 let floatLayer = layer.weight is FloatMatrix ? layer : layer.replacingWeight(
                     FloatMatrix(outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, values: floatValues(of: layer)))
                 if let activations, case let (rows, n) = activations.inputs(of: layer.name), n > 0 {
-                    calibration = try calibrator.calibrate(layer: floatLayer, bits: bits, groupSize: options.groupSize,
+                    calibration = try calibrator.calibrate(layer: floatLayer, bits: bits, groupSize: groupSize,
                                                            inputs: rows, rows: n, rotated: rotated)
                 } else if let s = layerStats[layer.name] {
-                    calibration = try calibrator.calibrate(layer: floatLayer, bits: bits, groupSize: options.groupSize,
+                    calibration = try calibrator.calibrate(layer: floatLayer, bits: bits, groupSize: groupSize,
                                                            meanSquare: s.inputMeanSquare, rotated: rotated)
                 } else {
                     throw QuantizerError.statisticsRequired(reason: "calibrate layer \(layer.name), which no activation reached")
                 }
             }
-            let groups = (layer.inFeatures + options.groupSize - 1) / options.groupSize
+            let groups = (layer.inFeatures + groupSize - 1) / groupSize
             let ratios = calibration?.clipRatios(outFeatures: layer.outFeatures, groupsPerRow: groups)
                 ?? [Float](repeating: 1, count: layer.outFeatures * groups)
             let compensates = options.rounding == .compensated && (covariance?.rows(of: layer.name) ?? 0) > 0
@@ -346,7 +359,7 @@ public enum Quantizer {
             let rowChunk = ErrorCompensatedRounding.rowChunk
             let rowsPerChunk = options.calibrate ? layer.outFeatures
                 : max(1, options.chunkBytes / (4 * layer.inFeatures) / rowChunk) * rowChunk
-            let q = try quantizeRows(of: layer, rowsPerChunk: rowsPerChunk, bits: bits, groupSize: options.groupSize,
+            let q = try quantizeRows(of: layer, rowsPerChunk: rowsPerChunk, bits: bits, groupSize: groupSize,
                                      rotated: rotated, into: options.layerFile) { rows in
                 // A chunk's rows as float32 and the second moment's blocks are made in the chunk (again if it runs
                 // again): nothing of it is held while the build waits, and no copy outlives its use.
@@ -354,13 +367,13 @@ public enum Quantizer {
                     let values = floatValues(of: layer, rows: rows)
                     if compensates, let covariance, let matrix = try ErrorCompensatedRounding(threads: options.threads).quantize(
                         values: values, outFeatures: rows.count, inFeatures: layer.inFeatures, bits: bits,
-                        groupSize: options.groupSize, secondMoment: covariance.moment(of: layer.name)!,
+                        groupSize: groupSize, secondMoment: covariance.moment(of: layer.name)!,
                         rows: covariance.rows(of: layer.name), rotated: rotated, cancellation: cancellation) {
                         compensated = true
                         return matrix
                     }
                     return try QuantizedMatrix(quantizing: values, outFeatures: rows.count, inFeatures: layer.inFeatures,
-                                               bits: bits, groupSize: options.groupSize,
+                                               bits: bits, groupSize: groupSize,
                                                clipRatios: Array(ratios[rows.lowerBound * groups ..< rows.upperBound * groups]),
                                                rotated: rotated)
                 }
@@ -395,7 +408,7 @@ public enum Quantizer {
         }
         let metadata = QuantizedModelMetadata(
             sourceModelName: name, sourceModelDigest: identity,
-            statisticsDigest: statistics.map { StatisticsFile.digest($0) } ?? "none", groupSize: options.groupSize,
+            statisticsDigest: statistics.map { StatisticsFile.digest($0) } ?? "none", groupSize: groupSize,
             sensitivities: layerStats.mapValues { $0.medianAbsOutput }, rounding: options.rounding)
         let report = QuantizationReport(layers: reports, fixedBytes: fixedBytes, totalBytes: actual, floatBytes: floatBytes,
                                         budget: budget, exactCalibration: activations != nil && options.calibrate)

@@ -43,10 +43,11 @@ struct Quantize: ParsableCommand {
             --no-rotation stores the weights as they are.
 
             Each group of 32 input features shares a scale, except under a budget with codes \
-            rounded to nearest, where groups of 64 save scale bytes for the sweep to keep more \
-            layers one width higher (measured better without second moments, worse with \
-            compensated rounding: docs/myqasr-method.md sections 10 and 14). --group-size \
-            overrides it.
+            rounded to nearest, or with compensated rounding under a budget below every layer at \
+            4 bits in groups of 32: there groups of 64 save scale bytes for the sweep to keep more \
+            layers one width higher (measured better without second moments, and with compensated \
+            rounding below that size but not at it: docs/myqasr-method.md sections 10, 14 and 21). \
+            --group-size overrides it.
 
             Budgets: 24MiB (or 24M), 24MB, 25165824 (bytes), 0.5GiB.
 
@@ -78,7 +79,7 @@ struct Quantize: ParsableCommand {
     @Option(help: "Which layers lose bits first: descending (largest median |output| first; measured better on tiny.en) or ascending.")
     var order: SensitivityOrder = .descending
 
-    @Option(help: "Input features per scale: 32, 64 or 128 (default: 64 with --budget, 32 with --uniform).")
+    @Option(help: "Input features per scale: 32, 64 or 128 (default: 32, or 64 under a budget as said above).")
     var groupSize: Int?
 
     @Option(help: "How a budget is shared: median (myQASR's sweep by median |output|) or error (by expected output error).")

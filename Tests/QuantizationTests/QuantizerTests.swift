@@ -102,11 +102,19 @@ final class QuantizerTests: XCTestCase {
     }
 
     func testABudgetRoundedToNearestDefaultsToGroup64AndSpendsTheSavedScaleBytesOnWidths() throws {
-        XCTAssertEqual(QuantizationOptions(target: .uniform(bits: 4)).groupSize, 32)
-        XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20)).groupSize, 64)
+        func defaultSize(_ target: QuantizationOptions.Target, _ rounding: RoundingMethod) -> Int {
+            QuantizationOptions.defaultGroupSize(for: target, rounding: rounding, uniform4Bytes: { 1 << 20 })
+        }
+        XCTAssertEqual(defaultSize(.uniform(bits: 4), .nearest), 32)
+        XCTAssertEqual(defaultSize(.uniform(bits: 3), .compensated), 32)
+        XCTAssertEqual(defaultSize(.budget(1 << 20), .nearest), 64)
+        XCTAssertEqual(defaultSize(.budget(1 << 19), .nearest), 64)
+        XCTAssertEqual(defaultSize(.budget(1 << 20), .compensated), 32,
+                       "compensated rounding keeps groups of 32 where every layer fits at 4 bits")
+        XCTAssertEqual(defaultSize(.budget((1 << 20) - 1), .compensated), 64,
+                       "and takes groups of 64 below that")
+        XCTAssertNil(QuantizationOptions(target: .budget(1 << 20)).groupSize, "settled on the model")
         XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20), groupSize: 32).groupSize, 32)
-        XCTAssertEqual(QuantizationOptions(target: .budget(1 << 20), rounding: .compensated).groupSize, 32,
-                       "compensated rounding keeps groups of 32 under a budget")
         let weights = Self.randomWeights()
         let stats = Self.statistics(for: weights)
         let uniformFour = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats,

@@ -341,8 +341,8 @@ final class StatisticsSecondMomentTests: XCTestCase {
         }
         XCTAssertNotEqual(fromStatistics.weights.linearLayers.map { ($0.weight as! QuantizedMatrix).codes() },
                           nearest.weights.linearLayers.map { ($0.weight as! QuantizedMatrix).codes() })
-        // The daemon's function is the budget defaults with compensated rounding from these moments, in groups
-        // of 32: at uniform 4's size, every layer at 4 bits.
+        // The daemon's function is the budget defaults with compensated rounding from these moments: at uniform
+        // 4's size (groups of 32), groups of 32 and every layer at 4 bits.
         let budget = try BitAllocator(layers: weights.linearLayers.map {
             AllocationLayer(name: $0.name, outFeatures: $0.outFeatures, inFeatures: $0.inFeatures, sensitivity: 0)
         }, fixedBytes: weights.byteSize - weights.linearLayers.reduce(0) { $0 + $1.weight.byteSize }, groupSize: 32).uniformBytes(bits: 4)
@@ -352,6 +352,17 @@ final class StatisticsSecondMomentTests: XCTestCase {
         XCTAssertEqual(personal.metadata.groupSize, 32)
         XCTAssertLessThanOrEqual(personal.report.totalBytes, budget)
         XCTAssertEqual(Set(personal.report.layers.map(\.bits)), [4])
+        // A byte less: groups of 32 would put a layer at 3 bits; the daemon's groups of 64 keep every layer at 4 or
+        // more.
+        let below = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats,
+                                           options: Quantizer.personalOptions(budget: budget - 1, statistics: stats))
+        XCTAssertEqual(below.metadata.groupSize, 64)
+        XCTAssertLessThanOrEqual(below.report.totalBytes, budget - 1)
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(below.report.layers.map(\.bits).min()), 4)
+        var thirtyTwo = Quantizer.personalOptions(budget: budget - 1, statistics: stats)
+        thirtyTwo.groupSize = 32
+        let finer = try Quantizer.quantize(name: "syn", weights: weights, statistics: stats, options: thirtyTwo)
+        XCTAssertEqual(finer.report.layers.map(\.bits).min(), 3)
         XCTAssertEqual(Quantizer.personalOptions(budget: budget, statistics: ActivationStatistics(modelIdentity: "m")).rounding, .nearest)
     }
 }
