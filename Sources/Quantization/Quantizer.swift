@@ -68,10 +68,9 @@ public struct QuantizationOptions: Sendable {
     /// where groups of 64 save scale bytes that let the sweep keep more layers one width higher. With codes rounded
     /// to nearest they always do (226 word errors against 233 at uniform 4's size on tiny.en,
     /// docs/myqasr-method.md section 10). With compensated rounding the finer scales win where they fit every layer
-    /// at 4 bits (at uniform 4's size, five voices' own statistics gave 212 word errors at group 32 against 236 at
-    /// group 64, section 14), and the coarser ones below that, where groups of 32 leave layers at 3 bits that groups
-    /// of 64 keep at 4 (at uniform 3's size, the larger corpus's five voices: 1007 word errors against 1049,
-    /// section 21).
+    /// at 4 bits (at uniform 4's size, the larger corpus's five voices, five builds: 879.0 word errors at group 32
+    /// against 885.6 at group 64; sections 14 and 21), and the coarser ones below that, where groups of 32 leave
+    /// layers at 3 bits that groups of 64 keep at 4 (at uniform 3's size: 1053.4 against 1010.0, section 21).
     public static func defaultGroupSize(for target: Target, rounding: RoundingMethod,
                                         uniform4Bytes: () throws -> Int) rethrows -> Int {
         switch (target, rounding) {
