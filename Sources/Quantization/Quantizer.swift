@@ -71,11 +71,10 @@ public struct QuantizationOptions: Sendable {
     /// at 4 bits (at uniform 4's size, the larger corpus's five voices, five builds: 879.0 word errors at group 32
     /// against 885.6 at group 64; sections 14 and 21), and the coarser ones below that, where groups of 32 leave
     /// layers at 3 bits that groups of 64 keep at 4 (at uniform 3's size: 1053.4 against 1010.0, section 21).
-    public static func defaultGroupSize(for target: Target, rounding: RoundingMethod,
-                                        uniform4Bytes: () throws -> Int) rethrows -> Int {
+    public static func defaultGroupSize(for target: Target, rounding: RoundingMethod, uniform4Bytes: Int) -> Int {
         switch (target, rounding) {
         case (.budget, .nearest): return 64
-        case let (.budget(bytes), .compensated) where bytes < (try uniform4Bytes()): return 64
+        case let (.budget(bytes), .compensated) where bytes < uniform4Bytes: return 64
         default: return QuantizedMatrix.defaultGroupSize
         }
     }
@@ -284,10 +283,8 @@ public enum Quantizer {
         }
         let groupSize = try options.groupSize ?? QuantizationOptions.defaultGroupSize(
             for: options.target, rounding: options.rounding,
-            uniform4Bytes: {
-                try BitAllocator(layers: allocationLayers, fixedBytes: fixedBytes, groupSize: QuantizedMatrix.defaultGroupSize)
-                    .uniformBytes(bits: 4)
-            })
+            uniform4Bytes: BitAllocator(layers: allocationLayers, fixedBytes: fixedBytes,
+                                        groupSize: QuantizedMatrix.defaultGroupSize).uniformBytes(bits: 4))
         let allocator = try BitAllocator(layers: allocationLayers, fixedBytes: fixedBytes, groupSize: groupSize,
                                          order: options.order)
         let allocation: BitAllocation

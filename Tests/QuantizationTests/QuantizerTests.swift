@@ -103,7 +103,7 @@ final class QuantizerTests: XCTestCase {
 
     func testABudgetRoundedToNearestDefaultsToGroup64AndSpendsTheSavedScaleBytesOnWidths() throws {
         func defaultSize(_ target: QuantizationOptions.Target, _ rounding: RoundingMethod) -> Int {
-            QuantizationOptions.defaultGroupSize(for: target, rounding: rounding, uniform4Bytes: { 1 << 20 })
+            QuantizationOptions.defaultGroupSize(for: target, rounding: rounding, uniform4Bytes: 1 << 20)
         }
         XCTAssertEqual(defaultSize(.uniform(bits: 4), .nearest), 32)
         XCTAssertEqual(defaultSize(.uniform(bits: 3), .compensated), 32)
